@@ -1,0 +1,112 @@
+"""Input checks shared by the array and formula interfaces.
+
+Every check names the offending column, group or value; nothing is dropped
+silently.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import DroppedRowsWarning, MissingDataError
+
+__all__ = ["nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
+           "check_numeric_response"]
+
+
+def _bad_mask(values: object) -> np.ndarray:
+    """Rows that are missing (None/NaN/NaT) or infinite."""
+    s = values if isinstance(values, (pd.Series, pd.DataFrame)) else pd.DataFrame(np.asarray(values))
+    if isinstance(s, pd.Series):
+        s = s.to_frame()
+    mask = s.isna().to_numpy().any(axis=1)
+    num = s.select_dtypes(include=[np.number])
+    if num.shape[1]:
+        mask |= np.isinf(num.to_numpy(dtype=float)).any(axis=1)
+    return mask
+
+
+def nonfinite_rows(columns: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """For each named column (or block of columns), the mask of NaN/inf rows."""
+    return {name: _bad_mask(v) for name, v in columns.items()}
+
+
+def handle_missing(columns: Mapping[str, object], missing: str, *,
+                   index: pd.Index | None = None) -> np.ndarray | None:
+    """Apply the ``missing`` policy to aligned columns.
+
+    Parameters
+    ----------
+    columns
+        Name -> column (Series, DataFrame, array) of equal length.
+    missing
+        ``"raise"``/``"none"``: raise :class:`MissingDataError` naming the
+        columns and the number of rows with NaN or inf.  ``"drop"``: return
+        the mask of rows to keep and warn (:class:`DroppedRowsWarning`) with
+        the number dropped.
+
+    Returns
+    -------
+    Boolean mask of rows to keep, or None when nothing is missing.
+    """
+    if missing not in ("none", "raise", "drop"):
+        raise ValueError(f"missing must be 'none', 'drop' or 'raise', got {missing!r}")
+    masks = nonfinite_rows(columns)
+    bad = {k: m for k, m in masks.items() if m.any()}
+    if not bad:
+        return None
+    any_bad = np.logical_or.reduce(list(bad.values()))
+    detail = ", ".join(f"{k!r} ({int(m.sum())} rows)" for k, m in bad.items())
+    if missing == "drop":
+        n = int(any_bad.sum())
+        warnings.warn(f"dropped {n} of {len(any_bad)} rows with missing or infinite values in "
+                      f"{detail}", DroppedRowsWarning, stacklevel=4)
+        return ~any_bad
+    first = int(np.flatnonzero(any_bad)[0])
+    label = index[first] if index is not None else first
+    raise MissingDataError(
+        f"missing (NaN) or infinite values in {detail}; first at row {label!r}. "
+        "Pass missing='drop' to drop these rows")
+
+
+def formula_variables(formula_rhs: str) -> set[str]:
+    """Names used as variables by the factors of a patsy formula side."""
+    from patsy import ModelDesc
+
+    desc = ModelDesc.from_formula(formula_rhs)
+    names: set[str] = set()
+    for term in list(desc.lhs_termlist) + list(desc.rhs_termlist):
+        for factor in term.factors:
+            code = getattr(factor, "code", None)
+            if code is None:
+                continue
+            tree = ast.parse(code, mode="eval")
+            called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+            attr_bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Name) and id(node) not in called and id(node) not in attr_bases:
+                    names.add(node.id)
+    return names
+
+
+def check_columns(names: set[str] | list[str], data: pd.DataFrame, env_names: set[str] = frozenset(),
+                  *, what: str = "formula") -> None:
+    """Raise KeyError naming the variables found neither in ``data`` nor in scope."""
+    missing = sorted(n for n in names if n not in data.columns and n not in env_names
+                     and not hasattr(builtins, n))
+    if missing:
+        avail = ", ".join(map(str, list(data.columns)[:30]))
+        raise KeyError(f"column(s) {missing} used in the {what} are not in the data "
+                       f"(columns: {avail})")
+
+
+def check_numeric_response(y: pd.Series | np.ndarray, name: str) -> None:
+    """The response must be numeric (or boolean)."""
+    dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
+    if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
+        raise TypeError(f"the response {name!r} must be numeric, got dtype {dtype}")

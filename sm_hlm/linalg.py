@@ -1,0 +1,140 @@
+"""Batched small-matrix linear algebra over groups.
+
+Per-group matrices are stored *q-major*: a stack of m matrices of size
+q x r is an array of shape ``(q, r, m)``.  Loops run over the tiny matrix
+dimensions (q is the number of random effects per group, usually 1-3) while
+every operation is vectorised over the m groups, which keeps the number of
+numpy calls per objective evaluation small and independent of m.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "batched_cholesky",
+    "batched_forward_solve",
+    "batched_back_solve",
+    "batched_inverse_lower",
+    "group_crossprod",
+    "sequential_rank_cholesky",
+]
+
+
+def batched_cholesky(M: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factors of a stack of SPD matrices.
+
+    Parameters
+    ----------
+    M : ndarray, shape (q, q, m)
+        Symmetric positive-definite matrices, q-major.
+
+    Returns
+    -------
+    L : ndarray, shape (q, q, m)
+        Lower-triangular, ``M[:, :, j] = L[:, :, j] @ L[:, :, j].T``.
+    """
+    q = M.shape[0]
+    L = np.zeros_like(M)
+    for j in range(q):
+        if j:
+            s = M[j, j] - np.einsum("km,km->m", L[j, :j], L[j, :j])
+        else:
+            s = M[j, j]
+        d = np.sqrt(s)
+        L[j, j] = d
+        if j + 1 < q:
+            if j:
+                L[j + 1:, j] = (M[j + 1:, j] - np.einsum("ikm,km->im", L[j + 1:, :j], L[j, :j])) / d
+            else:
+                L[j + 1:, j] = M[j + 1:, j] / d
+    return L
+
+
+def batched_forward_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve ``L X = B`` for lower-triangular ``L`` (q, q, m) and ``B`` (q, r, m)."""
+    q = L.shape[0]
+    X = np.empty_like(B)
+    for i in range(q):
+        if i:
+            X[i] = (B[i] - np.einsum("km,krm->rm", L[i, :i], X[:i])) / L[i, i]
+        else:
+            X[i] = B[i] / L[i, i]
+    return X
+
+
+def batched_back_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve ``L' X = B`` for lower-triangular ``L`` (q, q, m) and ``B`` (q, r, m)."""
+    q = L.shape[0]
+    X = np.empty_like(B)
+    for i in range(q - 1, -1, -1):
+        if i < q - 1:
+            X[i] = (B[i] - np.einsum("km,krm->rm", L[i + 1:, i], X[i + 1:])) / L[i, i]
+        else:
+            X[i] = B[i] / L[i, i]
+    return X
+
+
+def batched_inverse_lower(L: np.ndarray) -> np.ndarray:
+    """Inverse of each lower-triangular matrix of a (q, q, m) stack."""
+    q, _, m = L.shape
+    eye = np.broadcast_to(np.eye(q)[:, :, None], (q, q, m))
+    return batched_forward_solve(L, np.ascontiguousarray(eye))
+
+
+def group_crossprod(A: np.ndarray, B: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per-group cross products ``A_j' B_j`` of row-sorted matrices.
+
+    Parameters
+    ----------
+    A : ndarray, shape (n, a)
+    B : ndarray, shape (n, b)
+        Rows sorted by group.
+    starts : ndarray of int, shape (m,)
+        Index of each group's first row.
+
+    Returns
+    -------
+    ndarray, shape (a, b, m)
+        q-major stack of ``A_j' B_j``.
+    """
+    n, a = A.shape
+    b = B.shape[1]
+    out = np.empty((a, b, len(starts)))
+    for k in range(a):
+        out[k] = np.add.reduceat(A[:, k:k + 1] * B, starts, axis=0).T
+    return out
+
+
+def sequential_rank_cholesky(M: np.ndarray, tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+    """Cholesky of a stack of PSD matrices that drops aliased columns in order.
+
+    Column k is declared aliased in matrix j when its squared residual after
+    projecting on the kept earlier columns is at most ``tol`` times its squared
+    norm, which is what R's ``lm`` (Gram-Schmidt with pivoting of later
+    columns) does.  Dropped columns get a zero column in ``L``.
+
+    Parameters
+    ----------
+    M : ndarray, shape (q, q, m)
+        Gram matrices ``X_j' X_j`` (q-major).
+
+    Returns
+    -------
+    L : ndarray, shape (q, q, m)
+        Lower factor of the kept columns (dropped rows/columns zero, unit
+        diagonal there so that solves stay finite).
+    kept : ndarray of bool, shape (q, m)
+    """
+    q, _, m = M.shape
+    L = np.zeros_like(M)
+    kept = np.zeros((q, m), dtype=bool)
+    for j in range(q):
+        s = M[j, j] - np.einsum("km,km->m", L[j, :j], L[j, :j]) if j else M[j, j].copy()
+        ok = s > tol * np.maximum(M[j, j], np.finfo(float).tiny)
+        kept[j] = ok
+        d = np.where(ok, np.sqrt(np.where(ok, s, 1.0)), 1.0)
+        L[j, j] = d
+        if j + 1 < q:
+            num = M[j + 1:, j] - (np.einsum("ikm,km->im", L[j + 1:, :j], L[j, :j]) if j else 0.0)
+            L[j + 1:, j] = np.where(ok, num / d, 0.0)
+    return L, kept

@@ -1,0 +1,346 @@
+"""Results of an HLM fit, built once from a complete :class:`HLMFit` container."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import statsmodels.base.wrapper as wrap
+from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
+from ._compat import cache_readonly
+
+from .deviance import ProfiledDeviance
+from .linalg import batched_back_solve, batched_inverse_lower
+from .optimizer import OptimizerRecord
+
+if TYPE_CHECKING:
+    from .model import HLM
+
+__all__ = ["HLMFit", "HLMResults", "HLMResultsWrapper", "build_fit"]
+
+
+@dataclass(frozen=True)
+class HLMFit:
+    """Everything estimated by one fit; the results object reads only this.
+
+    Attributes
+    ----------
+    reml : bool
+    theta : ndarray            relative covariance factor's free entries
+    fe_params : ndarray        beta
+    scale : float              sigma^2
+    cov_re : ndarray (q, q)    Psi = scale * Lambda Lambda'
+    vcomp : ndarray            free entries of Psi (``vcomp_names`` order)
+    cov_fe : ndarray (p, p)    scale * (X' V^-1 X)^-1, lme4's vcov
+    cov_vcomp : ndarray        inverse observed information of vcomp (NaN if singular)
+    llf : float                log-likelihood (REML criterion / -2 for REML)
+    blups : ndarray (m, q)     conditional modes of b_j
+    blup_cov : ndarray (q, q, m) conditional covariances (q-major)
+    optimizer : OptimizerRecord
+    singular_terms : tuple of str
+    """
+
+    reml: bool
+    theta: np.ndarray
+    fe_params: np.ndarray
+    scale: float
+    cov_re: np.ndarray
+    vcomp: np.ndarray
+    cov_fe: np.ndarray
+    cov_vcomp: np.ndarray
+    llf: float
+    blups: np.ndarray
+    blup_cov: np.ndarray
+    optimizer: OptimizerRecord
+    singular_terms: tuple[str, ...]
+
+
+def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re: np.ndarray,
+               scale: float) -> np.ndarray:
+    """Inverse observed information of (free cov_re entries) at the optimum.
+
+    The Hessian of the deviance in (vcomp, sigma^2), with beta fixed at its
+    estimate (ML) or integrated out (REML), by central differences.
+    """
+    from statsmodels.tools.numdiff import approx_hess3
+
+    rd = model.re_design
+    r, c = rd.vcomp_index()
+    k = len(r)
+    if k == 0:
+        return np.zeros((0, 0))
+
+    def f(v: np.ndarray) -> float:
+        cov = np.zeros_like(cov_re)
+        cov[r, c] = v[:k]
+        cov[c, r] = v[:k]
+        s = v[k]
+        if s <= 0:
+            return np.nan
+        try:
+            theta = rd.theta_from_cov(cov, s)
+        except np.linalg.LinAlgError:
+            return np.nan
+        return dev.deviance_at(theta, fit_beta, s)
+
+    x = np.append(cov_re[r, c], scale)
+    try:
+        H = approx_hess3(x, f)
+        info = 0.5 * H
+        cov = np.linalg.inv(info)
+    except (np.linalg.LinAlgError, ValueError):
+        return np.full((k, k), np.nan)
+    if not np.all(np.isfinite(cov)):
+        return np.full((k, k), np.nan)
+    return cov[:k, :k]
+
+
+def build_fit(model: "HLM", dev: ProfiledDeviance, record: OptimizerRecord, *, reml: bool,
+              compute_vcomp_cov: bool = True) -> HLMFit:
+    """Assemble every estimate at the optimum ``record.end``."""
+    rd = model.re_design
+    theta = record.end
+    t = dev.terms(theta)
+    if t is None:
+        raise RuntimeError("the deviance is not defined at the optimiser's end point")
+    scale = dev.scale(t)
+    p = model.k_fe
+    RXinv = np.linalg.inv(t.R[:p, :p])
+    cov_fe = scale * (RXinv.T @ RXinv)
+    cov_re = rd.cov_re(theta, scale)
+    r, c = rd.vcomp_index()
+    q, m = rd.q, model.n_groups
+    if q:
+        lam = rd.lambda_(theta)
+        resid = t.C[:, p, :] - np.einsum("qpm,p->qm", t.C[:, :p, :], t.beta)
+        u = batched_back_solve(t.L, resid[:, None, :])[:, 0, :]          # (q, m)
+        blups = (lam @ u).T                                              # (m, q)
+        Li = batched_inverse_lower(t.L)
+        Minv = np.einsum("kim,kjm->ijm", Li, Li)
+        blup_cov = scale * np.einsum("ai,ijm,bj->abm", lam, Minv, lam)
+    else:
+        blups = np.zeros((m, 0))
+        blup_cov = np.zeros((0, 0, m))
+    cov_vcomp = (_vcomp_cov(model, dev, t.beta, cov_re, scale) if compute_vcomp_cov
+                 else np.full((len(r), len(r)), np.nan))
+    return HLMFit(reml=reml, theta=theta, fe_params=t.beta, scale=scale, cov_re=cov_re,
+                  vcomp=cov_re[r, c], cov_fe=cov_fe, cov_vcomp=cov_vcomp,
+                  llf=-0.5 * record.fun_end, blups=blups, blup_cov=blup_cov,
+                  optimizer=record, singular_terms=tuple(rd.singular_terms(theta)))
+
+
+class HLMResults(LikelihoodModelResults):
+    """Results of :meth:`sm_hlm.HLM.fit`.
+
+    ``params`` holds the fixed effects followed by the free entries of the
+    random-effects covariance (``Var(x | g)``, ``Cov(x, z | g)``) on their
+    natural scale; ``cov_params()`` is block diagonal: lme4's
+    sigma^2 (X'V^-1X)^-1 for the fixed effects and the inverse observed
+    information for the variance components.  Tests use the normal
+    distribution (``use_t=False``), as statsmodels' MixedLM.
+    """
+
+    def __init__(self, model: "HLM", fit: HLMFit):
+        self.fit_result = fit
+        p, k = len(fit.fe_params), len(fit.vcomp)
+        params = np.concatenate([fit.fe_params, fit.vcomp])
+        cov = np.zeros((p + k, p + k))
+        cov[:p, :p] = fit.cov_fe
+        cov[p:, p:] = fit.cov_vcomp
+        super().__init__(model, params, normalized_cov_params=cov / fit.scale, scale=fit.scale)
+        self.use_t = False
+        self.reml = fit.reml
+        self.method = "REML" if fit.reml else "ML"
+        self.k_fe = p
+        self.k_re = model.k_re
+        self.k_vcomp = k
+        self.n_groups = model.n_groups
+        self.nobs = model.nobs
+        self.optimizer = fit.optimizer
+        self.converged = fit.optimizer.converged
+        self.theta = fit.theta
+        self.singular_terms = list(fit.singular_terms)
+        self.singular = bool(fit.singular_terms)
+        #: number of estimated parameters as lme4 counts them (beta, theta, sigma)
+        self.n_params = p + model.re_design.n_theta + 1
+        self.df_resid = model.nobs - self.n_params
+        self.df_modelwc = self.n_params
+
+    # ------------------------------------------------------------- scalars
+    @cache_readonly
+    def llf(self) -> float:
+        return self.fit_result.llf
+
+    @cache_readonly
+    def deviance(self) -> float:
+        """-2 log-likelihood (ML) or the REML criterion (REML)."""
+        return -2.0 * self.llf
+
+    @cache_readonly
+    def aic(self) -> float:
+        return self.deviance + 2.0 * self.n_params
+
+    @cache_readonly
+    def bic(self) -> float:
+        return self.deviance + np.log(self.nobs) * self.n_params
+
+    # -------------------------------------------------------- fixed effects
+    @property
+    def _fe_names(self) -> list[str]:
+        return list(self.model.exog_names)
+
+    @cache_readonly
+    def fe_params(self) -> pd.Series:
+        return pd.Series(self.fit_result.fe_params, index=self._fe_names, name="fe_params")
+
+    @cache_readonly
+    def bse_fe(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.fit_result.cov_fe)), index=self._fe_names,
+                         name="bse_fe")
+
+    @cache_readonly
+    def bse_re(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.fit_result.cov_vcomp)),
+                         index=self.model.re_design.vcomp_names(), name="bse_re")
+
+    @cache_readonly
+    def cov_fe(self) -> pd.DataFrame:
+        """lme4's ``vcov``: sigma^2 (X' V^-1 X)^-1 at the estimates."""
+        return pd.DataFrame(self.fit_result.cov_fe, index=self._fe_names, columns=self._fe_names)
+
+    @cache_readonly
+    def corr_fe(self) -> pd.DataFrame:
+        """Correlation of the fixed-effect estimates (lme4's summary)."""
+        c = self.fit_result.cov_fe
+        s = np.sqrt(np.diag(c))
+        return pd.DataFrame(c / np.outer(s, s), index=self._fe_names, columns=self._fe_names)
+
+    # ------------------------------------------------------ random effects
+    @cache_readonly
+    def cov_re(self) -> pd.DataFrame:
+        """Psi, the random-effects covariance, labelled."""
+        names = list(self.model.re_design.names)
+        return pd.DataFrame(self.fit_result.cov_re, index=names, columns=names)
+
+    @cache_readonly
+    def vcomp(self) -> pd.Series:
+        return pd.Series(self.fit_result.vcomp, index=self.model.re_design.vcomp_names(),
+                         name="vcomp")
+
+    def ranef(self) -> pd.DataFrame:
+        """BLUPs as a DataFrame, one row per group (lme4's ``ranef``)."""
+        return pd.DataFrame(self.fit_result.blups, index=self.model.group_labels,
+                            columns=list(self.model.re_design.names))
+
+    @cache_readonly
+    def random_effects(self) -> dict[Any, pd.Series]:
+        """BLUPs by group, as statsmodels' MixedLM: ``{group: Series}``."""
+        df = self.ranef()
+        return {g: row for g, row in df.iterrows()}
+
+    @cache_readonly
+    def random_effects_cov(self) -> dict[Any, pd.DataFrame]:
+        """Conditional covariance of each group's BLUPs, ``{group: DataFrame}``.
+
+        sigma^2 Lambda (Lambda'Z_j'Z_j Lambda + I)^-1 Lambda' (lme4's
+        ``condVar``; the uncertainty of beta is not included).
+        """
+        names = list(self.model.re_design.names)
+        bc = self.fit_result.blup_cov
+        return {g: pd.DataFrame(bc[:, :, j], index=names, columns=names)
+                for j, g in enumerate(self.model.group_labels)}
+
+    @cache_readonly
+    def group_coefficients(self) -> pd.DataFrame:
+        """Fixed effect plus BLUP per group (lme4's ``coef``; the notes' BETA.LME)."""
+        fe = self.fe_params
+        out = pd.DataFrame(np.tile(fe.to_numpy(), (self.n_groups, 1)),
+                           index=self.model.group_labels, columns=fe.index)
+        re = self.ranef()
+        for c in re.columns:
+            if c in out.columns:
+                out[c] = out[c] + re[c]
+            else:
+                out[c] = re[c]
+        return out
+
+    # --------------------------------------------------- fitted, residuals
+    def _wrap_rows(self, values: np.ndarray, name: str) -> pd.Series | np.ndarray:
+        labels = self.model.data.row_labels
+        if labels is None:
+            return values
+        return pd.Series(values, index=labels, name=name)
+
+    @cache_readonly
+    def _fitted_array(self) -> np.ndarray:
+        m = self.model
+        fixed = m.exog @ self.fit_result.fe_params
+        if m.k_re:
+            fixed = fixed + np.einsum("ij,ij->i", m.exog_re, self.fit_result.blups[m.group_codes])
+        return fixed
+
+    @cache_readonly
+    def fittedvalues(self) -> pd.Series | np.ndarray:
+        """X beta + Z b, in the caller's row order."""
+        return self._wrap_rows(self._fitted_array, "fittedvalues")
+
+    @cache_readonly
+    def resid(self) -> pd.Series | np.ndarray:
+        """Conditional residuals y - X beta - Z b."""
+        return self._wrap_rows(self.model.endog - self._fitted_array, "resid")
+
+    @cache_readonly
+    def resid_scaled(self) -> pd.Series | np.ndarray:
+        """Residuals divided by sigma (lme4's ``residuals(fit, scaled=TRUE)``)."""
+        return self._wrap_rows((self.model.endog - self._fitted_array) / np.sqrt(self.scale),
+                               "resid_scaled")
+
+    def predict(self, exog: Any = None, *, exog_re: Any = None, groups: Any = None,
+                random: bool = True) -> pd.Series | np.ndarray:
+        """Predictions for the fitted or new data.
+
+        Parameters
+        ----------
+        exog
+            None (the fitted rows), a DataFrame of new data for a formula
+            model (fixed design, random design and groups built from it), or
+            a fixed-effects design array.
+        exog_re, groups
+            Random-effects design and group labels of new array data.
+        random
+            Add the BLUP of each row's group; rows of groups not seen in the
+            fit get the population prediction X beta.
+        """
+        from .prediction import predict_new
+        return predict_new(self, exog, exog_re=exog_re, groups=groups, random=random)
+
+    # ------------------------------------------------ the notes' quantities
+    def marginal_cov(self, group: Any) -> pd.DataFrame:
+        """Z_j Psi Z_j' + sigma^2 I of one group at the estimates."""
+        return self.model.marginal_cov(group, self.fit_result.cov_re, self.scale)
+
+    def loglike_dense(self) -> float:
+        """The ML log-likelihood at the estimates, group by group (slow oracle)."""
+        from .groupwise import marginal_loglike_dense
+        return marginal_loglike_dense(self.model, self.fit_result.fe_params,
+                                      self.fit_result.cov_re, self.scale)
+
+    # ------------------------------------------------------------- summary
+    def summary(self, *, alpha: float = 0.05, ddf: str | None = None, **kwargs: Any):
+        """An lme4-style summary as a statsmodels ``summary2.Summary``."""
+        from .summary import make_summary
+        return make_summary(self, alpha=alpha, ddf=ddf, **kwargs)
+
+    summary2 = summary
+
+
+class HLMResultsWrapper(LikelihoodResultsWrapper):
+    _attrs: dict[str, str] = {"bse": "columns", "params": "columns", "tvalues": "columns",
+                              "pvalues": "columns"}
+    _wrap_attrs = wrap.union_dicts(LikelihoodResultsWrapper._wrap_attrs, _attrs)
+    _methods: dict[str, str] = {}
+    _wrap_methods = wrap.union_dicts(LikelihoodResultsWrapper._wrap_methods, _methods)
+
+
+wrap.populate_wrapper(HLMResultsWrapper, HLMResults)

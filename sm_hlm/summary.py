@@ -1,0 +1,194 @@
+"""lme4-style summaries as statsmodels ``summary2.Summary`` objects."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.iolib import summary2
+
+if TYPE_CHECKING:
+    from .results import HLMResults
+
+__all__ = ["HLMSummary", "make_summary", "random_effects_table", "fixed_effects_table", "residual_quantiles"]
+
+
+class HLMSummary(summary2.Summary):
+    """A ``summary2.Summary`` whose tables carry section titles.
+
+    ``add_df(..., title=...)``/``add_dict(..., title=...)`` record a heading
+    printed above the table in text, HTML and LaTeX output.  Everything else
+    (``tables``, ``extra_txt``, ``as_text``...) is statsmodels' Summary.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table_titles: list[str | None] = []
+
+    def add_df(self, df: pd.DataFrame, index: bool = True, header: bool = True,
+               float_format: str = "%.4f", align: str = "r", *, title: str | None = None) -> None:
+        super().add_df(df, index=index, header=header, float_format=float_format, align=align)
+        self.table_titles.append(title)
+
+    def add_dict(self, d: dict, ncols: int = 2, align: str = "l", float_format: str = "%.4f",
+                 *, title: str | None = None) -> None:
+        n = len(self.tables)
+        super().add_dict(d, ncols=ncols, align=align, float_format=float_format)
+        # Summary.add_dict goes through add_df, which recorded no title
+        self.table_titles = self.table_titles[:n] + [title] * (len(self.tables) - n)
+
+    def _titles(self) -> list[str | None]:
+        return self.table_titles + [None] * (len(self.tables) - len(self.table_titles))
+
+    def as_text(self) -> str:
+        pad_col, pad_index, widest = summary2._measure_tables(self.tables, self.settings)
+        simple = summary2._simple_tables(self.tables, self.settings, pad_col, pad_index)
+        parts = []
+        for title, st in zip(self._titles(), simple):
+            lines = st.as_text().split("\n")
+            if title:  # the heading goes under the rule that opens the table
+                lines.insert(1, title)
+            parts.extend(lines)
+        rule = widest * "="
+        if parts:
+            parts[0] = rule
+        title = self.title or ""
+        if len(title) < widest:
+            title = " " * int(widest / 2 - len(title) / 2) + title
+        extra = "\n".join(self.extra_txt)
+        return f"{title}\n" + "\n".join(parts) + f"\n{rule}\n{extra}"
+
+    def as_html(self) -> str:
+        simple = summary2._simple_tables(self.tables, self.settings)
+        parts = []
+        for title, st in zip(self._titles(), simple):
+            parts.append((f"<h4>{title}</h4>\n" if title else "") + st.as_html())
+        head = f"<h3>{self.title}</h3>\n" if self.title else ""
+        txt = "<br/>\n".join(t.replace("\n", "<br/>\n") for t in self.extra_txt)
+        return head + "\n".join(parts) + "<br/>\n" + txt
+
+    def as_latex(self, label: str = "") -> str:
+        simple = summary2._simple_tables(self.tables, self.settings)
+        parts = []
+        for title, st in zip(self._titles(), simple):
+            tex = st.as_latex_tabular()
+            parts.append((f"\\textbf{{{title}}}\\\\\n" if title else "") + tex)
+        cap = "\\caption{" + (self.title or "") + "}"
+        return "\n".join(["\\begin{table}", cap, "\\label{" + label + "}",
+                          "\n\n".join(parts), "\\end{table}", "\\bigskip",
+                          " \\newline \n".join(self.extra_txt)])
+
+
+def residual_quantiles(results: "HLMResults") -> pd.Series:
+    """Quantiles of the scaled residuals (Min, 1Q, Median, 3Q, Max)."""
+    r = np.asarray(results.resid_scaled)
+    q = np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return pd.Series(q, index=["Min", "1Q", "Median", "3Q", "Max"])
+
+
+def random_effects_table(results: "HLMResults") -> pd.DataFrame:
+    """Variances, SDs and correlations of the random effects and the residual."""
+    model = results.model
+    rd = model.re_design
+    cov = results.fit_result.cov_re
+    rows = []
+    offset = 0
+    for term in rd.terms:
+        sl = slice(offset, offset + term.k)
+        block = cov[sl, sl]
+        sd = np.sqrt(np.diag(block))
+        for i, name in enumerate(term.names):
+            row = {"Groups": term.group if i == 0 else "", "Name": name,
+                   "Variance": block[i, i], "Std.Dev.": sd[i]}
+            for j in range(i):
+                row[f"Corr.{j + 1}"] = block[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
+            rows.append(row)
+        offset += term.k
+    rows.extend(_residual_rows(results))
+    df = pd.DataFrame(rows)
+    corr_cols = sorted([c for c in df.columns if c.startswith("Corr.")])
+    return df[["Groups", "Name", "Variance", "Std.Dev."] + corr_cols]
+
+
+def _residual_rows(results: "HLMResults") -> list[dict[str, Any]]:
+    return [{"Groups": "Residual", "Name": "", "Variance": results.scale,
+             "Std.Dev.": np.sqrt(results.scale)}]
+
+
+def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
+                        ddf: str | None = None) -> pd.DataFrame:
+    """Estimates, SEs, z (or t with a ddf method), p-values and confidence limits."""
+    est = results.fe_params
+    se = results.bse_fe
+    stat = est / se
+    lo_name, hi_name = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
+    if ddf is None:
+        p = 2 * stats.norm.sf(np.abs(stat))
+        crit = stats.norm.ppf(1 - alpha / 2)
+        return pd.DataFrame({"Coef.": est, "Std.Err.": se, "z": stat, "P>|z|": p,
+                             lo_name: est - crit * se, hi_name: est + crit * se})
+    if ddf.lower() == "satterthwaite":
+        tab = results.satterthwaite()
+        df = tab["df"].to_numpy()
+        p = 2 * stats.t.sf(np.abs(stat), df)
+        crit = stats.t.ppf(1 - alpha / 2, df)
+        return pd.DataFrame({"Coef.": est, "Std.Err.": se, "df": df, "t": stat, "P>|t|": p,
+                             lo_name: est - crit * se, hi_name: est + crit * se})
+    raise ValueError(f"ddf must be None or 'satterthwaite', got {ddf!r}")
+
+
+def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None = None,
+                 float_format: str = "%.4f") -> summary2.Summary:
+    """Build the summary: fit criteria, scaled residuals, random and fixed effects,
+    and the correlation of the fixed effects, as lme4's ``summary.merMod``."""
+    model = results.model
+    smry = HLMSummary()
+    crit = "REML" if results.reml else "maximum likelihood"
+    formula = getattr(model, "formula", None)
+    smry.add_title(f"Linear mixed model fit by {crit}")
+    sizes = model.group_sizes
+    info = {
+        "Model:": "HLM",
+        "Dependent Variable:": str(model.endog_names),
+        "Method:": results.method,
+        "No. Observations:": f"{int(results.nobs)}",
+        f"No. Groups ({model.group_name}):": f"{results.n_groups}",
+        "Min. group size:": f"{int(sizes.min())}",
+        "Max. group size:": f"{int(sizes.max())}",
+        "Mean group size:": f"{sizes.mean():.1f}",
+        "AIC:": f"{results.aic:.1f}",
+        "BIC:": f"{results.bic:.1f}",
+        "Log-Likelihood:": f"{results.llf:.1f}",
+        ("REML criterion:" if results.reml else "Deviance:"): f"{results.deviance:.1f}",
+        "df.resid:": f"{int(results.df_resid)}",
+        "Converged:": "Yes" if results.converged else "No",
+    }
+    extra = _structure_info(results)
+    info.update(extra)
+    smry.add_dict(info, ncols=2, title=f"Formula: {formula}" if formula else None)
+    q = residual_quantiles(results).to_frame().T
+    q.index = [""]
+    smry.add_df(q, float_format="%.4f", title="Scaled residuals:")
+    re_tab = random_effects_table(results)
+    smry.add_df(re_tab.fillna(""), index=False, float_format="%.4f", title="Random effects:")
+    smry.add_df(fixed_effects_table(results, alpha=alpha, ddf=ddf), float_format=float_format,
+                title="Fixed effects:")
+    if model.k_fe > 1:
+        corr = results.corr_fe
+        tri = corr.where(np.tril(np.ones(corr.shape, dtype=bool), k=-1)).iloc[1:, :-1]
+        smry.add_df(tri.map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
+                    title="Correlation of fixed effects:")
+    if results.singular:
+        smry.add_text("boundary (singular) fit: " + "; ".join(results.singular_terms))
+    if not results.converged:
+        smry.add_text(f"Convergence warning: {results.optimizer.message}")
+    return smry
+
+
+def _structure_info(results: "HLMResults") -> dict[str, str]:
+    """Extra lines for a residual structure (none for independent errors)."""
+    residual = getattr(results.model, "residual", None)
+    if residual is None or getattr(residual, "n_params", 0) == 0:
+        return {}
+    return {"Residual structure:": str(residual)}
