@@ -326,6 +326,68 @@ class HLMResults(LikelihoodModelResults):
         return marginal_loglike_dense(self.model, self.fit_result.fe_params,
                                       self.fit_result.cov_re, self.scale)
 
+    # ---------------------------------------- inference (sm_hlm.inference)
+    def satterthwaite(self) -> pd.DataFrame:
+        """lmerTest's fixed-effects table with Satterthwaite degrees of freedom.
+
+        Columns Estimate, Std. Error, df, t value, Pr(>|t|).
+        """
+        from .inference import satterthwaite
+        return satterthwaite(self)
+
+    def conf_int_profile(self, alpha: float = 0.05, *, which: Any = None) -> pd.DataFrame:
+        """Profile-likelihood intervals (lme4's ``confint(method="profile")``)."""
+        from .inference import conf_int_profile
+        return conf_int_profile(self, alpha=alpha, which=which)
+
+    def bootstrap(self, n: int, *, seed: int | None = None, progress: bool = True,
+                  alpha: float = 0.05) -> Any:
+        """Parametric bootstrap: replicates and percentile intervals."""
+        from .inference import bootstrap
+        return bootstrap(self, n, seed=seed, progress=progress, alpha=alpha)
+
+    def cov_robust(self, kind: str = "CR2") -> pd.DataFrame:
+        """Cluster-robust covariance of the fixed effects (clubSandwich's vcovCR)."""
+        from .inference import cov_robust
+        return cov_robust(self, kind=kind)
+
+    # --------------------------------- variance shares (sm_hlm.diagnostics)
+    def icc(self) -> pd.Series:
+        """Intraclass correlation(s)."""
+        from .diagnostics import icc
+        return icc(self)
+
+    def r2(self) -> pd.Series:
+        """Marginal and conditional R^2 (Nakagawa & Schielzeth)."""
+        from .diagnostics import r2
+        return r2(self)
+
+    def reliability(self) -> pd.DataFrame:
+        """Reliability of each group's OLS estimates."""
+        from .diagnostics import reliability
+        return reliability(self)
+
+    def shrinkage(self) -> pd.DataFrame:
+        """Shrinkage weights of the BLUPs towards the fixed effects, by group."""
+        from .diagnostics import shrinkage
+        return shrinkage(self)
+
+    # ------------------------------------------------- plots (sm_hlm.plots)
+    def plot_caterpillar(self, **kwargs: Any) -> Any:
+        """Caterpillar plot of the BLUPs with intervals; returns a Figure."""
+        from .plots import caterpillar
+        return caterpillar(self, **kwargs)
+
+    def plot_shrinkage(self, **kwargs: Any) -> Any:
+        """Per-group OLS vs BLUP-based coefficients (the notes' plot); a Figure."""
+        from .plots import shrinkage_plot
+        return shrinkage_plot(self, **kwargs)
+
+    def plot_residuals(self, **kwargs: Any) -> Any:
+        """Residual diagnostics; returns a Figure."""
+        from .plots import residual_plots
+        return residual_plots(self, **kwargs)
+
     # ------------------------------------------------------------- summary
     def summary(self, *, alpha: float = 0.05, ddf: str | None = None, **kwargs: Any):
         """An lme4-style summary as a statsmodels ``summary2.Summary``."""
