@@ -32,11 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .linalg import batched_cholesky, batched_forward_solve
+from .linalg import batched_cholesky, batched_forward_solve_T, batched_inverse_lower
 
 __all__ = ["SufficientStats", "DevianceTerms", "ProfiledDeviance"]
 
 LOG2PI = float(np.log(2.0 * np.pi))
+#: Largest number of entries of the per-group pair products kept for the fast path.
+_PAIR_PRODUCT_LIMIT = 20_000_000
+#: adj(M) rows from M's rows for a 2 x 2 matrix stored as (M00, M01, M10, M11).
+_ADJ2 = np.array([[0, 0, 0, 1], [0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0]], dtype=float)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,13 @@ class ProfiledDeviance:
         Maps theta to the q x q relative covariance factor.
     reml
         REML criterion instead of -2 log-likelihood.
+
+    Notes
+    -----
+    The hot path (``__call__``) uses a (p+1, q, m) layout for Lambda' Z_j'W_j
+    so that sum_j C_j'C_j is a single matrix product, forms
+    Lambda' Z_j'Z_j Lambda for all groups with one (q^2 x q^2) product, and
+    skips the GLS solve for beta (only r^2 and the log-determinants matter).
     """
 
     def __init__(self, stats: SufficientStats, lambda_, *, reml: bool):
@@ -101,35 +112,108 @@ class ProfiledDeviance:
         self.lambda_ = lambda_
         self.reml = reml
         self.n_evals = 0
-        self._eye = np.eye(stats.q)[:, :, None]
+        q, m = stats.q, stats.ZtZ.shape[2] if stats.q else 0
+        self._q = q
+        self._m = m
+        self._eye = np.eye(q).reshape(q * q, 1)
+        self._ZtZ = stats.ZtZ.reshape(q * q, m)
+        self._WtZ = np.ascontiguousarray(stats.ZtW.transpose(1, 0, 2))   # (p+1, q, m)
+        self._diag = (np.arange(q), np.arange(q))
+        # Pair products S_ab,j = W_j'z_a z_b'W_j (+ its transpose for a < b) so that
+        # sum_j C_j'C_j = sum_{a<=b} sum_j G_j[a, b] S_ab,j with G_j = Lambda M_j^-1 Lambda'
+        # is one matrix-vector product per evaluation (when it fits in memory).
+        r = stats.k_fe + 1
+        self._pairs = [(a, b) for a in range(q) for b in range(a, q)]
+        self._S = None
+        if q and r * r * len(self._pairs) * m <= _PAIR_PRODUCT_LIMIT:
+            WtZ = self._WtZ
+            S = np.empty((r, r, len(self._pairs), m))
+            for k, (a, b) in enumerate(self._pairs):
+                prod = WtZ[:, None, a, :] * WtZ[None, :, b, :]
+                S[:, :, k, :] = prod + prod.transpose(1, 0, 2) if a != b else prod
+            self._S = S.reshape(r * r, len(self._pairs) * m)
+            self._pair_flat = np.array([a * q + b for a, b in self._pairs])
+
+    def _factor(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """L (q, q, m), C (p+1, q, m), A (p+1, p+1) and log|L|^2 at theta."""
+        s, q, m = self.stats, self._q, self._m
+        if not q:
+            return (np.zeros((0, 0, 0)), np.zeros((s.k_fe + 1, 0, 0)), s.WtW, 0.0)
+        lam = self.lambda_(theta)
+        lt = lam.T
+        K = (lt[:, None, :, None] * lt[None, :, None, :]).reshape(q * q, q * q)
+        M = (K @ self._ZtZ + self._eye).reshape(q, q, m)
+        L = batched_cholesky(M)
+        C = batched_forward_solve_T(L, np.matmul(lt, self._WtZ))
+        Cf = C.reshape(C.shape[0], q * m)
+        A = s.WtW - Cf @ Cf.T
+        logdet_L = 2.0 * float(np.log(L[self._diag]).sum())
+        return L, C, A, logdet_L
+
+    def _inverse_factor(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
+        """A(theta) and log|L|^2 through G_j = Lambda M_j^-1 Lambda' (fast path)."""
+        s, q, m = self.stats, self._q, self._m
+        lam = self.lambda_(theta)
+        lt = lam.T
+        K = (lt[:, None, :, None] * lt[None, :, None, :]).reshape(q * q, q * q)
+        M = K @ self._ZtZ + self._eye                    # (q*q, m), row a*q+b = M[a, b]
+        if q == 1:
+            logdet_L = float(np.log(M).sum())
+            G = (lam[0, 0] ** 2) / M
+        elif q == 2:
+            # M^-1 = adj(M) / det(M); adj(M) is a fixed signed permutation of M's rows
+            det = M[0] * M[3] - M[1] * M[1]
+            logdet_L = float(np.log(det).sum())
+            kl = (lam[:, None, :, None] * lam[None, :, None, :]).reshape(4, 4)
+            G = ((kl @ _ADJ2)[self._pair_flat] @ M) / det
+        else:
+            L = batched_cholesky(M.reshape(q, q, m))
+            logdet_L = 2.0 * float(np.log(L[self._diag]).sum())
+            Li = batched_inverse_lower(L)
+            Minv = np.einsum("kim,kjm->ijm", Li, Li).reshape(q * q, m)
+            kl = (lam[:, None, :, None] * lam[None, :, None, :]).reshape(q * q, q * q)
+            G = (kl @ Minv)[self._pair_flat]
+        r = s.k_fe + 1
+        A = s.WtW - (self._S @ G.reshape(-1)).reshape(r, r)
+        return A, logdet_L
+
+    def _system(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
+        """A(theta) and log|L|^2 by the fastest available path."""
+        if self._S is not None:
+            return self._inverse_factor(theta)
+        _, _, A, logdet_L = self._factor(theta)
+        return A, logdet_L
 
     def terms(self, theta: np.ndarray) -> DevianceTerms | None:
         """All pieces at ``theta``; None where A(theta) is not positive definite."""
-        s = self.stats
-        p = s.k_fe
-        if s.q:
-            lam = self.lambda_(theta)
-            T = np.tensordot(lam.T, s.ZtZ, axes=(1, 0))            # (q, q, m): Lam' ZtZ
-            M = np.tensordot(T, lam, axes=(1, 0)).transpose(0, 2, 1) + self._eye
-            L = batched_cholesky(M)
-            C = batched_forward_solve(L, np.tensordot(lam.T, s.ZtW, axes=(1, 0)))
-            A = s.WtW - np.tensordot(C, C, axes=([0, 2], [0, 2]))
-            logdet_L = 2.0 * float(sum(np.log(L[i, i]).sum() for i in range(s.q)))
-        else:
-            L = np.zeros((0, 0, 0))
-            C = np.zeros((0, p + 1, 0))
-            A = s.WtW
-            logdet_L = 0.0
+        p = self.stats.k_fe
+        L, C, A, logdet_L = self._factor(theta)
         try:
             R = np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
             return None
         RX = R[:p, :p]
         beta = np.linalg.solve(RX.T, R[p, :p]) if p else np.zeros(0)
-        diag = np.diag(RX)
-        return DevianceTerms(theta=np.asarray(theta, float), L=L, C=C, R=R, beta=beta,
-                             pwrss=float(R[p, p] ** 2), logdet_L=logdet_L,
-                             logdet_RX=2.0 * float(np.log(diag).sum()))
+        return DevianceTerms(theta=np.asarray(theta, float), L=L, C=C.transpose(1, 0, 2), R=R,
+                             beta=beta, pwrss=float(R[p, p] ** 2), logdet_L=logdet_L,
+                             logdet_RX=2.0 * float(np.log(np.diag(RX)).sum()))
+
+    def __call__(self, theta: np.ndarray) -> float:
+        self.n_evals += 1
+        n, p = self.stats.nobs, self.stats.k_fe
+        A, logdet_L = self._system(theta)
+        try:
+            R = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return np.inf
+        pwrss = R[p, p] ** 2
+        if not (np.isfinite(pwrss) and pwrss > 0):
+            return np.inf
+        if self.reml:
+            dof = n - p
+            logdet_RX = 2.0 * float(np.log(np.diag(R)[:p]).sum())
+            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + np.log(pwrss / dof)))
+        return float(logdet_L + n * (1.0 + LOG2PI + np.log(pwrss / n)))
 
     def from_terms(self, t: DevianceTerms) -> float:
         n, p = self.stats.nobs, self.stats.k_fe
@@ -137,13 +221,6 @@ class ProfiledDeviance:
             dof = n - p
             return t.logdet_L + t.logdet_RX + dof * (1.0 + LOG2PI + np.log(t.pwrss / dof))
         return t.logdet_L + n * (1.0 + LOG2PI + np.log(t.pwrss / n))
-
-    def __call__(self, theta: np.ndarray) -> float:
-        self.n_evals += 1
-        t = self.terms(theta)
-        if t is None or not np.isfinite(t.pwrss) or t.pwrss <= 0:
-            return np.inf
-        return float(self.from_terms(t))
 
     def scale(self, t: DevianceTerms) -> float:
         """The profiled sigma^2: r^2 / n (ML) or r^2 / (n - p) (REML)."""
@@ -157,15 +234,18 @@ class ProfiledDeviance:
         parameters.  For REML ``beta`` is ignored (the criterion does not
         depend on it).
         """
-        t = self.terms(theta)
-        if t is None:
-            return np.inf
         n, p = self.stats.nobs, self.stats.k_fe
+        A, logdet_L = self._system(theta)
+        try:
+            R = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return np.inf
+        RX = R[:p, :p]
+        pwrss = R[p, p] ** 2
         if self.reml:
-            return (t.logdet_L + t.logdet_RX + (n - p) * (LOG2PI + np.log(scale))
-                    + t.pwrss / scale)
-        # pwrss(beta) = r^2 + (beta - beta_theta)' X'V^-1X (beta - beta_theta)
-        d = np.asarray(beta) - t.beta
-        RX = t.R[:p, :p]
-        pw = t.pwrss + float(np.sum((RX.T @ d) ** 2))
-        return t.logdet_L + n * (LOG2PI + np.log(scale)) + pw / scale
+            logdet_RX = 2.0 * float(np.log(np.diag(RX)).sum())
+            return logdet_L + logdet_RX + (n - p) * (LOG2PI + np.log(scale)) + pwrss / scale
+        # pwrss(beta) = r^2 + |R_X'(beta - beta_theta)|^2
+        beta_theta = np.linalg.solve(RX.T, R[p, :p])
+        pw = pwrss + float(np.sum((RX.T @ (np.asarray(beta) - beta_theta)) ** 2))
+        return logdet_L + n * (LOG2PI + np.log(scale)) + pw / scale

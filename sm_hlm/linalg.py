@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "batched_cholesky",
     "batched_forward_solve",
+    "batched_forward_solve_T",
     "batched_back_solve",
     "batched_inverse_lower",
     "group_crossprod",
@@ -34,6 +35,8 @@ def batched_cholesky(M: np.ndarray) -> np.ndarray:
         Lower-triangular, ``M[:, :, j] = L[:, :, j] @ L[:, :, j].T``.
     """
     q = M.shape[0]
+    if q <= 4:
+        return _cholesky_small(M)
     L = np.zeros_like(M)
     for j in range(q):
         if j:
@@ -48,6 +51,41 @@ def batched_cholesky(M: np.ndarray) -> np.ndarray:
             else:
                 L[j + 1:, j] = M[j + 1:, j] / d
     return L
+
+
+def _cholesky_small(M: np.ndarray) -> np.ndarray:
+    """Cholesky for q <= 4 with scalar loops over the tiny dimension."""
+    q = M.shape[0]
+    L = np.zeros_like(M)
+    for j in range(q):
+        s = M[j, j]
+        for k in range(j):
+            s = s - L[j, k] * L[j, k]
+        d = np.sqrt(s)
+        L[j, j] = d
+        inv = 1.0 / d
+        for i in range(j + 1, q):
+            v = M[i, j]
+            for k in range(j):
+                v = v - L[i, k] * L[j, k]
+            L[i, j] = v * inv
+    return L
+
+
+def batched_forward_solve_T(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve ``L X_j = B_j`` with right-hand sides stored (r, q, m).
+
+    The same as :func:`batched_forward_solve` in the transposed layout used by
+    the deviance kernel (so that sum_j X_j'X_j is one matrix product).
+    """
+    q = L.shape[0]
+    X = np.empty_like(B)
+    for i in range(q):
+        v = B[:, i]
+        for k in range(i):
+            v = v - L[i, k] * X[:, k]
+        X[:, i] = v / L[i, i]
+    return X
 
 
 def batched_forward_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:

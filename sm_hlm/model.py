@@ -338,7 +338,7 @@ class HLM(LikelihoodModel):
 
     # -------------------------------------------------------------------- fit
     def fit(self, start_params: np.ndarray | None = None, reml: bool = True, *,
-            maxeval: int = 100_000, ftol_abs: float = 1e-10, xtol_abs: float = 1e-9,
+            maxeval: int = 100_000, ftol_abs: float = 1e-8, xtol_abs: float = 1e-8,
             compute_vcomp_cov: bool = True, **kwargs: Any):
         """Fit by REML (default, as lme4 and MixedLM) or ML.
 
