@@ -183,10 +183,14 @@ class HLM(LikelihoodModel):
                 f"the fixed-effects design is rank deficient: column(s) {names} are linear "
                 "combinations of the columns before them; drop them")
         from .crosslevel import warn_level2_in_random
-        re_cols = [c for c in self.re_design.names if c not in ("Intercept", "(Intercept)")]
-        if re_cols and q:
-            frame = pd.DataFrame(self.exog_re, columns=self.re_design.names)[re_cols]
-            warn_level2_in_random(frame.assign(__g=self.group_codes), re_cols, "__g")
+        # columns constant over all rows are intercepts, not group-level variables
+        varying = np.ptp(self.exog_re, axis=0) > 0 if len(self.exog_re) else np.zeros(q, bool)
+        re_cols = [c for c, v in zip(self.re_design.names, varying) if v]
+        if re_cols:
+            frame = pd.DataFrame(self.exog_re[:, varying], columns=re_cols)
+            gname = self.group_name if self.group_name not in re_cols else "__group__"
+            frame[gname] = self.group_codes
+            warn_level2_in_random(frame, re_cols, gname, stacklevel=4)
 
     # --------------------------------------------------------------- formula
     @classmethod
@@ -308,6 +312,22 @@ class HLM(LikelihoodModel):
         mod.row_index = frame.index
         return mod
 
+    @classmethod
+    def from_levels(cls, *, level1: str, level2: dict[str, str] | None = None, groups: str,
+                    random: Sequence[str] | str | None = None, data: pd.DataFrame,
+                    eval_env: int = 0, **kwargs: Any) -> "HLM":
+        """Create a model from level-1 and level-2 (HLM-style) equations.
+
+        ``HLM.from_levels(level1="mscore ~ ses", level2={"Intercept": "~ flp",
+        "ses": "~ flp"}, groups="school", random=["Intercept", "ses"], data=d)``
+        is ``mscore ~ 1 + flp + ses + flp:ses + (1 + ses | school)``.  The model
+        keeps the specification in ``model.levels``; see
+        :func:`sm_hlm.levels.from_levels` for every option.
+        """
+        from .levels import from_levels
+        return from_levels(cls, level1=level1, level2=level2, groups=groups, random=random,
+                           data=data, eval_env=eval_env + 1, **kwargs)
+
     # ------------------------------------------------------------ likelihood
     def deviance_function(self, *, reml: bool = True) -> ProfiledDeviance:
         """The profiled deviance of theta (see :mod:`sm_hlm.deviance`)."""
@@ -377,6 +397,30 @@ class HLM(LikelihoodModel):
         if not record.converged:
             warnings.warn(f"the optimiser did not converge: {record.message}",
                           ConvergenceWarning, stacklevel=2)
+        return HLMResultsWrapper(HLMResults(self, fit))
+
+    def results_at(self, theta: np.ndarray, *, reml: bool = True,
+                   compute_vcomp_cov: bool = True):
+        """Results at a given theta, without optimising.
+
+        beta and sigma^2 are profiled at ``theta`` as in :meth:`fit`.  Useful
+        to evaluate the estimator at another program's optimum (e.g. lme4's
+        ``getME(fit, "theta")``) or along a profile.
+        """
+        from .optimizer import OptimizerRecord
+        from .results import HLMResults, HLMResultsWrapper, build_fit
+
+        rd = self.re_design
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != (rd.n_theta,):
+            raise ValueError(f"theta must have {rd.n_theta} entries {list(rd.theta_names)}")
+        if np.any(theta < rd.theta_lower):
+            raise ValueError(f"theta {theta} is below its lower bounds {rd.theta_lower}")
+        dev = self.deviance_function(reml=reml)
+        f = dev(theta)
+        record = OptimizerRecord("fixed theta", theta, theta, f, f, 1, np.full(len(theta), np.nan),
+                                 True, "theta given, not optimised", rd.theta_names)
+        fit = build_fit(self, dev, record, reml=reml, compute_vcomp_cov=compute_vcomp_cov)
         return HLMResultsWrapper(HLMResults(self, fit))
 
     # ------------------------------------------------ the notes' quantities

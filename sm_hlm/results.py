@@ -388,6 +388,19 @@ class HLMResults(LikelihoodModelResults):
         from .plots import residual_plots
         return residual_plots(self, **kwargs)
 
+    # ------------------------------------- two-level form (sm_hlm.levels)
+    def level_equations(self, *, ddf: str | None = None, float_format: str = "%.4f") -> Any:
+        """Level-1/level-2 equations and a gamma table per level-2 equation.
+
+        Only for models built by :meth:`HLM.from_levels`.  Returns a
+        :class:`sm_hlm.levels.LevelEquations` (``.tables`` dict of DataFrames,
+        ``.frame`` MultiIndex DataFrame, ``.variance``, ``as_text()``); see
+        :func:`sm_hlm.levels.level_equations` (``ddf`` None, "hlm" or
+        "satterthwaite").
+        """
+        from .levels import level_equations
+        return level_equations(self, ddf=ddf, float_format=float_format)
+
     # ------------------------------------------------------------- summary
     def summary(self, *, alpha: float = 0.05, ddf: str | None = None, **kwargs: Any):
         """An lme4-style summary as a statsmodels ``summary2.Summary``."""

@@ -171,9 +171,13 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
     q.index = [""]
     smry.add_df(q, float_format="%.4f", title="Scaled residuals:")
     re_tab = random_effects_table(results)
-    smry.add_df(re_tab.fillna(""), index=False, float_format="%.4f", title="Random effects:")
+    re_tab = re_tab.astype(object).where(re_tab.notna(), "")
+    smry.add_df(re_tab, index=False, float_format="%.4f", title="Random effects:")
     smry.add_df(fixed_effects_table(results, alpha=alpha, ddf=ddf), float_format=float_format,
                 title="Fixed effects:")
+    if getattr(model, "levels", None) is not None:  # built by HLM.from_levels
+        from .levels import add_level_tables
+        add_level_tables(smry, results, ddf=ddf, float_format=float_format)
     if model.k_fe > 1:
         corr = results.corr_fe
         tri = corr.where(np.tril(np.ones(corr.shape, dtype=bool), k=-1)).iloc[1:, :-1]

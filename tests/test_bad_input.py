@@ -1,0 +1,196 @@
+"""Bad input gets a clear exception naming the problem; nothing is dropped silently."""
+from __future__ import annotations
+
+import string
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sm_hlm
+from sm_hlm.formula import parse_formula
+from sm_hlm.simulate import simulate_nels
+
+F = "mscore ~ ses + (ses | school)"
+
+
+@pytest.fixture
+def data() -> pd.DataFrame:
+    return simulate_nels(n_schools=40, seed=9)
+
+
+def test_missing_predictor_column(data):
+    with pytest.raises(KeyError, match=r"\['hwh'\]"):
+        sm_hlm.HLM.from_formula("mscore ~ hwh + (1 | school)", data)
+
+
+def test_missing_grouping_column(data):
+    with pytest.raises(KeyError, match="district"):
+        sm_hlm.HLM.from_formula("mscore ~ ses + (1 | district)", data)
+    with pytest.raises(KeyError, match="district"):
+        sm_hlm.HLM.from_formula("mscore ~ ses", data, groups="district")
+
+
+def test_missing_response_column(data):
+    with pytest.raises(KeyError, match="score"):
+        sm_hlm.HLM.from_formula("score ~ ses + (1 | school)", data)
+
+
+@pytest.mark.parametrize("column", ["mscore", "ses", "school"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_values_raise_by_name(data, column, bad):
+    d = data.astype({"school": float})
+    d.loc[d.index[[3, 17]], column] = bad
+    with pytest.raises(sm_hlm.MissingDataError, match=rf"'{column}' \(2 rows\)"):
+        sm_hlm.HLM.from_formula(F, d, missing="raise")
+
+
+@pytest.mark.parametrize("column", ["mscore", "ses", "school"])
+def test_missing_drop_reports_count(data, column):
+    d = data.astype({"school": float})
+    d.loc[d.index[[3, 17, 30]], column] = np.nan
+    with pytest.warns(sm_hlm.DroppedRowsWarning, match=rf"dropped 3 of {len(d)} rows"):
+        m = sm_hlm.HLM.from_formula(F, d, missing="drop")
+    assert m.nobs == len(d) - 3
+    assert m.n_dropped == 3
+
+
+def test_array_interface_nan_raises_and_drops(data):
+    y = data.mscore.copy()
+    y.iloc[5] = np.nan
+    X = pd.DataFrame({"Intercept": 1.0, "ses": data.ses})
+    with pytest.raises(sm_hlm.MissingDataError, match="mscore"):
+        sm_hlm.HLM(y, X, data.school)
+    with pytest.warns(sm_hlm.DroppedRowsWarning, match="dropped 1 of"):
+        m = sm_hlm.HLM(y, X, data.school, missing="drop")
+    assert m.nobs == len(data) - 1
+
+
+def test_unused_columns_with_nan_do_not_drop_rows(data):
+    d = data.assign(other=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sm_hlm.DroppedRowsWarning)
+        m = sm_hlm.HLM.from_formula(F, d)
+    assert m.nobs == len(d)
+
+
+def test_single_group(data):
+    d = data.assign(school=1)
+    with pytest.raises(sm_hlm.IdentificationError, match="only one group"):
+        sm_hlm.HLM.from_formula(F, d)
+
+
+def test_more_random_effects_than_identifiable(data):
+    one_per_group = data.groupby("school").head(1)
+    with pytest.raises(sm_hlm.IdentificationError, match="not identifiable"):
+        sm_hlm.HLM.from_formula("mscore ~ 1 + (1 | school)", one_per_group)
+    few = data[data.school.isin(data.school.unique()[:2])]
+    with pytest.raises(sm_hlm.IdentificationError, match="2 groups cannot identify a 2x2"):
+        sm_hlm.HLM.from_formula(F, few)
+
+
+def test_rank_deficient_fixed_effects(data):
+    d = data.assign(ses2=2 * data.ses)
+    with pytest.raises(sm_hlm.IdentificationError, match=r"\['ses2'\]"):
+        sm_hlm.HLM.from_formula("mscore ~ ses + ses2 + (1 | school)", d)
+
+
+def test_non_numeric_response(data):
+    d = data.assign(grade=np.where(data.mscore > 50, "high", "low"))
+    with pytest.raises(TypeError, match="'grade' must be numeric"):
+        sm_hlm.HLM.from_formula("grade ~ ses + (1 | school)", d)
+    with pytest.raises(TypeError, match="must be numeric"):
+        sm_hlm.HLM(d.grade, np.ones((len(d), 1)), d.school)
+
+
+def test_empty_data(data):
+    with pytest.raises(ValueError, match="empty data"):
+        sm_hlm.HLM.from_formula(F, data.iloc[:0])
+    d = data.copy()
+    d["ses"] = np.nan
+    with pytest.warns(sm_hlm.DroppedRowsWarning):
+        with pytest.raises(ValueError, match="no rows left"):
+            sm_hlm.HLM.from_formula(F, d)
+
+
+@pytest.mark.parametrize("formula, match", [
+    ("mscore ~ ses + (ses | )", "names no grouping column"),
+    ("mscore ~ ses + ( | school)", "nothing left of the bar"),
+    ("mscore ~ ses + (ses | school", "unbalanced parentheses"),
+    ("mscore ~ ses + ses | school)", "unbalanced parentheses"),
+    ("mscore ~ ses | school", "outside a parenthesised"),
+    ("mscore ses + (1 | school)", "exactly one '~'"),
+    ("~ ses + (1 | school)", "no response"),
+    ("mscore ~ ses + + (1 | school)", "stray"),
+    ("mscore ~ (1 | school | x)", "more than one bar"),
+])
+def test_malformed_bar_syntax(data, formula, match):
+    with pytest.raises(sm_hlm.FormulaSyntaxError, match=match):
+        sm_hlm.HLM.from_formula(formula, data)
+
+
+def test_conflicting_random_specifications(data):
+    with pytest.raises(ValueError, match="not both"):
+        sm_hlm.HLM.from_formula(F, data, re_formula="~ses")
+    with pytest.raises(ValueError, match="disagrees"):
+        sm_hlm.HLM.from_formula(F, data, groups="flp")
+    with pytest.raises(ValueError, match="no random effects"):
+        sm_hlm.HLM.from_formula("mscore ~ ses", data)
+
+
+def test_level2_variable_in_random_part_warns(data):
+    from sm_hlm.crosslevel import Level2InRandomWarning
+    with pytest.warns(Level2InRandomWarning, match="flp"):
+        sm_hlm.HLM.from_formula("mscore ~ flp + (flp | school)", data)
+
+
+def test_wrong_lengths_and_groups_name():
+    with pytest.raises(ValueError, match="differ in length"):
+        sm_hlm.HLM(np.arange(10.0), np.ones((9, 1)), np.repeat([1, 2], 5))
+    with pytest.raises(TypeError, match="column name"):
+        sm_hlm.HLM(np.arange(10.0), np.ones((10, 1)), "school")
+
+
+def test_bad_fit_arguments(data):
+    m = sm_hlm.HLM.from_formula(F, data)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        m.fit(method="lbfgs")
+    with pytest.raises(ValueError, match="3 entries"):
+        m.fit(start_params=[1.0, 0.0])
+
+
+_formula_chars = st.text(alphabet=string.ascii_letters[:6] + "()|~+ 01:*", min_size=0, max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_formula_chars)
+def test_parser_never_fails_unclearly(text):
+    """Any string either parses or raises one of the documented errors."""
+    try:
+        p = parse_formula(text)
+    except (sm_hlm.FormulaSyntaxError, NotImplementedError):
+        return
+    assert p.response and p.fixed_rhs
+    for term in p.random:
+        assert term.expr and term.group
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 399), st.sampled_from(["mscore", "ses", "school"])),
+                min_size=1, max_size=20))
+def test_drop_removes_exactly_the_rows_with_missing_values(cells):
+    d = simulate_nels(n_schools=25, seed=2).iloc[:400].astype({"school": float})
+    for row, col in cells:
+        d.iloc[row, d.columns.get_loc(col)] = np.nan
+    bad = d[["mscore", "ses", "school"]].isna().any(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            m = sm_hlm.HLM.from_formula(F, d, missing="drop")
+        except sm_hlm.IdentificationError:
+            return
+    assert m.nobs == (~bad).sum()
+    assert m.row_index.equals(d.index[~bad])
