@@ -11,12 +11,18 @@ from .exceptions import (ConvergenceWarning, DroppedRowsWarning, FormulaSyntaxEr
                          IdentificationError, MissingDataError, SingularFitWarning)
 from .model import HLM
 from .results import HLMResults
+from .compare import RefitMLWarning, compare, summary_table
+from .levels import LevelSpecError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HLM",
     "HLMResults",
+    "compare",
+    "summary_table",
+    "RefitMLWarning",
+    "LevelSpecError",
     "RandomEffectsDesign",
     "RandomEffectsTerm",
     "ConvergenceWarning",

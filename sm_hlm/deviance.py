@@ -37,8 +37,9 @@ from .linalg import batched_cholesky, batched_forward_solve_T, batched_inverse_l
 __all__ = ["SufficientStats", "DevianceTerms", "ProfiledDeviance"]
 
 LOG2PI = float(np.log(2.0 * np.pi))
-#: Largest number of entries of the per-group pair products kept for the fast path.
-_PAIR_PRODUCT_LIMIT = 20_000_000
+#: Largest number of entries of the per-group pair products for the fast path: beyond it
+#: (many groups) the memory traffic of the pair products outweighs the saved numpy calls.
+_PAIR_PRODUCT_LIMIT = 1_000_000
 #: adj(M) rows from M's rows for a 2 x 2 matrix stored as (M00, M01, M10, M11).
 _ADJ2 = np.array([[0, 0, 0, 1], [0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0]], dtype=float)
 

@@ -336,7 +336,10 @@ def shrinkage(results: "HLMResults") -> pd.DataFrame:
 
     which equals the reliability lambda_j.  With several random effects
     the diagonal of W_j is not the reliability: W_j mixes coefficients
-    through the off-diagonals of Psi and Z_j'Z_j.
+    through the off-diagonals of Psi and Z_j'Z_j, and a diagonal entry can
+    fall outside [0, 1] when the effects are strongly correlated.  The
+    eigenvalues of W_j (those of (F'Z_j'Z_j F + sigma^2 I)^{-1} F'Z_j'Z_j F)
+    always lie in [0, 1).
     """
     W = shrinkage_matrices(results)
     q = W.shape[0]

@@ -196,8 +196,8 @@ cf <- coef(fit.2)$school
 flp.school <- tapply(nels$flp, nels$school, mean)
 stopifnot(identical(names(flp.school), rownames(cf)))
 probs <- c(0.25, 0.5, 0.75)
-cats <- sort(unique(flp.school))
-boxplot <- lapply(cats, function(v) {
+cats <- sort(unique(as.vector(flp.school)))
+boxplot <- lapply(unname(cats), function(v) {
   sel <- flp.school == v
   qi <- quantile(cf[sel, "(Intercept)"], probs, type = 7)
   qs <- quantile(cf[sel, "ses"], probs, type = 7)

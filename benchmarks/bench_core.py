@@ -1,0 +1,142 @@
+"""Speed of the core estimator against lme4 and statsmodels' MixedLM.
+
+    python -m benchmarks.bench_core [--data ../shared/data/nels.csv] [--write-readme]
+
+Times, as medians over repeated runs on this machine:
+  - NELS fit.2 by ML end to end (from_formula + fit) and fit() alone;
+  - simulated NELS-shaped data (about 19 rows per group, four fixed effects,
+    correlated random intercept and slope) at 10^4, 10^5 and 10^6 rows.
+lme4 (through Rscript, when R and lme4 are installed) and statsmodels'
+MixedLM run on the same data in the same run; the table gives their medians
+and the ratios to sm_hlm.  ``--write-readme`` replaces the table in README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import sm_hlm
+from sm_hlm.simulate import simulate_nels
+
+ROOT = Path(__file__).resolve().parent.parent
+FORMULA = "mscore ~ flp + ses + flp*ses + (ses | school)"
+MARK_START, MARK_END = "<!-- bench:core:start -->", "<!-- bench:core:end -->"
+
+
+def median_time(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def lme4_time(data: pd.DataFrame, reps: int) -> float | None:
+    if shutil.which("Rscript") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.csv"
+        data.to_csv(path, index=False)
+        proc = subprocess.run(["Rscript", str(ROOT / "benchmarks" / "lme4_time.R"), str(path),
+                               FORMULA, "school", str(reps)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"lme4 not available: {proc.stderr.strip()[:200]}", file=sys.stderr)
+        return None
+    return float(np.median(json.loads(proc.stdout.strip().splitlines()[-1])["times"]))
+
+
+def mixedlm_time(data: pd.DataFrame, reps: int) -> float | None:
+    import statsmodels.formula.api as smf
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            smf.mixedlm("mscore ~ flp * ses", data, groups="school",
+                        re_formula="~ses").fit(reml=False)
+    return median_time(run, reps)
+
+
+def sm_hlm_times(data: pd.DataFrame, reps: int) -> tuple[float, float]:
+    def end_to_end():
+        sm_hlm.HLM.from_formula(FORMULA, data).fit(reml=False)
+    model = sm_hlm.HLM.from_formula(FORMULA, data)
+    return median_time(end_to_end, reps), median_time(lambda: model.fit(reml=False), reps)
+
+
+def ratio(a: float | None, b: float) -> str:
+    return "" if a is None else f"{a / b:.1f}x"
+
+
+def fmt(t: float | None) -> str:
+    if t is None:
+        return "n/a"
+    return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "nels.csv")
+    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--max-rows", type=int, default=1_000_000)
+    parser.add_argument("--mixedlm-max-rows", type=int, default=100_000,
+                        help="skip MixedLM above this size (it takes minutes)")
+    args = parser.parse_args(argv)
+
+    rows = []
+    cases = []
+    if args.data.exists():
+        cases.append(("NELS fit.2 (12,974 rows, 684 schools)", pd.read_csv(args.data), 20, True))
+    for n in (10_000, 100_000, 1_000_000):
+        if n <= args.max_rows:
+            d = simulate_nels(n_schools=max(2, round(n / 19)), seed=n)
+            reps = 20 if n <= 10_000 else (7 if n <= 100_000 else 5)
+            cases.append((f"simulated, {len(d):,} rows, {d.school.nunique():,} groups", d, reps,
+                          False))
+    for label, data, reps, show_fit in cases:
+        e2e, fit_only = sm_hlm_times(data, reps)
+        t_lme4 = lme4_time(data, min(reps, 5 if len(data) > 100_000 else reps))
+        t_mlm = (mixedlm_time(data, min(reps, 3)) if len(data) <= args.mixedlm_max_rows else None)
+        rows.append({"data": label, "sm_hlm end to end": fmt(e2e),
+                     "sm_hlm fit()": fmt(fit_only) if show_fit else "",
+                     "lme4 lmer()": fmt(t_lme4), "lme4 / sm_hlm": ratio(t_lme4, e2e),
+                     "MixedLM fit": fmt(t_mlm), "MixedLM / sm_hlm": ratio(t_mlm, e2e)})
+        print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    md = markdown_table(table)
+    print()
+    print(md)
+    if args.write_readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        if MARK_START in text and MARK_END in text:
+            head, rest = text.split(MARK_START, 1)
+            _, tail = rest.split(MARK_END, 1)
+            stamp = time.strftime("%Y-%m-%d")
+            block = (f"{MARK_START}\nMedians measured {stamp} on this 2-core machine "
+                     f"(`python -m benchmarks.bench_core --write-readme`):\n\n{md}\n{MARK_END}")
+            readme.write_text(head + block + tail)
+    return 0
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no optional dependency)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,538 @@
+"""Comparing fitted models: likelihood-ratio tests and side-by-side tables.
+
+* :func:`compare` -- lme4's ``anova(fit0, fit1, ...)``: information criteria
+  and sequential likelihood-ratio tests of nested fits, refitting REML fits
+  by ML where needed, plus the chi-bar-square (mixture) p-value of tests that
+  put a variance on the boundary of its parameter space;
+* :func:`summary_table` -- the coefficients, standard errors, variance
+  components and fit statistics of several fits side by side (like
+  statsmodels' ``summary_col`` and linearmodels' ``compare``), rendered as
+  text, HTML or LaTeX.
+
+Both accept :class:`~sm_hlm.HLMResults` and, as fits without random
+effects, statsmodels OLS results (``smf.ols(...).fit()``).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.iolib import summary2
+
+__all__ = ["RefitMLWarning", "compare", "summary_table", "SummaryTable", "boundary_test"]
+
+REFIT_MESSAGE = "refitting model(s) with ML (instead of REML)"
+
+
+class RefitMLWarning(UserWarning):
+    """REML fits were refitted by maximum likelihood to compare them (lme4's message)."""
+
+
+# ---------------------------------------------------------------------------
+# a uniform view of the fits
+# ---------------------------------------------------------------------------
+
+def _unwrap(fit: Any) -> Any:
+    return getattr(fit, "_results", fit)
+
+
+def _is_hlm(fit: Any) -> bool:
+    from .results import HLMResults
+    return isinstance(_unwrap(fit), HLMResults)
+
+
+def _is_ols(fit: Any) -> bool:
+    from statsmodels.regression.linear_model import OLS, RegressionResults
+    res = _unwrap(fit)
+    return isinstance(res, RegressionResults) and type(res.model) is OLS
+
+
+@dataclass
+class _Fit:
+    """What the comparison needs of one fit."""
+
+    name: str
+    result: Any                 # HLMResults (unwrapped) or statsmodels RegressionResults
+    kind: str                   # "hlm" or "ols"
+    reml: bool
+    llf: float
+    npar: int
+    nobs: int
+    endog: np.ndarray
+    exog_names: tuple[str, ...]
+    exog: np.ndarray
+    formula: str | None
+    refitted: bool = False
+
+    @property
+    def re_structure(self) -> tuple[str | None, tuple[tuple[tuple[str, ...], bool], ...]]:
+        """(group, terms as (names, correlated)) -- empty for no random effects."""
+        if self.kind != "hlm":
+            return None, ()
+        rd = self.result.model.re_design
+        return rd.group, tuple((t.names, bool(t.correlated) or t.k == 1) for t in rd.terms)
+
+
+def _view(fit: Any, name: str) -> _Fit:
+    res = _unwrap(fit)
+    if _is_hlm(res):
+        m = res.model
+        return _Fit(name=name, result=res, kind="hlm", reml=bool(res.reml), llf=float(res.llf),
+                    npar=int(res.n_params), nobs=int(res.nobs), endog=np.asarray(m.endog),
+                    exog_names=tuple(map(str, m.exog_names)), exog=np.asarray(m.exog),
+                    formula=getattr(m, "formula", None))
+    if _is_ols(res):
+        m = res.model
+        formula = getattr(m, "formula", None)
+        return _Fit(name=name, result=res, kind="ols", reml=False, llf=float(res.llf),
+                    npar=int(len(res.params)) + 1, nobs=int(res.nobs),
+                    endog=np.asarray(m.endog, dtype=float),
+                    exog_names=tuple(map(str, m.exog_names)),
+                    exog=np.asarray(m.exog, dtype=float), formula=formula)
+    raise TypeError(f"{name}: cannot compare a {type(res).__name__}; pass sm_hlm results "
+                    "(HLM(...).fit()) or statsmodels OLS results")
+
+
+def _names(n: int, names: Sequence[str] | None) -> list[str]:
+    if names is None:
+        return [f"fit{i}" for i in range(n)]
+    names = [str(x) for x in names]
+    if len(names) != n:
+        raise ValueError(f"names has {len(names)} entries for {n} fits")
+    if len(set(names)) != n:
+        raise ValueError(f"names must be distinct, got {names}")
+    return names
+
+
+def _check_same_data(views: list[_Fit]) -> None:
+    ref = views[0]
+    sizes = {v.name: v.nobs for v in views}
+    if len(set(sizes.values())) > 1:
+        detail = ", ".join(f"{k} (nobs={n})" for k, n in sizes.items())
+        raise ValueError(f"models were not all fitted to the same data: {detail}. Fit every "
+                         "model to the same rows (drop missing values beforehand)")
+    for v in views[1:]:
+        if not np.array_equal(v.endog, ref.endog):
+            n_diff = int(np.sum(v.endog != ref.endog))
+            raise ValueError(
+                f"models {ref.name} and {v.name} have different response values ({n_diff} of "
+                f"{ref.nobs} rows differ): they were not fitted to the same data (or the "
+                "same transformation of the response)")
+
+
+def _same_fixed(a: _Fit, b: _Fit) -> bool:
+    return a.exog_names == b.exog_names and a.exog.shape == b.exog.shape and \
+        np.array_equal(a.exog, b.exog)
+
+
+def _refit_ml(v: _Fit) -> _Fit:
+    new = v.result.model.fit(reml=False, compute_vcomp_cov=False)
+    out = _view(new, v.name)
+    out.refitted = True
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the boundary (chi-bar-square) test
+# ---------------------------------------------------------------------------
+
+def boundary_test(small: Any, large: Any) -> int | None:
+    """Degrees of freedom of a boundary LRT of ``small`` within ``large``, or None.
+
+    Returns the number of parameters ``large`` adds when it is ``small``
+    plus exactly one random effect (its variance and its covariances with
+    the effects of its block), the fixed effects being identical;
+    otherwise None.  See :func:`compare` for the test.
+    """
+    a = small if isinstance(small, _Fit) else _view(small, "small")
+    b = large if isinstance(large, _Fit) else _view(large, "large")
+    if not _same_fixed(a, b):
+        return None
+    ga, ta = a.re_structure
+    gb, tb = b.re_structure
+    if ta and ga != gb:
+        return None
+    names_a = [n for names, _ in ta for n in names]
+    names_b = [n for names, _ in tb for n in names]
+    extra = [n for n in names_b if n not in names_a]
+    if len(extra) != 1 or len(names_b) != len(names_a) + 1:
+        return None
+    new = extra[0]
+    reduced = []
+    added = 0
+    for names, corr in tb:
+        if new in names:
+            kept = tuple(n for n in names if n != new)
+            added = len(names) if corr else 1
+            if kept:
+                reduced.append((kept, corr or len(kept) == 1))
+        else:
+            reduced.append((names, corr))
+    norm = [(n, c or len(n) == 1) for n, c in ta]
+    if reduced != norm:
+        return None
+    if b.npar - a.npar != added:
+        return None
+    return added
+
+
+def _mixture_sf(chisq: float, df: int) -> float:
+    """P(X > chisq) for X ~ 0.5 chi2_{df-1} + 0.5 chi2_{df} (chi2_0: point mass at 0)."""
+    low = (1.0 if chisq <= 0 else 0.0) if df - 1 == 0 else stats.chi2.sf(chisq, df - 1)
+    return 0.5 * float(low) + 0.5 * float(stats.chi2.sf(chisq, df))
+
+
+# ---------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------
+
+def compare(*fits: Any, names: Sequence[str] | None = None, refit: bool | None = None,
+            mixture: bool = True) -> pd.DataFrame:
+    """Likelihood-ratio comparison of nested fits, as lme4's ``anova(fit0, fit1, ...)``.
+
+    Parameters
+    ----------
+    *fits
+        Two or more fits to the same data: :class:`~sm_hlm.HLMResults` and/or
+        statsmodels OLS results (a model without random effects).
+    names
+        Row labels; default ``"fit0"``, ``"fit1"``, ... in the order given.
+    refit
+        What to do with REML fits.  ``None`` (default): keep the REML
+        likelihoods when *every* fit is REML with identical fixed effects
+        (the REML likelihood ratio is then valid), refit the REML fits by ML
+        otherwise.  ``True``: always refit REML fits by ML (lme4's default
+        ``refit = TRUE``).  ``False``: never refit; raises if REML fits with
+        different fixed effects or a mix of REML and ML fits are given.
+    mixture
+        Add the column ``Pr(>Chisq) mix`` (see Notes).
+
+    Returns
+    -------
+    DataFrame
+        One row per fit, sorted by ``npar`` (stable, as lme4), with columns
+        ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance`` (-2 logLik),
+        ``Chisq``, ``Df``, ``Pr(>Chisq)`` and ``Pr(>Chisq) mix``.  The row of
+        each fit compares it with the row above.  ``attrs`` holds
+        ``"method"`` (``"ML"`` or ``"REML"``), ``"refitted"`` (names of the
+        fits refitted by ML), ``"note"`` (lme4's message when refitting, else
+        ""), ``"formulas"`` (name -> formula) and ``"boundary"`` (name ->
+        Df of a boundary test, for the rows where it applies).
+
+    Warns
+    -----
+    RefitMLWarning
+        "refitting model(s) with ML (instead of REML)" when REML fits were
+        refitted, as lme4's message.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two fits; fits to different data (different numbers of
+        observations or response values; the message names the models); REML
+        fits that cannot be compared with ``refit=False``.
+
+    Notes
+    -----
+    With the fits sorted by their number of parameters :math:`n_i` (lme4's
+    count: fixed effects, covariance parameters and the residual variance)
+    and log-likelihoods :math:`\\ell_i`, row :math:`i` reports
+
+    .. math::
+
+        \\mathrm{AIC}_i = -2\\ell_i + 2 n_i, \\quad
+        \\mathrm{BIC}_i = -2\\ell_i + n_i \\log N, \\quad
+        \\chi^2_i = 2 \\max(0, \\ell_i - \\ell_{i-1}), \\quad
+        \\mathrm{Df}_i = n_i - n_{i-1},
+
+    and :math:`\\Pr(\\chi^2_{\\mathrm{Df}_i} > \\chi^2_i)` (NaN when
+    :math:`\\mathrm{Df}_i = 0`).  As in lme4, nesting is not checked: the test
+    is meaningful only for nested models.
+
+    When the null hypothesis puts a variance on the boundary of its
+    parameter space the :math:`\\chi^2_{\\mathrm{Df}}` reference distribution is
+    conservative.  ``Pr(>Chisq) mix`` gives the chi-bar-square p-value of
+    Self & Liang (1987) and Stram & Lee (1994),
+
+    .. math::
+
+        p = \\tfrac12 \\Pr(\\chi^2_{\\mathrm{Df}-1} > \\chi^2) +
+            \\tfrac12 \\Pr(\\chi^2_{\\mathrm{Df}} > \\chi^2)
+        \\qquad (\\chi^2_0 \\equiv 0),
+
+    **applied exactly when** the row's fit equals the fit above it plus one
+    random effect: identical fixed-effects designs (same columns, same
+    values), the same grouping factor, and random-effects terms that are
+    those of the smaller fit with one column added (to an existing term or
+    as a new one-column term), so that :math:`\\mathrm{Df}` counts that
+    effect's variance and its covariances with the other effects of its
+    term.  Examples: random intercept vs. no random effects (OLS or an
+    ``HLM`` with ``re_formula="0"``; Df 1, 50:50 mixture of
+    :math:`\\chi^2_0` and :math:`\\chi^2_1`); ``(1 | g)`` vs. ``(1 + x | g)``
+    (Df 2, mixture of :math:`\\chi^2_1` and :math:`\\chi^2_2`).  Other rows
+    get NaN.  Adding two or more random effects at once gives a mixture
+    with other weights and is not covered.
+    """
+    if len(fits) < 2:
+        raise ValueError(f"compare needs at least two fits, got {len(fits)}")
+    labels = _names(len(fits), names)
+    views = [_view(f, n) for f, n in zip(fits, labels)]
+    _check_same_data(views)
+
+    any_reml = any(v.reml for v in views)
+    all_reml = all(v.reml for v in views)
+    same_fixed = all(_same_fixed(views[0], v) for v in views[1:])
+    method = "ML"
+    if any_reml:
+        if refit is None:
+            do_refit = not (all_reml and same_fixed)
+        elif refit:
+            do_refit = True
+        else:
+            if not all_reml:
+                raise ValueError("some fits are REML and some ML (" + ", ".join(
+                    f"{v.name}: {'REML' if v.reml else 'ML'}" for v in views)
+                    + "); their likelihoods are not comparable. Use refit=None or True")
+            if not same_fixed:
+                raise ValueError("REML likelihoods of fits with different fixed effects are not "
+                                 "comparable; use refit=None or True to refit by ML")
+            do_refit = False
+        if do_refit:
+            warnings.warn(REFIT_MESSAGE, RefitMLWarning, stacklevel=2)
+            views = [_refit_ml(v) if v.reml else v for v in views]
+        else:
+            method = "REML"
+
+    order = np.argsort([v.npar for v in views], kind="stable")
+    views = [views[i] for i in order]
+    llf = np.array([v.llf for v in views])
+    npar = np.array([v.npar for v in views])
+    nobs = views[0].nobs
+    chisq = np.r_[np.nan, 2.0 * np.maximum(0.0, np.diff(llf))]
+    dfs = np.r_[np.nan, np.diff(npar).astype(float)]
+    with np.errstate(invalid="ignore"):
+        p = np.where(dfs > 0, stats.chi2.sf(chisq, np.where(dfs > 0, dfs, 1)), np.nan)
+    p[0] = np.nan
+    out = pd.DataFrame({
+        "npar": npar,
+        "AIC": -2 * llf + 2 * npar,
+        "BIC": -2 * llf + np.log(nobs) * npar,
+        "logLik": llf,
+        "deviance": -2 * llf,
+        "Chisq": chisq,
+        "Df": pd.array([pd.NA] + [int(d) for d in dfs[1:]], dtype="Int64"),
+        "Pr(>Chisq)": p,
+    }, index=pd.Index([v.name for v in views], name="model"))
+    boundary: dict[str, int] = {}
+    if mixture:
+        mix = np.full(len(views), np.nan)
+        for i in range(1, len(views)):
+            df_b = boundary_test(views[i - 1], views[i])
+            if df_b is not None and df_b == dfs[i]:
+                boundary[views[i].name] = int(df_b)
+                mix[i] = _mixture_sf(chisq[i], int(df_b))
+        out["Pr(>Chisq) mix"] = mix
+    refitted = [v.name for v in views if v.refitted]
+    out.attrs["method"] = method
+    out.attrs["refitted"] = refitted
+    out.attrs["note"] = REFIT_MESSAGE if refitted else ""
+    out.attrs["formulas"] = {v.name: v.formula for v in views}
+    out.attrs["boundary"] = boundary
+    return out
+
+
+# ---------------------------------------------------------------------------
+# side-by-side table
+# ---------------------------------------------------------------------------
+
+class SummaryTable(summary2.Summary):
+    """Side-by-side table of several fits (``as_text``, ``as_html``, ``as_latex``).
+
+    Attributes
+    ----------
+    frame : DataFrame
+        The formatted table (strings), as printed.
+    params, bse, pvalues : DataFrame
+        Fixed effects, their standard errors and p-values (rows: effects,
+        columns: models; NaN where a model lacks the effect).
+    vcomp : DataFrame
+        Variance components (SDs or variances, correlations, residual).
+    stats : DataFrame
+        N, groups, logLik, AIC, BIC, method per model.
+    """
+
+    frame: pd.DataFrame
+    params: pd.DataFrame
+    bse: pd.DataFrame
+    pvalues: pd.DataFrame
+    vcomp: pd.DataFrame
+    stats: pd.DataFrame
+
+    def __str__(self) -> str:
+        return self.as_text()
+
+
+def _stars(p: float, levels: Sequence[float]) -> str:
+    if not np.isfinite(p):
+        return ""
+    return "*" * sum(p < lv for lv in levels)
+
+
+def _fe_table(res: Any, kind: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    if kind == "hlm":
+        est, se = res.fe_params, res.bse_fe
+    else:
+        est = pd.Series(np.asarray(res.params), index=res.model.exog_names)
+        se = pd.Series(np.asarray(res.bse), index=res.model.exog_names)
+    p = pd.Series(2 * stats.norm.sf(np.abs(est / se)), index=est.index) if kind == "hlm" \
+        else pd.Series(np.asarray(res.pvalues), index=est.index)
+    return est, se, p
+
+
+def _vcomp_rows(res: Any, kind: str, vcomp: str) -> dict[str, float]:
+    rows: dict[str, float] = {}
+    lab = "SD" if vcomp == "sd" else "Var"
+    if kind == "hlm":
+        cov = res.fit_result.cov_re
+        rd = res.model.re_design
+        off = 0
+        for t in rd.terms:
+            sl = slice(off, off + t.k)
+            block = cov[sl, sl]
+            sd = np.sqrt(np.diag(block))
+            for i, n in enumerate(t.names):
+                rows[f"{lab}({n} | {t.group})"] = sd[i] if vcomp == "sd" else block[i, i]
+            if t.correlated:
+                for j in range(t.k):
+                    for i in range(j + 1, t.k):
+                        den = sd[i] * sd[j]
+                        rows[f"Corr({t.names[j]}, {t.names[i]} | {t.group})"] = \
+                            block[i, j] / den if den > 0 else np.nan
+            off += t.k
+        scale = float(res.scale)
+    else:
+        scale = float(res.scale)
+    rows[f"{lab}(Residual)"] = np.sqrt(scale) if vcomp == "sd" else scale
+    return rows
+
+
+def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = True,
+                  float_format: str = "%.3f", vcomp: str = "sd",
+                  star_levels: Sequence[float] = (0.05, 0.01, 0.001),
+                  title: str | None = None) -> SummaryTable:
+    """Coefficients, SEs, variance components and fit statistics of fits side by side.
+
+    Parameters
+    ----------
+    *fits
+        :class:`~sm_hlm.HLMResults` and/or statsmodels OLS results.
+    names
+        Column labels; default ``"fit0"``, ``"fit1"``, ...
+    stars
+        Append significance stars to the estimates (``*``, ``**``, ``***``
+        for p below each of ``star_levels``; normal-theory p-values, as the
+        summary).
+    float_format
+        Number format of estimates, SEs and variance components.
+    vcomp
+        ``"sd"`` (default, lme4's Std.Dev.) or ``"var"``: how the random
+        effects and the residual are shown; correlations are shown either way.
+    star_levels
+        p-value thresholds of one, two, three stars.
+    title
+        Table title.
+
+    Returns
+    -------
+    SummaryTable
+        A statsmodels ``summary2.Summary`` (``as_text()``, ``as_html()``,
+        ``as_latex()``) with the numbers in ``.params``, ``.bse``,
+        ``.pvalues``, ``.vcomp``, ``.stats`` and the printed table in
+        ``.frame``.
+
+    Notes
+    -----
+    Each fixed effect takes two rows: the estimate :math:`\\hat\\beta` (with
+    stars for :math:`p = 2\\Phi(-|\\hat\\beta/\\mathrm{SE}|)`) and its standard
+    error in parentheses.  AIC is :math:`-2\\ell + 2 n_{par}` with lme4's
+    parameter count (OLS: coefficients plus the residual variance, as R's
+    ``AIC(lm)``), so the column of an OLS fit is comparable with the others.
+    """
+    if not fits:
+        raise ValueError("summary_table needs at least one fit")
+    if vcomp not in ("sd", "var"):
+        raise ValueError(f"vcomp must be 'sd' or 'var', got {vcomp!r}")
+    labels = _names(len(fits), names)
+    views = [_view(f, n) for f, n in zip(fits, labels)]
+    est_d, se_d, p_d, vc_d, st_d = {}, {}, {}, {}, {}
+    for v in views:
+        e, s, p = _fe_table(v.result, v.kind)
+        est_d[v.name], se_d[v.name], p_d[v.name] = e, s, p
+        vc_d[v.name] = pd.Series(_vcomp_rows(v.result, v.kind, vcomp), dtype=float)
+        groups = ""
+        if v.kind == "hlm" and v.result.model.k_re:
+            groups = f"{v.result.n_groups}"
+        st_d[v.name] = {
+            "N": f"{v.nobs}",
+            "Groups": groups,
+            "logLik": f"{v.llf:.1f}",
+            "AIC": f"{-2 * v.llf + 2 * v.npar:.1f}",
+            "BIC": f"{-2 * v.llf + np.log(v.nobs) * v.npar:.1f}",
+            "Method": ("REML" if v.reml else "ML") if v.kind == "hlm" else "OLS",
+        }
+    fe_order: list[str] = []
+    for v in views:
+        fe_order += [n for n in est_d[v.name].index if n not in fe_order]
+    params = pd.DataFrame(est_d).reindex(fe_order)
+    bse = pd.DataFrame(se_d).reindex(fe_order)
+    pvalues = pd.DataFrame(p_d).reindex(fe_order)
+    vc_order: list[str] = []
+    for v in views:
+        vc_order += [n for n in vc_d[v.name].index if n not in vc_order and "Residual" not in n]
+    vc_order += [n for n in vc_d[views[0].name].index if "Residual" in n]
+    vc = pd.DataFrame(vc_d).reindex(vc_order)
+    group_names = sorted({v.result.model.group_name for v in views
+                          if v.kind == "hlm" and v.result.model.k_re})
+    st = pd.DataFrame(st_d)
+    if group_names:
+        st = st.rename(index={"Groups": f"Groups ({', '.join(group_names)})"})
+
+    ff = float_format
+    rows: list[list[str]] = []
+    index: list[str] = []
+    for n in fe_order:
+        r_est, r_se = [], []
+        for c in labels:
+            e, s, p = params.loc[n, c], bse.loc[n, c], pvalues.loc[n, c]
+            if pd.isna(e):
+                r_est.append("")
+                r_se.append("")
+                continue
+            r_est.append(ff % e + (_stars(p, star_levels) if stars else ""))
+            r_se.append(f"({ff % s})")
+        rows += [r_est, r_se]
+        index += [n, ""]
+    for n in vc_order:
+        rows.append(["" if pd.isna(vc.loc[n, c]) else ff % vc.loc[n, c] for c in labels])
+        index.append(n)
+    for n in st.index:
+        rows.append([str(st.loc[n, c]) for c in labels])
+        index.append(n)
+    frame = pd.DataFrame(rows, index=index, columns=labels)
+
+    out = SummaryTable()
+    out.add_df(frame, float_format=ff, align="r")
+    if title:
+        out.add_title(title)
+    if stars:
+        out.add_text("Standard errors in parentheses. " + ", ".join(
+            f"{'*' * (i + 1)} p<{lv:g}" for i, lv in enumerate(star_levels)))
+    out.frame = frame
+    out.params, out.bse, out.pvalues = params, bse, pvalues
+    out.vcomp, out.stats = vc, st
+    return out

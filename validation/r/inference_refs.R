@@ -1,0 +1,168 @@
+# Inference references for sm_hlm.inference (Satterthwaite, profile CIs,
+# cluster-robust covariances).
+#
+# Run from the repository root:
+#
+#     Rscript validation/r/inference_refs.R
+#
+# Writes validation/r/inference_refs.json.  Tests (tests/test_inference.py)
+# read the JSON; R is not needed at test time.
+#
+# Needs R with lme4, lmerTest, clubSandwich and jsonlite (Debian bookworm:
+# apt-get install r-cran-lme4 r-cran-lmertest r-cran-clubsandwich
+# r-cran-jsonlite).  The data are ../shared/data/nels.csv with `school` as a
+# factor.
+#
+# Cases (keys "<fit>_<ML|REML>"), each fitted with lmerTest::lmer:
+#   fit.1: mscore ~ ses + (ses | school)
+#   fit.2: mscore ~ flp + ses + flp * ses + (ses | school)
+#
+# Fields of each case:
+# * formula, REML, nobs, fixef_names, fixef, theta, sigma
+# * coefficients: summary(fit)$coefficients (lmerTest, Satterthwaite df) as
+#   columns {"names", "Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"}
+# * vcov_varpar: lmerTest's asymptotic covariance of (theta, sigma)
+#   (2 * inverse Hessian of the deviance / REML criterion)
+# * contest: lmerTest::contest() results for a few contrasts:
+#   list of {"L": rows, "type": "t" | "F", and the table's columns}
+# * confint_profile: confint(fit, method = "profile") with lme4's old names
+#   (.sig01, .sig02, .sig03, .sigma, fixed effects) as {"names", "lower",
+#   "upper"}; "names_new" holds the oldNames = FALSE names (sd_(Intercept)|school,
+#   cor_ses.(Intercept)|school, sd_ses|school, sigma, ...) in the same order.
+#   NB: lme4's profile() always refits by ML (devfun2 calls refitML), so the
+#   REML and ML cases give the same intervals.
+# * confint_time_s: elapsed seconds of the profile computation
+# * vcovCR: clubSandwich::vcovCR(fit, cluster = nels$school, type = ...) for
+#   CR0, CR1 and CR2 (matrices ordered as fixef_names)
+# * versions: lme4, lmerTest, clubSandwich, R
+#
+# Numbers are printed with %.17g (see core_lme4.R for why not jsonlite).
+
+suppressPackageStartupMessages({
+  library(lme4)
+  library(lmerTest)
+  library(clubSandwich)
+  library(jsonlite)
+})
+
+here <- "validation/r"
+nels_path <- "../shared/data/nels.csv"
+
+# ---------------------------------------------------------------- JSON writer
+num_str <- function(x) {
+  out <- sprintf("%.17g", x)
+  out[is.na(x) | !is.finite(x)] <- "null"
+  out
+}
+
+scalar_strs <- function(x) {
+  if (is.factor(x)) x <- as.character(x)
+  if (is.logical(x)) return(ifelse(is.na(x), "null", ifelse(x, "true", "false")))
+  if (is.integer(x)) return(ifelse(is.na(x), "null", as.character(x)))
+  if (is.numeric(x)) return(num_str(as.double(x)))
+  if (is.character(x)) {
+    return(vapply(x, function(s) if (is.na(s)) "null" else
+      as.character(jsonlite::toJSON(s, auto_unbox = TRUE)), ""))
+  }
+  stop("unsupported type: ", class(x)[1])
+}
+
+to_json <- function(x, indent = 0) {
+  pad <- strrep("  ", indent + 1)
+  pad0 <- strrep("  ", indent)
+  if (is.null(x)) return("null")
+  if (is.matrix(x)) {
+    rows <- vapply(seq_len(nrow(x)), function(i)
+      paste0("[", paste(scalar_strs(unname(x[i, ])), collapse = ", "), "]"), "")
+    if (length(rows) == 0) return("[]")
+    return(paste0("[\n", pad, paste(rows, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
+  }
+  if (is.atomic(x)) {
+    if (!is.null(names(x)) && !inherits(x, "AsIs")) {
+      x <- as.list(x)
+    } else {
+      s <- scalar_strs(unclass(unname(x)))
+      if (!(inherits(x, "AsIs") || length(x) != 1)) return(s)
+      return(paste0("[", paste(s, collapse = ", "), "]"))
+    }
+  }
+  if (is.list(x)) {
+    if (length(x) == 0) return(if (is.null(names(x))) "[]" else "{}")
+    vals <- vapply(x, function(v) to_json(v, indent + 1), "")
+    if (!is.null(names(x))) {
+      items <- paste0(scalar_strs(names(x)), ": ", vals)
+      return(paste0("{\n", pad, paste(items, collapse = paste0(",\n", pad)), "\n", pad0, "}"))
+    }
+    return(paste0("[\n", pad, paste(vals, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
+  }
+  stop("unsupported object: ", class(x)[1])
+}
+
+# ------------------------------------------------------------------- fits
+nels <- read.csv(nels_path)
+nels$school <- factor(nels$school)
+
+cases <- list(
+  list(name = "fit.1", formula = "mscore ~ ses + (ses | school)",
+       contrasts = list(matrix(c(1, 1), nrow = 1))),
+  list(name = "fit.2", formula = "mscore ~ flp + ses + flp*ses + (ses | school)",
+       contrasts = list(matrix(c(0, 1, 0, 0, 0, 0, 0, 1), nrow = 2, byrow = TRUE),
+                        matrix(c(0, 1, 1, 0), nrow = 1),
+                        matrix(c(0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1), nrow = 3,
+                               byrow = TRUE)))
+)
+
+columns_of <- function(tab) {
+  out <- list(names = I(rownames(tab)))
+  for (cn in colnames(tab)) out[[cn]] <- I(unname(tab[, cn]))
+  out
+}
+
+out <- list()
+for (cs in cases) {
+  for (REML in c(FALSE, TRUE)) {
+    key <- paste0(cs$name, "_", if (REML) "REML" else "ML")
+    cat("fitting", key, "\n")
+    fit <- lmerTest::lmer(as.formula(cs$formula), data = nels, REML = REML)
+    coefs <- summary(fit)$coefficients
+    contests <- lapply(cs$contrasts, function(L) {
+      tab <- if (nrow(L) == 1) contest(fit, L, joint = FALSE) else contest(fit, L, joint = TRUE)
+      tab <- as.data.frame(tab)
+      res <- list(L = L, type = if (nrow(L) == 1) "t" else "F")
+      for (cn in names(tab)) res[[cn]] <- tab[[cn]][1]
+      res
+    })
+    t0 <- proc.time()[["elapsed"]]
+    ci <- suppressMessages(confint(fit, method = "profile", oldNames = TRUE))
+    ci_time <- proc.time()[["elapsed"]] - t0
+    ci_new <- suppressMessages(confint(fit, method = "profile", oldNames = FALSE))
+    vc <- lapply(c(CR0 = "CR0", CR1 = "CR1", CR2 = "CR2"), function(tp)
+      unclass(as.matrix(vcovCR(fit, cluster = nels$school, type = tp))))
+    vc <- lapply(vc, function(m) { attributes(m) <- list(dim = dim(m)); m })
+    out[[key]] <- list(
+      formula = cs$formula,
+      REML = REML,
+      nobs = nobs(fit),
+      fixef_names = I(names(fixef(fit))),
+      fixef = fixef(fit),
+      theta = I(unname(getME(fit, "theta"))),
+      sigma = sigma(fit),
+      coefficients = columns_of(coefs),
+      vcov_varpar = unclass(fit@vcov_varpar),
+      contest = contests,
+      confint_profile = list(names = I(rownames(ci)), names_new = I(rownames(ci_new)),
+                             lower = I(unname(ci[, 1])), upper = I(unname(ci[, 2]))),
+      confint_time_s = ci_time,
+      vcovCR = vc
+    )
+  }
+}
+out$versions <- list(lme4 = as.character(packageVersion("lme4")),
+                     lmerTest = as.character(packageVersion("lmerTest")),
+                     clubSandwich = as.character(packageVersion("clubSandwich")),
+                     R = R.version.string)
+
+path <- file.path(here, "inference_refs.json")
+writeLines(to_json(out), path, useBytes = TRUE)
+invisible(jsonlite::fromJSON(path, simplifyVector = FALSE))
+cat("wrote", path, "\n")
