@@ -227,7 +227,7 @@ def reliability(results: "HLMResults") -> pd.DataFrame:
         One row per group, one column per random effect.  NaN where the
         group's OLS coefficient is not estimable (NaN in
         :meth:`HLM.group_ols`).  ``attrs["mean_reliability"]`` holds
-        :func:`mean_reliability`.
+        :func:`mean_reliability` as a dict ``{effect: mean}``.
 
     Notes
     -----
@@ -256,7 +256,9 @@ def reliability(results: "HLMResults") -> pd.DataFrame:
         d = np.diag(psi)[:, None]
         lam = d / (d + s2 * vdiag)
         out = _re_frame(lam.T, model)
-    out.attrs["mean_reliability"] = out.mean(axis=0, skipna=True).rename("mean_reliability")
+    # a plain dict (not a Series): pandas compares attrs with == in concat
+    out.attrs["mean_reliability"] = {str(k): float(v)
+                                     for k, v in out.mean(axis=0, skipna=True).items()}
     return out
 
 
@@ -271,7 +273,8 @@ def mean_reliability(results: "HLMResults") -> pd.Series:
 
     J_k the groups whose k-th OLS coefficient is estimable.
     """
-    return reliability(results).attrs["mean_reliability"]
+    return pd.Series(reliability(results).attrs["mean_reliability"], name="mean_reliability",
+                     dtype=float)
 
 
 # --------------------------------------------------------------- shrinkage

@@ -135,8 +135,11 @@ def crosslevel_rows(data: pd.DataFrame) -> list[dict[str, Any]]:
                          tab.loc["fit.2", "Chisq"], rtol=TOL_REL_LRT))
     rows.append(_row("LRT fit.1 vs fit.2: Df", int(lrt["Df"][1]), int(tab.loc["fit.2", "Df"]),
                      int(lrt["Df"][1]) == int(tab.loc["fit.2", "Df"])))
-    rows.append(_num_row("LRT fit.1 vs fit.2: Pr(>Chisq)", lrt["Pr(>Chisq)"][1],
-                         tab.loc["fit.2", "Pr(>Chisq)"], rtol=TOL_REL_LRT))
+    p_ref, p_ours = float(lrt["Pr(>Chisq)"][1]), float(tab.loc["fit.2", "Pr(>Chisq)"])
+    p_row = _num_row("LRT fit.1 vs fit.2: Pr(>Chisq)", p_ref, p_ours, rtol=TOL_REL_LRT)
+    # printed as strings: the p-value (about 1e-35) would show as 0.0 in a float column
+    p_row.update(reference=f"{p_ref:.10g}", ours=f"{p_ours:.10g}")
+    rows.append(p_row)
 
     # ---- the notes' boxplot data
     box = boxplot_data(levels, data)
