@@ -51,7 +51,7 @@ class Level2Equation:
     Attributes
     ----------
     coefficient
-        The level-1 coefficient (a level-1 term name: ``"Intercept"``, ``"ses"``).
+        The level-1 coefficient (a level-1 design column: ``"Intercept"``, ``"ses"``).
     k
         Its index in ``beta_kj`` (0 for the intercept, then 1, 2, ...).
     rhs
@@ -66,6 +66,10 @@ class Level2Equation:
         present), in the order of the gammas.
     random
         Whether ``beta_kj`` has a random effect ``u_kj``.
+    term
+        The level-1 term holding the coefficient (the key of its level-2
+        equation); equals ``coefficient`` except for the columns of a factor
+        (``coefficient="C(sex)[T.M]"``, ``term="C(sex)"``).
     """
 
     coefficient: str
@@ -75,6 +79,7 @@ class Level2Equation:
     has_intercept: bool
     predictors: tuple[str, ...]
     random: bool
+    term: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,9 +119,10 @@ class LevelsSpec:
     level1
         The level-1 formula as given.
     coefficients
-        The level-1 coefficients (level-1 term names), in order.
+        The level-1 terms (the keys ``level2`` and ``random`` accept), in order.
     equations
-        One :class:`Level2Equation` per level-1 coefficient.
+        One :class:`Level2Equation` per level-1 coefficient (design column:
+        a factor term has one per column).
     group
         The grouping column (the level-2 units).
     random
@@ -142,7 +148,7 @@ class LevelsSpec:
     def equation(self, coefficient: str) -> Level2Equation:
         """The level-2 equation of ``coefficient``."""
         for eq in self.equations:
-            if eq.coefficient == coefficient:
+            if coefficient in (eq.coefficient, eq.term):
                 return eq
         raise KeyError(f"no level-1 coefficient {coefficient!r}; level-1 coefficients: "
                        f"{list(self.coefficients)}")
@@ -168,8 +174,8 @@ class LevelsSpec:
         out = []
         for eq in self.equations:
             gs = [g for g in self.gammas if g.coefficient == eq.coefficient]
-            parts = [g.label if g.predictor == "Intercept" else f"{g.label}*{_sub(g.predictor, 'j')}"
-                     for g in gs]
+            parts = [g.label if g.predictor == "Intercept"
+                     else f"{g.label}*{_sub(g.predictor, 'j')}" for g in gs]
             if eq.random:
                 parts.append(f"u_{eq.k}j")
             out.append(f"beta_{eq.k}j = " + (" + ".join(parts) if parts else "0"))
@@ -290,7 +296,11 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
         coefficient without an equation has only ``gamma_k0``; ``"~ 1"``
         says so explicitly; ``"~ 0 + w"`` omits ``gamma_k0``.  Predictors may
         be transformations (``"~ np.log(enroll) + C(sector)"``) and must be
-        constant within groups.
+        constant within groups.  A level-1 factor (``C(sex)``) has one
+        ``beta_kj`` per design column, all with the factor's equation; its
+        level-2 predictors must then also be in the intercept's equation
+        (otherwise patsy would code the cross-level term in full and add
+        coefficients; a :class:`LevelSpecError` says so).
     groups
         Name of the grouping column (the level-2 units).
     random
@@ -467,9 +477,8 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
             except Level2Error as exc:
                 msg = str(exc)
                 raise Level2Error(
-                    f"level-2 predictor {col!r} in the equation for {coef!r} (beta_"
-                    f"{coefs.index(coef) + (0 if has_l1_icpt else 1)}j = {rhs}) must be "
-                    f"constant within each group of {groups!r}, but it is not: {msg}",
+                    f"level-2 predictor {col!r} in the equation for {coef!r} (~ {rhs}) must "
+                    f"be constant within each group of {groups!r}, but it is not: {msg}",
                     column=col, group_ids=exc.group_ids, n_groups=exc.n_groups) from None
 
     # ---- the model
@@ -477,46 +486,105 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
                              **from_formula_kw, **kwargs)
 
     # ---- map every fixed effect back to its gamma
-    names = list(model.exog_names)
-    slices = {frozenset(_term_codes(term)): sl
-              for term, sl in model.fixed_design_info.term_slices.items()}
-    gammas: list[Gamma] = []
-    equations: list[Level2Equation] = []
-    for coef in coefs:
-        rhs, l2_codes, icpt, was_given = eq_info[coef]
-        k_label = coefs.index(coef) + (0 if has_l1_icpt else 1)
-        s_next = 1
-        preds: list[str] = []
-        X2 = l2_designs.get(coef)
-        l2_slices = ({frozenset(_term_codes(term)): sl
-                      for term, sl in X2.design_info.term_slices.items()}
-                     if X2 is not None else {})
-        for (kk, cf, t, combined) in pieces:
-            if cf != coef:
-                continue
-            c2 = l2_codes[t]
-            cols = names[slices[frozenset(combined)]]
-            if not c2:
-                labels = ["Intercept"] * len(cols)
-            elif X2 is not None and frozenset(c2) in l2_slices and \
-                    len(X2.columns[l2_slices[frozenset(c2)]]) == len(cols):
-                labels = [str(c) for c in X2.columns[l2_slices[frozenset(c2)]]]
-            else:
-                labels = cols
-            for col, lab in zip(cols, labels):
-                s = 0 if lab == "Intercept" else s_next
-                if lab != "Intercept":
-                    s_next += 1
-                gammas.append(Gamma(label=_gamma_label(k_label, s), coefficient=coef, k=k_label,
-                                    s=s, predictor=lab, fe_name=col))
-                preds.append(lab)
-        equations.append(Level2Equation(coefficient=coef, k=k_label, rhs=rhs, given=was_given,
-                                        has_intercept=icpt, predictors=tuple(preds),
-                                        random=coef in rand))
+    X1 = dmatrix("~ " + level1.split("~", 1)[1], frame, return_type="dataframe",
+                 NA_action="raise", eval_env=env)
+    l1_columns = {frozenset(_term_codes(term)): [str(c) for c in X1.columns[sl]]
+                  for term, sl in X1.design_info.term_slices.items()}
+    gammas, equations = _map_gammas(
+        fe_names=list(model.exog_names),
+        fe_slices={frozenset(_term_codes(term)): sl
+                   for term, sl in model.fixed_design_info.term_slices.items()},
+        l1_codes=l1_codes, coefs=coefs, l1_columns=l1_columns, has_l1_icpt=has_l1_icpt,
+        pieces=pieces, eq_info=eq_info, l2_designs=l2_designs, rand=rand)
     model.levels = LevelsSpec(response=response, level1=level1, coefficients=tuple(coefs),
                               equations=tuple(equations), group=groups, random=tuple(rand),
                               correlated=correlated, formula=formula, gammas=tuple(gammas))
     return model
+
+
+def _map_gammas(*, fe_names: list[str], fe_slices: dict[frozenset[str], slice],
+                l1_codes: list[tuple[str, ...]], coefs: list[str],
+                l1_columns: dict[frozenset[str], list[str]], has_l1_icpt: bool,
+                pieces: list[tuple[int, str, int, tuple[str, ...]]],
+                eq_info: dict[str, tuple[str, list[tuple[str, ...]], bool, bool]],
+                l2_designs: dict[str, pd.DataFrame], rand: list[str],
+                ) -> tuple[list[Gamma], list[Level2Equation]]:
+    """Gammas and equations: one level-1 coefficient per level-1 design column.
+
+    A level-1 term with several columns (a factor) has one ``beta_kj`` per
+    column, all with the term's level-2 equation.  The composed column
+    ``w:x`` is matched by name to (level-1 column ``x``, level-2 column
+    ``w``).  Raises :class:`LevelSpecError` when patsy codes the composed
+    term with other columns (a factor ``x`` whose level-2 predictor ``w``
+    has no main effect gets full dummy coding in ``w:x``), as the composed
+    model would then not be the two-level model.
+    """
+    # level-1 coefficients (design columns), numbered beta_0j (intercept), beta_1j, ...
+    k_of: dict[str, int] = {}
+    term_of: dict[str, str] = {}
+    k = 0 if has_l1_icpt else 1
+    for codes, term in zip(l1_codes, coefs):
+        for c in l1_columns.get(frozenset(codes), [term]):
+            k_of[c], term_of[c] = k, term
+            k += 1
+    assigned: dict[str, list[tuple[str, str]]] = {c: [] for c in k_of}   # coef -> (pred, fe)
+    for (_, term, t, combined) in pieces:
+        rhs, l2_codes, icpt, was_given = eq_info[term]
+        c2 = l2_codes[t]
+        cols = fe_names[fe_slices[frozenset(combined)]]
+        C = [c for c in k_of if term_of[c] == term]
+        X2 = l2_designs.get(term)
+        if not c2:
+            D = ["Intercept"]
+        elif X2 is not None:
+            l2_sl = {frozenset(_term_codes(tm)): sl
+                     for tm, sl in X2.design_info.term_slices.items()}
+            D = [str(x) for x in X2.columns[l2_sl[frozenset(c2)]]] if frozenset(c2) in l2_sl \
+                else list(cols)
+        else:
+            D = list(cols)
+        expected = {}
+        for c in C:
+            for d in D:
+                name = c if d == "Intercept" else (d if c == "Intercept" else f"{d}:{c}")
+                expected[name] = (c, d)
+        if set(cols) == set(expected):
+            for col in cols:
+                c, d = expected[col]
+                assigned[c].append((d, col))
+        elif len(C) == 1 and len(D) == len(cols):     # same columns, other names
+            for col, d in zip(cols, D):
+                assigned[C[0]].append((d, col))
+        else:
+            raise LevelSpecError(
+                f"the cross-level term {_term_name(combined)!r} (level-2 predictor "
+                f"{_term_name(c2)!r} in the equation for {term!r}) gets columns {list(cols)} "
+                f"from patsy, not the products of level-1 columns {C} and level-2 columns "
+                f"{D}: patsy codes a factor in full when the lower-order term is absent, "
+                f"which would add coefficients the two-level model does not have. Add "
+                f"{_term_name(c2)!r} to the intercept's level-2 equation, or code the factor "
+                "as numeric dummy columns in the data")
+    gammas: list[Gamma] = []
+    equations: list[Level2Equation] = []
+    for c, items in assigned.items():
+        term = term_of[c]
+        rhs, _, icpt, was_given = eq_info[term]
+        kk = k_of[c]
+        s_next = 1
+        preds = []
+        for d, col in items:
+            if d == "Intercept":
+                s = 0
+            else:
+                s, s_next = s_next, s_next + 1
+            gammas.append(Gamma(label=_gamma_label(kk, s), coefficient=c, k=kk, s=s,
+                                predictor=d, fe_name=col))
+            preds.append(d)
+        if items:
+            equations.append(Level2Equation(coefficient=c, k=kk, rhs=rhs, given=was_given,
+                                            has_intercept=icpt, predictors=tuple(preds),
+                                            random=term in rand, term=term))
+    return gammas, equations
 
 
 # ---------------------------------------------------------------------------

@@ -127,6 +127,33 @@ def test_level2_categorical(sim):
     assert preds == ["Intercept", "C(flp)[T.2.0]", "C(flp)[T.3.0]"]
 
 
+def test_level1_factor_has_one_coefficient_per_column(sim):
+    d = sim.assign(sector=np.where(sim.index % 3 == 0, "a", np.where(sim.index % 3 == 1, "b", "c")))
+    lv = HLM.from_levels(level1="mscore ~ ses + C(sector)",
+                         level2={"Intercept": "~ flp", "C(sector)": "~ flp"},
+                         groups="school", data=d)
+    assert lv.formula == "mscore ~ 1 + flp + ses + C(sector) + flp:C(sector) + (1 | school)"
+    eqs = {e.coefficient: e for e in lv.levels.equations}
+    assert list(eqs) == ["Intercept", "ses", "C(sector)[T.b]", "C(sector)[T.c]"]
+    assert eqs["C(sector)[T.c]"].k == 3 and eqs["C(sector)[T.c]"].term == "C(sector)"
+    g = lv.levels.gamma_frame()
+    assert g.loc["gamma_31", "fe_name"] == "flp:C(sector)[T.c]"
+    assert g.loc["gamma_31", "predictor"] == "flp"
+    assert lv.levels.equation("C(sector)").coefficient == "C(sector)[T.b]"
+    res = _quiet_fit(lv, False)
+    t = res.level_equations().tables["beta_3j (C(sector)[T.c])"]
+    assert t.loc["gamma_31", "Coef."] == res.fe_params["flp:C(sector)[T.c]"]
+
+
+def test_level1_factor_without_level2_main_effect_rejected(sim):
+    # patsy would code flp:C(sector) with all three levels (flp has no main effect),
+    # adding a coefficient the two-level model lacks
+    d = sim.assign(sector=np.where(sim.index % 2 == 0, "a", np.where(sim.index % 3 == 1, "b", "c")))
+    with pytest.raises(LevelSpecError, match=r"'flp:C\(sector\)'.*intercept's level-2 equation"):
+        HLM.from_levels(level1="mscore ~ ses + C(sector)", level2={"C(sector)": "~ flp"},
+                        groups="school", data=d)
+
+
 def test_local_function_in_level2(sim):
     def shift(x):
         return x - 2.0
@@ -194,7 +221,8 @@ def test_missing_values_dropped(sim):
 
 # -------------------------------------------------------------------- errors
 def test_unknown_level2_coefficient(sim):
-    with pytest.raises(LevelSpecError, match=r"'hwh'.*level-1 coefficients.*\['Intercept', 'ses'\]"):
+    with pytest.raises(LevelSpecError,
+                       match=r"'hwh'.*level-1 coefficients.*\['Intercept', 'ses'\]"):
         HLM.from_levels(level1="mscore ~ ses", level2={"hwh": "~ flp"}, groups="school", data=sim)
 
 
