@@ -199,29 +199,33 @@ class ProfiledDeviance:
                              beta=beta, pwrss=float(R[p, p] ** 2), logdet_L=logdet_L,
                              logdet_RX=2.0 * float(np.log(np.diag(RX)).sum()))
 
-    def __call__(self, theta: np.ndarray) -> float:
-        self.n_evals += 1
-        n, p = self.stats.nobs, self.stats.k_fe
+    def _reduced(self, theta: np.ndarray) -> tuple[np.ndarray, float, float, float] | None:
+        """Cholesky factor R of A(theta), r^2, log|L|^2 and log|R_X|^2 (None if A is not PD)."""
+        p = self.stats.k_fe
         A, logdet_L = self._system(theta)
         try:
             R = np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
-            return np.inf
+            return None
         pwrss = R[p, p] ** 2
         if not (np.isfinite(pwrss) and pwrss > 0):
-            return np.inf
-        if self.reml:
-            dof = n - p
-            logdet_RX = 2.0 * float(np.log(np.diag(R)[:p]).sum())
-            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + np.log(pwrss / dof)))
-        return float(logdet_L + n * (1.0 + LOG2PI + np.log(pwrss / n)))
+            return None
+        return R, pwrss, logdet_L, 2.0 * float(np.log(np.diag(R)[:p]).sum())
 
-    def from_terms(self, t: DevianceTerms) -> float:
+    def _profiled(self, pwrss: float, logdet_L: float, logdet_RX: float) -> float:
         n, p = self.stats.nobs, self.stats.k_fe
         if self.reml:
             dof = n - p
-            return t.logdet_L + t.logdet_RX + dof * (1.0 + LOG2PI + np.log(t.pwrss / dof))
-        return t.logdet_L + n * (1.0 + LOG2PI + np.log(t.pwrss / n))
+            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + np.log(pwrss / dof)))
+        return float(logdet_L + n * (1.0 + LOG2PI + np.log(pwrss / n)))
+
+    def __call__(self, theta: np.ndarray) -> float:
+        self.n_evals += 1
+        red = self._reduced(theta)
+        return np.inf if red is None else self._profiled(*red[1:])
+
+    def from_terms(self, t: DevianceTerms) -> float:
+        return self._profiled(t.pwrss, t.logdet_L, t.logdet_RX)
 
     def scale(self, t: DevianceTerms) -> float:
         """The profiled sigma^2: r^2 / n (ML) or r^2 / (n - p) (REML)."""
@@ -236,15 +240,12 @@ class ProfiledDeviance:
         depend on it).
         """
         n, p = self.stats.nobs, self.stats.k_fe
-        A, logdet_L = self._system(theta)
-        try:
-            R = np.linalg.cholesky(A)
-        except np.linalg.LinAlgError:
+        red = self._reduced(theta)
+        if red is None:
             return np.inf
+        R, pwrss, logdet_L, logdet_RX = red
         RX = R[:p, :p]
-        pwrss = R[p, p] ** 2
         if self.reml:
-            logdet_RX = 2.0 * float(np.log(np.diag(RX)).sum())
             return logdet_L + logdet_RX + (n - p) * (LOG2PI + np.log(scale)) + pwrss / scale
         # pwrss(beta) = r^2 + |R_X'(beta - beta_theta)|^2
         beta_theta = np.linalg.solve(RX.T, R[p, :p])
