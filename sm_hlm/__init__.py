@@ -13,6 +13,8 @@ from .model import HLM
 from .results import HLMResults
 from .compare import RefitMLWarning, compare, summary_table
 from .levels import LevelSpecError
+from .residual import (AR1, ContinuousAR1, Exchangeable, Heteroscedastic, Independence,
+                       ResidualIdentificationWarning, ResidualStructure, Unstructured)
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,14 @@ __all__ = [
     "summary_table",
     "RefitMLWarning",
     "LevelSpecError",
+    "ResidualStructure",
+    "Independence",
+    "AR1",
+    "ContinuousAR1",
+    "Exchangeable",
+    "Unstructured",
+    "Heteroscedastic",
+    "ResidualIdentificationWarning",
     "RandomEffectsDesign",
     "RandomEffectsTerm",
     "ConvergenceWarning",

@@ -71,7 +71,7 @@ class HLM(LikelihoodModel):
 
     def __init__(self, endog: Any, exog: Any, groups: Any, exog_re: Any = None, *,
                  re_terms: Sequence[RandomEffectsTerm] | None = None,
-                 missing: str = "none", **kwargs: Any):
+                 missing: str = "none", residual: Any = None, **kwargs: Any):
         if groups is None:
             raise TypeError("groups is required: the group label of every row")
         if isinstance(groups, str):
@@ -93,13 +93,18 @@ class HLM(LikelihoodModel):
         endog_name = getattr(endog, "name", None) or "endog"
         check_numeric_response(endog if hasattr(endog, "dtype") else np.asarray(endog), str(endog_name))
         index = getattr(endog, "index", None)
+        from .residual import as_structure
+        residual = as_structure(residual)
+        res_vals = {} if residual is None else {
+            f"residual {role}": v for role, v in residual.values(n).items()}
         keep = handle_missing({str(endog_name): endog, "exog": exog, "groups": groups,
-                               "exog_re": exog_re}, missing, index=index)
+                               "exog_re": exog_re, **res_vals}, missing, index=index)
         self.n_dropped = 0 if keep is None else int((~keep).sum())
         if keep is not None:
             def take(a: Any) -> Any:
                 return a[keep] if isinstance(a, (pd.Series, pd.DataFrame)) else np.asarray(a)[keep]
             endog, exog, groups, exog_re = take(endog), take(exog), take(groups), take(exog_re)
+            residual = residual.subset(keep) if residual is not None else None
             if len(endog) == 0:
                 raise ValueError("empty data: no rows left after dropping missing values")
         super().__init__(endog, exog, groups=groups, exog_re=exog_re, missing="none", **kwargs)
@@ -136,6 +141,12 @@ class HLM(LikelihoodModel):
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
         self._stats = self._sufficient_stats()
         self._check_identifiable()
+        #: the residual structure (None: independent errors, the plain path)
+        self.residual = None if residual is None or residual.is_independent else residual
+        self._residual_kernel = None
+        if self.residual is not None:
+            from .whitening import ResidualKernel
+            self._residual_kernel = ResidualKernel(self, self.residual)
 
     # ------------------------------------------------------------------ data
     @staticmethod
@@ -266,6 +277,11 @@ class HLM(LikelihoodModel):
         used = formula_variables(parsed.fixed_formula)
         for s in specs:
             used |= formula_variables(s.expr)
+        from .residual import resolve_structure, structure_columns
+        res_cols = structure_columns(kwargs.get("residual"))
+        if res_cols:
+            resolve_structure(kwargs["residual"], data)     # clear error for a missing column
+            used |= set(res_cols.values())
         check_columns(used, data, env_names)
         data_cols = [c for c in data.columns if c in used]
         check_numeric_response(data[parsed.response], parsed.response) \
@@ -302,6 +318,8 @@ class HLM(LikelihoodModel):
             exog_re = pd.DataFrame(index=frame.index)
         g = frame[group_col]
         g.name = group_col
+        if res_cols:
+            kwargs["residual"] = resolve_structure(kwargs["residual"], frame)
         mod = cls(y, X, g, exog_re, re_terms=terms, missing="none", **kwargs)
         mod.n_dropped = 0 if keep is None else int((~keep).sum())
         mod.formula = formula
@@ -358,7 +376,7 @@ class HLM(LikelihoodModel):
 
     # -------------------------------------------------------------------- fit
     def fit(self, start_params: np.ndarray | None = None, reml: bool = True, *,
-            maxeval: int = 100_000, ftol_abs: float = 1e-8, xtol_abs: float = 1e-8,
+            maxeval: int = 100_000, ftol_abs: float | None = None, xtol_abs: float = 1e-8,
             compute_vcomp_cov: bool = True, **kwargs: Any):
         """Fit by REML (default, as lme4 and MixedLM) or ML.
 
@@ -370,7 +388,8 @@ class HLM(LikelihoodModel):
         reml
             REML when True, maximum likelihood when False.
         maxeval, ftol_abs, xtol_abs
-            BOBYQA stopping rules.
+            BOBYQA stopping rules; ``ftol_abs`` defaults to 1e-8, and to 1e-10
+            with a residual structure (more parameters, flatter optimum).
         compute_vcomp_cov
             Compute standard errors of the variance components from the
             observed information (a numerical Hessian).
@@ -383,11 +402,18 @@ class HLM(LikelihoodModel):
 
         if kwargs:
             raise TypeError(f"fit() got unexpected keyword argument(s) {sorted(kwargs)}")
+        if self._residual_kernel is not None:     # (theta, structure parameters) jointly
+            from .residual_fit import fit_structured
+            return fit_structured(self, start_params=start_params, reml=reml, maxeval=maxeval,
+                                  ftol_abs=1e-10 if ftol_abs is None else ftol_abs,
+                                  xtol_abs=xtol_abs,
+                                  compute_vcomp_cov=compute_vcomp_cov)
         dev = self.deviance_function(reml=reml)
         rd = self.re_design
         x0 = rd.theta_start() if start_params is None else np.asarray(start_params, float)
         if x0.shape != (rd.n_theta,):
             raise ValueError(f"start_params must have {rd.n_theta} entries {list(rd.theta_names)}")
+        ftol_abs = 1e-8 if ftol_abs is None else ftol_abs
         record = minimize_bobyqa(dev, x0, rd.theta_lower, ftol_abs=ftol_abs, xtol_abs=xtol_abs,
                                  maxeval=maxeval, names=rd.theta_names)
         fit = build_fit(self, dev, record, reml=reml, compute_vcomp_cov=compute_vcomp_cov)

@@ -43,6 +43,7 @@ the rows, for the array interface ``HLM(..., residual=AR1(time=array))``.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -298,13 +299,18 @@ class ResidualStructure:
             return np.where(a == b, 1.0, out)
         C = self.corr_matrix(nat, info)
         ok = (a >= 0) & (b >= 0)
-        out = np.where(ok, C[np.where(ok, a, 0), np.where(ok, b, 0)], np.nan)
-        return out
+        ia = np.where(ok, a, 0).astype(np.intp)
+        ib = np.where(ok, b, 0).astype(np.intp)
+        return np.where(ok, C[ia, ib], np.nan)
 
     # -------------------------------------------- full parameter vector
+    def n_corr(self, info: ResidualIndex) -> int:
+        """Number of correlation parameters (override when names are costly)."""
+        return len(self.corr_names(info))
+
     def n_params(self, info: ResidualIndex) -> int:
         """Number of free parameters (correlation and variance)."""
-        return len(self.corr_names(info)) + self._n_var(info)
+        return self.n_corr(info) + self._n_var(info)
 
     def _n_var(self, info: ResidualIndex) -> int:
         return max(len(info.by_levels) - 1, 0) if "by" in self._specs else 0
@@ -318,13 +324,13 @@ class ResidualStructure:
     def from_free(self, u: np.ndarray, info: ResidualIndex) -> np.ndarray:
         """Natural parameters from the unconstrained vector."""
         u = np.asarray(u, dtype=float)
-        k = len(self.corr_names(info))
+        k = self.n_corr(info)
         return np.concatenate([self.corr_from_free(u[:k], info), np.exp(u[k:])])
 
     def to_free(self, nat: np.ndarray, info: ResidualIndex) -> np.ndarray:
         """Unconstrained vector from natural parameters."""
         nat = np.asarray(nat, dtype=float)
-        k = len(self.corr_names(info))
+        k = self.n_corr(info)
         return np.concatenate([self.corr_to_free(nat[:k], info), np.log(nat[k:])])
 
     def natural_bounds(self, info: ResidualIndex) -> tuple[np.ndarray, np.ndarray]:
@@ -335,14 +341,14 @@ class ResidualStructure:
 
     def free_bounds(self, info: ResidualIndex) -> tuple[np.ndarray, np.ndarray]:
         """Box on the unconstrained scale given to the optimiser."""
-        k = len(self.corr_names(info))
+        k = self.n_corr(info)
         nv = self._n_var(info)
         b = np.append(np.full(k, _BOUND_CORR), np.full(nv, _BOUND_LOGSD))
         return -b, b
 
     def sd_levels(self, nat: np.ndarray, info: ResidualIndex) -> np.ndarray:
         """SD ratio of every level of the variance covariate (first = 1)."""
-        k = len(self.corr_names(info))
+        k = self.n_corr(info)
         return np.concatenate([[1.0], np.asarray(nat, float)[k:]])
 
     def start(self, ctx: "StartContext") -> np.ndarray:
@@ -368,7 +374,7 @@ class ResidualStructure:
     def describe(self, nat: np.ndarray, info: ResidualIndex) -> dict[str, str]:
         """Summary lines in nlme's terms."""
         out: dict[str, str] = {}
-        k = len(self.corr_names(info))
+        k = self.n_corr(info)
         g = info.group_name
         if self.nlme_label:
             out["Correlation Structure:"] = self.nlme_label
@@ -700,8 +706,10 @@ class Unstructured(ResidualStructure):
 
     @staticmethod
     def _pairs(T: int) -> tuple[np.ndarray, np.ndarray]:
-        s, t = np.triu_indices(T, k=1)
-        return s, t
+        return _triu_pairs(T)
+
+    def n_corr(self, info: ResidualIndex) -> int:
+        return info.n_slots * (info.n_slots - 1) // 2
 
     def corr_names(self, info: ResidualIndex) -> list[str]:
         s, t = self._pairs(info.n_slots)
@@ -766,6 +774,14 @@ class Unstructured(ResidualStructure):
         for i in range(1, len(lab)):
             out[f"  Corr({lab[i]}, .):"] = " ".join(f"{C[i, j]:.3f}" for j in range(i))
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _triu_pairs(T: int) -> tuple[np.ndarray, np.ndarray]:
+    s, t = np.triu_indices(T, k=1)
+    s.setflags(write=False)
+    t.setflags(write=False)
+    return s, t
 
 
 def as_structure(residual: Any) -> ResidualStructure | None:

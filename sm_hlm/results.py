@@ -1,7 +1,7 @@
 """Results of an HLM fit, built once from a complete :class:`HLMFit` container."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +39,9 @@ class HLMFit:
     blup_cov : ndarray (q, q, m) conditional covariances (q-major)
     optimizer : OptimizerRecord
     singular_terms : tuple of str
+    residual_free : ndarray    residual structure's parameters, unconstrained scale (empty
+                               for independent errors; see :mod:`sm_hlm.residual`)
+    residual_free_cov : ndarray  their inverse observed information
     """
 
     reml: bool
@@ -54,6 +57,8 @@ class HLMFit:
     blup_cov: np.ndarray
     optimizer: OptimizerRecord
     singular_terms: tuple[str, ...]
+    residual_free: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    residual_free_cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re: np.ndarray,
@@ -100,7 +105,7 @@ def build_fit(model: "HLM", dev: ProfiledDeviance, record: OptimizerRecord, *, r
               compute_vcomp_cov: bool = True) -> HLMFit:
     """Assemble every estimate at the optimum ``record.end``."""
     rd = model.re_design
-    theta = record.end
+    theta = record.end[:rd.n_theta]   # a residual structure's parameters follow theta
     t = dev.terms(theta)
     if t is None:
         raise RuntimeError("the deviance is not defined at the optimiser's end point")
@@ -163,7 +168,7 @@ class HLMResults(LikelihoodModelResults):
         self.singular_terms = list(fit.singular_terms)
         self.singular = bool(fit.singular_terms)
         #: number of estimated parameters as lme4 counts them (beta, theta, sigma)
-        self.n_params = p + model.re_design.n_theta + 1
+        self.n_params = p + model.re_design.n_theta + 1 + len(fit.residual_free)
         self.df_resid = model.nobs - self.n_params
         self.df_modelwc = self.n_params
 
@@ -297,7 +302,8 @@ class HLMResults(LikelihoodModelResults):
                                "resid_scaled")
 
     def predict(self, exog: Any = None, *, exog_re: Any = None, groups: Any = None,
-                random: bool = True) -> pd.Series | np.ndarray:
+                random: bool = True, residual_data: Any = None,
+                correlated: bool = True) -> pd.Series | np.ndarray:
         """Predictions for the fitted or new data.
 
         Parameters
@@ -311,20 +317,82 @@ class HLMResults(LikelihoodModelResults):
         random
             Add the BLUP of each row's group; rows of groups not seen in the
             fit get the population prediction X beta.
+        residual_data, correlated
+            Models with a residual structure: the new rows' time/position
+            (and variance covariate) values, ``{name: values}``, when
+            ``exog`` is not a DataFrame holding them; ``correlated`` adds
+            the conditional mean of each new row's error given its group's
+            residuals (see :func:`sm_hlm.residual_fit.predict_structured`).
         """
+        if getattr(self.model, "_residual_kernel", None) is not None:
+            from .residual_fit import predict_structured
+            return predict_structured(self, exog, exog_re=exog_re, groups=groups, random=random,
+                                      residual_data=residual_data, correlated=correlated)
         from .prediction import predict_new
         return predict_new(self, exog, exog_re=exog_re, groups=groups, random=random)
 
     # ------------------------------------------------ the notes' quantities
     def marginal_cov(self, group: Any) -> pd.DataFrame:
-        """Z_j Psi Z_j' + sigma^2 I of one group at the estimates."""
+        """Z_j Psi Z_j' + sigma^2 R_j of one group at the estimates (R_j = I by default)."""
+        if getattr(self.model, "_residual_kernel", None) is not None:
+            from .residual_fit import marginal_cov
+            return marginal_cov(self, group)
         return self.model.marginal_cov(group, self.fit_result.cov_re, self.scale)
 
     def loglike_dense(self) -> float:
         """The ML log-likelihood at the estimates, group by group (slow oracle)."""
+        if getattr(self.model, "_residual_kernel", None) is not None:
+            from .residual_fit import loglike_dense
+            return loglike_dense(self)
         from .groupwise import marginal_loglike_dense
         return marginal_loglike_dense(self.model, self.fit_result.fe_params,
                                       self.fit_result.cov_re, self.scale)
+
+    # ------------------------------- residual structure (sm_hlm.residual)
+    @cache_readonly
+    def residual_params(self) -> pd.Series:
+        """Residual structure parameters on their natural scale (Phi, Rho,
+        correlations ``Corr(s,t)``, ``SD ratio(by=level)``); empty for
+        independent errors."""
+        from .residual_fit import residual_params
+        return residual_params(self)
+
+    @cache_readonly
+    def bse_residual(self) -> pd.Series:
+        """Standard errors of ``residual_params`` (observed information, delta method)."""
+        return self.residual_table().iloc[:, 1].rename("bse_residual")
+
+    def residual_table(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Estimates, standard errors and (1 - alpha) intervals of the structure parameters.
+
+        Intervals are Wald intervals on an unconstrained scale (2 atanh(Phi),
+        Fisher's z, log SD ratio), transformed back, as nlme's ``intervals``.
+        """
+        from .residual_fit import residual_param_table
+        return residual_param_table(self, alpha=alpha)
+
+    def conf_int_residual(self, alpha: float = 0.05) -> pd.DataFrame:
+        """(1 - alpha) intervals of ``residual_params`` (columns lower, upper)."""
+        tab = self.residual_table(alpha=alpha)
+        return pd.DataFrame({"lower": tab.iloc[:, 2], "upper": tab.iloc[:, 3]})
+
+    @cache_readonly
+    def residual_boundary(self) -> list[str]:
+        """Structure parameters that ran to the edge of their range (e.g. Phi -> 1)."""
+        from .residual_fit import boundary_params
+        return boundary_params(self)
+
+    def residual_cov(self, group: Any, *, label: str = "row") -> pd.DataFrame:
+        """Sigma_j = sigma^2 S_j R_j S_j of one group, labelled by row (or ``label="time"``)."""
+        from .residual_fit import residual_cov
+        return residual_cov(self, group, label=label)
+
+    @cache_readonly
+    def resid_normalized(self) -> pd.Series | np.ndarray:
+        """Normalized residuals U_j^{-1}(y_j - X_j beta - Z_j b_j) / sigma with
+        Sigma_j = sigma^2 U_j U_j' (nlme's ``type = "normalized"``)."""
+        from .residual_fit import resid_normalized
+        return self._wrap_rows(resid_normalized(self), "resid_normalized")
 
     # ---------------------------------------- inference (sm_hlm.inference)
     def satterthwaite(self) -> pd.DataFrame:

@@ -112,15 +112,24 @@ def random_effects_table(results: "HLMResults") -> pd.DataFrame:
 
 
 def _residual_rows(results: "HLMResults") -> list[dict[str, Any]]:
-    return [{"Groups": "Residual", "Name": "", "Variance": results.scale,
-             "Std.Dev.": np.sqrt(results.scale)}]
+    from .residual_fit import residual_rows
+    return residual_rows(results)
 
 
 def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
-                        ddf: str | None = None) -> pd.DataFrame:
-    """Estimates, SEs, z (or t with a ddf method), p-values and confidence limits."""
+                        ddf: str | None = None, cov_type: str | None = None) -> pd.DataFrame:
+    """Estimates, SEs, z (or t with a ddf method), p-values and confidence limits.
+
+    ``cov_type`` ("CR0", "CR1", "CR2"): cluster-robust SEs (groups as clusters,
+    :func:`sm_hlm.inference.cov_robust`) with z tests; not combinable with ``ddf``.
+    """
     est = results.fe_params
     se = results.bse_fe
+    if cov_type is not None:
+        if ddf is not None:
+            raise ValueError("cov_type and ddf cannot be combined: Satterthwaite df belong to "
+                             "the model-based standard errors")
+        se = pd.Series(np.sqrt(np.diag(results.cov_robust(cov_type))), index=est.index)
     stat = est / se
     lo_name, hi_name = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
     if ddf is None:
@@ -139,7 +148,7 @@ def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
 
 
 def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None = None,
-                 float_format: str = "%.4f") -> summary2.Summary:
+                 float_format: str = "%.4f", cov_type: str | None = None) -> summary2.Summary:
     """Build the summary: fit criteria, scaled residuals, random and fixed effects,
     and the correlation of the fixed effects, as lme4's ``summary.merMod``."""
     model = results.model
@@ -173,8 +182,11 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
     re_tab = random_effects_table(results)
     re_tab = re_tab.astype(object).where(re_tab.notna(), "")
     smry.add_df(re_tab, index=False, float_format="%.4f", title="Random effects:")
-    smry.add_df(fixed_effects_table(results, alpha=alpha, ddf=ddf), float_format=float_format,
-                title="Fixed effects:")
+    smry.add_df(fixed_effects_table(results, alpha=alpha, ddf=ddf, cov_type=cov_type),
+                float_format=float_format, title="Fixed effects:")
+    if cov_type is not None:
+        smry.add_text(f"Fixed effects: cluster-robust ({cov_type}) standard errors, clusters = "
+                      f"{model.group_name}")
     if getattr(model, "levels", None) is not None:  # built by HLM.from_levels
         from .levels import add_level_tables
         add_level_tables(smry, results, ddf=ddf, float_format=float_format)
@@ -192,7 +204,5 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
 
 def _structure_info(results: "HLMResults") -> dict[str, str]:
     """Extra lines for a residual structure (none for independent errors)."""
-    residual = getattr(results.model, "residual", None)
-    if residual is None or getattr(residual, "n_params", 0) == 0:
-        return {}
-    return {"Residual structure:": str(residual)}
+    from .residual_fit import structure_info
+    return structure_info(results)

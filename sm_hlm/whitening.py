@@ -46,6 +46,8 @@ __all__ = ["ResidualKernel"]
 
 #: largest per-pattern cross-product store (floats) for the gls contraction path
 _MAX_PATTERN_STORE = 4_000_000
+#: largest per-group AR(1) term store (floats); beyond it rows are whitened directly
+_MAX_TERM_STORE = 8_000_000
 
 
 def _numeric_time(values: Any, structure: ResidualStructure) -> np.ndarray:
@@ -190,6 +192,123 @@ class ResidualKernel:
         self.gaps = ug
         self.gap_code = gap_code
         self.n_pairs = int(self.prev_ok.sum())
+        self._setup_markov_terms()
+
+    def _setup_markov_terms(self) -> None:
+        """Per-group sums of the row products that the AR(1) whitening combines.
+
+        With w_i = d_i / s_i and the predecessor p of row i (gap d), the whitened
+        product z*_i d*_i' is c^2 [z_i d_i'/s_i^2 - a (z_i d_p' + z_p d_i')/(s_i s_p)
+        + a^2 z_p d_p'/s_p^2] with a = phi^d, c^2 = 1/(1 - a^2): linear in three
+        weights per (gap, level of i, level of p) code.  Summing the products by
+        group and code once makes an evaluation one matrix-vector product with
+        the code weights.  Skipped (row-wise whitening instead) when the codes
+        are many (real-valued gaps) and the store would be large.
+        """
+        self.term_store = None
+        L = max(len(self.info.by_levels), 1)
+        by = self.by_sorted
+        nf = np.flatnonzero(self.prev_ok)
+        first = np.flatnonzero(self.first)
+        key = (self.gap_code * L + by[nf]) * L + by[nf - 1]
+        upair, pair_code = np.unique(key, return_inverse=True)
+        ufirst, first_code = np.unique(by[first], return_inverse=True)
+        K, F = len(upair), len(ufirst)
+        n_terms = 3 * K + F
+        m, q = self.n_groups, self.q
+        c = self.D_sorted.shape[1]
+        cw = c - q
+        if m * q * c * n_terms + cw * cw * n_terms > _MAX_TERM_STORE or K > 4 * len(self.gaps) * L * L:
+            return
+        self.pair_gap_code = upair // (L * L)
+        self.pair_by = (upair // L) % L
+        self.pair_byp = upair % L
+        self.first_by = ufirst
+        self.pair_count = np.bincount(pair_code, minlength=K).astype(float)
+        D = self.D_sorted
+        rows = [nf, nf, nf, first]
+        partners = [nf, nf - 1, nf - 1, first]
+        codes = [pair_code, pair_code + K, pair_code + 2 * K, first_code + 3 * K]
+        SZ = np.zeros((m, q, c, n_terms))
+        SW = np.zeros((cw, cw, n_terms))
+        for kind, (r, pr, tc) in enumerate(zip(rows, partners, codes)):   # four term kinds
+            Ur, Vr = D[r], D[pr]
+            if kind == 0 or kind == 3:
+                U, V = Ur, Ur
+            elif kind == 1:
+                U, V = Ur, Vr
+            else:
+                U, V = Vr, Vr
+            g = self.g_sorted[r] * n_terms + tc
+            for a in range(q):          # loops over the few columns of Z and [Z X y]
+                for b in range(c):
+                    prod = U[:, a] * V[:, b]
+                    if kind == 1:
+                        prod = prod + V[:, a] * U[:, b]
+                    SZ[:, a, b, :] += np.bincount(g, weights=prod, minlength=m * n_terms
+                                                  ).reshape(m, n_terms)
+            for a in range(cw):
+                for b in range(cw):
+                    prod = U[:, q + a] * V[:, q + b]
+                    if kind == 1:
+                        prod = prod + V[:, q + a] * U[:, q + b]
+                    SW[a, b] += np.bincount(tc, weights=prod, minlength=n_terms)
+        # groups sharing the set of terms they use share one dense block (most groups
+        # use only a few of the terms: no gap, one variance level...)
+        present = np.abs(SZ).reshape(m, q * c, n_terms).max(axis=1) > 0 if q else \
+            np.zeros((m, n_terms), dtype=bool)
+        blocks = []
+        if q:
+            sigs, sig_of = np.unique(present, axis=0, return_inverse=True)
+            sig_of = sig_of.ravel()
+            for k in range(len(sigs)):      # loops over the few term signatures
+                gi = np.flatnonzero(sig_of == k)
+                ti = np.flatnonzero(sigs[k])
+                blk = np.ascontiguousarray(SZ[gi][:, :, :, ti].transpose(3, 1, 2, 0)
+                                           ).reshape(len(ti), q * c, len(gi))
+                blocks.append((gi, ti, blk))
+        self.term_store = (blocks, SW.reshape(cw * cw, n_terms))
+        self.row_count_by = np.bincount(by, minlength=L).astype(float)
+
+    def _markov_term_stats(self, nat: np.ndarray) -> tuple[SufficientStats, float] | None:
+        SZ, SW = self.term_store
+        phi = self.structure.phi(nat)
+        with np.errstate(divide="ignore"):
+            logabs = np.log(abs(phi))
+        d = self.gaps[self.pair_gap_code]
+        om = -np.expm1(2.0 * d * logabs)
+        if np.any(om <= 0) or not np.all(np.isfinite(om)):
+            return None
+        a = np.exp(d * logabs) * (np.sign(phi) ** d if phi < 0 else 1.0)
+        c2 = 1.0 / om
+        if self.has_by:
+            sd = self.structure.sd_levels(nat, self.info)
+        else:
+            sd = np.ones(1)
+        si, sp = sd[self.pair_by], sd[self.pair_byp]
+        wts = np.concatenate([c2 / si ** 2, -a * c2 / (si * sp), a * a * c2 / sp ** 2,
+                              1.0 / sd[self.first_by] ** 2])
+        logdet = float(self.pair_count @ np.log(om))
+        if self.has_by:
+            logdet += 2.0 * float(self.row_count_by @ np.log(sd))
+        m, q, p = self.n_groups, self.q, self.k_fe
+        WtW = (SW @ wts).reshape(p + 1, p + 1)
+        if q:
+            c = q + p + 1
+            ZtD = np.empty((q * c, m))
+            for gi, ti, blk in SZ:            # loops over the few term signatures
+                # axpy over the block's terms: memory-bound and free of BLAS threading,
+                # which stalls on tall matrix-vector products on a busy machine
+                w = wts[ti]
+                acc = w[0] * blk[0]
+                for k in range(1, len(ti)):
+                    acc += w[k] * blk[k]
+                ZtD[:, gi] = acc
+            ZtD = ZtD.reshape(q, c, m)
+            ZtZ, ZtW = np.ascontiguousarray(ZtD[:, :q]), np.ascontiguousarray(ZtD[:, q:])
+        else:
+            ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
+        return SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=WtW, nobs=self.nobs, k_fe=p), logdet
 
     def _setup_dense(self) -> None:
         m, T = self.n_groups, self.info.n_slots
@@ -376,6 +495,8 @@ class ResidualKernel:
                 ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
             return SufficientStats(ZtZ=np.ascontiguousarray(ZtZ), ZtW=np.ascontiguousarray(ZtW),
                                    WtW=WtW, nobs=self.nobs, k_fe=p), logdet
+        if self.kind == "markov" and self.term_store is not None:
+            return self._markov_term_stats(nat)
         res = self._whiten_sorted(nat, self.D_sorted)
         if res is None:
             return None

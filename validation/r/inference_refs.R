@@ -32,6 +32,12 @@
 #   NB: lme4's profile() always refits by ML (devfun2 calls refitML), so the
 #   REML and ML cases give the same intervals.
 # * confint_time_s: elapsed seconds of the profile computation
+# * confint_warnings: {message: count} of the warnings raised by confint().
+#   With lme4 1.1-31 the correlation .sig02 gets "bad spline fit for .sig02:
+#   falling back to linear interpolation" (and "non-monotonic profile"), so
+#   lme4's correlation limits are linear interpolations between its coarse
+#   profile points, off by up to ~6e-4 from the exact roots of the profile
+#   (sm_hlm root-finds; tests compare correlations with an absolute 1e-3).
 # * vcovCR: clubSandwich::vcovCR(fit, cluster = nels$school, type = ...) for
 #   CR0, CR1 and CR2 (matrices ordered as fixef_names)
 # * versions: lme4, lmerTest, clubSandwich, R
@@ -133,9 +139,17 @@ for (cs in cases) {
       res
     })
     t0 <- proc.time()[["elapsed"]]
-    ci <- suppressMessages(confint(fit, method = "profile", oldNames = TRUE))
+    ci_warn <- character(0)
+    ci <- withCallingHandlers(
+      suppressMessages(confint(fit, method = "profile", oldNames = TRUE)),
+      warning = function(w) {
+        ci_warn <<- c(ci_warn, conditionMessage(w))
+        invokeRestart("muffleWarning")
+      })
     ci_time <- proc.time()[["elapsed"]] - t0
-    ci_new <- suppressMessages(confint(fit, method = "profile", oldNames = FALSE))
+    ci_new <- suppressWarnings(suppressMessages(
+      confint(fit, method = "profile", oldNames = FALSE)))
+    warn_tab <- table(ci_warn)
     vc <- lapply(c(CR0 = "CR0", CR1 = "CR1", CR2 = "CR2"), function(tp)
       unclass(as.matrix(vcovCR(fit, cluster = nels$school, type = tp))))
     vc <- lapply(vc, function(m) { attributes(m) <- list(dim = dim(m)); m })
@@ -153,6 +167,8 @@ for (cs in cases) {
       confint_profile = list(names = I(rownames(ci)), names_new = I(rownames(ci_new)),
                              lower = I(unname(ci[, 1])), upper = I(unname(ci[, 2]))),
       confint_time_s = ci_time,
+      confint_warnings = if (length(warn_tab)) as.list(setNames(as.integer(warn_tab),
+                                                                names(warn_tab))) else NULL,
       vcovCR = vc
     )
   }

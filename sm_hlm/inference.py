@@ -1,0 +1,1100 @@
+"""Inference beyond Wald tests: Satterthwaite df, profile intervals, bootstrap,
+cluster-robust covariances.
+
+* :func:`satterthwaite` / :func:`contest`: t and F tests of the fixed effects
+  with Satterthwaite denominator degrees of freedom, as R's lmerTest.
+* :func:`conf_int_profile`: profile-likelihood intervals, as lme4's
+  ``confint(fit, method = "profile")``.
+* :func:`bootstrap`: parametric bootstrap (lme4's ``bootMer``) refitting only
+  the response-dependent sufficient statistics.
+* :func:`cov_robust`: CR0/CR1/CR2 cluster-robust covariance of the fixed
+  effects with the groups as clusters, as clubSandwich's ``vcovCR``.
+
+Notation: y_j = X_j beta + Z_j b_j + e_j for groups j = 1..m, with
+b_j ~ N(0, Psi), Psi = sigma^2 Lambda Lambda', e_j ~ N(0, sigma^2 I), so that
+y_j ~ N(X_j beta, sigma^2 V_j) with V_j = I + Z_j Lambda Lambda' Z_j'.
+``theta`` holds the free entries of the relative factor Lambda (lme4's
+order).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from .deviance import LOG2PI, ProfiledDeviance, SufficientStats
+from .linalg import group_crossprod
+from .optimizer import minimize_bobyqa
+
+if TYPE_CHECKING:
+    from .model import HLM
+    from .results import HLMResults
+
+__all__ = [
+    "satterthwaite",
+    "contest",
+    "conf_int_profile",
+    "profile_parameter_names",
+    "bootstrap",
+    "BootstrapResult",
+    "cov_robust",
+    "hessian_richardson",
+    "jacobian_richardson",
+]
+
+#: lmerTest's tolerance on the eigenvalues of the deviance Hessian.
+_HESS_EIG_TOL = 1e-8
+#: clubSandwich's threshold on eigenvalues in its matrix powers (10^-12).
+_CS_EIG_TOL = 1e-12
+
+
+def _unwrap(results: Any, what: str = "this method") -> "HLMResults":
+    """The HLMResults behind a statsmodels results wrapper (independent errors only)."""
+    res = getattr(results, "_results", results)
+    if getattr(res.model, "_residual_kernel", None) is not None:
+        raise NotImplementedError(
+            f"{what} is implemented for independent residuals (V_j = Z_j Psi Z_j' + sigma^2 I) "
+            "only, not for models with a residual structure")
+    return res
+
+
+# =====================================================================
+# numerical differentiation (Richardson extrapolation, as R's numDeriv)
+# =====================================================================
+
+def _steps(x: np.ndarray, d: float, eps: float) -> np.ndarray:
+    zero_tol = math.sqrt(np.finfo(float).eps / 7e-7)
+    return np.abs(d * x) + eps * (np.abs(x) < zero_tol)
+
+
+def _richardson(approx: np.ndarray, v: float = 2.0) -> np.ndarray:
+    """Richardson extrapolation of central differences at steps h, h/v, h/v^2..."""
+    a = np.array(approx, dtype=float)
+    r = a.shape[0]
+    for m in range(1, r):
+        fac = (v * v) ** m
+        a = (a[1:] * fac - a[:-1]) / (fac - 1.0)
+    return a[0]
+
+
+def jacobian_richardson(fun: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *,
+                        d: float = 1e-4, eps: float = 1e-4, r: int = 4,
+                        v: float = 2.0) -> np.ndarray:
+    """Jacobian of a vector function by Richardson-extrapolated central differences.
+
+    Returns an array of shape ``fun(x).shape + (len(x),)``.
+
+    Notes
+    -----
+    For each coordinate i, central differences
+    D(h) = (f(x + h e_i) - f(x - h e_i)) / (2h) at h_0 = d|x_i| (eps where
+    x_i is near zero) and h_0 / v^k, k < r, are combined by Richardson
+    extrapolation, which removes the O(h^2), O(h^4), ... error terms
+    (numDeriv's ``jacobian`` defaults).
+    """
+    x = np.asarray(x, dtype=float)
+    h0 = _steps(x, d, eps)
+    f0 = np.asarray(fun(x), dtype=float)
+    out = np.empty(f0.shape + (len(x),))
+    for i in range(len(x)):
+        approx = []
+        h = h0[i]
+        for _ in range(r):
+            e = np.zeros_like(x)
+            e[i] = h
+            approx.append((np.asarray(fun(x + e)) - np.asarray(fun(x - e))) / (2 * h))
+            h /= v
+        out[..., i] = _richardson(np.array(approx), v)
+    return out
+
+
+def hessian_richardson(fun: Callable[[np.ndarray], float], x: np.ndarray, *, d: float = 0.1,
+                       eps: float = 1e-4, r: int = 4, v: float = 2.0) -> np.ndarray:
+    """Hessian of a scalar function by Richardson-extrapolated differences.
+
+    Notes
+    -----
+    numDeriv's ``hessian`` (``genD``) scheme: the diagonal from
+    (f(x + h e_i) - 2 f(x) + f(x - h e_i)) / h^2, the off-diagonal from
+    (f(x + h e_i + h e_j) - 2 f(x) + f(x - h e_i - h e_j)
+    - H_ii h_i^2 - H_jj h_j^2) / (2 h_i h_j), each extrapolated over the
+    steps h_0 / v^k (k < r) with h_0 = d|x| (eps near zero).
+    """
+    x = np.asarray(x, dtype=float)
+    k = len(x)
+    h0 = _steps(x, d, eps)
+    f0 = float(fun(x))
+    H = np.empty((k, k))
+    for i in range(k):
+        approx = []
+        h = h0.copy()
+        for _ in range(r):
+            e = np.zeros(k)
+            e[i] = h[i]
+            approx.append((fun(x + e) - 2 * f0 + fun(x - e)) / h[i] ** 2)
+            h = h / v
+        H[i, i] = _richardson(np.array(approx), v)
+    for i in range(k):
+        for j in range(i):
+            approx = []
+            h = h0.copy()
+            for _ in range(r):
+                e = np.zeros(k)
+                e[i] = h[i]
+                e[j] = h[j]
+                approx.append((fun(x + e) - 2 * f0 + fun(x - e) - H[i, i] * h[i] ** 2
+                               - H[j, j] * h[j] ** 2) / (2 * h[i] * h[j]))
+                h = h / v
+            H[i, j] = H[j, i] = _richardson(np.array(approx), v)
+    return H
+
+
+# =====================================================================
+# Satterthwaite degrees of freedom (lmerTest)
+# =====================================================================
+
+@dataclass(frozen=True)
+class _SatterthwaiteState:
+    """What lmerTest stores on an lmerModLmerTest object."""
+
+    varpar: np.ndarray        # (theta, sigma) at the estimates
+    vcov_varpar: np.ndarray   # 2 H^+ (H: Hessian of the deviance in varpar)
+    jac: np.ndarray           # (k, p, p): d cov_fe / d varpar_i
+    cov_fe: np.ndarray
+    beta: np.ndarray
+    names: tuple[str, ...]
+    hessian_eigenvalues: np.ndarray
+
+
+def _varpar_deviance(dev: ProfiledDeviance, x: np.ndarray) -> float:
+    """-2 log-likelihood (beta profiled) or REML criterion at varpar = (theta, sigma)."""
+    n, p = dev.stats.nobs, dev.stats.k_fe
+    t = dev.terms(np.asarray(x[:-1]))
+    if t is None:
+        return np.nan
+    s2 = float(x[-1]) ** 2
+    out = t.logdet_L + t.pwrss / s2 + n * (LOG2PI + math.log(s2))
+    if dev.reml:
+        out += t.logdet_RX - p * (LOG2PI + math.log(s2))
+    return float(out)
+
+
+def _varpar_cov_fe(dev: ProfiledDeviance, x: np.ndarray) -> np.ndarray:
+    """sigma^2 (X'V(theta)^-1 X)^-1 at varpar = (theta, sigma)."""
+    p = dev.stats.k_fe
+    t = dev.terms(np.asarray(x[:-1]))
+    if t is None:
+        return np.full((p, p), np.nan)
+    RXi = np.linalg.inv(t.R[:p, :p])
+    return float(x[-1]) ** 2 * (RXi.T @ RXi)
+
+
+def _satterthwaite_state(results: Any) -> _SatterthwaiteState:
+    res = _unwrap(results, "Satterthwaite df")
+    cached = getattr(res, "_sm_hlm_satterthwaite", None)
+    if cached is not None:
+        return cached
+    model = res.model
+    fit = res.fit_result
+    dev = model.deviance_function(reml=bool(fit.reml))
+    x0 = np.append(np.asarray(fit.theta, float), math.sqrt(fit.scale))
+    H = hessian_richardson(lambda x: _varpar_deviance(dev, x), x0)
+    evals, evecs = np.linalg.eigh(H)
+    if np.any(evals < -_HESS_EIG_TOL):
+        warnings.warn("the Hessian of the deviance in (theta, sigma) has negative eigenvalue(s) "
+                      f"{evals[evals < -_HESS_EIG_TOL]}: the fit may not have converged; "
+                      "Satterthwaite df may be unreliable", RuntimeWarning, stacklevel=3)
+    pos = evals > _HESS_EIG_TOL
+    Hinv = (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
+    jac = jacobian_richardson(lambda x: _varpar_cov_fe(dev, x), x0)   # (p, p, k)
+    rd = model.re_design
+    state = _SatterthwaiteState(
+        varpar=x0, vcov_varpar=2.0 * Hinv, jac=np.moveaxis(jac, -1, 0),
+        cov_fe=np.asarray(fit.cov_fe, float), beta=np.asarray(fit.fe_params, float),
+        names=tuple(rd.theta_names) + ("sigma",), hessian_eigenvalues=evals)
+    try:
+        object.__setattr__(res, "_sm_hlm_satterthwaite", state)
+    except (AttributeError, TypeError):  # pragma: no cover - exotic results objects
+        pass
+    return state
+
+
+def _satterthwaite_df(state: _SatterthwaiteState, L: np.ndarray) -> tuple[float, float]:
+    """Variance of L beta and its Satterthwaite df for one contrast row L."""
+    var = float(L @ state.cov_fe @ L)
+    grad = np.einsum("i,kij,j->k", L, state.jac, L)
+    denom = float(grad @ state.vcov_varpar @ grad)
+    df = 2.0 * var ** 2 / denom if denom > 0 else np.inf
+    return var, df
+
+
+def satterthwaite(results: Any) -> pd.DataFrame:
+    """Fixed-effects table with Satterthwaite degrees of freedom (lmerTest).
+
+    Parameters
+    ----------
+    results : HLMResults
+        An ML or REML fit.
+
+    Returns
+    -------
+    DataFrame
+        Index: fixed-effect names; columns ``Estimate``, ``Std. Error``,
+        ``df``, ``t value``, ``Pr(>|t|)``, as ``summary(fit)$coefficients``
+        of an ``lmerTest::lmer`` fit.
+
+    Notes
+    -----
+    For a contrast L (here the unit vectors) the t statistic
+    L beta / sqrt(L C L') with C = sigma^2 (X'V^-1 X)^-1 has approximately a
+    t distribution with
+
+        df = 2 (L C L')^2 / (g' A g),
+
+    where g = d(L C L') / d varpar is the gradient of the contrast variance
+    with respect to the variance parameters varpar = (theta, sigma) and
+    A = 2 H^-1 their asymptotic covariance, H being the Hessian of the
+    deviance D(theta, sigma) (-2 log-likelihood with beta profiled for ML,
+    the REML criterion for REML fits).  H and g are computed by Richardson-
+    extrapolated finite differences (numDeriv's scheme, as lmerTest); H is
+    inverted on its eigenvalues above 1e-8 (a Moore-Penrose inverse, as
+    lmerTest).  The df are invariant to the parametrisation of the variance
+    parameters at an interior optimum.
+    """
+    res = _unwrap(results, "satterthwaite()")
+    state = _satterthwaite_state(res)
+    p = len(state.beta)
+    names = list(res.model.exog_names)
+    se = np.sqrt(np.diag(state.cov_fe))
+    df = np.array([_satterthwaite_df(state, np.eye(p)[i])[1] for i in range(p)])
+    t = state.beta / se
+    pval = 2.0 * stats.t.sf(np.abs(t), df)
+    return pd.DataFrame({"Estimate": state.beta, "Std. Error": se, "df": df, "t value": t,
+                         "Pr(>|t|)": pval}, index=pd.Index(names))
+
+
+def _get_fstat_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
+    """Denominator df of an F statistic from the df of its q independent t's."""
+    nu = np.asarray(nu, dtype=float)
+    if len(nu) == 1:
+        return float(nu[0])
+    if np.all(np.abs(np.diff(nu)) < tol):
+        return float(np.mean(nu))
+    if np.any(nu <= 2):
+        return 2.0
+    E = float(np.sum(nu / (nu - 2.0)))
+    return 2.0 * E / (E - len(nu))
+
+
+def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
+            eps: float = float(np.sqrt(np.finfo(float).eps))) -> pd.DataFrame:
+    """Test linear contrasts of the fixed effects with Satterthwaite df (lmerTest).
+
+    Parameters
+    ----------
+    results : HLMResults
+    L : array_like, shape (p,) or (r, p)
+        Contrast vector or matrix (one row per contrast), columns in the
+        order of the fixed effects.
+    rhs : float or array_like
+        Null values of L beta.
+    joint : bool
+        For several rows, one F test of all (True, lmerTest's ``contestMD``)
+        or a t test per row (False).
+
+    Returns
+    -------
+    DataFrame
+        t tests: columns ``Estimate``, ``Std. Error``, ``df``, ``t value``,
+        ``Pr(>|t|)`` (one row per contrast).  F test: ``F value``,
+        ``NumDF``, ``DenDF``, ``Pr(>F)`` (one row).
+
+    Notes
+    -----
+    t test of one row L: see :func:`satterthwaite`.  F test (Fai & Cornelius
+    1996, as lmerTest): with the eigen-decomposition L C L' = P D P', the
+    q = rank(L C L') rows of P'L are independent contrasts with t statistics
+    t_m and Satterthwaite df nu_m; F = sum_m t_m^2 / q and, with
+    E = sum_m nu_m / (nu_m - 2), the denominator df are 2E / (E - q)
+    (2 if some nu_m <= 2; the common value if all nu_m are equal).
+    """
+    res = _unwrap(results, "contest()")
+    state = _satterthwaite_state(res)
+    p = len(state.beta)
+    Lm = np.atleast_2d(np.asarray(L, dtype=float))
+    if Lm.shape[1] != p:
+        raise ValueError(f"L must have {p} columns (one per fixed effect), got shape {Lm.shape}")
+    r = Lm.shape[0]
+    rhs_v = np.broadcast_to(np.asarray(rhs, dtype=float), (r,)).copy()
+    if r == 1 or not joint:
+        rows = []
+        for i in range(r):
+            est = float(Lm[i] @ state.beta)
+            var, df = _satterthwaite_df(state, Lm[i])
+            se = math.sqrt(var)
+            t = (est - rhs_v[i]) / se
+            rows.append({"Estimate": est, "Std. Error": se, "df": df, "t value": t,
+                         "Pr(>|t|)": 2.0 * stats.t.sf(abs(t), df)})
+        return pd.DataFrame(rows)
+    beta = state.beta
+    if np.any(rhs_v != 0):
+        beta = beta - np.linalg.pinv(Lm) @ rhs_v
+    VL = Lm @ state.cov_fe @ Lm.T
+    d, P = np.linalg.eigh(VL)
+    order = np.argsort(d)[::-1]
+    d, P = d[order], P[:, order]
+    pos = d > max(eps * d[0], 0.0)
+    q = int(pos.sum())
+    if q == 0:
+        raise ValueError("the contrast matrix has rank 0 (L C L' is zero)")
+    if q < r and np.any(rhs_v != 0):
+        warnings.warn("contrast is rank deficient and the test may be affected", RuntimeWarning,
+                      stacklevel=2)
+    PtL = (P.T @ Lm)[:q]
+    t2 = (PtL @ beta) ** 2 / d[:q]
+    F = float(t2.sum() / q)
+    nu = np.array([_satterthwaite_df(state, PtL[m])[1] for m in range(q)])
+    ddf = _get_fstat_ddf(nu)
+    return pd.DataFrame({"F value": [F], "NumDF": [q], "DenDF": [ddf],
+                         "Pr(>F)": [float(stats.f.sf(F, q, ddf))]})
+
+
+# =====================================================================
+# variance parameters on lme4's sd/cor scale
+# =====================================================================
+
+def profile_parameter_names(model: "HLM") -> pd.DataFrame:
+    """Readable and lme4 names of the parameters of :func:`conf_int_profile`.
+
+    Returns
+    -------
+    DataFrame
+        Index: readable labels, in lme4's order (the random-effect SDs and
+        correlations in theta order, ``sigma``, then the fixed effects):
+        ``sd(Intercept|school)``, ``cor(Intercept,ses|school)``,
+        ``sd(ses|school)``, ``sigma``, ``Intercept``, ``ses``...  Columns
+        ``lme4`` (lme4's ``oldNames = TRUE`` names: ``.sig01``, ``.sig02``,
+        ..., ``.sigma``, ``(Intercept)``, ...) and ``kind`` (``"sd"``,
+        ``"cor"``, ``"sigma"``, ``"beta"``).
+    """
+    rd = model.re_design
+    labels, lme4, kinds = [], [], []
+    k = 0
+    for term in rd.terms:
+        for i, j in term.theta_index():
+            k += 1
+            if i == j:
+                labels.append(f"sd({term.names[i]}|{term.group})")
+                kinds.append("sd")
+            else:
+                labels.append(f"cor({term.names[j]},{term.names[i]}|{term.group})")
+                kinds.append("cor")
+            lme4.append(f".sig{k:02d}")
+    labels.append("sigma")
+    lme4.append(".sigma")
+    kinds.append("sigma")
+    for name in model.exog_names:
+        labels.append(str(name))
+        lme4.append("(Intercept)" if name == "Intercept" else str(name))
+        kinds.append("beta")
+    return pd.DataFrame({"lme4": lme4, "kind": kinds}, index=pd.Index(labels))
+
+
+def _sdcor_from_theta(rd: Any, theta: np.ndarray, sigma: float) -> np.ndarray:
+    """lme4's Cv_to_Sv: (sd, cor) entries in theta order, given sigma."""
+    lam = rd.lambda_(np.asarray(theta, float))
+    out = []
+    offset = 0
+    for term in rd.terms:
+        sl = slice(offset, offset + term.k)
+        c = lam[sl, sl] @ lam[sl, sl].T
+        sd = np.sqrt(np.diag(c))
+        for i, j in term.theta_index():
+            if i == j:
+                out.append(sigma * sd[i])
+            else:
+                den = sd[i] * sd[j]
+                out.append(c[i, j] / den if den > 0 else 0.0)
+        offset += term.k
+    return np.array(out)
+
+
+def _psd_cholesky(C: np.ndarray, tol: float = 1e-10) -> np.ndarray | None:
+    """Lower factor of a PSD correlation matrix (None if not PSD)."""
+    k = C.shape[0]
+    Lc = np.zeros_like(C)
+    for j in range(k):
+        s = C[j, j] - Lc[j, :j] @ Lc[j, :j]
+        if s < -tol:
+            return None
+        d = math.sqrt(max(s, 0.0))
+        Lc[j, j] = d
+        for i in range(j + 1, k):
+            v = C[i, j] - Lc[i, :j] @ Lc[j, :j]
+            if d > tol:
+                Lc[i, j] = v / d
+            elif abs(v) > 1e-8:
+                return None
+    return Lc
+
+
+def _theta_from_sdcor(rd: Any, sv: np.ndarray, sigma: float) -> np.ndarray | None:
+    """lme4's Sv_to_Cv: theta from (sd, cor) in theta order and sigma (None if invalid)."""
+    theta = np.empty(rd.n_theta)
+    pos = 0
+    for term in rd.terms:
+        idx = term.theta_index()
+        block = sv[pos:pos + len(idx)]
+        if not term.correlated:
+            theta[pos:pos + len(idx)] = block / sigma
+            pos += len(idx)
+            continue
+        sd = np.zeros(term.k)
+        R = np.eye(term.k)
+        for (i, j), v in zip(idx, block):
+            if i == j:
+                sd[i] = v
+            else:
+                R[i, j] = R[j, i] = v
+        Lc = _psd_cholesky(R)
+        if Lc is None:
+            return None
+        lam = (sd[:, None] / sigma) * Lc
+        theta[pos:pos + len(idx)] = [lam[i, j] for i, j in idx]
+        pos += len(idx)
+    return theta
+
+
+# =====================================================================
+# profile-likelihood intervals (lme4's confint(method = "profile"))
+# =====================================================================
+
+class _Profiler:
+    """Signed square roots of ML deviance differences along one parameter."""
+
+    def __init__(self, fun: Callable[[float, np.ndarray], tuple[float, np.ndarray]],
+                 estimate: float, start: np.ndarray, base: float):
+        self.fun = fun                 # (value, start) -> (min deviance, argmin)
+        self.estimate = estimate
+        self.base = base
+        self.points: dict[float, tuple[float, np.ndarray]] = {estimate: (0.0, start)}
+        self.lower_dev = 0.0
+
+    def zeta(self, v: float) -> float:
+        v = float(v)
+        if v in self.points:
+            return self.points[v][0]
+        near = min(self.points, key=lambda a: abs(a - v))
+        fval, arg = self.fun(v, self.points[near][1])
+        diff = fval - self.base
+        self.lower_dev = min(self.lower_dev, diff)
+        # a non-finite deviance (e.g. sigma -> 0) is far beyond any cut-off
+        z = math.copysign(math.sqrt(max(diff, 0.0)) if np.isfinite(diff) else 1e6,
+                          v - self.estimate)
+        self.points[v] = (z, arg)
+        return z
+
+    def end(self, direction: int, target: float, step: float, bound: float,
+            xtol: float) -> float:
+        """The value on side ``direction`` (+1/-1) where |zeta| = target (or ``bound``)."""
+        est = self.estimate
+        if direction * (bound - est) <= 0:     # estimate on the bound
+            return bound
+        inside, v = est, est + direction * step
+        for _ in range(60):
+            if direction * (v - bound) >= 0:
+                v = bound
+            z = abs(self.zeta(v))
+            if z >= target:
+                break
+            if v == bound:
+                return bound
+            # zeta is nearly linear in the parameter: extrapolate (at most 4x)
+            dist = abs(v - est)
+            inside = v
+            grow = min(max(target / z * 1.1, 1.2), 4.0) if z > 0 else 4.0
+            v = est + direction * dist * grow
+        else:  # pragma: no cover - pathological profile
+            return np.nan
+        root = optimize.brentq(lambda a: abs(self.zeta(a)) - target, inside, v, xtol=xtol,
+                               rtol=1e-12, maxiter=200)
+        return float(root)
+
+
+def _ml_deviance_sv(dev: ProfiledDeviance, rd: Any, sv: np.ndarray) -> float:
+    """-2 log-likelihood with beta profiled at (sd/cor..., sigma)."""
+    sigma = float(sv[-1])
+    if not sigma > 0:
+        return np.inf
+    theta = _theta_from_sdcor(rd, sv[:-1], sigma)
+    if theta is None:
+        return np.inf
+    t = dev.terms(theta)
+    if t is None:
+        return np.inf
+    n = dev.stats.nobs
+    s2 = sigma * sigma
+    return float(t.logdet_L + n * (LOG2PI + math.log(s2)) + t.pwrss / s2)
+
+
+def _reduced_stats(stats_: SufficientStats, k: int, value: float) -> SufficientStats:
+    """Sufficient statistics with beta_k fixed at ``value`` (x_k moved to an offset)."""
+    p = stats_.k_fe
+    T = np.zeros((p + 1, p))
+    keep = [j for j in range(p) if j != k]
+    for col, j in enumerate(keep):
+        T[j, col] = 1.0
+    T[p, p - 1] = 1.0
+    T[k, p - 1] = -value
+    ZtW = np.einsum("qrm,rs->qsm", stats_.ZtW, T)
+    WtW = T.T @ stats_.WtW @ T
+    return SufficientStats(ZtZ=stats_.ZtZ, ZtW=ZtW, WtW=WtW, nobs=stats_.nobs, k_fe=p - 1)
+
+
+def _select(names: pd.DataFrame, which: Any) -> list[int]:
+    if which is None:
+        return list(range(len(names)))
+    if isinstance(which, str):
+        if which == "theta_":
+            return [i for i, k in enumerate(names["kind"]) if k != "beta"]
+        if which == "beta_":
+            return [i for i, k in enumerate(names["kind"]) if k == "beta"]
+        which = [which]
+    out = []
+    labels = list(names.index)
+    lme4 = list(names["lme4"])
+    for w in which:
+        if isinstance(w, (int, np.integer)):
+            out.append(int(w))
+        elif w in labels:
+            out.append(labels.index(w))
+        elif w in lme4:
+            out.append(lme4.index(w))
+        else:
+            raise KeyError(f"unknown parameter {w!r}; choose from {labels} or lme4's {lme4}, "
+                           "or 'theta_' / 'beta_'")
+    return out
+
+
+def _perc_labels(alpha: float) -> tuple[str, str]:
+    a = alpha / 2
+
+    def fmt(x: float) -> str:
+        return f"{100 * x:.3g} %"
+    return fmt(a), fmt(1 - a)
+
+
+def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) -> pd.DataFrame:
+    """Profile-likelihood confidence intervals (lme4's ``confint(method = "profile")``).
+
+    Parameters
+    ----------
+    results : HLMResults
+        An ML or REML fit.  As in lme4, the profiles are of the ML
+        deviance: a REML fit is refitted by ML first.
+    alpha : float
+        1 - confidence level.
+    which : None, str or sequence
+        Parameters to profile: None (all), ``"theta_"`` (the random-effect
+        SDs and correlations and sigma), ``"beta_"`` (the fixed effects), or
+        a list of labels (readable or lme4 names, see
+        :func:`profile_parameter_names`) or positions.
+
+    Returns
+    -------
+    DataFrame
+        Index: readable labels (``sd(Intercept|school)``,
+        ``cor(Intercept,ses|school)``, ``sd(ses|school)``, ``sigma``, then the
+        fixed effects).  Columns: the limits, named as lme4 (``"2.5 %"``,
+        ``"97.5 %"``), and ``lme4`` with lme4's row names (``.sig01``,
+        ``.sig02``, ``.sig03``, ``.sigma``, ``(Intercept)``, ...).
+
+    Notes
+    -----
+    For a parameter phi (an SD or correlation of the random effects, sigma,
+    or a fixed effect) the profile deviance is
+
+        D_phi(v) = min { D(psi) : phi(psi) = v },
+
+    the ML deviance -2 log L minimised over all the other parameters, and
+    zeta(v) = sign(v - phi_hat) sqrt(D_phi(v) - D(psi_hat)).  The interval
+    ends solve zeta(v) = -/+ z_{1 - alpha/2}, i.e. the deviance rises by the
+    chi^2_1(1 - alpha) quantile; they are found by bracketing and Brent's
+    method (lme4 interpolates a spline through a grid of zeta values
+    instead, so expect agreement to about 1e-4 relative).
+
+    * Variance parameters: D(sd/cor..., sigma) has beta profiled in closed
+      form (the GLS estimate at theta); the remaining sd/cor/sigma are
+      re-optimised by BOBYQA (bounds sd >= 0, |cor| <= 1) from the nearest
+      profiled point.
+    * Fixed effect beta_k: x_k beta_k is moved to an offset, so that the
+      profiled deviance of the reduced model (the other betas and sigma^2 in
+      closed form) is minimised over theta only; its sufficient statistics
+      are a linear transform of the full model's.
+
+    When the profile does not reach the cut-off before a bound (0 for an SD,
+    -1 or 1 for a correlation) the bound is reported, as lme4 does.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    res = _unwrap(results, "conf_int_profile()")
+    model = res.model
+    rd = model.re_design
+    names = profile_parameter_names(model)
+    sel = _select(names, which)
+    target = float(stats.norm.ppf(1 - alpha / 2))
+    dev = model.deviance_function(reml=False)
+    # the ML optimum, polished with tight tolerances
+    theta0 = np.asarray(res.fit_result.theta, float)
+    if res.reml:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theta0 = np.asarray(model.fit(reml=False, compute_vcomp_cov=False).theta, float)
+    rec = minimize_bobyqa(dev, theta0, rd.theta_lower, ftol_abs=1e-12, xtol_abs=1e-10,
+                          initial_step=0.05)
+    theta_hat = rec.end if rec.fun_end <= dev(theta0) else theta0
+    base = float(dev(theta_hat))
+    t_hat = dev.terms(theta_hat)
+    if t_hat is None:
+        raise RuntimeError("the ML deviance is not defined at the ML estimates")
+    sigma_hat = math.sqrt(dev.scale(t_hat))
+    beta_hat = t_hat.beta
+    sv_hat = np.append(_sdcor_from_theta(rd, theta_hat, sigma_hat), sigma_hat)
+    p = model.k_fe
+    n_vp = len(sv_hat)
+    kinds = list(names["kind"])
+    lo_name, hi_name = _perc_labels(alpha)
+
+    # approximate standard errors (for the first steps only)
+    RXi = np.linalg.inv(t_hat.R[:p, :p])
+    se_beta = sigma_hat * np.sqrt(np.sum(RXi ** 2, axis=0))
+    se_sv = np.full(n_vp, np.nan)
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            H = hessian_richardson(lambda s: _ml_deviance_sv(dev, rd, s), sv_hat, d=0.01)
+            cov = 2.0 * np.linalg.inv(H)
+            se_sv = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+    except (np.linalg.LinAlgError, ValueError):
+        pass
+
+    lower = np.array([0.0 if k in ("sd", "sigma") else -1.0 for k in kinds[:n_vp]])
+    upper = np.array([np.inf if k in ("sd", "sigma") else 1.0 for k in kinds[:n_vp]])
+    scale_sv = np.where(np.array(kinds[:n_vp]) == "cor", 1.0, np.maximum(sv_hat, 1e-3 * sigma_hat))
+
+    def vp_fun(w: int) -> Callable[[float, np.ndarray], tuple[float, np.ndarray]]:
+        others = [i for i in range(n_vp) if i != w]
+        lo = lower[others] / scale_sv[others]
+        hi = upper[others] / scale_sv[others]
+        lo = np.where(np.array(kinds)[others] == "sigma", 1e-6, lo)
+
+        def fun(v: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+            def obj(u: np.ndarray) -> float:
+                sv = np.empty(n_vp)
+                sv[w] = v
+                sv[others] = u * scale_sv[others]
+                return _ml_deviance_sv(dev, rd, sv)
+            x0 = np.clip(start, lo, hi)
+            r = minimize_bobyqa(obj, x0, lo, hi, ftol_abs=1e-11, xtol_abs=1e-9,
+                                initial_step=0.05)
+            return r.fun_end, r.end
+        return fun
+
+    def fe_fun(k: int) -> Callable[[float, np.ndarray], tuple[float, np.ndarray]]:
+        def fun(v: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+            dk = ProfiledDeviance(_reduced_stats(dev.stats, k, v), rd.lambda_, reml=False)
+            r = minimize_bobyqa(dk, np.maximum(start, rd.theta_lower), rd.theta_lower,
+                                ftol_abs=1e-11, xtol_abs=1e-9, initial_step=0.05)
+            return r.fun_end, r.end
+        return fun
+
+    rows = {}
+    for i in sel:
+        label = names.index[i]
+        if i < n_vp:
+            others = [j for j in range(n_vp) if j != i]
+            prof = _Profiler(vp_fun(i), float(sv_hat[i]), sv_hat[others] / scale_sv[others], base)
+            est = float(sv_hat[i])
+            step = se_sv[i] if np.isfinite(se_sv[i]) and se_sv[i] > 0 else \
+                0.1 * max(abs(est), 0.1 * sigma_hat if kinds[i] != "cor" else 1.0)
+            bounds = (lower[i], upper[i])
+        else:
+            k = i - n_vp
+            prof = _Profiler(fe_fun(k), float(beta_hat[k]), theta_hat, base)
+            est = float(beta_hat[k])
+            step = float(se_beta[k])
+            bounds = (-np.inf, np.inf)
+        width = bounds[1] - bounds[0]
+        step = min(step * target, width / 2) if np.isfinite(width) else step * target
+        xtol = 1e-9 * max(1.0, abs(est))
+        lo_v = prof.end(-1, target, step, bounds[0], xtol)
+        hi_v = prof.end(+1, target, step, bounds[1], xtol)
+        if prof.lower_dev < -1e-6:
+            warnings.warn(f"profiling {label} found a deviance {-prof.lower_dev:.3g} below the ML "
+                          "optimum: the fit had not converged", RuntimeWarning, stacklevel=2)
+        rows[label] = (lo_v, hi_v, names["lme4"].iloc[i])
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=[lo_name, hi_name, "lme4"])
+    out[[lo_name, hi_name]] = out[[lo_name, hi_name]].astype(float)
+    return out
+
+
+# =====================================================================
+# parametric bootstrap
+# =====================================================================
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Replicates of a parametric bootstrap.
+
+    Attributes
+    ----------
+    replicates : DataFrame, shape (n, k)
+        One row per replicate (NaN for failed refits); columns: the fixed
+        effects, the random-effect SDs and correlations and ``sigma``
+        (labels of :func:`profile_parameter_names`), then the variance
+        components ``Var(...)``/``Cov(...)`` (results.params' names).
+    estimates : Series
+        The same quantities at the original fit.
+    n_failed : int
+        Refits that raised or gave a non-finite deviance.
+    n_nonconverged : int
+        Refits whose optimiser reported non-convergence (kept).
+    alpha : float
+        Default 1 - level of :meth:`conf_int`.
+    seed : int or None
+    reml : bool
+    """
+
+    replicates: pd.DataFrame
+    estimates: pd.Series
+    n_failed: int
+    n_nonconverged: int = 0
+    alpha: float = 0.05
+    seed: int | None = None
+    reml: bool = True
+
+    @property
+    def n(self) -> int:
+        return len(self.replicates)
+
+    @property
+    def bse(self) -> pd.Series:
+        """Bootstrap standard errors (SD of the successful replicates)."""
+        return self.replicates.std(ddof=1).rename("bse")
+
+    def conf_int(self, alpha: float | None = None) -> pd.DataFrame:
+        """Percentile intervals (lme4's ``confint(method = "boot", boot.type = "perc")``).
+
+        Quantiles of the successful replicates by linear interpolation
+        (``numpy.quantile``'s default).
+        """
+        a = self.alpha if alpha is None else alpha
+        if not 0 < a < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {a}")
+        lo, hi = _perc_labels(a)
+        q = self.replicates.quantile([a / 2, 1 - a / 2]).T
+        q.columns = [lo, hi]
+        return q
+
+    def summary(self) -> pd.DataFrame:
+        """Estimate, bootstrap bias, SE and percentile interval per parameter."""
+        ci = self.conf_int()
+        return pd.concat([self.estimates.rename("estimate"),
+                          (self.replicates.mean() - self.estimates).rename("bias"),
+                          self.bse, ci], axis=1)
+
+    def __repr__(self) -> str:
+        return (f"BootstrapResult(n={self.n}, n_failed={self.n_failed}, "
+                f"method={'REML' if self.reml else 'ML'}, seed={self.seed})")
+
+
+class _Progress:
+    """tqdm when installed, else a plain counter on stderr (never required)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str = "bootstrap"):
+        self.total, self.enabled, self.desc = total, enabled, desc
+        self.count = 0
+        self._bar = None
+        self._every = max(1, total // 100)
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+                self._bar = tqdm(total=total, desc=desc)
+            except ImportError:
+                self._bar = None
+
+    def update(self) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self.count % self._every == 0 or self.count == self.total:
+            sys.stderr.write(f"\r{self.desc}: {self.count}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _param_row(rd: Any, theta: np.ndarray, beta: np.ndarray, scale: float) -> np.ndarray:
+    sigma = math.sqrt(scale)
+    cov = rd.cov_re(theta, scale)
+    r, c = rd.vcomp_index()
+    return np.concatenate([beta, _sdcor_from_theta(rd, theta, sigma), [sigma], cov[r, c]])
+
+
+def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool = True,
+              alpha: float = 0.05, chunk: int = 32) -> BootstrapResult:
+    """Parametric bootstrap of an HLM fit (lme4's ``bootMer``, ``use.u = FALSE``).
+
+    Parameters
+    ----------
+    results : HLMResults
+        The fit to resample from; refits use the same criterion (ML/REML).
+    n : int
+        Number of replicates.
+    seed : int, optional
+        Seed of :func:`numpy.random.default_rng`; the same seed gives the
+        same replicates (and the first k replicates of a run with n > k).
+    progress : bool
+        Show a progress bar (tqdm if installed, else a counter on stderr).
+    alpha : float
+        Default 1 - level of :meth:`BootstrapResult.conf_int`.
+    chunk : int
+        Replicates whose cross products are formed together.
+
+    Returns
+    -------
+    BootstrapResult
+
+    Notes
+    -----
+    Each replicate draws u_j ~ N(0, I_q) and e ~ N(0, I_n) and sets
+
+        y* = X beta_hat + Z_j (sigma_hat Lambda_hat u_j) + sigma_hat e,
+
+    so b*_j ~ N(0, Psi_hat) (also for a singular Psi_hat).  Only the
+    response-dependent sufficient statistics Z_j'y*, X'y* and y*'y* change
+    between replicates (Z_j'Z_j, Z_j'X_j and X'X are reused): they are
+    formed for a chunk of replicates at once, and each replicate's profiled
+    deviance is minimised by BOBYQA from theta_hat.
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive number of replicates, got {n}")
+    res = _unwrap(results, "bootstrap()")
+    model = res.model
+    fit = res.fit_result
+    rd = model.re_design
+    reml = bool(fit.reml)
+    rng = np.random.default_rng(seed)
+    st = model.deviance_function(reml=reml).stats
+    p, q, m = model.k_fe, rd.q, model.n_groups
+    order = model._order
+    X = model.exog[order]
+    Z = model.exog_re[order]
+    codes = model.group_codes[order]
+    starts = model._starts
+    nobs = X.shape[0]
+    sigma = math.sqrt(fit.scale)
+    lam = rd.lambda_(np.asarray(fit.theta, float))
+    mu = X @ np.asarray(fit.fe_params, float)
+    theta0 = np.asarray(fit.theta, float)
+    names = profile_parameter_names(model)
+    n_vp = rd.n_theta + 1
+    columns = (list(model.exog_names) + list(names.index[:n_vp]) + rd.vcomp_names())
+    out = np.full((n, len(columns)), np.nan)
+    n_failed = 0
+    n_nonconv = 0
+    bar = _Progress(n, progress)
+    try:
+        for c0 in range(0, n, chunk):
+            c1 = min(n, c0 + chunk)
+            # always `chunk` columns (zeros past the end), so that replicate i's cross
+            # products come out bit-identical whatever n is
+            Y = np.zeros((nobs, chunk))
+            for b in range(c1 - c0):
+                u = rng.standard_normal((m, q))
+                e = rng.standard_normal(nobs)
+                bj = sigma * (u @ lam.T)                         # (m, q)
+                Y[:, b] = mu + np.einsum("ij,ij->i", Z, bj[codes]) + sigma * e
+            ZtY = group_crossprod(Z, Y, starts) if q else np.zeros((0, chunk, m))
+            XtY = X.T @ Y
+            YtY = np.einsum("ib,ib->b", Y, Y)
+            for b in range(c1 - c0):
+                ZtW = st.ZtW.copy()
+                ZtW[:, p, :] = ZtY[:, b, :]
+                WtW = st.WtW.copy()
+                WtW[:p, p] = WtW[p, :p] = XtY[:, b]
+                WtW[p, p] = YtY[b]
+                stats_b = SufficientStats(ZtZ=st.ZtZ, ZtW=ZtW, WtW=WtW, nobs=st.nobs, k_fe=p)
+                try:
+                    dev_b = ProfiledDeviance(stats_b, rd.lambda_, reml=reml)
+                    rec = minimize_bobyqa(dev_b, theta0, rd.theta_lower)
+                    t = dev_b.terms(rec.end)
+                    if t is None or not np.isfinite(rec.fun_end):
+                        raise FloatingPointError("deviance not finite at the refit")
+                    out[c0 + b] = _param_row(rd, rec.end, t.beta, dev_b.scale(t))
+                    n_nonconv += int(not rec.converged)
+                except (FloatingPointError, np.linalg.LinAlgError, ValueError, RuntimeError):
+                    n_failed += 1
+                bar.update()
+    finally:
+        bar.close()
+    est = pd.Series(_param_row(rd, theta0, np.asarray(fit.fe_params, float), fit.scale),
+                    index=columns, name="estimate")
+    return BootstrapResult(replicates=pd.DataFrame(out, columns=columns), estimates=est,
+                           n_failed=n_failed, n_nonconverged=n_nonconv, alpha=alpha, seed=seed,
+                           reml=reml)
+
+
+# =====================================================================
+# cluster-robust covariance (clubSandwich's vcovCR for lmerMod)
+# =====================================================================
+
+def _sym_power(S: np.ndarray, power: float, tol: float) -> np.ndarray:
+    """S^power for a stack (m, r, r) of symmetric PSD matrices (eigenvalues <= tol -> 0)."""
+    w, U = np.linalg.eigh(S)
+    ok = w > tol
+    wp = np.where(ok, np.where(ok, w, 1.0) ** power, 0.0)
+    return (U * wp[:, None, :]) @ np.swapaxes(U, 1, 2)
+
+
+def _cluster_components(res: "HLMResults", kind: str) -> np.ndarray:
+    """Per-group score contributions c_j = X_j' W_j A_j e_j, shape (m, p)."""
+    model = res.model
+    fit = res.fit_result
+    rd = model.re_design
+    order = model._order
+    X = model.exog[order]
+    Z = model.exog_re[order]
+    y = model.endog[order]
+    p, q = X.shape[1], Z.shape[1]
+    F = np.column_stack([Z, X])
+    r0 = q + p
+    G = np.moveaxis(group_crossprod(F, np.column_stack([F, y]), model._starts), -1, 0)
+    FtF = G[:, :, :r0]                                        # (m, r0, r0)
+    beta = np.asarray(fit.fe_params, float)
+    Fte = G[:, :, r0] - FtF[:, :, q:] @ beta                 # F_j' e_j, (m, r0)
+    # orthonormal basis Q_j of span(F_j) through the scaled Gram matrix (rank-revealing)
+    dg = np.sqrt(np.einsum("mii->mi", FtF))
+    dg = np.where(dg > 0, dg, 1.0)
+    Gs = FtF / dg[:, :, None] / dg[:, None, :]
+    w, U = np.linalg.eigh(Gs)
+    keep = w > 1e-10 * w.max(axis=1, keepdims=True)
+    winv = np.where(keep, 1.0 / np.sqrt(np.where(keep, w, 1.0)), 0.0)
+    # Q_j = F_j D^-1 U w^-1/2 (dropped columns zero); coordinates of F_j and e_j
+    T = (U / dg[:, :, None]) * winv[:, None, :]             # (m, r0, r0): F D^-1 U w^-1/2 = F T
+    P = np.swapaxes(T, 1, 2) @ FtF                           # Q'F, (m, r0, r0)
+    Qe = np.einsum("mab,ma->mb", T, Fte)                     # Q'e
+    PZ, PX = P[:, :, :q], P[:, :, q:]
+    lam = rd.lambda_(np.asarray(fit.theta, float))
+    PZL = PZ @ lam
+    eye = np.eye(r0)
+    VS = eye + PZL @ np.swapaxes(PZL, 1, 2)                   # Q'V_j Q (identity off span)
+    WS = np.linalg.inv(VS)
+    if kind == "CR2":
+        M = np.asarray(fit.cov_fe, float) / fit.scale        # (X'V^-1 X)^-1, relative
+        Vh = _sym_power(VS, 0.5, 0.0)
+        HS = PX @ M @ np.swapaxes(PX, 1, 2)
+        B = Vh @ (VS - HS) @ Vh
+        B = 0.5 * (B + np.swapaxes(B, 1, 2))
+        A = Vh @ _sym_power(B, -0.5, _CS_EIG_TOL) @ Vh
+        v = np.einsum("mab,mb->ma", A, Qe)
+    else:
+        v = Qe
+    return np.einsum("mak,mab,mb->mk", PX, WS, v)
+
+
+def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.DataFrame:
+    """Cluster-robust covariance of the fixed effects, clusters = groups (clubSandwich).
+
+    Parameters
+    ----------
+    results : HLMResults
+    kind : {"CR2", "CR1", "CR0"}
+        Small-sample adjustment: CR2 (bias-reduced linearisation, Bell &
+        McCaffrey 2002; Pustejovsky & Tipton 2018), CR1 (CR0 times
+        m / (m - 1)) or CR0 (none).
+    full : bool
+        Return the covariance of all of ``results.params`` (fixed effects
+        then variance components): the robust block for the fixed effects,
+        the model-based block of ``cov_params()`` for the variance
+        components, zero between them.  This is the shape statsmodels'
+        ``t_test``/``wald_test`` expect for ``cov_p``:
+        ``results.t_test("ses = 0", cov_p=cov_robust(results, full=True))``.
+
+    Returns
+    -------
+    DataFrame
+        p x p (or full) labelled covariance matrix, as ``clubSandwich::vcovCR(
+        fit, cluster = group, type = kind)`` for an ``lmerMod`` fit.
+
+    Notes
+    -----
+    With the working model's V_j = I + Z_j Lambda Lambda' Z_j' (relative to
+    sigma^2; the scale cancels), W_j = V_j^-1, M = (sum_j X_j'W_j X_j)^-1
+    and marginal residuals e_j = y_j - X_j beta_hat,
+
+        V^CR = M [sum_j X_j'W_j A_j e_j e_j'A_j'W_j X_j] M.
+
+    CR0 has A_j = I.  CR2 takes clubSandwich's default target Phi_j = V_j
+    (``inverse_var = TRUE``) and, with any D_j such that D_j'D_j = V_j,
+
+        A_j = D_j' B_j^{-1/2} D_j,   B_j = D_j (V_j - X_j M X_j') D_j',
+
+    B^{-1/2} the symmetric (pseudo-) inverse square root (eigenvalues below
+    1e-12 dropped, as clubSandwich).  A_j does not depend on the choice of
+    D_j; we use D_j = V_j^{1/2}.
+
+    No n_j x n_j matrix is formed: V_j, X_j M X_j' and hence B_j and A_j act
+    as the identity (or zero) on the orthogonal complement of
+    S_j = span[Z_j X_j], and map S_j into itself.  With an orthonormal basis
+    Q_j of S_j (from the eigen-decomposition of the scaled Gram matrix
+    [Z_j X_j]'[Z_j X_j], dropping eigenvalues below 1e-10 of the largest,
+    so group-level columns collinear with Z_j are handled), all of them are
+    (q + p) x (q + p) matrices Q_j'(.)Q_j, and
+
+        X_j'W_j A_j e_j = (Q_j'X_j)' (Q_j'W_j Q_j) (Q_j'A_j Q_j) Q_j'e_j.
+
+    Everything is batched over the groups from per-group cross products of
+    [Z X y].
+    """
+    kinds = {"CR0": "CR0", "CR1": "CR1", "CR2": "CR2"}
+    key = str(kind).upper()
+    if key not in kinds:
+        raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
+    res = _unwrap(results, "cov_robust()")
+    model = res.model
+    m = model.n_groups
+    if m < 2:
+        raise ValueError("cluster-robust covariance needs at least two groups")
+    comps = _cluster_components(res, "CR2" if key == "CR2" else "CR0")
+    M = np.asarray(res.fit_result.cov_fe, float) / res.fit_result.scale
+    meat = comps.T @ comps
+    cov = M @ meat @ M
+    if key == "CR1":
+        cov = cov * m / (m - 1)
+    cov = 0.5 * (cov + cov.T)
+    names = list(model.exog_names)
+    if not full:
+        return pd.DataFrame(cov, index=names, columns=names)
+    allnames = list(model.data.param_names)
+    p = len(names)
+    fullcov = np.array(res.cov_params(), dtype=float, copy=True)
+    fullcov[:p, :] = 0.0
+    fullcov[:, :p] = 0.0
+    fullcov[:p, :p] = cov
+    return pd.DataFrame(fullcov, index=allnames, columns=allnames)

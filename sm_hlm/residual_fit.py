@@ -1,0 +1,486 @@
+"""Fitting, inference and results for models with a structured residual covariance.
+
+Notes
+-----
+The optimiser works on x = (theta, u): the relative covariance factor of the
+random effects and the residual structure's parameters on an unconstrained
+scale (Phi = tanh(u), log SD ratios, canonical partial correlations), with
+beta and sigma^2 profiled out (:mod:`sm_hlm.whitening`).
+
+Standard errors come from the observed information: the numerical Hessian
+of the deviance in (free entries of Psi, sigma^2, u), with beta fixed at its
+estimate (ML) or integrated out (REML), inverted; on the natural scale by the
+delta method, J cov(u) J' with J = d nat / d u.  Wald intervals are formed on
+a scale that maps the parameter's range onto the real line (logit of the
+rescaled value for a bounded parameter: 2 atanh(Phi) for AR(1), Fisher's z
+for correlations; log for SD ratios) and transformed back, as nlme's
+``intervals``; they always lie inside the valid range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .exceptions import ConvergenceWarning, SingularFitWarning
+from .optimizer import OptimizerRecord, minimize_bobyqa, numerical_gradient
+
+if TYPE_CHECKING:
+    from .model import HLM
+    from .results import HLMResults
+    from .whitening import ResidualKernel
+
+__all__ = ["fit_structured", "residual_params", "residual_param_table", "resid_normalized",
+           "residual_cov", "marginal_cov", "loglike_dense", "predict_structured",
+           "structure_info", "residual_rows", "boundary_params"]
+
+_OK_CODES = ("success", "stopval reached", "ftol reached", "xtol reached")
+#: distance (unconstrained scale) from the box edge that counts as "ran to the boundary"
+_BOUNDARY_TOL = 0.05
+
+
+# ====================================================================== fit
+def _recheck_convergence(record: OptimizerRecord, f: Any, lower: np.ndarray, upper: np.ndarray,
+                         grad_tol: float = 2e-3) -> OptimizerRecord:
+    """Judge the gradient on parameters off both bounds (the optimiser knows lower bounds only).
+
+    Only parameters that ran to an upper bound (Phi -> 1) change the verdict:
+    there the one-sided gradient inside the box may be large.
+    """
+    at_upper = record.end >= upper - 1e-6
+    if not at_upper.any():
+        return record
+    interior = (record.end > lower + 1e-6) & ~at_upper
+    grad = record.gradient
+    small = bool(np.all(np.abs(grad[interior]) <= grad_tol)) if interior.any() else True
+    base = record.message.split(";")[0]
+    ok = base in _OK_CODES and (small or "flat optimum" in record.message)
+    msg = base if small else record.message
+    return dataclasses.replace(record, converged=ok, message=msg)
+
+
+def fit_structured(model: "HLM", *, start_params: np.ndarray | None, reml: bool, maxeval: int,
+                   ftol_abs: float, xtol_abs: float, compute_vcomp_cov: bool):
+    """Fit (theta, u) jointly by BOBYQA; see :meth:`sm_hlm.HLM.fit`."""
+    from .results import HLMResults, HLMResultsWrapper, build_fit
+
+    kern: ResidualKernel = model._residual_kernel
+    rd = model.re_design
+    nt, r = rd.n_theta, kern.n_params
+    if start_params is None:
+        x0 = np.concatenate([rd.theta_start(), kern.start_free(model)])
+    else:
+        sp = np.asarray(start_params, dtype=float)
+        if sp.shape == (nt,):
+            x0 = np.concatenate([sp, kern.start_free(model)])
+        elif sp.shape == (nt + r,):
+            x0 = sp
+        else:
+            raise ValueError(f"start_params must have {nt} entries (theta) or {nt + r} (theta "
+                             f"then the residual structure's unconstrained parameters)")
+    lower = np.concatenate([rd.theta_lower, kern.free_lower])
+    upper = np.concatenate([np.full(nt, np.inf), kern.free_upper])
+    names = tuple(rd.theta_names) + tuple(f"residual.{n}" for n in kern.param_names)
+    f = kern.objective(nt, reml=reml)
+    record = minimize_bobyqa(f, x0, lower, upper, ftol_abs=ftol_abs, xtol_abs=xtol_abs,
+                             maxeval=maxeval, names=names)
+    record = _recheck_convergence(record, f, lower, upper)
+    u = record.end[nt:]
+    dev, _ = kern.deviance(u, reml=reml)
+    fit = build_fit(model, dev, record, reml=reml, compute_vcomp_cov=False)
+    k = len(fit.vcomp)
+    if compute_vcomp_cov:
+        cov_vcomp, cov_u = _joint_cov(model, kern, fit, u, reml=reml)
+    else:
+        cov_vcomp, cov_u = np.full((k, k), np.nan), np.full((r, r), np.nan)
+    fit = dataclasses.replace(fit, cov_vcomp=cov_vcomp, residual_free=u, residual_free_cov=cov_u)
+    if fit.singular_terms:
+        warnings.warn("boundary (singular) fit: " + "; ".join(fit.singular_terms),
+                      SingularFitWarning, stacklevel=3)
+    bnd = _boundary(kern, u)
+    if bnd:
+        warnings.warn("residual structure at its boundary: " + "; ".join(bnd.values()),
+                      SingularFitWarning, stacklevel=3)
+    if not record.converged:
+        warnings.warn(f"the optimiser did not converge: {record.message}", ConvergenceWarning,
+                      stacklevel=3)
+    return HLMResultsWrapper(HLMResults(model, fit))
+
+
+def _inverse_information(H: np.ndarray) -> np.ndarray | None:
+    info = 0.5 * (H + H.T) / 2.0
+    if not np.all(np.isfinite(info)):
+        return None
+    d = np.sqrt(np.abs(np.diag(info)))
+    if np.any(d == 0):
+        return None
+    w = np.linalg.eigvalsh(info / np.outer(d, d))
+    if w.min() <= 1e-9 * max(w.max(), 1.0):
+        return None
+    return np.linalg.inv(info)
+
+
+def _joint_cov(model: "HLM", kern: "ResidualKernel", fit: Any, u: np.ndarray, *,
+               reml: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse observed information of (vcomp, sigma^2, u); blocks for vcomp and u."""
+    from statsmodels.tools.numdiff import approx_hess3
+
+    rd = model.re_design
+    r_idx, c_idx = rd.vcomp_index()
+    k, r = len(r_idx), len(u)
+    beta = fit.fe_params
+
+    def f(v: np.ndarray) -> float:
+        cov = np.zeros((rd.q, rd.q))
+        cov[r_idx, c_idx] = v[:k]
+        cov[c_idx, r_idx] = v[:k]
+        s = v[k]
+        if s <= 0:
+            return np.nan
+        try:
+            theta = rd.theta_from_cov(cov, s)
+            dev, logdet = kern.deviance(v[k + 1:], reml=reml)
+        except (np.linalg.LinAlgError, FloatingPointError):
+            return np.nan
+        return dev.deviance_at(theta, beta, s) + logdet
+
+    x = np.concatenate([fit.cov_re[r_idx, c_idx], [fit.scale], u])
+    cov = None
+    with np.errstate(all="ignore"):
+        try:
+            cov = _inverse_information(approx_hess3(x, f))
+        except (np.linalg.LinAlgError, ValueError):
+            cov = None
+    if cov is not None:
+        return cov[:k, :k], cov[k + 1:, k + 1:]
+    # singular random effects: Psi cannot be perturbed; use the profiled deviance of
+    # (theta, u) for u (theta's sign is free, so the Hessian exists)
+    nt = rd.n_theta
+    fprof = kern.objective(nt, reml=reml)
+    xt = np.concatenate([fit.theta, u])
+    with np.errstate(all="ignore"):
+        try:
+            covp = _inverse_information(approx_hess3(xt, fprof))
+        except (np.linalg.LinAlgError, ValueError):
+            covp = None
+    cu = covp[nt:, nt:] if covp is not None else np.full((r, r), np.nan)
+    return np.full((k, k), np.nan), cu
+
+
+# ================================================================ parameters
+def _kernel(results: "HLMResults") -> "ResidualKernel | None":
+    return getattr(results.model, "_residual_kernel", None)
+
+
+def _natural(results: "HLMResults") -> np.ndarray:
+    kern = _kernel(results)
+    return kern.natural(results.fit_result.residual_free) if kern is not None else np.zeros(0)
+
+
+def residual_params(results: "HLMResults") -> pd.Series:
+    """Natural-scale structure parameters (Phi, Rho, correlations, SD ratios)."""
+    kern = _kernel(results)
+    names = kern.param_names if kern is not None else []
+    return pd.Series(_natural(results), index=names, name="residual_params", dtype=float)
+
+
+def _jacobian(kern: "ResidualKernel", u: np.ndarray) -> np.ndarray:
+    r = len(u)
+    J = np.zeros((r, r))
+    for i in range(r):     # loops over the few structure parameters
+        h = 1e-6 * max(1.0, abs(u[i]))
+        e = np.zeros(r)
+        e[i] = h
+        J[:, i] = (kern.natural(u + e) - kern.natural(u - e)) / (2 * h)
+    return J
+
+
+def residual_param_table(results: "HLMResults", alpha: float = 0.05) -> pd.DataFrame:
+    """Estimate, standard error and interval of each structure parameter.
+
+    Columns ``Estimate``, ``Std.Err.``, ``[alpha/2``, ``1-alpha/2]``; empty
+    for independent errors.
+    """
+    kern = _kernel(results)
+    lo_name, hi_name = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
+    if kern is None or kern.n_params == 0:
+        return pd.DataFrame(columns=["Estimate", "Std.Err.", lo_name, hi_name], dtype=float)
+    u = results.fit_result.residual_free
+    nat = kern.natural(u)
+    J = _jacobian(kern, u)
+    cov = J @ results.fit_result.residual_free_cov @ J.T
+    se = np.sqrt(np.diag(cov))
+    lo, hi = kern.structure.natural_bounds(kern.info)
+    z = stats.norm.ppf(1 - alpha / 2)
+    lower = np.full(len(nat), np.nan)
+    upper = np.full(len(nat), np.nan)
+    for i in range(len(nat)):     # loops over the few structure parameters
+        if np.isfinite(lo[i]) and np.isfinite(hi[i]):
+            x = (nat[i] - lo[i]) / (hi[i] - lo[i])
+            g = np.log(x / (1 - x))
+            gp = (hi[i] - lo[i]) / ((nat[i] - lo[i]) * (hi[i] - nat[i]))
+            inv = lambda v, a=lo[i], b=hi[i]: a + (b - a) / (1 + np.exp(-v))  # noqa: E731
+        else:
+            g, gp, inv = np.log(nat[i] - lo[i]), 1.0 / (nat[i] - lo[i]), \
+                (lambda v, a=lo[i]: a + np.exp(v))
+        sl = abs(gp) * se[i]
+        lower[i], upper[i] = inv(g - z * sl), inv(g + z * sl)
+    return pd.DataFrame({"Estimate": nat, "Std.Err.": se, lo_name: lower, hi_name: upper},
+                        index=kern.param_names)
+
+
+def _boundary(kern: "ResidualKernel", u: np.ndarray) -> dict[str, str]:
+    nat = kern.natural(u)
+    out = {}
+    for i, name in enumerate(kern.param_names):
+        near_lo = u[i] <= kern.free_lower[i] + _BOUNDARY_TOL
+        near_hi = u[i] >= kern.free_upper[i] - _BOUNDARY_TOL
+        if near_lo or near_hi:
+            lo, hi = kern.structure.natural_bounds(kern.info)
+            edge = lo[i] if near_lo else hi[i]
+            out[name] = (f"{name} = {nat[i]:.7g} ran to its boundary {edge:g}"
+                         + (" (the errors behave like a random walk or a group-level constant; "
+                            "consider a random intercept)" if name == "Phi" and near_hi else ""))
+    return out
+
+
+def boundary_params(results: "HLMResults") -> list[str]:
+    """Names of structure parameters that ran to the edge of their range."""
+    kern = _kernel(results)
+    if kern is None:
+        return []
+    return list(_boundary(kern, results.fit_result.residual_free))
+
+
+# ================================================================ residuals
+def resid_normalized(results: "HLMResults") -> np.ndarray:
+    """U_j^{-1} (y_j - X_j beta - Z_j b_j) / sigma, caller's row order (nlme "normalized")."""
+    resid = np.asarray(results.model.endog - results._fitted_array)
+    kern = _kernel(results)
+    if kern is None:
+        return resid / np.sqrt(results.scale)
+    return kern.whiten(results.fit_result.residual_free, resid) / np.sqrt(results.scale)
+
+
+def _group_rows(model: "HLM", group: Any) -> np.ndarray:
+    try:
+        j = model.group_labels.get_loc(group)
+    except KeyError:
+        raise KeyError(f"group {group!r} is not in {model.group_name!r}") from None
+    return np.flatnonzero(model.group_codes == j)
+
+
+def _residual_block(results: "HLMResults", rows: np.ndarray) -> np.ndarray:
+    kern = _kernel(results)
+    if kern is None:
+        return results.scale * np.eye(len(rows))
+    nat = _natural(results)
+    key = kern.key[rows]
+    if kern.kind == "dense":
+        key = key.astype(np.intp)
+    elif kern.kind == "identity":
+        key = np.arange(len(rows))
+    by = kern.by_codes[rows]
+    return kern.cov_rows(nat, results.scale, key[:, None], by[:, None], key[None, :],
+                         by[None, :])
+
+
+def _labels(results: "HLMResults", rows: np.ndarray, label: str) -> Any:
+    model = results.model
+    if label == "row":
+        return model.data.row_labels[rows] if model.data.row_labels is not None else rows
+    if label == "time":
+        kern = _kernel(results)
+        if kern is None or kern.kind == "identity":
+            raise ValueError("label='time' needs a structure with a time or position variable")
+        if kern.kind == "dense" and kern.slot_levels is not None:
+            return pd.Index(kern.slot_levels[kern.key[rows].astype(np.intp)],
+                            name=kern.info.index_name)
+        return pd.Index(kern.key[rows], name=kern.info.index_name)
+    raise ValueError(f"label must be 'row' or 'time', got {label!r}")
+
+
+def residual_cov(results: "HLMResults", group: Any, *, label: str = "row") -> pd.DataFrame:
+    """Sigma_j = sigma^2 S_j C_j S_j of one group, rows in the caller's order.
+
+    ``label="row"`` labels rows and columns by the caller's row labels,
+    ``label="time"`` by the time/position values.
+    """
+    rows = _group_rows(results.model, group)
+    lab = _labels(results, rows, label)
+    return pd.DataFrame(_residual_block(results, rows), index=lab, columns=lab)
+
+
+def marginal_cov(results: "HLMResults", group: Any) -> pd.DataFrame:
+    """Z_j Psi Z_j' + Sigma_j of one group, labelled by row."""
+    model = results.model
+    rows = _group_rows(model, group)
+    Z = model.exog_re[rows]
+    V = Z @ results.fit_result.cov_re @ Z.T + _residual_block(results, rows)
+    lab = _labels(results, rows, "row")
+    return pd.DataFrame(V, index=lab, columns=lab)
+
+
+def loglike_dense(results: "HLMResults") -> float:
+    """ML log-likelihood at the estimates with one dense normal density per group (slow oracle)."""
+    from scipy.stats import multivariate_normal
+
+    model = results.model
+    beta = results.fit_result.fe_params
+    total = 0.0
+    for g in model.group_labels:          # test oracle: loops over groups on purpose
+        rows = _group_rows(model, g)
+        V = marginal_cov(results, g).to_numpy()
+        total += multivariate_normal.logpdf(model.endog[rows], model.exog[rows] @ beta, V)
+    return float(total)
+
+
+# ================================================================ prediction
+def _new_values(results: "HLMResults", exog: Any, residual_data: Any, n_new: int,
+                groups: Any) -> dict[str, np.ndarray]:
+    """Role -> values of the new rows' time/position and variance covariate."""
+    kern = _kernel(results)
+    s = kern.structure
+    roles = {"index": s.index_name, "by": s.by_name}
+    needed = {r: nm for r, nm in roles.items() if nm is not None and r in s._specs}
+    out = {}
+    for role, name in needed.items():
+        src = None
+        if residual_data is not None:
+            if isinstance(residual_data, pd.DataFrame) or isinstance(residual_data, dict):
+                src = residual_data.get(name, residual_data.get(role)) \
+                    if isinstance(residual_data, dict) else \
+                    (residual_data[name] if name in residual_data.columns else None)
+            elif role == "index" or "by" not in needed or needed["by"] == needed.get("index"):
+                src = residual_data
+        elif isinstance(exog, pd.DataFrame) and name in exog.columns:
+            src = exog[name]
+        if src is None:
+            raise KeyError(f"the new data lack the {'variance covariate' if role == 'by' else 'time/position variable'} "
+                           f"{name!r} of {s!r}; include the column (formula models) or pass "
+                           f"residual_data={{{name!r}: values}}")
+        arr = np.asarray(src)
+        if len(arr) != n_new:
+            raise ValueError(f"{name!r} has {len(arr)} values for {n_new} new rows")
+        out[role] = arr
+    return out
+
+
+def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
+                       groups: Any = None, random: bool = True, residual_data: Any = None,
+                       correlated: bool = True) -> pd.Series | np.ndarray:
+    """Predictions for new rows that account for the residual structure.
+
+    Notes
+    -----
+    For a new row i of a fitted group j the best linear predictor is
+
+        x_i' beta + z_i' b_j + Sigma_{i,j} Sigma_j^{-1} (y_j - X_j beta - Z_j b_j),
+
+    the last term the conditional mean of the new row's error given the
+    group's residuals (zero for independent errors, Phi^d times the last
+    residual for AR(1) forecasts d steps ahead).  ``correlated=False`` drops
+    it (nlme's ``predict``).  Rows of unseen groups get x_i' beta.
+    """
+    from .prediction import predict_new
+
+    model = results.model
+    kern = _kernel(results)
+    base = predict_new(results, exog, exog_re=exog_re, groups=groups, random=random)
+    if exog is None:
+        return base
+    pred = np.asarray(base, dtype=float).copy()
+    n_new = len(pred)
+    vals = _new_values(results, exog, residual_data, n_new, groups)
+    s = kern.structure
+    if "index" in vals:
+        if kern.kind == "markov":
+            from .whitening import _numeric_time
+            key_new = _numeric_time(pd.Series(vals["index"], name=s.index_name), s)
+        elif kern.slot_levels is not None:
+            key_new = kern.slot_of(vals["index"])
+            if np.any(key_new < 0):
+                unseen = sorted(set(pd.unique(np.asarray(vals["index"])[key_new < 0]).tolist()),
+                                key=str)
+                raise ValueError(
+                    f"position(s) {unseen[:10]} of {s.index_name!r} in the new data were never "
+                    f"seen in the fit (positions {list(kern.info.slot_labels)}): {s!r} has no "
+                    "correlation or variance for them")
+        else:
+            key_new = np.full(n_new, -1.0)
+    else:
+        key_new = np.full(n_new, -1.0)
+    if "by" in vals:
+        by_new = kern.by_code_of(vals["by"])
+        if np.any(by_new < 0):
+            unseen = sorted(set(pd.unique(np.asarray(vals["by"])[by_new < 0]).tolist()), key=str)
+            raise ValueError(f"level(s) {unseen[:10]} of the variance covariate {s.by_name!r} "
+                             f"in the new data were never seen in the fit (levels "
+                             f"{list(kern.info.by_levels)})")
+    else:
+        by_new = np.zeros(n_new, dtype=np.intp)
+    if not (random and correlated) or kern.kind == "identity":
+        return base
+    if isinstance(exog, pd.DataFrame) and getattr(model, "fixed_design_info", None) is not None:
+        g_new = exog[model.group_name].to_numpy()
+    else:
+        if groups is None:
+            return base
+        g_new = np.asarray(groups)
+    codes = model.group_labels.get_indexer(pd.Index(g_new))
+    known = np.flatnonzero(codes >= 0)
+    if len(known) == 0:
+        return base
+    resid = model.endog - results._fitted_array
+    w = kern.solve(results.fit_result.residual_free, resid)          # R^-1 e, caller order
+    j = codes[known]
+    nr = kern.sizes[j]
+    rep = np.repeat(np.arange(len(known)), nr)
+    offs = np.arange(nr.sum()) - np.repeat(np.cumsum(nr) - nr, nr)
+    pos_sorted = kern.starts[j][rep] + offs
+    rows = kern.order[pos_sorted]
+    key_old = kern.key[rows]
+    if kern.kind == "dense":
+        key_old = key_old.astype(np.intp)
+        ka = key_new[known][rep].astype(np.intp)
+    else:
+        ka = key_new[known][rep]
+    c = kern.cov_rows(_natural(results), 1.0, ka, by_new[known][rep], key_old,
+                      kern.by_codes[rows])
+    pred[known] += np.bincount(rep, weights=c * w[rows], minlength=len(known))
+    if isinstance(base, pd.Series):
+        return pd.Series(pred, index=base.index, name=base.name)
+    return pred
+
+
+# ================================================================ summary
+def structure_info(results: "HLMResults") -> dict[str, str]:
+    """Summary lines describing the structure in nlme's terms."""
+    kern = _kernel(results)
+    if kern is None:
+        return {}
+    out = kern.structure.describe(_natural(results), kern.info)
+    bnd = boundary_params(results)
+    if bnd:
+        out["Boundary:"] = ", ".join(bnd)
+    return out
+
+
+def residual_rows(results: "HLMResults") -> list[dict[str, Any]]:
+    """Residual rows of the random-effects table (one per variance level)."""
+    kern = _kernel(results)
+    scale = results.scale
+    if kern is None or not kern.has_by:
+        return [{"Groups": "Residual", "Name": "", "Variance": scale, "Std.Dev.": np.sqrt(scale)}]
+    sd = kern.structure.sd_levels(_natural(results), kern.info)
+    from .residual import _fmt_level
+    rows = []
+    for i, (lv, r) in enumerate(zip(kern.info.by_levels, sd)):
+        rows.append({"Groups": "Residual" if i == 0 else "",
+                     "Name": f"{kern.info.by_name}={_fmt_level(lv)}",
+                     "Variance": scale * r ** 2, "Std.Dev.": np.sqrt(scale) * r})
+    return rows
