@@ -414,10 +414,38 @@ class HLMResults(LikelihoodModelResults):
         from .inference import bootstrap
         return bootstrap(self, n, seed=seed, progress=progress, alpha=alpha)
 
-    def cov_robust(self, kind: str = "CR2") -> pd.DataFrame:
-        """Cluster-robust covariance of the fixed effects (clubSandwich's vcovCR)."""
+    def cov_robust(self, kind: str = "CR2", *, full: bool = False) -> pd.DataFrame:
+        """Cluster-robust covariance of the fixed effects (clubSandwich's vcovCR).
+
+        With ``full=True`` the covariance of all ``params`` (the robust block
+        for the fixed effects, the model-based one for the variance
+        components).  ``t_test``/``wald_test`` accept either as ``cov_p``.
+        """
         from .inference import cov_robust
-        return cov_robust(self, kind=kind)
+        return cov_robust(self, kind=kind, full=full)
+
+    def _embed_cov(self, cov_p: Any) -> Any:
+        """A fixed-effects-only ``cov_p`` padded to all params (model-based elsewhere)."""
+        if cov_p is None:
+            return None
+        c = np.asarray(cov_p, dtype=float)
+        if c.shape == (self.k_fe, self.k_fe) and self.k_vcomp:
+            fullc = np.array(self.cov_params(), dtype=float)
+            fullc[:self.k_fe, :self.k_fe] = c
+            return fullc
+        return c
+
+    def t_test(self, r_matrix: Any, cov_p: Any = None, use_t: bool | None = None) -> Any:
+        """statsmodels' t_test; ``cov_p`` may cover the fixed effects only
+        (e.g. ``results.cov_robust("CR2")``)."""
+        return super().t_test(r_matrix, cov_p=self._embed_cov(cov_p), use_t=use_t)
+
+    def wald_test(self, r_matrix: Any, cov_p: Any = None, invcov: Any = None,
+                  use_f: bool | None = None, df_constraints: Any = None,
+                  scalar: bool | None = None) -> Any:
+        """statsmodels' wald_test; ``cov_p`` may cover the fixed effects only."""
+        return super().wald_test(r_matrix, cov_p=self._embed_cov(cov_p), invcov=invcov,
+                                 use_f=use_f, df_constraints=df_constraints, scalar=scalar)
 
     # --------------------------------- variance shares (sm_hlm.diagnostics)
     def icc(self) -> pd.Series:

@@ -503,9 +503,13 @@ def test_cov_robust_in_t_test_and_summary(sim_fit):
     r[names.index("w")] = 1.0
     np.testing.assert_allclose(sim_fit.t_test(r, cov_p=full).sd.ravel()[0],
                                math.sqrt(V.loc["w", "w"]), rtol=1e-12)
-    # statsmodels aligns r with every parameter, so a p x p cov_p is refused
-    with pytest.raises(ValueError):
-        sim_fit.t_test("x = 0", cov_p=V)
+    # a fixed-effects-only cov_p is padded with the model-based variance-component block
+    np.testing.assert_allclose(sim_fit.t_test("x = 0", cov_p=V).sd.ravel()[0],
+                               math.sqrt(V.loc["x", "x"]), rtol=1e-12)
+    w = sim_fit.wald_test("x = 0, w = 0", cov_p=V, scalar=True)
+    b = sim_fit.fe_params[["x", "w"]].to_numpy()
+    Vxw = V.loc[["x", "w"], ["x", "w"]].to_numpy()
+    np.testing.assert_allclose(w.statistic, b @ np.linalg.solve(Vxw, b), rtol=1e-10)
     smry = sim_fit.summary(cov_type="CR2")
     text = smry.as_text()
     assert "cluster-robust (CR2)" in text
