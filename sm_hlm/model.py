@@ -454,6 +454,11 @@ class HLM(LikelihoodModel):
         """Per-group OLS coefficients (the notes' BETA.OLS); see :func:`groupwise.group_ols`."""
         return groupwise.group_ols(self, exog=exog)
 
+    def group_ols_summary(self, *, exog: str = "re") -> tuple[pd.Series, pd.DataFrame]:
+        """The notes' ad-hoc estimates: mean (NaN ignored) and covariance (complete
+        rows) of the per-group OLS coefficients."""
+        return groupwise.group_ols_summary(self, exog=exog)
+
     def marginal_cov(self, group: Any, cov_re: np.ndarray, scale: float) -> pd.DataFrame:
         """Z_j Psi Z_j' + sigma^2 I for one group, labelled by row."""
         return groupwise.marginal_cov(self, group, cov_re, scale)

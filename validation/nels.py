@@ -104,10 +104,9 @@ def quantities(res: Any) -> dict[str, float]:
 
 def adhoc_quantities(model: sm_hlm.HLM, data: pd.DataFrame) -> dict[str, float]:
     """BETA.OLS column means and covariance, and schools by flp."""
-    from sm_hlm.groupwise import group_ols_summary
     from sm_hlm.crosslevel import group_aggregate
 
-    mean, cov = group_ols_summary(model)
+    mean, cov = model.group_ols_summary()
     out = {f"BETA.OLS mean {_name(k)}": float(v) for k, v in mean.items()}
     for a in cov.index:
         for b in cov.columns:
