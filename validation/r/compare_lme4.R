@@ -7,7 +7,7 @@
 #
 # Writes validation/r/compare_lme4.json.  Reads ../shared/data/nels.csv.
 #
-# Contents (all numbers printed with %.17g, see core_lme4.R for why):
+# Contents (all numbers printed with %.17g, see common.R for why):
 # * "anova": lme4 anova() tables, one object per comparison with
 #   - "call": the R call, "refit": the refit argument,
 #   - "messages"/"warnings": conditions raised by anova() (lme4 says
@@ -35,83 +35,15 @@
 #   0.5, 0.75 of coef(fit.2)$school[, "(Intercept)"] (fixed intercept + BLUP)
 #   and coef(fit.2)$school[, "ses"] (fixed ses slope + BLUP).
 
-suppressPackageStartupMessages({
-  library(lme4)
-  library(jsonlite)
+# Shared helpers (attaches lme4 and jsonlite; paths, %.17g JSON writer, data
+# readers): common.R, next to this script.
+local({
+  arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
+  dir <- if (length(arg)) dirname(sub("^--file=", "", arg[1])) else "validation/r"
+  source(file.path(dir, "common.R"))
 })
 
-here <- "validation/r"
-nels_path <- "../shared/data/nels.csv"
-
-# ---------------------------------------------------------------- JSON writer
-# (copied from core_lme4.R: %.17g doubles, jsonlite only escapes strings)
-num_str <- function(x) {
-  out <- sprintf("%.17g", x)
-  out[is.na(x) | !is.finite(x)] <- "null"
-  out
-}
-
-scalar_strs <- function(x) {
-  if (is.factor(x)) x <- as.character(x)
-  if (is.logical(x)) return(ifelse(is.na(x), "null", ifelse(x, "true", "false")))
-  if (is.integer(x)) return(ifelse(is.na(x), "null", as.character(x)))
-  if (is.numeric(x)) return(num_str(as.double(x)))
-  if (is.character(x)) {
-    return(vapply(x, function(s) if (is.na(s)) "null" else
-      as.character(jsonlite::toJSON(s, auto_unbox = TRUE)), ""))
-  }
-  stop("unsupported type: ", class(x)[1])
-}
-
-to_json <- function(x, indent = 0) {
-  pad <- strrep("  ", indent + 1)
-  pad0 <- strrep("  ", indent)
-  if (is.null(x)) return("null")
-  if (is.data.frame(x)) stop("convert data frames to lists first")
-  if (is.atomic(x)) {
-    keep_array <- inherits(x, "AsIs") || length(x) != 1
-    if (!is.null(names(x)) && !inherits(x, "AsIs")) {
-      x <- as.list(x)
-    } else {
-      s <- scalar_strs(unclass(unname(x)))
-      if (!keep_array) return(s)
-      return(paste0("[", paste(s, collapse = ", "), "]"))
-    }
-  }
-  if (is.list(x)) {
-    if (length(x) == 0) return(if (is.null(names(x))) "[]" else "{}")
-    vals <- vapply(x, function(v) to_json(v, indent + 1), "")
-    if (!is.null(names(x))) {
-      keys <- scalar_strs(names(x))
-      items <- paste0(keys, ": ", vals)
-      return(paste0("{\n", pad, paste(items, collapse = paste0(",\n", pad)), "\n", pad0, "}"))
-    }
-    return(paste0("[\n", pad, paste(vals, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  stop("unsupported object: ", class(x)[1])
-}
-
-write_json_full <- function(x, path) {
-  writeLines(to_json(x), path, useBytes = TRUE)
-  invisible(jsonlite::fromJSON(path, simplifyVector = FALSE))
-}
-
 # ------------------------------------------------------------------- helpers
-capture <- function(expr) {
-  warns <- character(0)
-  msgs <- character(0)
-  val <- withCallingHandlers(expr,
-    warning = function(w) {
-      warns <<- c(warns, conditionMessage(w))
-      invokeRestart("muffleWarning")
-    },
-    message = function(m) {
-      msgs <<- c(msgs, sub("\n$", "", conditionMessage(m)))
-      invokeRestart("muffleMessage")
-    })
-  list(value = val, warnings = warns, messages = msgs)
-}
-
 mix_p <- function(chisq, df) {
   ifelse(is.na(df) | df < 1, NA,
          0.5 * pchisq(chisq, pmax(df - 1, 0), lower.tail = FALSE) +
@@ -137,13 +69,10 @@ fit_lmer <- function(f, data, REML) {
 }
 
 # ---------------------------------------------------------------------- fits
-nels <- read.csv(nels_path)
-nels$school <- factor(nels$school)
+nels <- read_nels()
 
 forms <- c(
-  fit.0 = "mscore ~ 1 + (1 | school)",
-  fit.1 = "mscore ~ ses + (ses | school)",
-  fit.2 = "mscore ~ flp + ses + flp * ses + (ses | school)",
+  nels_formulas,
   fit.1ri = "mscore ~ ses + (1 | school)",
   lm.0 = "mscore ~ 1"
 )
@@ -216,8 +145,8 @@ out <- list(
   boxplot = boxplot,
   fit.2_ML_logLik = as.numeric(logLik(fit.2)),
   fit.2_ML_fixef = as.list(fixef(fit.2)),
-  lme4_version = as.character(packageVersion("lme4")),
-  R_version = R.version.string
+  lme4_version = lme4_version,
+  R_version = r_version
 )
 write_json_full(out, file.path(here, "compare_lme4.json"))
 cat("wrote", file.path(here, "compare_lme4.json"), "\n")

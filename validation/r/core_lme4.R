@@ -10,9 +10,9 @@
 #
 # Precision: jsonlite::toJSON/write_json print at most 15 significant digits
 # even with digits = NA (e.g. 1/3 -> 0.333333333333333), which does not round-
-# trip an IEEE double.  This script therefore uses its own small JSON writer
-# (to_json below) that prints every double with sprintf("%.17g"), which does
-# round-trip; jsonlite is used only to escape strings.
+# trip an IEEE double.  The scripts therefore use their own small JSON writer
+# (to_json in common.R) that prints every double with sprintf("%.17g"), which
+# does round-trip; jsonlite is used only to escape strings.
 #
 # Field conventions (see README.md for the full list):
 # * matrices are lists of rows; `vcov`, `se`, `tvalues` are ordered as `fixef`.
@@ -37,99 +37,18 @@
 #   (e.g. "boundary (singular) fit: see help('isSingular')"), and
 #   `conv_messages` holds fit@optinfo$conv$lme4$messages.
 
-suppressPackageStartupMessages({
-  library(lme4)
-  library(jsonlite)
+# Shared helpers (attaches lme4 and jsonlite; paths, %.17g JSON writer, data
+# readers): common.R, next to this script.
+local({
+  arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
+  dir <- if (length(arg)) dirname(sub("^--file=", "", arg[1])) else "validation/r"
+  source(file.path(dir, "common.R"))
 })
 
-here <- "validation/r"
-data_dir <- file.path(here, "data")
-nels_path <- "../shared/data/nels.csv"
-lme4_version <- as.character(packageVersion("lme4"))
-r_version <- R.version.string
-
-# ---------------------------------------------------------------- JSON writer
-num_str <- function(x) {
-  out <- sprintf("%.17g", x)
-  out[is.na(x) | !is.finite(x)] <- "null"
-  out
-}
-
-scalar_strs <- function(x) {
-  if (is.factor(x)) x <- as.character(x)
-  if (is.logical(x)) return(ifelse(is.na(x), "null", ifelse(x, "true", "false")))
-  if (is.integer(x)) return(ifelse(is.na(x), "null", as.character(x)))
-  if (is.numeric(x)) return(num_str(as.double(x)))
-  if (is.character(x)) {
-    return(vapply(x, function(s) if (is.na(s)) "null" else
-      as.character(jsonlite::toJSON(s, auto_unbox = TRUE)), ""))
-  }
-  stop("unsupported type: ", class(x)[1])
-}
-
-to_json <- function(x, indent = 0) {
-  pad <- strrep("  ", indent + 1)
-  pad0 <- strrep("  ", indent)
-  if (is.null(x)) return("null")
-  if (is.data.frame(x)) stop("convert data frames to lists of rows first")
-  if (is.matrix(x)) {
-    rows <- vapply(seq_len(nrow(x)), function(i)
-      paste0("[", paste(scalar_strs(unname(x[i, ])), collapse = ", "), "]"), "")
-    if (length(rows) == 0) return("[]")
-    return(paste0("[\n", pad, paste(rows, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  if (is.atomic(x)) {
-    keep_array <- inherits(x, "AsIs") || length(x) != 1
-    if (!is.null(names(x)) && !inherits(x, "AsIs")) {
-      # named atomic vector -> object
-      x <- as.list(x)
-    } else {
-      s <- scalar_strs(unclass(unname(x)))
-      if (!keep_array) return(s)
-      return(paste0("[", paste(s, collapse = ", "), "]"))
-    }
-  }
-  if (is.list(x)) {
-    if (length(x) == 0) return(if (is.null(names(x))) "[]" else "{}")
-    vals <- vapply(x, function(v) to_json(v, indent + 1), "")
-    if (!is.null(names(x))) {
-      keys <- scalar_strs(names(x))
-      items <- paste0(keys, ": ", vals)
-      return(paste0("{\n", pad, paste(items, collapse = paste0(",\n", pad)), "\n", pad0, "}"))
-    }
-    return(paste0("[\n", pad, paste(vals, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  stop("unsupported object: ", class(x)[1])
-}
-
-write_json_full <- function(x, path) {
-  writeLines(to_json(x), path, useBytes = TRUE)
-  # sanity check: the file parses
-  invisible(jsonlite::fromJSON(path, simplifyVector = FALSE))
-}
-
 # ----------------------------------------------------------------- helpers
-# group ids as numbers when all levels are numeric, else strings
-level_ids <- function(lv) {
-  num <- suppressWarnings(as.numeric(lv))
-  if (all(!is.na(num))) num else lv
-}
-
 fit_lmer <- function(formula, data, REML) {
-  warns <- character(0)
-  msgs <- character(0)
-  fit <- withCallingHandlers(
-    lmer(formula, data = data, REML = REML),
-    warning = function(w) {
-      warns <<- c(warns, conditionMessage(w))
-      invokeRestart("muffleWarning")
-    },
-    message = function(m) {
-      msgs <<- c(msgs, sub("\n$", "", conditionMessage(m)))
-      invokeRestart("muffleMessage")
-    }
-  )
-  list(fit = fit, warnings = warns, messages = msgs)
+  r <- capture(lmer(formula, data = data, REML = REML))
+  list(fit = r$value, warnings = r$warnings, messages = r$messages)
 }
 
 # Joint conditional covariance of all BLUPs: sigma^2 Lambda (Lambda'Z'Z Lambda + I)^{-1} Lambda'
@@ -270,12 +189,6 @@ describe_fit <- function(res, data_name, formula_str, REML, n_ranef = NULL,
 }
 
 # -------------------------------------------------------- simulated data sets
-read_sim <- function(name) {
-  d <- read.csv(file.path(data_dir, name))
-  d$group <- factor(d$group)   # integer ids -> levels in numeric order
-  d
-}
-
 cases <- list(
   list(key = "ri", data = "ri.csv", formula = "y ~ x + z + (1 | group)"),
   list(key = "slope", data = "slope.csv", formula = "y ~ x * z + (x | group)"),
@@ -301,13 +214,9 @@ for (cs in cases) {
 write_json_full(core, file.path(here, "core_lme4.json"))
 
 # ------------------------------------------------------------------- NELS
-nels <- read.csv(nels_path)
-nels$school <- factor(nels$school)
-nels_cases <- list(
-  list(key = "fit.0", formula = "mscore ~ 1 + (1 | school)"),
-  list(key = "fit.1", formula = "mscore ~ ses + (ses | school)"),
-  list(key = "fit.2", formula = "mscore ~ flp + ses + flp * ses + (ses | school)")
-)
+nels <- read_nels()
+nels_cases <- lapply(names(nels_formulas), function(k)
+  list(key = k, formula = nels_formulas[[k]]))
 nels_out <- list()
 for (cs in nels_cases) {
   for (REML in c(FALSE, TRUE)) {

@@ -36,70 +36,17 @@
 #
 # Numbers are printed with %.17g (round-trip doubles).
 
-suppressPackageStartupMessages({
-  library(lme4)
-  library(jsonlite)
+# Shared helpers (attaches lme4 and jsonlite; paths, %.17g JSON writer, data
+# readers): common.R, next to this script.
+local({
+  arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
+  dir <- if (length(arg)) dirname(sub("^--file=", "", arg[1])) else "validation/r"
+  source(file.path(dir, "common.R"))
 })
 have_perf <- suppressWarnings(requireNamespace("performance", quietly = TRUE) &&
                               requireNamespace("insight", quietly = TRUE))
 
-here <- "validation/r"
-
-# ---------------------------------------------------------------- JSON writer
-num_str <- function(x) {
-  out <- sprintf("%.17g", x)
-  out[is.na(x) | !is.finite(x)] <- "null"
-  out
-}
-scalar_strs <- function(x) {
-  if (is.factor(x)) x <- as.character(x)
-  if (is.logical(x)) return(ifelse(is.na(x), "null", ifelse(x, "true", "false")))
-  if (is.integer(x)) return(ifelse(is.na(x), "null", as.character(x)))
-  if (is.numeric(x)) return(num_str(as.double(x)))
-  if (is.character(x)) {
-    return(vapply(x, function(s) if (is.na(s)) "null" else
-      as.character(jsonlite::toJSON(s, auto_unbox = TRUE)), ""))
-  }
-  stop("unsupported type: ", class(x)[1])
-}
-to_json <- function(x, indent = 0) {
-  pad <- strrep("  ", indent + 1)
-  pad0 <- strrep("  ", indent)
-  if (is.null(x)) return("null")
-  if (is.matrix(x)) {
-    rows <- vapply(seq_len(nrow(x)), function(i)
-      paste0("[", paste(scalar_strs(unname(x[i, ])), collapse = ", "), "]"), "")
-    if (length(rows) == 0) return("[]")
-    return(paste0("[\n", pad, paste(rows, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  if (is.atomic(x)) {
-    keep_array <- inherits(x, "AsIs") || length(x) != 1
-    if (!is.null(names(x)) && !inherits(x, "AsIs")) {
-      x <- as.list(x)
-    } else {
-      s <- scalar_strs(unclass(unname(x)))
-      if (!keep_array) return(s)
-      return(paste0("[", paste(s, collapse = ", "), "]"))
-    }
-  }
-  if (is.list(x)) {
-    if (length(x) == 0) return(if (is.null(names(x))) "[]" else "{}")
-    vals <- vapply(x, function(v) to_json(v, indent + 1), "")
-    if (!is.null(names(x))) {
-      items <- paste0(scalar_strs(names(x)), ": ", vals)
-      return(paste0("{\n", pad, paste(items, collapse = paste0(",\n", pad)), "\n", pad0, "}"))
-    }
-    return(paste0("[\n", pad, paste(vals, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  stop("unsupported object: ", class(x)[1])
-}
-
 # ----------------------------------------------------------------- helpers
-level_ids <- function(lv) {
-  num <- suppressWarnings(as.numeric(lv))
-  if (all(!is.na(num))) num else lv
-}
-
 # The full random-effects covariance Psi (block diagonal over terms), named
 full_psi <- function(fit) {
   vc <- VarCorr(fit)
@@ -180,24 +127,18 @@ diagnostics_for <- function(fit, data_name, formula_str) {
   out$n_reliability <- as.list(colSums(!is.na(rel)))
   out$shrinkage_diag <- shr
   out$shrinkage_textbook_maxabsdiff <- max(abs(shr - shr_tb), na.rm = TRUE)
-  out$lme4_version <- as.character(packageVersion("lme4"))
-  out$R_version <- R.version.string
+  out$lme4_version <- lme4_version
+  out$R_version <- r_version
   out
 }
 
 # -------------------------------------------------------------------- fits
 refs <- list()
-nels <- read.csv("../shared/data/nels.csv")
-nels$school <- factor(nels$school)
-nels_cases <- list(
-  "fit.0" = "mscore ~ 1 + (1 | school)",
-  "fit.1" = "mscore ~ ses + (ses | school)",
-  "fit.2" = "mscore ~ flp + ses + flp * ses + (ses | school)"
-)
-for (key in names(nels_cases)) {
-  f <- nels_cases[[key]]
+nels <- read_nels()
+for (key in names(nels_formulas)) {
+  f <- nels_formulas[[key]]
   fit <- lmer(as.formula(f), data = nels, REML = FALSE)
-  refs[[paste0(key, "_ML")]] <- diagnostics_for(fit, "../shared/data/nels.csv", f)
+  refs[[paste0(key, "_ML")]] <- diagnostics_for(fit, nels_path, f)
 }
 
 sim_cases <- list(
@@ -207,8 +148,7 @@ sim_cases <- list(
   three = c("three.csv", "y ~ x + z + (x + z | group)")
 )
 for (key in names(sim_cases)) {
-  d <- read.csv(file.path(here, "data", sim_cases[[key]][1]))
-  d$group <- factor(d$group)
+  d <- read_sim(sim_cases[[key]][1])
   fit <- lmer(as.formula(sim_cases[[key]][2]), data = d, REML = FALSE)
   refs[[paste0(key, "_ML")]] <- diagnostics_for(fit, sim_cases[[key]][1], sim_cases[[key]][2])
 }
@@ -225,6 +165,4 @@ for (k in names(refs)) {
   cat(sprintf("  shrink-textbook diff=%.2g\n", r$shrinkage_textbook_maxabsdiff))
 }
 
-path <- file.path(here, "diagnostics_refs.json")
-writeLines(to_json(refs), path, useBytes = TRUE)
-invisible(jsonlite::fromJSON(path, simplifyVector = FALSE))
+write_json_full(refs, file.path(here, "diagnostics_refs.json"))

@@ -42,71 +42,22 @@
 #   CR0, CR1 and CR2 (matrices ordered as fixef_names)
 # * versions: lme4, lmerTest, clubSandwich, R
 #
-# Numbers are printed with %.17g (see core_lme4.R for why not jsonlite).
+# Numbers are printed with %.17g (see common.R for why not jsonlite).
 
+# Shared helpers (attaches lme4 and jsonlite; paths, %.17g JSON writer, data
+# readers): common.R, next to this script.
+local({
+  arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
+  dir <- if (length(arg)) dirname(sub("^--file=", "", arg[1])) else "validation/r"
+  source(file.path(dir, "common.R"))
+})
 suppressPackageStartupMessages({
-  library(lme4)
-  library(lmerTest)
+  library(lmerTest)       # after lme4 (attached by common.R), as before
   library(clubSandwich)
-  library(jsonlite)
 })
 
-here <- "validation/r"
-nels_path <- "../shared/data/nels.csv"
-
-# ---------------------------------------------------------------- JSON writer
-num_str <- function(x) {
-  out <- sprintf("%.17g", x)
-  out[is.na(x) | !is.finite(x)] <- "null"
-  out
-}
-
-scalar_strs <- function(x) {
-  if (is.factor(x)) x <- as.character(x)
-  if (is.logical(x)) return(ifelse(is.na(x), "null", ifelse(x, "true", "false")))
-  if (is.integer(x)) return(ifelse(is.na(x), "null", as.character(x)))
-  if (is.numeric(x)) return(num_str(as.double(x)))
-  if (is.character(x)) {
-    return(vapply(x, function(s) if (is.na(s)) "null" else
-      as.character(jsonlite::toJSON(s, auto_unbox = TRUE)), ""))
-  }
-  stop("unsupported type: ", class(x)[1])
-}
-
-to_json <- function(x, indent = 0) {
-  pad <- strrep("  ", indent + 1)
-  pad0 <- strrep("  ", indent)
-  if (is.null(x)) return("null")
-  if (is.matrix(x)) {
-    rows <- vapply(seq_len(nrow(x)), function(i)
-      paste0("[", paste(scalar_strs(unname(x[i, ])), collapse = ", "), "]"), "")
-    if (length(rows) == 0) return("[]")
-    return(paste0("[\n", pad, paste(rows, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  if (is.atomic(x)) {
-    if (!is.null(names(x)) && !inherits(x, "AsIs")) {
-      x <- as.list(x)
-    } else {
-      s <- scalar_strs(unclass(unname(x)))
-      if (!(inherits(x, "AsIs") || length(x) != 1)) return(s)
-      return(paste0("[", paste(s, collapse = ", "), "]"))
-    }
-  }
-  if (is.list(x)) {
-    if (length(x) == 0) return(if (is.null(names(x))) "[]" else "{}")
-    vals <- vapply(x, function(v) to_json(v, indent + 1), "")
-    if (!is.null(names(x))) {
-      items <- paste0(scalar_strs(names(x)), ": ", vals)
-      return(paste0("{\n", pad, paste(items, collapse = paste0(",\n", pad)), "\n", pad0, "}"))
-    }
-    return(paste0("[\n", pad, paste(vals, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  stop("unsupported object: ", class(x)[1])
-}
-
 # ------------------------------------------------------------------- fits
-nels <- read.csv(nels_path)
-nels$school <- factor(nels$school)
+nels <- read_nels()
 
 cases <- list(
   list(name = "fit.1", formula = "mscore ~ ses + (ses | school)",
@@ -139,13 +90,9 @@ for (cs in cases) {
       res
     })
     t0 <- proc.time()[["elapsed"]]
-    ci_warn <- character(0)
-    ci <- withCallingHandlers(
-      suppressMessages(confint(fit, method = "profile", oldNames = TRUE)),
-      warning = function(w) {
-        ci_warn <<- c(ci_warn, conditionMessage(w))
-        invokeRestart("muffleWarning")
-      })
+    ci_res <- capture(suppressMessages(confint(fit, method = "profile", oldNames = TRUE)))
+    ci <- ci_res$value
+    ci_warn <- ci_res$warnings
     ci_time <- proc.time()[["elapsed"]] - t0
     ci_new <- suppressWarnings(suppressMessages(
       confint(fit, method = "profile", oldNames = FALSE)))
@@ -173,12 +120,11 @@ for (cs in cases) {
     )
   }
 }
-out$versions <- list(lme4 = as.character(packageVersion("lme4")),
+out$versions <- list(lme4 = lme4_version,
                      lmerTest = as.character(packageVersion("lmerTest")),
                      clubSandwich = as.character(packageVersion("clubSandwich")),
-                     R = R.version.string)
+                     R = r_version)
 
 path <- file.path(here, "inference_refs.json")
-writeLines(to_json(out), path, useBytes = TRUE)
-invisible(jsonlite::fromJSON(path, simplifyVector = FALSE))
+write_json_full(out, path)
 cat("wrote", path, "\n")

@@ -26,77 +26,36 @@
 #   case stops nlme after one iteration on purpose (returnObject = TRUE).
 # * `iterations` counts nlminb's iterations (msVerbose trace lines);
 #   `numIter` is gls's outer-iteration count (NULL for lme).
+# * nlme's gls(method = "ML") vcov uses rss/(N - p) (its varBeta), so its SEs
+#   are sqrt(N/(N - p)) times those from the ML sigma (lme's and sm_hlm's).
+# * corCompSymm's normalized residuals use a Helmert-type factor, not the
+#   Cholesky factor: only their per-subject sums of squares are comparable.
+#
+# Cases (keys `<case>_ML`, `<case>_REML`; fixed part y ~ wave * trt):
+#   gls_ar1        panel_ar1.csv        gls, corAR1(~ wave | subject)
+#   gls_car1       panel_car1.csv       gls, corCAR1(~ time | subject), irregular times
+#   gls_un         panel_un.csv         gls, corSymm(~ pos | subject) + varIdent(~ 1 | wave)
+#   gls_cs         panel_cs.csv         gls, corCompSymm(~ 1 | subject)
+#   gls_ar1h       panel_ar1h.csv       gls, corAR1 + varIdent(~ 1 | wave)
+#   lme_ri_ar1     panel_ri_ar1.csv     lme(~ 1 | subject), corAR1
+#   lme_slope_ar1  panel_slope_ar1.csv  lme(~ wave | subject), corAR1
+#   lme_ri_un      panel_ri_un.csv      lme(~ 1 | subject), corSymm + varIdent (a ridge: the
+#                                       random intercept is confounded with the unstructured
+#                                       covariance; `marginal_cov` is the identified 6 x 6
+#                                       covariance by wave)
+#   lme_slope_ar1_limit_ML              lme_slope_ar1 stopped after one iteration
+#   convention                          REML logLik checks (above)
+# Fields: logLik, AIC, BIC, df (parameter count), nobs, fixef (+ fixef_names), se,
+# vcov, sigma, sigma_ref, corStruct {class, natural, unconstrained}, varStruct
+# {class, natural_nlme}, sd_ratio (relative to wave 0), cov_re (lme), iterations,
+# numIter, warnings, apVar_message, corStruct_intervals (intervals(which = "var-cov")),
+# resid_normalized {row, value}, fitted {row, value}, nlme_version, R_version.
 
-suppressPackageStartupMessages({
-  library(nlme)
-  library(lme4)
-  library(jsonlite)
-})
-
-here <- "validation/r"
-data_dir <- file.path(here, "data")
+suppressPackageStartupMessages(library(nlme))
+# lme4 and jsonlite, `here`, `data_dir`, `r_version` and the %.17g JSON writer
+# `write_json_full()` (jsonlite prints only 15 significant digits)
+source(file.path("validation", "r", "common.R"))
 nlme_version <- as.character(packageVersion("nlme"))
-r_version <- R.version.string
-
-# ---------------------------------------------------------------- JSON writer
-num_str <- function(x) {
-  out <- sprintf("%.17g", x)
-  out[is.na(x) | !is.finite(x)] <- "null"
-  out
-}
-
-scalar_strs <- function(x) {
-  if (is.factor(x)) x <- as.character(x)
-  if (is.logical(x)) return(ifelse(is.na(x), "null", ifelse(x, "true", "false")))
-  if (is.integer(x)) return(ifelse(is.na(x), "null", as.character(x)))
-  if (is.numeric(x)) return(num_str(as.double(x)))
-  if (is.character(x)) {
-    return(vapply(x, function(s) if (is.na(s)) "null" else
-      as.character(jsonlite::toJSON(s, auto_unbox = TRUE)), ""))
-  }
-  stop("unsupported type: ", class(x)[1])
-}
-
-to_json <- function(x, indent = 0) {
-  pad <- strrep("  ", indent + 1)
-  pad0 <- strrep("  ", indent)
-  if (is.null(x)) return("null")
-  if (is.data.frame(x)) stop("convert data frames to lists of rows first")
-  if (is.matrix(x)) {
-    rows <- vapply(seq_len(nrow(x)), function(i)
-      paste0("[", paste(scalar_strs(unname(x[i, ])), collapse = ", "), "]"), "")
-    if (length(rows) == 0) return("[]")
-    return(paste0("[\n", pad, paste(rows, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  if (is.atomic(x)) {
-    keep_array <- inherits(x, "AsIs") || length(x) != 1
-    if (!is.null(names(x)) && !inherits(x, "AsIs")) {
-      # named atomic vector -> object
-      x <- as.list(x)
-    } else {
-      s <- scalar_strs(unclass(unname(x)))
-      if (!keep_array) return(s)
-      return(paste0("[", paste(s, collapse = ", "), "]"))
-    }
-  }
-  if (is.list(x)) {
-    if (length(x) == 0) return(if (is.null(names(x))) "[]" else "{}")
-    vals <- vapply(x, function(v) to_json(v, indent + 1), "")
-    if (!is.null(names(x))) {
-      keys <- scalar_strs(names(x))
-      items <- paste0(keys, ": ", vals)
-      return(paste0("{\n", pad, paste(items, collapse = paste0(",\n", pad)), "\n", pad0, "}"))
-    }
-    return(paste0("[\n", pad, paste(vals, collapse = paste0(",\n", pad)), "\n", pad0, "]"))
-  }
-  stop("unsupported object: ", class(x)[1])
-}
-
-write_json_full <- function(x, path) {
-  writeLines(to_json(x), path, useBytes = TRUE)
-  # sanity check: the file parses
-  invisible(jsonlite::fromJSON(path, simplifyVector = FALSE))
-}
 
 # ----------------------------------------------------------------- helpers
 read_panel <- function(name) {
