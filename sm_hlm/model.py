@@ -57,14 +57,23 @@ class HLM(LikelihoodModel):
     missing : {"none", "raise", "drop"}
         NaN/inf handling.  "none" and "raise" raise an error naming the
         column; "drop" drops the rows and warns with their number.
+    residual : ResidualStructure, optional
+        Covariance of the within-group errors (:mod:`sm_hlm.residual`):
+        ``AR1(time=...)``, ``ContinuousAR1``, ``Exchangeable``,
+        ``Unstructured(position=...)``, ``Heteroscedastic(by=...)`` and their
+        products; independent errors by default.  With this constructor its
+        variables are arrays aligned with the rows (``AR1(time=t)``);
+        :meth:`from_formula` also accepts column names.
 
     Notes
     -----
-    Marginally y_j ~ N(X_j beta, V_j) with V_j = Z_j Psi Z_j' + sigma^2 I.
-    Writing Psi = sigma^2 Lambda Lambda' (Lambda lower triangular, block
-    diagonal over terms), the optimiser works on the free entries theta of
-    Lambda only; beta and sigma^2 are profiled out (see
-    :mod:`sm_hlm.deviance`).  Estimates match lme4's ``lmer``.
+    Marginally y_j ~ N(X_j beta, V_j) with V_j = Z_j Psi Z_j' + sigma^2 R_j
+    (R_j = I by default).  Writing Psi = sigma^2 Lambda Lambda' (Lambda lower
+    triangular, block diagonal over terms), the optimiser works on the free
+    entries theta of Lambda (and the residual structure's parameters); beta
+    and sigma^2 are profiled out (see :mod:`sm_hlm.deviance` and
+    :mod:`sm_hlm.whitening`).  Estimates match lme4's ``lmer`` (and nlme's
+    ``lme``/``gls`` with a residual structure).
     """
 
     _formula_max_endog = 1
@@ -228,6 +237,10 @@ class HLM(LikelihoodModel):
         missing
             ``"drop"`` (default, as statsmodels' formulas) drops rows with
             NaN/inf in the variables used and warns how many; ``"raise"``.
+        **kwargs
+            Passed to the constructor, e.g. ``residual=AR1(time="wave")``,
+            whose time/position/``by`` column names are looked up in
+            ``data`` (rows dropped for missing values there too).
 
         Returns
         -------
@@ -347,8 +360,23 @@ class HLM(LikelihoodModel):
                            data=data, eval_env=eval_env + 1, **kwargs)
 
     # ------------------------------------------------------------ likelihood
-    def deviance_function(self, *, reml: bool = True) -> ProfiledDeviance:
-        """The profiled deviance of theta (see :mod:`sm_hlm.deviance`)."""
+    def deviance_function(self, *, reml: bool = True,
+                          residual_free: np.ndarray | None = None) -> ProfiledDeviance:
+        """The profiled deviance of theta (see :mod:`sm_hlm.deviance`).
+
+        With a residual structure the deviance depends on the structure's
+        parameters too: pass ``residual_free`` (e.g. ``results.fit_result.
+        residual_free``) to get the deviance of the whitened data with them
+        held fixed (it then omits the constant log|R|).
+        """
+        if self._residual_kernel is not None:
+            if residual_free is None:
+                raise NotImplementedError(
+                    f"this model has the residual structure {self.residual!r}: its deviance "
+                    "depends on the structure's parameters, which this computation (e.g. "
+                    "Satterthwaite df, profile intervals, the bootstrap) does not handle yet; "
+                    "deviance_function(residual_free=...) holds them fixed")
+            return self._residual_kernel.deviance(np.asarray(residual_free, float), reml=reml)[0]
         return ProfiledDeviance(self._stats, self.re_design.lambda_, reml=reml)
 
     def loglike(self, params: np.ndarray, *, reml: bool = False, scale: float | None = None) -> float:
@@ -384,12 +412,15 @@ class HLM(LikelihoodModel):
         ----------
         start_params
             Start for theta (the relative covariance factor's free entries,
-            lme4's order); lme4's identity start when omitted.
+            lme4's order); lme4's identity start when omitted.  With a
+            residual structure: theta, or theta followed by the structure's
+            unconstrained parameters (started from OLS residuals otherwise).
         reml
             REML when True, maximum likelihood when False.
         maxeval, ftol_abs, xtol_abs
-            BOBYQA stopping rules; ``ftol_abs`` defaults to 1e-8, and to 1e-10
-            with a residual structure (more parameters, flatter optimum).
+            BOBYQA stopping rules; ``ftol_abs`` defaults to 1e-8, and to 1e-12
+            with a residual structure (up to ~20 more parameters: BOBYQA's
+            quadratic model otherwise stops before the gradient is small).
         compute_vcomp_cov
             Compute standard errors of the variance components from the
             observed information (a numerical Hessian).
@@ -405,7 +436,7 @@ class HLM(LikelihoodModel):
         if self._residual_kernel is not None:     # (theta, structure parameters) jointly
             from .residual_fit import fit_structured
             return fit_structured(self, start_params=start_params, reml=reml, maxeval=maxeval,
-                                  ftol_abs=1e-10 if ftol_abs is None else ftol_abs,
+                                  ftol_abs=1e-12 if ftol_abs is None else ftol_abs,
                                   xtol_abs=xtol_abs,
                                   compute_vcomp_cov=compute_vcomp_cov)
         dev = self.deviance_function(reml=reml)

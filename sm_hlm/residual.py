@@ -39,6 +39,28 @@ Heteroscedastic variants combine by multiplication or keyword:
 Time, position and ``by`` variables are given either as column names, resolved
 against the data by :meth:`sm_hlm.HLM.from_formula`, or as arrays aligned with
 the rows, for the array interface ``HLM(..., residual=AR1(time=array))``.
+Rows may come in any order: each group is ordered by time/position
+internally, and every output is returned in the caller's row order.
+
+Conventions (checked against nlme 3.1-162 in ``tests/test_residual.py``):
+
+- Log-likelihoods: ML is the Gaussian log-likelihood; the REML
+  log-likelihood is lme4's ``-REMLcrit/2``, which includes
+  ``-0.5 log|X'V^-1 X|`` and no ``+0.5 log|X'X|`` term -- the same number as
+  nlme's ``logLik(gls/lme, REML)`` (verified on models both fit).
+- sigma^2 is the residual variance of the reference level of the variance
+  covariate (its first sorted level); nlme's reference is the first level it
+  meets in the data, so its sigma and ratios differ by that level's ratio.
+- Standard errors of beta are sigma^2 (X'V^-1 X)^-1 with the ML or REML
+  sigma^2 (lme4, nlme's ``lme``); nlme's ``gls(method = "ML")`` uses
+  rss/(N - p) instead, i.e. its SEs are sqrt(N / (N - p)) times larger.
+- Normalized residuals use the inverse Cholesky factor of R_j with rows in
+  time/position order (nlme's factor for AR(1), CAR(1) and corSymm; nlme's
+  corCompSymm uses a Helmert-type factor instead: same sums of squares per
+  group, different individual values).
+- AIC/BIC count beta, theta, sigma and the structure's parameters
+  (``n_params``), so likelihood-ratio tests (:func:`sm_hlm.compare`) include
+  the structure.
 """
 from __future__ import annotations
 
@@ -98,6 +120,22 @@ class ResidualIndex:
     slot_labels: tuple[Any, ...]
     by_name: str | None
     by_levels: tuple[Any, ...]
+
+
+def external_stacklevel() -> int:
+    """``stacklevel`` that points a warning at the first frame outside sm_hlm."""
+    import inspect
+    import os
+
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    frame = inspect.currentframe()
+    level = 0
+    while frame is not None:
+        if not os.path.abspath(frame.f_code.co_filename).startswith(pkg + os.sep):
+            return max(level, 1)
+        frame = frame.f_back
+        level += 1
+    return max(level, 1)
 
 
 def _spec_name(spec: Any, default: str) -> str:
@@ -385,7 +423,7 @@ class ResidualStructure:
             sd = self.sd_levels(nat, info)
             out["Variance function:"] = "varIdent (different SDs per stratum)"
             out["  Var. formula:"] = f"~ 1 | {info.by_name}"
-            out["  SD ratios:"] = ", ".join(f"{_fmt_level(lv)}: {v:.4f}"
+            out["  SD ratios:"] = ", ".join(f"{_fmt_level(lv)}: {v:.3f}"
                                             for lv, v in zip(info.by_levels, sd))
         return out
 

@@ -27,7 +27,8 @@ import pandas as pd
 from scipy import stats
 
 from .exceptions import ConvergenceWarning, SingularFitWarning
-from .optimizer import OptimizerRecord, minimize_bobyqa, numerical_gradient
+from .optimizer import OptimizerRecord, minimize_bobyqa
+from .residual import external_stacklevel
 
 if TYPE_CHECKING:
     from .model import HLM
@@ -41,26 +42,50 @@ __all__ = ["fit_structured", "residual_params", "residual_param_table", "resid_n
 _OK_CODES = ("success", "stopval reached", "ftol reached", "xtol reached")
 #: distance (unconstrained scale) from the box edge that counts as "ran to the boundary"
 _BOUNDARY_TOL = 0.05
+#: distance from a finite natural bound, relative to the range, that counts as the boundary
+_BOUNDARY_REL = 1e-5
 
 
 # ====================================================================== fit
 def _recheck_convergence(record: OptimizerRecord, f: Any, lower: np.ndarray, upper: np.ndarray,
                          grad_tol: float = 2e-3) -> OptimizerRecord:
-    """Judge the gradient on parameters off both bounds (the optimiser knows lower bounds only).
+    """Judge convergence on the parameters off both bounds, with a scaled gradient.
 
-    Only parameters that ran to an upper bound (Phi -> 1) change the verdict:
-    there the one-sided gradient inside the box may be large.
+    The optimiser checks the absolute gradient of the deviance on parameters
+    off their lower bounds.  Here parameters that ran to an upper bound (Phi
+    -> 1) are excluded too, and when the absolute gradient exceeds
+    ``grad_tol`` the scaled gradient g_i / sqrt(H_ii) (H_ii by central
+    differences; lme4's check is on a Cholesky-scaled gradient) decides: the
+    deviance grows with n, so with many rows an absolute gradient of 1e-3
+    corresponds to parameters exact to ~1e-8.
     """
-    at_upper = record.end >= upper - 1e-6
-    if not at_upper.any():
-        return record
-    interior = (record.end > lower + 1e-6) & ~at_upper
+    x = record.end
+    at_upper = x >= upper - 1e-6
+    interior = (x > lower + 1e-6) & ~at_upper
     grad = record.gradient
-    small = bool(np.all(np.abs(grad[interior]) <= grad_tol)) if interior.any() else True
     base = record.message.split(";")[0]
-    ok = base in _OK_CODES and (small or "flat optimum" in record.message)
-    msg = base if small else record.message
-    return dataclasses.replace(record, converged=ok, message=msg)
+    if record.converged and not at_upper.any():
+        return record
+    if base not in _OK_CODES:
+        return record
+    if not interior.any() or np.all(np.abs(grad[interior]) <= grad_tol):
+        return dataclasses.replace(record, converged=True, message=base)
+    f0 = f(x)
+    scaled = np.zeros(len(x))
+    for i in np.flatnonzero(interior):    # loops over the parameters (2 evaluations each)
+        h = 1e-4 * max(1.0, abs(x[i]))
+        e = np.zeros(len(x))
+        e[i] = h
+        hii = (f(x + e) - 2.0 * f0 + f(x - e)) / h ** 2
+        scaled[i] = abs(grad[i]) / np.sqrt(hii) if hii > 0 else np.inf
+    worst = float(np.max(scaled[interior]))
+    if worst <= grad_tol:
+        return dataclasses.replace(
+            record, converged=True,
+            message=f"{base}; gradient {np.max(np.abs(grad[interior])):.2e}, scaled by the "
+                    f"curvature {worst:.2e} <= {grad_tol:g}")
+    return dataclasses.replace(record, converged=False,
+                               message=f"{base}; scaled gradient {worst:.2e} exceeds {grad_tol:g}")
 
 
 def fit_structured(model: "HLM", *, start_params: np.ndarray | None, reml: bool, maxeval: int,
@@ -93,21 +118,22 @@ def fit_structured(model: "HLM", *, start_params: np.ndarray | None, reml: bool,
     dev, _ = kern.deviance(u, reml=reml)
     fit = build_fit(model, dev, record, reml=reml, compute_vcomp_cov=False)
     k = len(fit.vcomp)
-    if compute_vcomp_cov:
+    if compute_vcomp_cov and not kern.confounded:
         cov_vcomp, cov_u = _joint_cov(model, kern, fit, u, reml=reml)
     else:
         cov_vcomp, cov_u = np.full((k, k), np.nan), np.full((r, r), np.nan)
     fit = dataclasses.replace(fit, cov_vcomp=cov_vcomp, residual_free=u, residual_free_cov=cov_u)
+    level = external_stacklevel()
     if fit.singular_terms:
         warnings.warn("boundary (singular) fit: " + "; ".join(fit.singular_terms),
-                      SingularFitWarning, stacklevel=3)
+                      SingularFitWarning, stacklevel=level)
     bnd = _boundary(kern, u)
     if bnd:
         warnings.warn("residual structure at its boundary: " + "; ".join(bnd.values()),
-                      SingularFitWarning, stacklevel=3)
+                      SingularFitWarning, stacklevel=level)
     if not record.converged:
         warnings.warn(f"the optimiser did not converge: {record.message}", ConvergenceWarning,
-                      stacklevel=3)
+                      stacklevel=level)
     return HLMResultsWrapper(HLMResults(model, fit))
 
 
@@ -234,13 +260,19 @@ def residual_param_table(results: "HLMResults", alpha: float = 0.05) -> pd.DataF
 
 
 def _boundary(kern: "ResidualKernel", u: np.ndarray) -> dict[str, str]:
+    """Parameters at the edge of the optimiser's box, or within 1e-5 of a finite
+    natural bound relative to the range (|Phi| > 0.99998: indistinguishable from 1)."""
     nat = kern.natural(u)
+    lo, hi = kern.structure.natural_bounds(kern.info)
     out = {}
     for i, name in enumerate(kern.param_names):
-        near_lo = u[i] <= kern.free_lower[i] + _BOUNDARY_TOL
-        near_hi = u[i] >= kern.free_upper[i] - _BOUNDARY_TOL
+        span = hi[i] - lo[i]
+        rel = np.isfinite(span)
+        near_lo = u[i] <= kern.free_lower[i] + _BOUNDARY_TOL or \
+            (rel and (nat[i] - lo[i]) < _BOUNDARY_REL * span)
+        near_hi = u[i] >= kern.free_upper[i] - _BOUNDARY_TOL or \
+            (rel and (hi[i] - nat[i]) < _BOUNDARY_REL * span)
         if near_lo or near_hi:
-            lo, hi = kern.structure.natural_bounds(kern.info)
             edge = lo[i] if near_lo else hi[i]
             out[name] = (f"{name} = {nat[i]:.7g} ran to its boundary {edge:g}"
                          + (" (the errors behave like a random walk or a group-level constant; "
@@ -341,28 +373,38 @@ def loglike_dense(results: "HLMResults") -> float:
 
 # ================================================================ prediction
 def _new_values(results: "HLMResults", exog: Any, residual_data: Any, n_new: int,
-                groups: Any) -> dict[str, np.ndarray]:
-    """Role -> values of the new rows' time/position and variance covariate."""
+                groups: Any, *, required: bool = True) -> dict[str, np.ndarray]:
+    """Role -> values of the new rows' time/position and variance covariate.
+
+    Looked up in ``residual_data`` (a mapping or DataFrame keyed by the
+    variable's name or by ``"time"``/``"position"``/``"by"``, or an array
+    when the structure has one variable), else in ``exog`` when it is a
+    DataFrame holding the column.
+    """
     kern = _kernel(results)
     s = kern.structure
-    roles = {"index": s.index_name, "by": s.by_name}
-    needed = {r: nm for r, nm in roles.items() if nm is not None and r in s._specs}
+    keys = {"index": s.index_keyword, "by": "by"}
+    needed = {r: nm for r, nm in (("index", s.index_name), ("by", s.by_name))
+              if nm is not None and r in s._specs}
+    single = len(set(needed.values())) == 1
     out = {}
     for role, name in needed.items():
         src = None
-        if residual_data is not None:
-            if isinstance(residual_data, pd.DataFrame) or isinstance(residual_data, dict):
-                src = residual_data.get(name, residual_data.get(role)) \
-                    if isinstance(residual_data, dict) else \
-                    (residual_data[name] if name in residual_data.columns else None)
-            elif role == "index" or "by" not in needed or needed["by"] == needed.get("index"):
-                src = residual_data
-        elif isinstance(exog, pd.DataFrame) and name in exog.columns:
+        if isinstance(residual_data, (dict, pd.DataFrame)):
+            for k in (name, keys[role]):
+                if k in residual_data:
+                    src = residual_data[k]
+                    break
+        elif residual_data is not None and single:
+            src = residual_data
+        if src is None and isinstance(exog, pd.DataFrame) and name in exog.columns:
             src = exog[name]
         if src is None:
-            raise KeyError(f"the new data lack the {'variance covariate' if role == 'by' else 'time/position variable'} "
-                           f"{name!r} of {s!r}; include the column (formula models) or pass "
-                           f"residual_data={{{name!r}: values}}")
+            if not required:
+                continue
+            what = "variance covariate" if role == "by" else "time/position variable"
+            raise KeyError(f"the new data lack the {what} {name!r} of {s!r}; include the "
+                           f"column (formula models) or pass residual_data={{{name!r}: values}}")
         arr = np.asarray(src)
         if len(arr) != n_new:
             raise ValueError(f"{name!r} has {len(arr)} values for {n_new} new rows")
@@ -387,6 +429,7 @@ def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
     it (nlme's ``predict``).  Rows of unseen groups get x_i' beta.
     """
     from .prediction import predict_new
+    from .whitening import _plain
 
     model = results.model
     kern = _kernel(results)
@@ -395,7 +438,8 @@ def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
         return base
     pred = np.asarray(base, dtype=float).copy()
     n_new = len(pred)
-    vals = _new_values(results, exog, residual_data, n_new, groups)
+    need = random and correlated and kern.kind != "identity"
+    vals = _new_values(results, exog, residual_data, n_new, groups, required=need)
     s = kern.structure
     if "index" in vals:
         if kern.kind == "markov":
@@ -404,11 +448,11 @@ def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
         elif kern.slot_levels is not None:
             key_new = kern.slot_of(vals["index"])
             if np.any(key_new < 0):
-                unseen = sorted(set(pd.unique(np.asarray(vals["index"])[key_new < 0]).tolist()),
-                                key=str)
+                unseen = sorted(set(np.asarray(vals["index"])[key_new < 0].tolist()), key=str)
                 raise ValueError(
                     f"position(s) {unseen[:10]} of {s.index_name!r} in the new data were never "
-                    f"seen in the fit (positions {list(kern.info.slot_labels)}): {s!r} has no "
+                    f"seen in the fit (positions {[_plain(v) for v in kern.info.slot_labels]}): "
+                    f"{s!r} has no "
                     "correlation or variance for them")
         else:
             key_new = np.full(n_new, -1.0)
@@ -417,13 +461,13 @@ def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
     if "by" in vals:
         by_new = kern.by_code_of(vals["by"])
         if np.any(by_new < 0):
-            unseen = sorted(set(pd.unique(np.asarray(vals["by"])[by_new < 0]).tolist()), key=str)
+            unseen = sorted(set(np.asarray(vals["by"])[by_new < 0].tolist()), key=str)
             raise ValueError(f"level(s) {unseen[:10]} of the variance covariate {s.by_name!r} "
                              f"in the new data were never seen in the fit (levels "
-                             f"{list(kern.info.by_levels)})")
+                             f"{[_plain(v) for v in kern.info.by_levels]})")
     else:
         by_new = np.zeros(n_new, dtype=np.intp)
-    if not (random and correlated) or kern.kind == "identity":
+    if not need:
         return base
     if isinstance(exog, pd.DataFrame) and getattr(model, "fixed_design_info", None) is not None:
         g_new = exog[model.group_name].to_numpy()

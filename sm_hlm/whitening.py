@@ -14,8 +14,13 @@ log|R| = sum_j log|R_j|.  R_j = S_j C_j S_j: rows are first divided by their SD
 ratio, then decorrelated:
 
 - ``markov`` (AR(1), continuous AR(1)): rows sorted by time within groups,
-  e*_i = (e_i - phi^d_i e_{i-1}) / sqrt(1 - phi^(2 d_i)), one vectorised pass
-  over rows; log|C_j| = sum log(1 - phi^(2 d_i)).
+  e*_i = (e_i - phi^d_i e_{i-1}) / sqrt(1 - phi^(2 d_i)), the closed-form
+  (bidiagonal) inverse Cholesky factor; log|C_j| = sum log(1 - phi^(2 d_i)).
+  The whitened cross products are linear in three weights per code
+  (gap, variance level of the row, of its predecessor), so with few codes
+  (integer times) the per-group sums of the row products are formed once and
+  an evaluation is a few axpy's over the groups; with real-valued gaps the
+  rows are whitened directly in one vectorised pass.
 - ``dense`` (unstructured, exchangeable): groups sharing a pattern of
   positions share one Cholesky factor; the factors of all patterns of one
   size are computed in one batched call (loops run over the few sizes), and
@@ -34,10 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from .deviance import ProfiledDeviance, SufficientStats
 from .exceptions import IdentificationError
-from .residual import ResidualIdentificationWarning, ResidualIndex, ResidualStructure, StartContext
+from .residual import (ResidualIdentificationWarning, ResidualIndex, ResidualStructure,
+                       StartContext, _fmt_level, external_stacklevel)
 
 if TYPE_CHECKING:
     from .model import HLM
@@ -48,6 +55,13 @@ __all__ = ["ResidualKernel"]
 _MAX_PATTERN_STORE = 4_000_000
 #: largest per-group AR(1) term store (floats); beyond it rows are whitened directly
 _MAX_TERM_STORE = 8_000_000
+#: most (gap, level, level) codes for the AR(1) term store (real-valued gaps: rows instead)
+_MAX_TERMS = 64
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python value (for messages)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _numeric_time(values: Any, structure: ResidualStructure) -> np.ndarray:
@@ -60,9 +74,9 @@ def _numeric_time(values: Any, structure: ResidualStructure) -> np.ndarray:
     if not np.all(np.isfinite(t)):
         raise ValueError(f"the time variable {name!r} has missing or infinite values")
     if structure.integer_time and not np.all(t == np.round(t)):
-        bad = t[t != np.round(t)][:3]
+        bad = [float(v) for v in t[t != np.round(t)][:3]]
         raise ValueError(f"{type(structure).__name__} needs integer times but {name!r} has "
-                         f"values such as {list(bad)}; use ContinuousAR1 for real-valued times")
+                         f"values such as {bad}; use ContinuousAR1 for real-valued times")
     return t
 
 
@@ -144,9 +158,10 @@ class ResidualKernel:
                 i = dup[0]
                 what = "time" if kind == "markov" else "position"
                 val = key_s[i] if kind == "markov" else self.slot_levels[int(key_s[i])]
+                grp = _plain(model.group_labels[g_s[i]])
                 raise ValueError(
-                    f"duplicate {what} {val!r} of {structure.index_name!r} in group "
-                    f"{model.group_labels[g_s[i]]!r} of {model.group_name!r} ({len(dup)} duplicate "
+                    f"duplicate {what} {_fmt_level(_plain(val))} of {structure.index_name!r} in "
+                    f"group {grp!r} of {model.group_name!r} ({len(dup)} duplicate "
                     f"row(s) in all): {type(structure).__name__} needs one observation per "
                     f"{what} within a group")
         # ------------------------------------------------ variance covariate
@@ -218,7 +233,7 @@ class ResidualKernel:
         m, q = self.n_groups, self.q
         c = self.D_sorted.shape[1]
         cw = c - q
-        if m * q * c * n_terms + cw * cw * n_terms > _MAX_TERM_STORE or K > 4 * len(self.gaps) * L * L:
+        if n_terms > _MAX_TERMS or m * q * c * n_terms + cw * cw * n_terms > _MAX_TERM_STORE:
             return
         self.pair_gap_code = upair // (L * L)
         self.pair_by = (upair // L) % L
@@ -229,37 +244,40 @@ class ResidualKernel:
         rows = [nf, nf, nf, first]
         partners = [nf, nf - 1, nf - 1, first]
         codes = [pair_code, pair_code + K, pair_code + 2 * K, first_code + 3 * K]
-        SZ = np.zeros((m, q, c, n_terms))
-        SW = np.zeros((cw, cw, n_terms))
+        SZ = np.zeros((m * n_terms, q * c))
+        SW = np.zeros((n_terms, cw * cw))
         for kind, (r, pr, tc) in enumerate(zip(rows, partners, codes)):   # four term kinds
-            Ur, Vr = D[r], D[pr]
-            if kind == 0 or kind == 3:
-                U, V = Ur, Ur
-            elif kind == 1:
-                U, V = Ur, Vr
-            else:
-                U, V = Vr, Vr
-            g = self.g_sorted[r] * n_terms + tc
-            for a in range(q):          # loops over the few columns of Z and [Z X y]
-                for b in range(c):
-                    prod = U[:, a] * V[:, b]
-                    if kind == 1:
-                        prod = prod + V[:, a] * U[:, b]
-                    SZ[:, a, b, :] += np.bincount(g, weights=prod, minlength=m * n_terms
-                                                  ).reshape(m, n_terms)
-            for a in range(cw):
-                for b in range(cw):
-                    prod = U[:, q + a] * V[:, q + b]
-                    if kind == 1:
-                        prod = prod + V[:, q + a] * U[:, q + b]
-                    SW[a, b] += np.bincount(tc, weights=prod, minlength=n_terms)
+            U, V = (D[r], D[r]) if kind in (0, 3) else ((D[r], D[pr]) if kind == 1
+                                                         else (D[pr], D[pr]))
+            pz = U[:, :q, None] * V[:, None, :]
+            pw = U[:, q:, None] * V[:, None, q:]
+            if kind == 1:
+                pz = pz + V[:, :q, None] * U[:, None, :]
+                pw = pw + V[:, q:, None] * U[:, None, q:]
+            ones = np.ones(len(r))
+            cols = np.arange(len(r))
+            if q:
+                Sg = sparse.csr_matrix((ones, (self.g_sorted[r] * n_terms + tc, cols)),
+                                       shape=(m * n_terms, len(r)))
+                SZ += Sg @ pz.reshape(len(r), q * c)
+            St = sparse.csr_matrix((ones, (tc, cols)), shape=(n_terms, len(r)))
+            SW += St @ pw.reshape(len(r), cw * cw)
+        SZ = SZ.reshape(m, n_terms, q, c).transpose(0, 2, 3, 1)
+        SW = SW.T.reshape(cw, cw, n_terms)
         # groups sharing the set of terms they use share one dense block (most groups
         # use only a few of the terms: no gap, one variance level...)
-        present = np.abs(SZ).reshape(m, q * c, n_terms).max(axis=1) > 0 if q else \
-            np.zeros((m, n_terms), dtype=bool)
+        present = np.zeros((m, n_terms), dtype=bool)
+        for tc, r in zip(codes, rows):
+            present[self.g_sorted[r], tc] = True
         blocks = []
         if q:
-            sigs, sig_of = np.unique(present, axis=0, return_inverse=True)
+            if n_terms <= 62:
+                packed = present.astype(np.int64) @ (np.int64(1) << np.arange(n_terms,
+                                                                             dtype=np.int64))
+                _, first_of, sig_of = np.unique(packed, return_index=True, return_inverse=True)
+                sigs = present[first_of]
+            else:
+                sigs, sig_of = np.unique(present, axis=0, return_inverse=True)
             sig_of = sig_of.ravel()
             for k in range(len(sigs)):      # loops over the few term signatures
                 gi = np.flatnonzero(sig_of == k)
@@ -356,6 +374,7 @@ class ResidualKernel:
 
     def _check_identification(self, model: "HLM") -> None:
         s = self.structure
+        self.confounded: list[str] = []
         name = type(s).__name__
         if s.whitening in ("markov", "dense") and self.sizes.max() < 2:
             raise IdentificationError(
@@ -375,7 +394,7 @@ class ResidualKernel:
             M[self.g_sorted, slot] = 1.0
             co = M.T @ M
             s_i, t_i = np.triu_indices(T, k=1)
-            never = [(self.info.slot_labels[a], self.info.slot_labels[b])
+            never = [(_plain(self.info.slot_labels[a]), _plain(self.info.slot_labels[b]))
                      for a, b in zip(s_i, t_i) if co[a, b] == 0]
             if never:
                 shown = ", ".join(f"({a!r}, {b!r})" for a, b in never[:5])
@@ -394,15 +413,18 @@ class ResidualKernel:
                 mean = np.stack([np.bincount(slot, weights=Zs[:, i], minlength=T)
                                  for i in range(self.q)], axis=1) / np.maximum(cnt, 1)[:, None]
                 dev = np.abs(Zs - mean[slot]).max(axis=0)
-                conf = [names[i] for i in range(self.q) if dev[i] <= 1e-12 * (1 + np.abs(Zs[:, i]).max())]
+                tol = 1e-12 * (1 + np.abs(Zs).max(axis=0))
+                conf = [names[i] for i in range(self.q) if dev[i] <= tol[i]]
             else:
                 conf = [names[i] for i in range(self.q) if np.ptp(Zs[:, i]) == 0]
+            self.confounded = conf
             if conf:
                 warnings.warn(
                     f"the random effect(s) {conf} are constant within each position, so their "
                     f"variance is confounded with the {name} residual covariance: only the sum "
-                    "(the marginal covariance) is identified, the split between them is not",
-                    ResidualIdentificationWarning, stacklevel=5)
+                    "(the marginal covariance) is identified, the split between them is not; "
+                    "their standard errors are not reported",
+                    ResidualIdentificationWarning, stacklevel=external_stacklevel())
 
     # ============================================================ evaluation
     def natural(self, u: np.ndarray) -> np.ndarray:
@@ -506,7 +528,8 @@ class ResidualKernel:
         if q:
             Zs = A[:, :q]
             P = (Zs[:, :, None] * A[:, None, :]).reshape(len(A), -1)
-            ZtD = np.add.reduceat(P, self.starts, axis=0).reshape(m, q, q + p + 1).transpose(1, 2, 0)
+            ZtD = np.add.reduceat(P, self.starts, axis=0).reshape(m, q, q + p + 1)
+            ZtD = ZtD.transpose(1, 2, 0)
             ZtZ, ZtW = np.ascontiguousarray(ZtD[:, :q]), np.ascontiguousarray(ZtD[:, q:])
         else:
             ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
