@@ -122,18 +122,24 @@ class ProfiledDeviance:
         self._diag = (np.arange(q), np.arange(q))
         # Pair products S_ab,j = W_j'z_a z_b'W_j (+ its transpose for a < b) so that
         # sum_j C_j'C_j = sum_{a<=b} sum_j G_j[a, b] S_ab,j with G_j = Lambda M_j^-1 Lambda'
-        # is one matrix-vector product per evaluation (when it fits in memory).
+        # is one matrix-vector product per evaluation (when it fits in memory).  They are
+        # built at the second evaluation, so a deviance evaluated once (a structured
+        # residual fit makes one per evaluation) never pays for them.
         r = stats.k_fe + 1
         self._pairs = [(a, b) for a in range(q) for b in range(a, q)]
-        self._S = None
-        if q and r * r * len(self._pairs) * m <= _PAIR_PRODUCT_LIMIT:
-            WtZ = self._WtZ
-            S = np.empty((r, r, len(self._pairs), m))
-            for k, (a, b) in enumerate(self._pairs):
-                prod = WtZ[:, None, a, :] * WtZ[None, :, b, :]
-                S[:, :, k, :] = prod + prod.transpose(1, 0, 2) if a != b else prod
-            self._S = S.reshape(r * r, len(self._pairs) * m)
-            self._pair_flat = np.array([a * q + b for a, b in self._pairs])
+        self._pair_flat = np.array([a * q + b for a, b in self._pairs], dtype=int)
+        self._S: np.ndarray | None = None
+        self._use_pairs = bool(q) and r * r * len(self._pairs) * m <= _PAIR_PRODUCT_LIMIT
+        self._system_calls = 0
+
+    def _build_pair_products(self) -> None:
+        r, m = self.stats.k_fe + 1, self._m
+        WtZ = self._WtZ
+        S = np.empty((r, r, len(self._pairs), m))
+        for k, (a, b) in enumerate(self._pairs):
+            prod = WtZ[:, None, a, :] * WtZ[None, :, b, :]
+            S[:, :, k, :] = prod + prod.transpose(1, 0, 2) if a != b else prod
+        self._S = S.reshape(r * r, len(self._pairs) * m)
 
     def _factor(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """L (q, q, m), C (p+1, q, m), A (p+1, p+1) and log|L|^2 at theta."""
@@ -180,6 +186,9 @@ class ProfiledDeviance:
 
     def _system(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
         """A(theta) and log|L|^2 by the fastest available path."""
+        self._system_calls += 1
+        if self._S is None and self._use_pairs and self._system_calls >= 2:
+            self._build_pair_products()
         if self._S is not None:
             return self._inverse_factor(theta)
         _, _, A, logdet_L = self._factor(theta)

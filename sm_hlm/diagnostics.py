@@ -43,6 +43,10 @@ __all__ = ["variance_components", "icc", "r2", "reliability", "mean_reliability"
 # ------------------------------------------------------------------ helpers
 def _parts(results: Any) -> tuple[Any, np.ndarray, np.ndarray, float]:
     """(model, beta, Psi, sigma^2) of a results object (or its wrapper)."""
+    if getattr(results.model, "_residual_kernel", None) is not None:
+        raise NotImplementedError(
+            "ICC, R^2, reliability and shrinkage weights are defined here for independent "
+            "residuals (sigma^2 I), not for models with a residual structure")
     fit = results.fit_result
     return (results.model, np.asarray(fit.fe_params, dtype=float),
             np.asarray(fit.cov_re, dtype=float), float(fit.scale))

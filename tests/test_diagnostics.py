@@ -294,3 +294,15 @@ def test_delegating_methods(small_fit):
     pd.testing.assert_frame_equal(small_fit.reliability(), D.reliability(small_fit))
     pd.testing.assert_frame_equal(small_fit.shrinkage(), D.shrinkage(small_fit))
     assert list(small_fit.shrinkage().index) == list(small_fit.model.group_labels)
+
+
+def test_structured_residuals_are_refused():
+    import sm_hlm
+    from sm_hlm.simulate import simulate_panel
+
+    d = simulate_panel(n_subjects=60, seed=4)
+    res = sm_hlm.HLM.from_formula("y ~ wave + (1 | subject)", d,
+                                  residual=sm_hlm.AR1(time="wave")).fit(reml=False)
+    for method in (res.icc, res.r2, res.reliability, res.shrinkage):
+        with pytest.raises(NotImplementedError, match="residual structure"):
+            method()
