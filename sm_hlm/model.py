@@ -260,7 +260,6 @@ class HLM(LikelihoodModel):
         env_names = set().union(*[set(ns) for ns in env._namespaces]) | {
             "C", "I", "Q", "center", "standardize", "scale", "bs", "cr", "cc", "te", "Treatment",
             "Sum", "Poly", "Diff", "Helmert", "np"}
-        group_series: pd.Series | None = None
         if specs:
             if re_formula is not None:
                 raise ValueError("give random effects either as (expr | group) terms in the "

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from .exceptions import ConvergenceWarning, SingularFitWarning
-from .optimizer import OptimizerRecord, minimize_bobyqa
+from .optimizer import minimize_bobyqa
 from .residual import external_stacklevel
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ __all__ = ["fit_structured", "residual_params", "residual_param_table", "resid_n
            "residual_cov", "marginal_cov", "loglike_dense", "predict_structured",
            "structure_info", "residual_rows", "boundary_params"]
 
-_OK_CODES = ("success", "stopval reached", "ftol reached", "xtol reached")
 #: distance (unconstrained scale) from the box edge that counts as "ran to the boundary"
 _BOUNDARY_TOL = 0.05
 #: distance from a finite natural bound, relative to the range, that counts as the boundary
@@ -47,47 +46,6 @@ _BOUNDARY_REL = 1e-5
 
 
 # ====================================================================== fit
-def _recheck_convergence(record: OptimizerRecord, f: Any, lower: np.ndarray, upper: np.ndarray,
-                         grad_tol: float = 2e-3) -> OptimizerRecord:
-    """Judge convergence on the parameters off both bounds, with a scaled gradient.
-
-    The optimiser checks the absolute gradient of the deviance on parameters
-    off their lower bounds.  Here parameters that ran to an upper bound (Phi
-    -> 1) are excluded too, and when the absolute gradient exceeds
-    ``grad_tol`` the scaled gradient g_i / sqrt(H_ii) (H_ii by central
-    differences; lme4's check is on a Cholesky-scaled gradient) decides: the
-    deviance grows with n, so with many rows an absolute gradient of 1e-3
-    corresponds to parameters exact to ~1e-8.
-    """
-    x = record.end
-    at_upper = x >= upper - 1e-6
-    interior = (x > lower + 1e-6) & ~at_upper
-    grad = record.gradient
-    base = record.message.split(";")[0]
-    if record.converged and not at_upper.any():
-        return record
-    if base not in _OK_CODES:
-        return record
-    if not interior.any() or np.all(np.abs(grad[interior]) <= grad_tol):
-        return dataclasses.replace(record, converged=True, message=base)
-    f0 = f(x)
-    scaled = np.zeros(len(x))
-    for i in np.flatnonzero(interior):    # loops over the parameters (2 evaluations each)
-        h = 1e-4 * max(1.0, abs(x[i]))
-        e = np.zeros(len(x))
-        e[i] = h
-        hii = (f(x + e) - 2.0 * f0 + f(x - e)) / h ** 2
-        scaled[i] = abs(grad[i]) / np.sqrt(hii) if hii > 0 else np.inf
-    worst = float(np.max(scaled[interior]))
-    if worst <= grad_tol:
-        return dataclasses.replace(
-            record, converged=True,
-            message=f"{base}; gradient {np.max(np.abs(grad[interior])):.2e}, scaled by the "
-                    f"curvature {worst:.2e} <= {grad_tol:g}")
-    return dataclasses.replace(record, converged=False,
-                               message=f"{base}; scaled gradient {worst:.2e} exceeds {grad_tol:g}")
-
-
 def fit_structured(model: "HLM", *, start_params: np.ndarray | None, reml: bool, maxeval: int,
                    ftol_abs: float, xtol_abs: float, compute_vcomp_cov: bool):
     """Fit (theta, u) jointly by BOBYQA; see :meth:`sm_hlm.HLM.fit`."""
@@ -113,7 +71,6 @@ def fit_structured(model: "HLM", *, start_params: np.ndarray | None, reml: bool,
     f = kern.objective(nt, reml=reml)
     record = minimize_bobyqa(f, x0, lower, upper, ftol_abs=ftol_abs, xtol_abs=xtol_abs,
                              maxeval=maxeval, names=names)
-    record = _recheck_convergence(record, f, lower, upper)
     u = record.end[nt:]
     dev, _ = kern.deviance(u, reml=reml)
     fit = build_fit(model, dev, record, reml=reml, compute_vcomp_cov=False)

@@ -1,7 +1,6 @@
 """statsmodels conventions: formula vs arrays, lme4 vs statsmodels syntax, results API."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
