@@ -173,6 +173,14 @@ class RandomEffectsDesign:
                     out.append(f"Cov({self.names[j]}, {self.names[i]} | {g})")
         return out
 
+    def cov_from_vcomp(self, vcomp: np.ndarray) -> np.ndarray:
+        """The q x q covariance whose free entries (``vcomp_names`` order) are ``vcomp``."""
+        r, c = self.vcomp_index()
+        cov = np.zeros((self.q, self.q))
+        cov[r, c] = vcomp
+        cov[c, r] = vcomp
+        return cov
+
     def vcomp_index(self) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = [], []
         for i in range(self.q):

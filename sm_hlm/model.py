@@ -387,10 +387,7 @@ class HLM(LikelihoodModel):
         params = np.asarray(params, dtype=float)
         p = self.k_fe
         beta, vc = params[:p], params[p:]
-        cov = np.zeros((self.k_re, self.k_re))
-        r, c = self.re_design.vcomp_index()
-        cov[r, c] = vc
-        cov[c, r] = vc
+        cov = self.re_design.cov_from_vcomp(vc)
         dev = self.deviance_function(reml=reml)
         if scale is None:
             def f(s: float) -> float:

@@ -28,6 +28,7 @@ from scipy import stats
 
 from .exceptions import ConvergenceWarning, SingularFitWarning
 from .optimizer import minimize_bobyqa
+from .groupwise import _group_rows
 from .residual import external_stacklevel
 
 if TYPE_CHECKING:
@@ -118,9 +119,7 @@ def _joint_cov(model: "HLM", kern: "ResidualKernel", fit: Any, u: np.ndarray, *,
     beta = fit.fe_params
 
     def f(v: np.ndarray) -> float:
-        cov = np.zeros((rd.q, rd.q))
-        cov[r_idx, c_idx] = v[:k]
-        cov[c_idx, r_idx] = v[:k]
+        cov = rd.cov_from_vcomp(v[:k])
         s = v[k]
         if s <= 0:
             return np.nan
@@ -253,14 +252,6 @@ def resid_normalized(results: "HLMResults") -> np.ndarray:
     if kern is None:
         return resid / np.sqrt(results.scale)
     return kern.whiten(results.fit_result.residual_free, resid) / np.sqrt(results.scale)
-
-
-def _group_rows(model: "HLM", group: Any) -> np.ndarray:
-    try:
-        j = model.group_labels.get_loc(group)
-    except KeyError:
-        raise KeyError(f"group {group!r} is not in {model.group_name!r}") from None
-    return np.flatnonzero(model.group_codes == j)
 
 
 def _residual_block(results: "HLMResults", rows: np.ndarray) -> np.ndarray:

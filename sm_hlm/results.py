@@ -33,7 +33,8 @@ class HLMFit:
     cov_re : ndarray (q, q)    Psi = scale * Lambda Lambda'
     vcomp : ndarray            free entries of Psi (``vcomp_names`` order)
     cov_fe : ndarray (p, p)    scale * (X' V^-1 X)^-1, lme4's vcov
-    cov_vcomp : ndarray        inverse observed information of vcomp (NaN if singular)
+    cov_vcomp : ndarray or None  inverse observed information of vcomp (NaN if singular;
+                               None: computed when first needed, see HLMResults.cov_vcomp)
     llf : float                log-likelihood (REML criterion / -2 for REML)
     blups : ndarray (m, q)     conditional modes of b_j
     blup_cov : ndarray (q, q, m) conditional covariances (q-major)
@@ -51,7 +52,7 @@ class HLMFit:
     cov_re: np.ndarray
     vcomp: np.ndarray
     cov_fe: np.ndarray
-    cov_vcomp: np.ndarray
+    cov_vcomp: np.ndarray | None
     llf: float
     blups: np.ndarray
     blup_cov: np.ndarray
@@ -66,9 +67,10 @@ def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re
     """Inverse observed information of (free cov_re entries) at the optimum.
 
     The Hessian of the deviance in (vcomp, sigma^2), with beta fixed at its
-    estimate (ML) or integrated out (REML), by central differences.
+    estimate (ML) or integrated out (REML), by Richardson-extrapolated
+    central differences (plain ones are noisy on a deviance of order 1e4+).
     """
-    from statsmodels.tools.numdiff import approx_hess3
+    from .numdiff import hessian_richardson
 
     rd = model.re_design
     r, c = rd.vcomp_index()
@@ -77,9 +79,7 @@ def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re
         return np.zeros((0, 0))
 
     def f(v: np.ndarray) -> float:
-        cov = np.zeros_like(cov_re)
-        cov[r, c] = v[:k]
-        cov[c, r] = v[:k]
+        cov = rd.cov_from_vcomp(v[:k])
         s = v[k]
         if s <= 0:
             return np.nan
@@ -91,7 +91,7 @@ def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re
 
     x = np.append(cov_re[r, c], scale)
     try:
-        H = approx_hess3(x, f)
+        H = hessian_richardson(f, x, d=0.01)
         info = 0.5 * H
         cov = np.linalg.inv(info)
     except (np.linalg.LinAlgError, ValueError):
@@ -127,8 +127,8 @@ def build_fit(model: "HLM", dev: ProfiledDeviance, record: OptimizerRecord, *, r
     else:
         blups = np.zeros((m, 0))
         blup_cov = np.zeros((0, 0, m))
-    cov_vcomp = (_vcomp_cov(model, dev, t.beta, cov_re, scale) if compute_vcomp_cov
-                 else np.full((len(r), len(r)), np.nan))
+    # the numerical Hessian behind cov_vcomp costs as much as the fit: defer it
+    cov_vcomp = None if compute_vcomp_cov else np.full((len(r), len(r)), np.nan)
     return HLMFit(reml=reml, theta=theta, fe_params=t.beta, scale=scale, cov_re=cov_re,
                   vcomp=cov_re[r, c], cov_fe=cov_fe, cov_vcomp=cov_vcomp,
                   llf=-0.5 * record.fun_end, blups=blups, blup_cov=blup_cov,
@@ -148,12 +148,10 @@ class HLMResults(LikelihoodModelResults):
 
     def __init__(self, model: "HLM", fit: HLMFit):
         self.fit_result = fit
-        p, k = len(fit.fe_params), len(fit.vcomp)
         params = np.concatenate([fit.fe_params, fit.vcomp])
-        cov = np.zeros((p + k, p + k))
-        cov[:p, :p] = fit.cov_fe
-        cov[p:, p:] = fit.cov_vcomp
-        super().__init__(model, params, normalized_cov_params=cov / fit.scale, scale=fit.scale)
+        # normalized_cov_params is assembled on first use (see the property below)
+        super().__init__(model, params, normalized_cov_params=None, scale=fit.scale)
+        p, k = len(fit.fe_params), len(fit.vcomp)
         self.use_t = False
         self.reml = fit.reml
         self.method = "REML" if fit.reml else "ML"
@@ -171,6 +169,40 @@ class HLMResults(LikelihoodModelResults):
         self.n_params = p + model.re_design.n_theta + 1 + len(fit.residual_free)
         self.df_resid = model.nobs - self.n_params
         self.df_modelwc = self.n_params
+
+    # ------------------------------------------------- parameter covariance
+    @cache_readonly
+    def cov_vcomp(self) -> np.ndarray:
+        """Covariance of the variance components: the inverse observed information.
+
+        From a numerical Hessian of the deviance in (vcomp, sigma^2) at the
+        estimates; computed when first needed (``bse``, ``cov_params()``...).
+        """
+        fit = self.fit_result
+        if fit.cov_vcomp is not None:
+            return fit.cov_vcomp
+        dev = self.model.deviance_function(reml=fit.reml)
+        return _vcomp_cov(self.model, dev, fit.fe_params, fit.cov_re, fit.scale)
+
+    @property
+    def normalized_cov_params(self) -> np.ndarray:
+        """cov_params() / scale: lme4's vcov and :attr:`cov_vcomp`, block diagonal."""
+        cached = self.__dict__.get("_normalized_cov_params")
+        if cached is None:
+            fit = self.fit_result
+            p, k = len(fit.fe_params), len(fit.vcomp)
+            cov = np.zeros((p + k, p + k))
+            cov[:p, :p] = fit.cov_fe
+            cov[p:, p:] = self.cov_vcomp
+            cached = cov / fit.scale
+            self.__dict__["_normalized_cov_params"] = cached
+        return cached
+
+    @normalized_cov_params.setter
+    def normalized_cov_params(self, value: Any) -> None:
+        # statsmodels' Results.__init__ assigns it; ours is built from fit_result
+        if value is not None:
+            self.__dict__["_normalized_cov_params"] = value
 
     # ------------------------------------------------------------- scalars
     @cache_readonly
@@ -206,7 +238,7 @@ class HLMResults(LikelihoodModelResults):
 
     @cache_readonly
     def bse_re(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.fit_result.cov_vcomp)),
+        return pd.Series(np.sqrt(np.diag(self.cov_vcomp)),
                          index=self.model.re_design.vcomp_names(), name="bse_re")
 
     @cache_readonly

@@ -211,3 +211,24 @@ def test_no_random_effects_is_ols(data):
     ols = sm.OLS.from_formula("mscore ~ ses", data).fit()
     np.testing.assert_allclose(res.fe_params, ols.params, rtol=1e-10)
     assert res.llf == pytest.approx(ols.llf, rel=1e-12)
+
+
+def test_variance_component_standard_errors_match_dense_information():
+    """bse_re: inverse observed information, checked with the notes' dense likelihood."""
+    from sm_hlm.groupwise import marginal_loglike_dense
+    from sm_hlm.numdiff import hessian_richardson
+    from sm_hlm.simulate import simulate_mixed
+
+    d = simulate_mixed(n_groups=40, mean_group_size=8, fe_params={"Intercept": 1.0, "x": 0.5},
+                       re_names=["Intercept", "x"], cov_re=[[1.0, 0.3], [0.3, 0.5]], seed=21)
+    res = hlm("y ~ x + (x | group)", d).fit(reml=False)
+    rd = res.model.re_design
+    beta = res.fe_params.to_numpy()
+
+    def minus2ll(v):
+        return -2 * marginal_loglike_dense(res.model, beta, rd.cov_from_vcomp(v[:3]), v[3])
+
+    x = np.append(res.vcomp.to_numpy(), res.scale)
+    cov = np.linalg.inv(0.5 * hessian_richardson(minus2ll, x, d=0.01))
+    np.testing.assert_allclose(res.bse_re.to_numpy(), np.sqrt(np.diag(cov))[:3], rtol=1e-4)
+    np.testing.assert_allclose(res.bse.iloc[2:].to_numpy(), res.bse_re.to_numpy())
