@@ -355,3 +355,19 @@ def test_nels_fit2_both_ways():
     assert t["beta_0j (Intercept)"].loc["gamma_01", "Coef."] == pytest.approx(-2.4062, abs=5e-5)
     assert t["beta_1j (ses)"].loc["gamma_10", "Coef."] == pytest.approx(4.4909, abs=5e-5)
     assert t["beta_1j (ses)"].loc["gamma_11", "Coef."] == pytest.approx(-0.1931, abs=5e-5)
+
+
+def test_level_equations_with_satterthwaite_df():
+    import sm_hlm
+    from sm_hlm.simulate import simulate_nels
+
+    d = simulate_nels(n_schools=80, seed=2)
+    res = sm_hlm.HLM.from_levels(level1="mscore ~ ses", level2={"Intercept": "~ flp", "ses": "~ flp"},
+                                 groups="school", random=["Intercept", "ses"], data=d).fit()
+    le = res.level_equations(ddf="satterthwaite")
+    sat = res.satterthwaite()
+    frame = le.frame.set_index("Fixed effect")
+    assert set(frame.index) == set(sat.index)
+    np.testing.assert_allclose(frame.loc[sat.index, "df"].to_numpy(float), sat["df"].to_numpy(),
+                               rtol=1e-12)
+    assert "satterthwaite" in le.as_text()
