@@ -300,7 +300,7 @@ def test_structured_residuals_are_refused():
     import sm_hlm
     from sm_hlm.simulate import simulate_panel
 
-    d = simulate_panel(n_subjects=60, seed=4)
+    d = simulate_panel(n_subjects=300, re_names=("Intercept",), cov_re=[[1.0]], seed=4)
     res = sm_hlm.HLM.from_formula("y ~ wave + (1 | subject)", d,
                                   residual=sm_hlm.AR1(time="wave")).fit(reml=False)
     for method in (res.icc, res.r2, res.reliability, res.shrinkage):

@@ -361,7 +361,7 @@ def test_level_equations_with_satterthwaite_df():
     import sm_hlm
     from sm_hlm.simulate import simulate_nels
 
-    d = simulate_nels(n_schools=80, seed=2)
+    d = simulate_nels(n_schools=250, seed=12)
     res = sm_hlm.HLM.from_levels(level1="mscore ~ ses", level2={"Intercept": "~ flp", "ses": "~ flp"},
                                  groups="school", random=["Intercept", "ses"], data=d).fit()
     le = res.level_equations(ddf="satterthwaite")
