@@ -169,11 +169,22 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(md)
     if args.write is not None:
-        stamp = time.strftime("%Y-%m-%d")
-        args.write.write_text(
-            f"Medians measured {stamp} (`python -m benchmarks.bench_residual`, sm_hlm "
-            f"{args.reps} runs end to end, nlme {args.nlme_reps} run(s)):\n\n{md}\n")
+        write_table(args.write, md, header=(
+            f"Medians measured {time.strftime('%Y-%m-%d')} (`python -m benchmarks.bench_residual`, "
+            f"sm_hlm {args.reps} runs end to end, nlme {args.nlme_reps} run(s)):"))
     return 0
+
+
+def write_table(path: Path, md: str, *, header: str) -> None:
+    """Replace the Markdown table in ``path`` (keeping the text around it), or write a new file."""
+    if path.exists():
+        lines = path.read_text().splitlines()
+        rows = [i for i, line in enumerate(lines) if line.startswith("|")]
+        if rows:
+            out = lines[:rows[0]] + md.splitlines() + lines[rows[-1] + 1:]
+            path.write_text("\n".join(out) + "\n")
+            return
+    path.write_text(f"{header}\n\n{md}\n")
 
 
 if __name__ == "__main__":
