@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 import sm_hlm
+
+from .common import markdown_table
 from sm_hlm.simulate import simulate_nels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,14 +130,6 @@ def main(argv: list[str] | None = None) -> int:
                      f"(`python -m benchmarks.bench_core --write-readme`):\n\n{md}\n{MARK_END}")
             readme.write_text(head + block + tail)
     return 0
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no optional dependency)."""
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

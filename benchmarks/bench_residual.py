@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 import sm_hlm
+
+from .common import markdown_table
 from sm_hlm import AR1, Unstructured
 from sm_hlm.simulate import simulate_panel
 
@@ -122,13 +124,6 @@ def fmt(t: float | None) -> str:
     if t is None:
         return "n/a"
     return f"{t * 1e3:.0f} ms" if t < 1 else f"{t:.2f} s"
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
