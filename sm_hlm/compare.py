@@ -398,22 +398,13 @@ def _vcomp_rows(res: Any, kind: str, vcomp: str) -> dict[str, float]:
     rows: dict[str, float] = {}
     lab = "SD" if vcomp == "sd" else "Var"
     if kind == "hlm":
-        cov = res.fit_result.cov_re
-        rd = res.model.re_design
-        off = 0
-        for t in rd.terms:
-            sl = slice(off, off + t.k)
-            block = cov[sl, sl]
-            sd = np.sqrt(np.diag(block))
+        for t, block, sd, corr in res.model.re_design.term_blocks(res.fit_result.cov_re):
             for i, n in enumerate(t.names):
                 rows[f"{lab}({n} | {t.group})"] = sd[i] if vcomp == "sd" else block[i, i]
             if t.correlated:
                 for j in range(t.k):
                     for i in range(j + 1, t.k):
-                        den = sd[i] * sd[j]
-                        rows[f"Corr({t.names[j]}, {t.names[i]} | {t.group})"] = \
-                            block[i, j] / den if den > 0 else np.nan
-            off += t.k
+                        rows[f"Corr({t.names[j]}, {t.names[i]} | {t.group})"] = corr[i, j]
         scale = float(res.scale)
     else:
         scale = float(res.scale)

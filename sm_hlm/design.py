@@ -173,6 +173,23 @@ class RandomEffectsDesign:
                     out.append(f"Cov({self.names[j]}, {self.names[i]} | {g})")
         return out
 
+    def term_blocks(self, cov_re: np.ndarray):
+        """Yield ``(term, block, sd, corr)`` for each term's diagonal block of ``cov_re``.
+
+        ``corr`` is the block's correlation matrix (NaN where an SD is zero).
+        """
+        cov = np.asarray(cov_re, dtype=float)
+        offset = 0
+        for t in self.terms:
+            sl = slice(offset, offset + t.k)
+            block = cov[sl, sl]
+            sd = np.sqrt(np.diag(block))
+            den = np.outer(sd, sd)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = np.where(den > 0, block / np.where(den > 0, den, 1.0), np.nan)
+            yield t, block, sd, corr
+            offset += t.k
+
     def cov_from_vcomp(self, vcomp: np.ndarray) -> np.ndarray:
         """The q x q covariance whose free entries (``vcomp_names`` order) are ``vcomp``."""
         r, c = self.vcomp_index()

@@ -29,6 +29,7 @@ from scipy import stats
 from .exceptions import ConvergenceWarning, SingularFitWarning
 from .optimizer import minimize_bobyqa
 from .groupwise import _group_rows
+from .results import vcomp_objective
 from .residual import external_stacklevel
 
 if TYPE_CHECKING:
@@ -118,17 +119,7 @@ def _joint_cov(model: "HLM", kern: "ResidualKernel", fit: Any, u: np.ndarray, *,
     k, r = len(r_idx), len(u)
     beta = fit.fe_params
 
-    def f(v: np.ndarray) -> float:
-        cov = rd.cov_from_vcomp(v[:k])
-        s = v[k]
-        if s <= 0:
-            return np.nan
-        try:
-            theta = rd.theta_from_cov(cov, s)
-            dev, logdet = kern.deviance(v[k + 1:], reml=reml)
-        except (np.linalg.LinAlgError, FloatingPointError):
-            return np.nan
-        return dev.deviance_at(theta, beta, s) + logdet
+    f = vcomp_objective(rd, beta, lambda rest: kern.deviance(rest, reml=reml))
 
     x = np.concatenate([fit.cov_re[r_idx, c_idx], [fit.scale], u])
     cov = None

@@ -62,6 +62,29 @@ class HLMFit:
     residual_free_cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
+def vcomp_objective(rd: Any, beta: np.ndarray, deviance_for: Any) -> Any:
+    """The deviance as a function of v = (vcomp, sigma^2, *rest), beta fixed.
+
+    ``deviance_for(rest)`` returns ``(ProfiledDeviance, extra)`` for the
+    remaining parameters (a residual structure's; ``extra`` is its log|R|).
+    NaN outside the valid region (sigma^2 <= 0 or Psi not positive definite).
+    """
+    k = len(rd.vcomp_index()[0])
+
+    def f(v: np.ndarray) -> float:
+        s = v[k]
+        if s <= 0:
+            return np.nan
+        try:
+            theta = rd.theta_from_cov(rd.cov_from_vcomp(v[:k]), s)
+            dev, extra = deviance_for(v[k + 1:])
+        except (np.linalg.LinAlgError, FloatingPointError):
+            return np.nan
+        return dev.deviance_at(theta, beta, s) + extra
+
+    return f
+
+
 def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re: np.ndarray,
                scale: float) -> np.ndarray:
     """Inverse observed information of (free cov_re entries) at the optimum.
@@ -77,18 +100,7 @@ def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re
     k = len(r)
     if k == 0:
         return np.zeros((0, 0))
-
-    def f(v: np.ndarray) -> float:
-        cov = rd.cov_from_vcomp(v[:k])
-        s = v[k]
-        if s <= 0:
-            return np.nan
-        try:
-            theta = rd.theta_from_cov(cov, s)
-        except np.linalg.LinAlgError:
-            return np.nan
-        return dev.deviance_at(theta, fit_beta, s)
-
+    f = vcomp_objective(rd, fit_beta, lambda rest: (dev, 0.0))
     x = np.append(cov_re[r, c], scale)
     try:
         H = hessian_richardson(f, x, d=0.01)

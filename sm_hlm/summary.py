@@ -89,22 +89,14 @@ def residual_quantiles(results: "HLMResults") -> pd.Series:
 
 def random_effects_table(results: "HLMResults") -> pd.DataFrame:
     """Variances, SDs and correlations of the random effects and the residual."""
-    model = results.model
-    rd = model.re_design
-    cov = results.fit_result.cov_re
     rows = []
-    offset = 0
-    for term in rd.terms:
-        sl = slice(offset, offset + term.k)
-        block = cov[sl, sl]
-        sd = np.sqrt(np.diag(block))
+    for term, block, sd, corr in results.model.re_design.term_blocks(results.fit_result.cov_re):
         for i, name in enumerate(term.names):
             row = {"Groups": term.group if i == 0 else "", "Name": name,
                    "Variance": block[i, i], "Std.Dev.": sd[i]}
             for j in range(i):
-                row[f"Corr.{j + 1}"] = block[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
+                row[f"Corr.{j + 1}"] = corr[i, j]
             rows.append(row)
-        offset += term.k
     rows.extend(_residual_rows(results))
     df = pd.DataFrame(rows)
     corr_cols = sorted([c for c in df.columns if c.startswith("Corr.")])
