@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .linalg import (batched_back_solve, batched_cholesky, batched_forward_solve,
+from .linalg import (ALIAS_TOL, batched_back_solve, batched_cholesky, batched_forward_solve,
                      group_crossprod, sequential_rank_cholesky)
 
 if TYPE_CHECKING:
@@ -21,10 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["group_ols", "group_ols_summary", "marginal_cov", "marginal_loglike_dense"]
 
-#: Squared-norm tolerance for aliased columns: R's lm uses a relative norm of
-#: 1e-7 in its pivoted QR, i.e. about 1e-14 on squared norms; 1e-12 leaves
-#: room for rounding in the Gram matrix.
-_ALIAS_TOL = 1e-12
+_ALIAS_TOL = ALIAS_TOL   # see sm_hlm.linalg.ALIAS_TOL
 
 
 def group_ols(model: "HLM", *, exog: str = "re") -> pd.DataFrame:

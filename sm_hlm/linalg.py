@@ -18,6 +18,7 @@ __all__ = [
     "batched_inverse_lower",
     "group_crossprod",
     "sequential_rank_cholesky",
+    "ALIAS_TOL",
 ]
 
 
@@ -143,7 +144,13 @@ def group_crossprod(A: np.ndarray, B: np.ndarray, starts: np.ndarray) -> np.ndar
     return out
 
 
-def sequential_rank_cholesky(M: np.ndarray, tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+#: Squared-norm tolerance for an aliased column: R's ``lm`` drops a column whose
+#: norm after projection is below 1e-7 of its own (about 1e-14 on squared norms);
+#: 1e-12 leaves room for rounding in a Gram matrix.
+ALIAS_TOL = 1e-12
+
+
+def sequential_rank_cholesky(M: np.ndarray, tol: float = ALIAS_TOL) -> tuple[np.ndarray, np.ndarray]:
     """Cholesky of a stack of PSD matrices that drops aliased columns in order.
 
     Column k is declared aliased in matrix j when its squared residual after

@@ -123,8 +123,9 @@ class HLM(LikelihoodModel):
         if isinstance(exog_re, pd.DataFrame):
             self.exog_re_names = [str(c) for c in exog_re.columns]
         else:
-            self.exog_re_names = [f"z{i}" for i in range(self.exog_re.shape[1])] \
-                if self.exog_re.shape[1] != 1 else ["Intercept"]
+            # unnamed columns: a column of ones is the intercept, the others z0, z1, ...
+            self.exog_re_names = ["Intercept" if np.all(col == 1.0) else f"z{i}"
+                                  for i, col in enumerate(self.exog_re.T)]
         self.group_name = str(getattr(groups, "name", None) or "group")
         if re_terms is None:
             re_terms = ([RandomEffectsTerm(self.group_name, tuple(self.exog_re_names))]
@@ -196,7 +197,7 @@ class HLM(LikelihoodModel):
         if n <= p:
             raise IdentificationError(f"{n} observations for {p} fixed effects")
         WtW = self._stats.WtW[:p, :p]
-        L, kept = sequential_rank_cholesky(WtW[:, :, None].copy(), tol=1e-9)
+        L, kept = sequential_rank_cholesky(WtW[:, :, None].copy())
         if not kept.all():
             names = [self.exog_names[i] for i in np.flatnonzero(~kept[:, 0])]
             raise IdentificationError(

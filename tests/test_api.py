@@ -232,3 +232,14 @@ def test_variance_component_standard_errors_match_dense_information():
     cov = np.linalg.inv(0.5 * hessian_richardson(minus2ll, x, d=0.01))
     np.testing.assert_allclose(res.bse_re.to_numpy(), np.sqrt(np.diag(cov))[:3], rtol=1e-4)
     np.testing.assert_allclose(res.bse.iloc[2:].to_numpy(), res.bse_re.to_numpy())
+
+
+def test_unnamed_random_effects_columns():
+    from sm_hlm.simulate import simulate_mixed
+
+    d = simulate_mixed(n_groups=30, mean_group_size=6, fe_params={"Intercept": 1, "x": 1},
+                       re_names=["Intercept", "x"], seed=1)
+    X = np.column_stack([np.ones(len(d)), d.x])
+    m = sm_hlm.HLM(d.y.to_numpy(), X, d.group.to_numpy(), X)
+    assert m.exog_re_names == ["Intercept", "z1"]
+    assert sm_hlm.HLM(d.y.to_numpy(), X, d.group.to_numpy(), d.x.to_numpy()).exog_re_names == ["z0"]
