@@ -236,9 +236,11 @@ class ResidualStructure:
         out = {}
         for role, spec in self._specs.items():
             if isinstance(spec, str):
+                kw = self.index_keyword if role == "index" or isinstance(self, Heteroscedastic) \
+                    else "hetero_by"
                 raise TypeError(
                     f"{self!r} names the column {spec!r}; use HLM.from_formula(..., data) to "
-                    f"resolve it, or pass the values ({self.index_keyword}=data[{spec!r}])")
+                    f"resolve it, or pass the values ({kw}=data[{spec!r}])")
             arr = spec if isinstance(spec, pd.Series) else np.asarray(spec)
             if np.ndim(arr) != 1:
                 raise ValueError(f"the {role} variable of {self!r} must be one-dimensional, got "
@@ -331,10 +333,7 @@ class ResidualStructure:
         if self.whitening == "identity":
             return (a == b).astype(float)
         if self.whitening == "markov":
-            phi = self.phi(nat)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out = np.sign(phi) ** np.abs(a - b) * np.abs(phi) ** np.abs(a - b)
-            return np.where(a == b, 1.0, out)
+            return self.phi(nat) ** np.abs(a - b).astype(float)
         C = self.corr_matrix(nat, info)
         ok = (a >= 0) & (b >= 0)
         ia = np.where(ok, a, 0).astype(np.intp)
@@ -755,7 +754,7 @@ class Unstructured(ResidualStructure):
         return [f"Corr({lab[a]},{lab[b]})" for a, b in zip(s, t)]
 
     def corr_bounds(self, info: ResidualIndex) -> tuple[np.ndarray, np.ndarray]:
-        k = len(self._pairs(info.n_slots)[0])
+        k = self.n_corr(info)
         return np.full(k, -1.0), np.full(k, 1.0)
 
     def _cholesky_from_free(self, u: np.ndarray, T: int) -> np.ndarray:

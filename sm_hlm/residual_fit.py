@@ -27,14 +27,14 @@ import pandas as pd
 from scipy import stats
 
 from .exceptions import ConvergenceWarning, SingularFitWarning
-from .optimizer import minimize_bobyqa
 from .groupwise import _group_rows
-from .results import vcomp_objective
+from .numdiff import jacobian_richardson
+from .optimizer import minimize_bobyqa
 from .residual import external_stacklevel
+from .results import HLMResults, HLMResultsWrapper, build_fit, vcomp_objective
 
 if TYPE_CHECKING:
     from .model import HLM
-    from .results import HLMResults
     from .whitening import ResidualKernel
 
 __all__ = ["fit_structured", "residual_params", "residual_param_table", "resid_normalized",
@@ -51,8 +51,6 @@ _BOUNDARY_REL = 1e-5
 def fit_structured(model: "HLM", *, start_params: np.ndarray | None, reml: bool, maxeval: int,
                    ftol_abs: float, xtol_abs: float, compute_vcomp_cov: bool):
     """Fit (theta, u) jointly by BOBYQA; see :meth:`sm_hlm.HLM.fit`."""
-    from .results import HLMResults, HLMResultsWrapper, build_fit
-
     kern: ResidualKernel = model._residual_kernel
     rd = model.re_design
     nt, r = rd.n_theta, kern.n_params
@@ -97,7 +95,8 @@ def fit_structured(model: "HLM", *, start_params: np.ndarray | None, reml: bool,
 
 
 def _inverse_information(H: np.ndarray) -> np.ndarray | None:
-    info = 0.5 * (H + H.T) / 2.0
+    """Inverse of the observed information H/2 (H: Hessian of the deviance), or None."""
+    info = 0.25 * (H + H.T)
     if not np.all(np.isfinite(info)):
         return None
     d = np.sqrt(np.abs(np.diag(info)))
@@ -161,17 +160,6 @@ def residual_params(results: "HLMResults") -> pd.Series:
     return pd.Series(_natural(results), index=names, name="residual_params", dtype=float)
 
 
-def _jacobian(kern: "ResidualKernel", u: np.ndarray) -> np.ndarray:
-    r = len(u)
-    J = np.zeros((r, r))
-    for i in range(r):     # loops over the few structure parameters
-        h = 1e-6 * max(1.0, abs(u[i]))
-        e = np.zeros(r)
-        e[i] = h
-        J[:, i] = (kern.natural(u + e) - kern.natural(u - e)) / (2 * h)
-    return J
-
-
 def residual_param_table(results: "HLMResults", alpha: float = 0.05) -> pd.DataFrame:
     """Estimate, standard error and interval of each structure parameter.
 
@@ -184,7 +172,7 @@ def residual_param_table(results: "HLMResults", alpha: float = 0.05) -> pd.DataF
         return pd.DataFrame(columns=["Estimate", "Std.Err.", lo_name, hi_name], dtype=float)
     u = results.fit_result.residual_free
     nat = kern.natural(u)
-    J = _jacobian(kern, u)
+    J = jacobian_richardson(kern.natural, u)                   # d nat / d u
     cov = J @ results.fit_result.residual_free_cov @ J.T
     se = np.sqrt(np.diag(cov))
     lo, hi = kern.structure.natural_bounds(kern.info)
@@ -311,8 +299,8 @@ def loglike_dense(results: "HLMResults") -> float:
 
 
 # ================================================================ prediction
-def _new_values(results: "HLMResults", exog: Any, residual_data: Any, n_new: int,
-                groups: Any, *, required: bool = True) -> dict[str, np.ndarray]:
+def _new_values(results: "HLMResults", exog: Any, residual_data: Any,
+                n_new: int) -> dict[str, np.ndarray]:
     """Role -> values of the new rows' time/position and variance covariate.
 
     Looked up in ``residual_data`` (a mapping or DataFrame keyed by the
@@ -323,8 +311,7 @@ def _new_values(results: "HLMResults", exog: Any, residual_data: Any, n_new: int
     kern = _kernel(results)
     s = kern.structure
     keys = {"index": s.index_keyword, "by": "by"}
-    needed = {r: nm for r, nm in (("index", s.index_name), ("by", s.by_name))
-              if nm is not None and r in s._specs}
+    needed = {r: nm for r, nm in (("index", s.index_name), ("by", s.by_name)) if nm is not None}
     single = len(set(needed.values())) == 1
     out = {}
     for role, name in needed.items():
@@ -339,8 +326,6 @@ def _new_values(results: "HLMResults", exog: Any, residual_data: Any, n_new: int
         if src is None and isinstance(exog, pd.DataFrame) and name in exog.columns:
             src = exog[name]
         if src is None:
-            if not required:
-                continue
             what = "variance covariate" if role == "by" else "time/position variable"
             raise KeyError(f"the new data lack the {what} {name!r} of {s!r}; include the "
                            f"column (formula models) or pass residual_data={{{name!r}: values}}")
@@ -375,28 +360,25 @@ def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
     base = predict_new(results, exog, exog_re=exog_re, groups=groups, random=random)
     if exog is None:
         return base
+    if not (random and correlated and kern.kind != "identity"):
+        return base          # the residual structure does not enter: nothing to look up
     pred = np.asarray(base, dtype=float).copy()
     n_new = len(pred)
-    need = random and correlated and kern.kind != "identity"
-    vals = _new_values(results, exog, residual_data, n_new, groups, required=need)
+    vals = _new_values(results, exog, residual_data, n_new)
     s = kern.structure
-    if "index" in vals:
-        if kern.kind == "markov":
-            from .whitening import _numeric_time
-            key_new = _numeric_time(pd.Series(vals["index"], name=s.index_name), s)
-        elif kern.slot_levels is not None:
-            key_new = kern.slot_of(vals["index"])
-            if np.any(key_new < 0):
-                unseen = sorted(set(np.asarray(vals["index"])[key_new < 0].tolist()), key=str)
-                raise ValueError(
-                    f"position(s) {unseen[:10]} of {s.index_name!r} in the new data were never "
-                    f"seen in the fit (positions {[_plain(v) for v in kern.info.slot_labels]}): "
-                    f"{s!r} has no "
-                    "correlation or variance for them")
-        else:
-            key_new = np.full(n_new, -1.0)
-    else:
+    if "index" not in vals:      # exchangeable rows without positions
         key_new = np.full(n_new, -1.0)
+    elif kern.kind == "markov":
+        from .whitening import _numeric_time
+        key_new = _numeric_time(pd.Series(vals["index"], name=s.index_name), s)
+    else:
+        key_new = kern.slot_of(vals["index"])
+        if np.any(key_new < 0):
+            unseen = sorted(set(np.asarray(vals["index"])[key_new < 0].tolist()), key=str)
+            raise ValueError(
+                f"position(s) {unseen[:10]} of {s.index_name!r} in the new data were never "
+                f"seen in the fit (positions {[_plain(v) for v in kern.info.slot_labels]}): "
+                f"{s!r} has no correlation or variance for them")
     if "by" in vals:
         by_new = kern.by_code_of(vals["by"])
         if np.any(by_new < 0):
@@ -406,14 +388,14 @@ def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
                              f"{[_plain(v) for v in kern.info.by_levels]})")
     else:
         by_new = np.zeros(n_new, dtype=np.intp)
-    if not need:
-        return base
     if isinstance(exog, pd.DataFrame) and getattr(model, "fixed_design_info", None) is not None:
         g_new = exog[model.group_name].to_numpy()
     else:
         if groups is None:
             return base
         g_new = np.asarray(groups)
+        if g_new.shape != (n_new,):
+            raise ValueError(f"groups has shape {g_new.shape} for {n_new} new rows")
     codes = model.group_labels.get_indexer(pd.Index(g_new))
     known = np.flatnonzero(codes >= 0)
     if len(known) == 0:

@@ -43,6 +43,7 @@ from scipy import sparse
 
 from .deviance import ProfiledDeviance, SufficientStats
 from .exceptions import IdentificationError
+from .linalg import group_crossprod
 from .residual import (ResidualIdentificationWarning, ResidualIndex, ResidualStructure,
                        StartContext, _fmt_level, external_stacklevel)
 
@@ -206,7 +207,6 @@ class ResidualKernel:
         ug, gap_code = np.unique(gap[self.prev_ok], return_inverse=True)
         self.gaps = ug
         self.gap_code = gap_code
-        self.n_pairs = int(self.prev_ok.sum())
         self._setup_markov_terms()
 
     def _setup_markov_terms(self) -> None:
@@ -290,14 +290,10 @@ class ResidualKernel:
 
     def _markov_term_stats(self, nat: np.ndarray) -> tuple[SufficientStats, float] | None:
         SZ, SW = self.term_store
-        phi = self.structure.phi(nat)
-        with np.errstate(divide="ignore"):
-            logabs = np.log(abs(phi))
-        d = self.gaps[self.pair_gap_code]
-        om = -np.expm1(2.0 * d * logabs)
-        if np.any(om <= 0) or not np.all(np.isfinite(om)):
+        coefs = self._gap_coefs(nat)
+        if coefs is None:
             return None
-        a = np.exp(d * logabs) * (np.sign(phi) ** d if phi < 0 else 1.0)
+        a, om = coefs[0][self.pair_gap_code], coefs[1][self.pair_gap_code]
         c2 = 1.0 / om
         if self.has_by:
             sd = self.structure.sd_levels(nat, self.info)
@@ -331,7 +327,6 @@ class ResidualKernel:
     def _setup_dense(self) -> None:
         m, T = self.n_groups, self.info.n_slots
         slot = self.key_sorted.astype(np.intp)
-        self.slot_sorted = slot
         self.pad_index = self.g_sorted * T + slot
         mask = np.zeros((m, T), dtype=bool)
         mask[self.g_sorted, slot] = True
@@ -388,7 +383,7 @@ class ResidualKernel:
         if s.whitening != "dense":
             return
         T = self.info.n_slots
-        if name == "Unstructured" or (s.whitening == "dense" and len(s.corr_names(self.info)) > 1):
+        if name == "Unstructured" or s.n_corr(self.info) > 1:
             slot = self.key_sorted.astype(np.intp)
             M = np.zeros((self.n_groups, T))
             M[self.g_sorted, slot] = 1.0
@@ -435,15 +430,20 @@ class ResidualKernel:
             return None
         return self.structure.sd_levels(nat, self.info)[self.by_sorted]
 
-    def _markov_coefs(self, nat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """a_i = phi^d_i and 1 - a_i^2 for the rows with a predecessor."""
+    def _gap_coefs(self, nat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """a = phi^d and 1 - a^2 for every distinct gap d (None if 1 - a^2 <= 0)."""
         phi = self.structure.phi(nat)
-        with np.errstate(divide="ignore"):
-            logabs = np.log(abs(phi))
         d = self.gaps
-        om_g = -np.expm1(2.0 * d * logabs)
-        a_g = np.exp(d * logabs) * (np.sign(phi) ** d if phi < 0 else 1.0)
-        return a_g[self.gap_code], om_g[self.gap_code]
+        with np.errstate(divide="ignore"):
+            om = -np.expm1(2.0 * d * np.log(abs(phi)))     # 1 - phi^(2d), exact near |phi| = 1
+        if np.any(om <= 0) or not np.all(np.isfinite(om)):
+            return None
+        return phi ** d, om
+
+    def _markov_coefs(self, nat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """a_i = phi^d_i and 1 - a_i^2 for the rows with a predecessor (None if not PD)."""
+        coefs = self._gap_coefs(nat)
+        return None if coefs is None else (coefs[0][self.gap_code], coefs[1][self.gap_code])
 
     def _dense_factors(self, nat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Inverse Cholesky factors of every pattern (padded) and their log-determinants."""
@@ -474,9 +474,10 @@ class ResidualKernel:
             A = A / sd[:, None]
             logdet += 2.0 * float(np.log(sd).sum())
         if self.kind == "markov":
-            a, om = self._markov_coefs(nat)
-            if np.any(om <= 0) or not np.all(np.isfinite(om)):
+            coefs = self._markov_coefs(nat)
+            if coefs is None:
                 return None
+            a, om = coefs
             ok = self.prev_ok
             out = A.copy()
             out[ok] = (A[ok] - a[:, None] * A[np.flatnonzero(ok) - 1]) / np.sqrt(om)[:, None]
@@ -526,10 +527,7 @@ class ResidualKernel:
         W = A[:, q:]
         WtW = W.T @ W
         if q:
-            Zs = A[:, :q]
-            P = (Zs[:, :, None] * A[:, None, :]).reshape(len(A), -1)
-            ZtD = np.add.reduceat(P, self.starts, axis=0).reshape(m, q, q + p + 1)
-            ZtD = ZtD.transpose(1, 2, 0)
+            ZtD = group_crossprod(A[:, :q], A, self.starts)            # (q, c, m)
             ZtZ, ZtW = np.ascontiguousarray(ZtD[:, :q]), np.ascontiguousarray(ZtD[:, q:])
         else:
             ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
@@ -573,72 +571,66 @@ class ResidualKernel:
         return np.clip(u0, self.free_lower + 0.5, self.free_upper - 0.5)
 
     # ============================================================ vectors
-    def whiten(self, u: np.ndarray, E: np.ndarray) -> np.ndarray:
-        """U_j^{-1} applied to the rows of ``E`` (caller's order in and out), R_j = U_j U_j'."""
-        E = np.asarray(E, dtype=float)
-        vec = E.ndim == 1
-        Es = (E[:, None] if vec else E)[self.order]
-        nat = self.natural(u)
+    def _dense_apply(self, M: np.ndarray, Es: np.ndarray) -> np.ndarray:
+        """Each group's pattern matrix of ``M`` (patterns, T, T) applied to sorted rows ``Es``."""
+        T = self.info.n_slots
+        pad = np.zeros((self.n_groups * T, Es.shape[1]))
+        pad[self.pad_index] = Es
+        out = np.matmul(M[self.pat_of_group], pad.reshape(self.n_groups, T, -1))
+        return out.reshape(-1, Es.shape[1])[self.pad_index]
+
+    def _whiten_rows(self, nat: np.ndarray,
+                     Es: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """U^{-1} applied to sorted rows ``Es``; and the dense patterns' inverse factors."""
         if self.kind == "dense":
-            T = self.info.n_slots
             fac = self._dense_factors(nat)
             if fac is None:
                 raise FloatingPointError("the residual covariance is not positive definite")
             Linv = fac[0]
             if self.has_by and not self.folded:
                 Es = Es / self.sd_rows_sorted(nat)[:, None]
-            pad = np.zeros((self.n_groups * T, Es.shape[1]))
-            pad[self.pad_index] = Es
-            out_s = np.matmul(Linv[self.pat_of_group],
-                              pad.reshape(self.n_groups, T, -1)).reshape(-1, Es.shape[1])
-            out_s = out_s[self.pad_index]
-        else:
-            res = self._whiten_sorted(nat, Es)
-            if res is None:
-                raise FloatingPointError("the residual covariance is not positive definite")
-            out_s = res[0]
+            return self._dense_apply(Linv, Es), Linv
+        res = self._whiten_sorted(nat, Es)
+        if res is None:
+            raise FloatingPointError("the residual covariance is not positive definite")
+        return res[0], None
+
+    def _caller_order(self, out_s: np.ndarray, vec: bool) -> np.ndarray:
         out = np.empty_like(out_s)
         out[self.order] = out_s
         return out[:, 0] if vec else out
+
+    def whiten(self, u: np.ndarray, E: np.ndarray) -> np.ndarray:
+        """U_j^{-1} applied to the rows of ``E`` (caller's order in and out), R_j = U_j U_j'."""
+        E = np.asarray(E, dtype=float)
+        vec = E.ndim == 1
+        out_s, _ = self._whiten_rows(self.natural(u), (E[:, None] if vec else E)[self.order])
+        return self._caller_order(out_s, vec)
 
     def solve(self, u: np.ndarray, E: np.ndarray) -> np.ndarray:
         """R_j^{-1} applied to the rows of ``E`` (caller's order in and out)."""
         E = np.asarray(E, dtype=float)
         vec = E.ndim == 1
-        Ew = self.whiten(u, E[:, None] if vec else E)[self.order]       # U^-1 e, sorted
         nat = self.natural(u)
+        Ew, Linv = self._whiten_rows(nat, (E[:, None] if vec else E)[self.order])  # U^-1 e
         if self.kind == "dense":
-            T = self.info.n_slots
-            Linv = self._dense_factors(nat)[0]
-            pad = np.zeros((self.n_groups * T, Ew.shape[1]))
-            pad[self.pad_index] = Ew
-            out_s = np.matmul(Linv[self.pat_of_group].transpose(0, 2, 1),
-                              pad.reshape(self.n_groups, T, -1)).reshape(-1, Ew.shape[1])
-            out_s = out_s[self.pad_index]
+            out_s = self._dense_apply(Linv.transpose(0, 2, 1), Ew)
             if self.has_by and not self.folded:
                 out_s = out_s / self.sd_rows_sorted(nat)[:, None]
         else:
-            out_s = Ew.copy()
+            out_s = Ew
             if self.kind == "markov":
                 # U^-T: w_i = c_i v_i - a_{i+1} c_{i+1} v_{i+1} (i+1 in the same group)
                 a, om = self._markov_coefs(nat)
                 ok = np.flatnonzero(self.prev_ok)
-                c = np.ones(len(Ew))
-                c[ok] = 1.0 / np.sqrt(om)
-                aa = np.zeros(len(Ew))
-                aa[ok] = a
-                out_s = c[:, None] * Ew
-                out_s[ok - 1] -= (aa[ok] * c[ok])[:, None] * Ew[ok]
+                c = 1.0 / np.sqrt(om)
+                out_s = Ew.copy()
+                out_s[ok] *= c[:, None]
+                out_s[ok - 1] -= (a * c)[:, None] * Ew[ok]
             sd = self.sd_rows_sorted(nat)
             if sd is not None:
                 out_s = out_s / sd[:, None]
-        out = np.empty_like(out_s)
-        out[self.order] = out_s
-        return out[:, 0] if vec else out
-
-    def logdet(self, u: np.ndarray) -> float:
-        res = self.stats(u)
-        return np.nan if res is None else res[1]
+        return self._caller_order(out_s, vec)
 
     # ============================================================ rows
     def slot_of(self, values: Any) -> np.ndarray:

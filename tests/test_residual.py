@@ -493,6 +493,31 @@ def test_prediction_rejects_positions_never_seen():
         car1.predict(new.iloc[:1])
 
 
+def test_prediction_without_the_correlated_term_needs_no_positions():
+    """correlated=False does not use the structure: unseen positions are fine."""
+    res = fitted("gls_un_REML")
+    new = pd.DataFrame({"subject": [1, 2], "wave": [2, 7], "trt": [0.0, 1.0]})
+    pred = res.predict(new, correlated=False)
+    X = np.column_stack([np.ones(2), new["wave"], new["trt"], new["wave"] * new["trt"]])
+    np.testing.assert_allclose(pred.to_numpy(), X @ res.fe_params.to_numpy(), rtol=1e-12)
+
+
+def test_prediction_rejects_groups_of_the_wrong_length():
+    """Array interface without random effects: a short groups array used to leave the
+    last rows without their correlated term, silently."""
+    d = panel("panel_ar1.csv")
+    X = np.column_stack([np.ones(len(d)), d["wave"], d["trt"], d["wave"] * d["trt"]])
+    res = HLM(d["y"], X, d["subject"], np.zeros((len(d), 0)),
+              residual=AR1(time=d["wave"].to_numpy())).fit()
+    g = d["subject"].to_numpy()[:3]
+    t = {"time": d["wave"].to_numpy()[:3] + 1}
+    full = res.predict(X[:3], groups=g, residual_data=t)
+    one = res.predict(X[2:3], groups=g[2:3], residual_data={"time": t["time"][2:]})
+    assert full[2] == pytest.approx(one[0], rel=1e-12)
+    with pytest.raises(ValueError, match=r"groups has shape \(2,\) for 3 new rows"):
+        res.predict(X[:3], groups=g[:2], residual_data=t)
+
+
 def test_prediction_rejects_unseen_variance_levels():
     d = small_panel("cs")
     res = HLM.from_formula(FORMULA + " + (0 + wave | subject)", d,
@@ -536,6 +561,8 @@ def test_array_interface_matches_formula():
     assert res.llf == pytest.approx(fitted("lme_ri_ar1_REML").llf, abs=1e-6)
     with pytest.raises(TypeError, match="names the column 'wave'"):
         HLM(d["y"], X, d["subject"], residual=AR1(time="wave"))
+    with pytest.raises(TypeError, match=r"pass the values \(hetero_by=data\['trt'\]\)"):
+        HLM(d["y"], X, d["subject"], residual=AR1(time=d["wave"].to_numpy(), hetero_by="trt"))
     with pytest.raises(ValueError, match="values for"):
         HLM(d["y"], X, d["subject"], residual=AR1(time=np.arange(5)))
     # new array rows: times passed with residual_data
