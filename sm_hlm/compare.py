@@ -173,10 +173,7 @@ def boundary_test(small: Any, large: Any) -> int | None:
                 reduced.append((kept, corr or len(kept) == 1))
         else:
             reduced.append((names, corr))
-    norm = [(n, c or len(n) == 1) for n, c in ta]
-    if reduced != norm:
-        return None
-    if b.npar - a.npar != added:
+    if reduced != list(ta) or b.npar - a.npar != added:
         return None
     return added
 
@@ -315,9 +312,7 @@ def compare(*fits: Any, names: Sequence[str] | None = None, refit: bool | None =
     nobs = views[0].nobs
     chisq = np.r_[np.nan, 2.0 * np.maximum(0.0, np.diff(llf))]
     dfs = np.r_[np.nan, np.diff(npar).astype(float)]
-    with np.errstate(invalid="ignore"):
-        p = np.where(dfs > 0, stats.chi2.sf(chisq, np.where(dfs > 0, dfs, 1)), np.nan)
-    p[0] = np.nan
+    p = np.where(dfs > 0, stats.chi2.sf(chisq, np.where(dfs > 0, dfs, 1)), np.nan)
     out = pd.DataFrame({
         "npar": npar,
         "AIC": -2 * llf + 2 * npar,
@@ -332,8 +327,8 @@ def compare(*fits: Any, names: Sequence[str] | None = None, refit: bool | None =
     if mixture:
         mix = np.full(len(views), np.nan)
         for i in range(1, len(views)):
-            df_b = boundary_test(views[i - 1], views[i])
-            if df_b is not None and df_b == dfs[i]:
+            df_b = boundary_test(views[i - 1], views[i])     # None, or equal to Df
+            if df_b is not None:
                 boundary[views[i].name] = int(df_b)
                 mix[i] = _mixture_sf(chisq[i], int(df_b))
         out["Pr(>Chisq) mix"] = mix
@@ -405,9 +400,7 @@ def _vcomp_rows(res: Any, kind: str, vcomp: str) -> dict[str, float]:
                 for j in range(t.k):
                     for i in range(j + 1, t.k):
                         rows[f"Corr({t.names[j]}, {t.names[i]} | {t.group})"] = corr[i, j]
-        scale = float(res.scale)
-    else:
-        scale = float(res.scale)
+    scale = float(res.scale)
     rows[f"{lab}(Residual)"] = np.sqrt(scale) if vcomp == "sd" else scale
     return rows
 
@@ -426,8 +419,8 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
         Column labels; default ``"fit0"``, ``"fit1"``, ...
     stars
         Append significance stars to the estimates (``*``, ``**``, ``***``
-        for p below each of ``star_levels``; normal-theory p-values, as the
-        summary).
+        for p below each of ``star_levels``; normal-theory p-values for
+        HLM fits, as the summary; OLS fits use their own t-test p-values).
     float_format
         Number format of estimates, SEs and variance components.
     vcomp
@@ -449,10 +442,11 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
     Notes
     -----
     Each fixed effect takes two rows: the estimate :math:`\\hat\\beta` (with
-    stars for :math:`p = 2\\Phi(-|\\hat\\beta/\\mathrm{SE}|)`) and its standard
-    error in parentheses.  AIC is :math:`-2\\ell + 2 n_{par}` with lme4's
-    parameter count (OLS: coefficients plus the residual variance, as R's
-    ``AIC(lm)``), so the column of an OLS fit is comparable with the others.
+    stars for :math:`p = 2\\Phi(-|\\hat\\beta/\\mathrm{SE}|)`; an OLS fit's
+    ``pvalues``) and its standard error in parentheses.  AIC is
+    :math:`-2\\ell + 2 n_{par}` with lme4's parameter count (OLS: coefficients
+    plus the residual variance, as R's ``AIC(lm)``), so the column of an OLS
+    fit is comparable with the others.
     """
     if not fits:
         raise ValueError("summary_table needs at least one fit")
@@ -482,10 +476,11 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
     params = pd.DataFrame(est_d).reindex(fe_order)
     bse = pd.DataFrame(se_d).reindex(fe_order)
     pvalues = pd.DataFrame(p_d).reindex(fe_order)
+    residual = f"{'SD' if vcomp == 'sd' else 'Var'}(Residual)"     # last row
     vc_order: list[str] = []
     for v in views:
-        vc_order += [n for n in vc_d[v.name].index if n not in vc_order and "Residual" not in n]
-    vc_order += [n for n in vc_d[views[0].name].index if "Residual" in n]
+        vc_order += [n for n in vc_d[v.name].index if n not in vc_order and n != residual]
+    vc_order.append(residual)
     vc = pd.DataFrame(vc_d).reindex(vc_order)
     group_names = sorted({v.result.model.group_name for v in views
                           if v.kind == "hlm" and v.result.model.k_re})

@@ -291,16 +291,21 @@ def _aggregate_one(col: pd.Series, g: _Grouping, func: str | Callable[..., Any])
 def _names(cols: list[Hashable], name: Any, default: Callable[[Hashable], str],
            was_list: bool) -> list[Hashable]:
     if name is None:
-        return [default(c) for c in cols]
+        return _unique_names([default(c) for c in cols], "pass distinct names with name=[...]")
     if not was_list:
         if not _is_label(name):
             raise TypeError(f"name must be a single label for a single column, got {name!r}")
         return [name]
     if _is_label(name) or len(name) != len(cols):
         raise ValueError(f"name must list one new name per column ({len(cols)}), got {name!r}")
-    names = list(name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"name contains duplicated names: {names!r}")
+    return _unique_names(list(name), "name must not repeat a name")
+
+
+def _unique_names(names: list[Hashable], hint: str) -> list[Hashable]:
+    """``names`` unchanged; raise rather than let one output column overwrite another."""
+    dup = sorted({repr(n) for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"several output columns would be named {', '.join(dup)}; {hint}")
     return names
 
 
@@ -357,7 +362,8 @@ def group_aggregate(
         column.
     ValueError
         Unknown ``func``, bad ``groups`` (wrong length, missing ids), bad
-        ``name`` or a callable that does not return scalars.
+        ``name`` (or default names that collide) or a callable that does not
+        return scalars.
 
     Notes
     -----
@@ -506,7 +512,8 @@ def within_between(
     Raises
     ------
     KeyError, TypeError, ValueError
-        As :func:`center`; ``ValueError`` also for bad ``suffixes``.
+        As :func:`center`; ``ValueError`` also for bad ``suffixes`` (including
+        suffixes that give two output columns the same name).
 
     Notes
     -----
@@ -526,13 +533,15 @@ def within_between(
     if suffixes[0] == suffixes[1]:
         raise ValueError(f"the two suffixes must differ, got {suffixes!r}")
     cols, _ = _column_list(data, column)
+    names = _unique_names([f"{c}{sfx}" for c in cols for sfx in suffixes],
+                          f"choose suffixes other than {suffixes!r}")
     g = _resolve_groups(data, groups)
     results: dict[str, np.ndarray] = {}
-    for c in cols:  # loop over requested columns, not groups
+    for c, w, b in zip(cols, names[::2], names[1::2]):  # loop over columns, not groups
         x = _float_values(data[c], purpose="within_between")
         between = _group_means(x, g.codes, g.n_groups)[g.codes]
-        results[f"{c}{suffixes[0]}"] = x - between
-        results[f"{c}{suffixes[1]}"] = between
+        results[w] = x - between
+        results[b] = between
     return pd.DataFrame(results, index=data.index)
 
 
@@ -598,10 +607,12 @@ def _varying_groups(col: pd.Series, g: _Grouping, *, rtol: float, atol: float) -
         lo = grouped.min().reindex(range(G)).to_numpy()
         hi = grouped.max().reindex(range(G)).to_numpy()
         with np.errstate(invalid="ignore"):
-            scale = np.maximum(np.abs(lo), np.abs(hi))
             spread = hi - lo
-            varies = spread > atol + rtol * scale
-        # hi == lo == +-inf gives NaN spread: constant; NaN compares False
+            within_tol = np.isfinite(spread) & (
+                spread <= atol + rtol * np.maximum(np.abs(lo), np.abs(hi)))
+        # hi > lo is False for equal values (+-inf included) and all-missing groups (NaN);
+        # a finite value next to an infinite one (infinite spread) varies
+        varies = (hi > lo) & ~within_tol
     else:
         nunique = col.iloc[keep].groupby(g.codes[keep], sort=True).nunique()
         varies = nunique.reindex(range(G), fill_value=0).to_numpy() > 1
@@ -642,9 +653,10 @@ def is_constant_within(
     -----
     A numeric column is constant in group ``j`` when
     ``max_j x - min_j x <= atol + rtol * max(|min_j x|, |max_j x|)`` over
-    its non-missing values.  Missing values count as a distinct value only
-    when a group has both missing and non-missing values: a group that is
-    entirely missing is constant, a group mixing NaN and numbers is not.
+    its non-missing values (a group holding an infinite value: only when
+    all its values are equal).  Missing values count as a distinct value
+    only when a group has both missing and non-missing values: a group that
+    is entirely missing is constant, a group mixing NaN and numbers is not.
     """
     data = _check_frame(data)
     col = _single_column(data, column, func="is_constant_within")

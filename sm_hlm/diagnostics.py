@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .groupwise import _ALIAS_TOL
-from .linalg import (batched_back_solve, batched_cholesky, batched_forward_solve,
-                     batched_inverse_lower, group_crossprod, sequential_rank_cholesky)
+from .linalg import (ALIAS_TOL, batched_back_solve, batched_cholesky, batched_forward_solve,
+                     batched_inverse_lower, sequential_rank_cholesky)
 
 if TYPE_CHECKING:
     from .results import HLMResults
@@ -53,26 +52,33 @@ def _parts(results: Any) -> tuple[Any, np.ndarray, np.ndarray, float]:
 
 
 def _group_gram(model: Any) -> np.ndarray:
-    """Z_j'Z_j of every group, (q, q, m) in the order of ``model.group_labels``."""
-    Z = model._sorted_rows(model.exog_re)
-    return group_crossprod(Z, Z, model._starts)
+    """Z_j'Z_j of every group, (q, q, m) in the order of ``model.group_labels``
+    (the model's sufficient statistics, formed once at construction)."""
+    return model._stats.ZtZ
 
 
-def _masked_inverse_diag(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Diagonal of the inverse of each A_j restricted to its estimable columns.
+def _masked_cholesky(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cholesky factors of each A_j restricted to its estimable columns.
 
     Columns are dropped in order as R's ``lm`` does (see
-    :func:`sm_hlm.groupwise.group_ols`); the returned diagonal (q, m) is that
-    of the inverse of the kept block, NaN for dropped columns.  Also returns
-    the (q, m) boolean mask of kept columns.
+    :func:`sm_hlm.groupwise.group_ols`).  Returns the (q, q, m) lower factors
+    of A_j with the dropped rows and columns replaced by those of the
+    identity, and the (q, m) boolean mask of kept columns.
     """
-    q, _, m = A.shape
-    _, kept = sequential_rank_cholesky(A, tol=_ALIAS_TOL)
+    q = A.shape[0]
+    _, kept = sequential_rank_cholesky(A, tol=ALIAS_TOL)
     keep2 = kept[:, None, :] & kept[None, :, :]
     A2 = np.where(keep2, A, 0.0) + np.eye(q)[:, :, None] * (~kept)[None, :, :]
-    Li = batched_inverse_lower(batched_cholesky(A2))
+    return batched_cholesky(A2), kept
+
+
+def _masked_inverse_diag(A: np.ndarray) -> np.ndarray:
+    """Diagonal (q, m) of the inverse of each A_j restricted to its estimable
+    columns (:func:`_masked_cholesky`), NaN for dropped columns."""
+    L, kept = _masked_cholesky(A)
+    Li = batched_inverse_lower(L)
     diag = np.einsum("kim,kim->im", Li, Li)              # diag(A2^-1) = column norms of L^-1
-    return np.where(kept, diag, np.nan), kept
+    return np.where(kept, diag, np.nan)
 
 
 def _psd_factor(psi: np.ndarray) -> np.ndarray:
@@ -128,8 +134,8 @@ def variance_components(results: "HLMResults") -> pd.Series:
     model, beta, psi, s2 = _parts(results)
     eta = model.exog @ beta
     var_f = float(np.var(eta, ddof=1)) if len(eta) > 1 else 0.0
-    Z = model.exog_re
-    var_r = float(np.einsum("ij,jk,ik->i", Z, psi, Z).mean()) if Z.shape[1] else 0.0
+    # mean_i z_i' Psi z_i = tr(Psi Z'Z) / n, with Z'Z = sum_j Z_j'Z_j
+    var_r = float(np.sum(psi * _group_gram(model).sum(axis=2))) / len(eta)
     return pd.Series({"var_fixed": var_f, "var_random": var_r, "var_residual": s2},
                      name="variance")
 
@@ -256,7 +262,7 @@ def reliability(results: "HLMResults") -> pd.DataFrame:
     if q == 0:
         out = pd.DataFrame(index=model.group_labels)
     else:
-        vdiag, _ = _masked_inverse_diag(_group_gram(model))       # (q, m)
+        vdiag = _masked_inverse_diag(_group_gram(model))          # (q, m)
         d = np.diag(psi)[:, None]
         lam = d / (d + s2 * vdiag)
         out = _re_frame(lam.T, model)
@@ -348,10 +354,7 @@ def shrinkage(results: "HLMResults") -> pd.DataFrame:
     eigenvalues of W_j (those of (F'Z_j'Z_j F + sigma^2 I)^{-1} F'Z_j'Z_j F)
     always lie in [0, 1).
     """
-    W = shrinkage_matrices(results)
-    q = W.shape[0]
-    return _re_frame(np.einsum("iim->mi", W) if q else np.zeros((results.model.n_groups, 0)),
-                     results.model)
+    return _re_frame(np.einsum("iim->mi", shrinkage_matrices(results)), results.model)
 
 
 # ----------------------------------------------- coefficients on Z by group
@@ -377,15 +380,10 @@ def group_fixed_part(results: "HLMResults") -> pd.DataFrame:
     still holds.
     """
     model, beta, _, _ = _parts(results)
-    q = model.k_re
-    Z = model._sorted_rows(model.exog_re)
-    eta = model._sorted_rows(model.exog @ beta)[:, None]
-    A = group_crossprod(Z, Z, model._starts)
-    b = group_crossprod(Z, eta, model._starts)
-    _, kept = sequential_rank_cholesky(A, tol=_ALIAS_TOL)
-    keep2 = kept[:, None, :] & kept[None, :, :]
-    A2 = np.where(keep2, A, 0.0) + np.eye(q)[:, :, None] * (~kept)[None, :, :]
-    L = batched_cholesky(A2)
+    p = len(beta)
+    # Z_j'X_j beta from the model's per-group cross products Z_j'[X_j y_j]
+    b = np.einsum("qpm,p->qm", model._stats.ZtW[:, :p, :], beta)[:, None, :]
+    L, kept = _masked_cholesky(_group_gram(model))
     coef = batched_back_solve(L, batched_forward_solve(L, b * kept[:, None, :]))[:, 0, :]
     return _re_frame(np.where(kept, coef, np.nan).T, model)
 

@@ -134,12 +134,14 @@ def _satterthwaite_state(results: Any) -> _SatterthwaiteState:
     return state
 
 
-def _satterthwaite_df(state: _SatterthwaiteState, L: np.ndarray) -> tuple[float, float]:
-    """Variance of L beta and its Satterthwaite df for one contrast row L."""
-    var = float(L @ state.cov_fe @ L)
-    grad = np.einsum("i,kij,j->k", L, state.jac, L)
-    denom = float(grad @ state.vcov_varpar @ grad)
-    df = 2.0 * var ** 2 / denom if denom > 0 else np.inf
+def _satterthwaite_df(state: _SatterthwaiteState, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Variances of L beta and their Satterthwaite df, one per contrast row of L (r, p)."""
+    var = np.einsum("ri,ij,rj->r", L, state.cov_fe, L)
+    grad = np.einsum("ri,kij,rj->rk", L, state.jac, L)
+    denom = np.einsum("rk,kl,rl->r", grad, state.vcov_varpar, grad)
+    pos = denom > 0
+    df = np.full(len(var), np.inf)
+    df[pos] = 2.0 * var[pos] ** 2 / denom[pos]
     return var, df
 
 
@@ -181,7 +183,7 @@ def satterthwaite(results: Any) -> pd.DataFrame:
     p = len(state.beta)
     names = list(res.model.exog_names)
     se = np.sqrt(np.diag(state.cov_fe))
-    df = np.array([_satterthwaite_df(state, np.eye(p)[i])[1] for i in range(p)])
+    df = _satterthwaite_df(state, np.eye(p))[1]
     t = state.beta / se
     pval = 2.0 * stats.t.sf(np.abs(t), df)
     return pd.DataFrame({"Estimate": state.beta, "Std. Error": se, "df": df, "t value": t,
@@ -237,20 +239,21 @@ def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
     state = _satterthwaite_state(res)
     p = len(state.beta)
     Lm = np.atleast_2d(np.asarray(L, dtype=float))
-    if Lm.shape[1] != p:
+    if Lm.ndim != 2 or Lm.shape[1] != p:
         raise ValueError(f"L must have {p} columns (one per fixed effect), got shape {Lm.shape}")
     r = Lm.shape[0]
-    rhs_v = np.broadcast_to(np.asarray(rhs, dtype=float), (r,)).copy()
+    rhs_a = np.asarray(rhs, dtype=float)
+    if rhs_a.ndim > 1 or rhs_a.size not in (1, r):
+        raise ValueError(f"rhs must be a scalar or have {r} entries (one per row of L), got "
+                         f"shape {rhs_a.shape}")
+    rhs_v = np.broadcast_to(rhs_a.reshape(-1), (r,))
     if r == 1 or not joint:
-        rows = []
-        for i in range(r):
-            est = float(Lm[i] @ state.beta)
-            var, df = _satterthwaite_df(state, Lm[i])
-            se = math.sqrt(var)
-            t = (est - rhs_v[i]) / se
-            rows.append({"Estimate": est, "Std. Error": se, "df": df, "t value": t,
-                         "Pr(>|t|)": 2.0 * stats.t.sf(abs(t), df)})
-        return pd.DataFrame(rows)
+        est = Lm @ state.beta
+        var, df = _satterthwaite_df(state, Lm)
+        se = np.sqrt(var)
+        t = (est - rhs_v) / se
+        return pd.DataFrame({"Estimate": est, "Std. Error": se, "df": df, "t value": t,
+                             "Pr(>|t|)": 2.0 * stats.t.sf(np.abs(t), df)})
     beta = state.beta
     if np.any(rhs_v != 0):
         beta = beta - np.linalg.pinv(Lm) @ rhs_v
@@ -268,7 +271,7 @@ def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
     PtL = (P.T @ Lm)[:q]
     t2 = (PtL @ beta) ** 2 / d[:q]
     F = float(t2.sum() / q)
-    nu = np.array([_satterthwaite_df(state, PtL[m])[1] for m in range(q)])
+    nu = _satterthwaite_df(state, PtL)[1]
     ddf = _get_fstat_ddf(nu)
     return pd.DataFrame({"F value": [F], "NumDF": [q], "DenDF": [ddf],
                          "Pr(>F)": [float(stats.f.sf(F, q, ddf))]})
@@ -317,21 +320,13 @@ def profile_parameter_names(model: "HLM") -> pd.DataFrame:
 
 def _sdcor_from_theta(rd: Any, theta: np.ndarray, sigma: float) -> np.ndarray:
     """lme4's Cv_to_Sv: (sd, cor) entries in theta order, given sigma."""
-    lam = rd.lambda_(np.asarray(theta, float))
+    cov = rd.cov_re(np.asarray(theta, float), sigma * sigma)
     out = []
-    offset = 0
-    for term in rd.terms:
-        sl = slice(offset, offset + term.k)
-        c = lam[sl, sl] @ lam[sl, sl].T
-        sd = np.sqrt(np.diag(c))
+    for term, _, sd, corr in rd.term_blocks(cov):
         for i, j in term.theta_index():
-            if i == j:
-                out.append(sigma * sd[i])
-            else:
-                den = sd[i] * sd[j]
-                out.append(c[i, j] / den if den > 0 else 0.0)
-        offset += term.k
-    return np.array(out)
+            # a correlation with a zero SD is reported as 0, as lme4 does
+            out.append(sd[i] if i == j else np.nan_to_num(corr[i, j], nan=0.0))
+    return np.array(out, dtype=float)
 
 
 def _psd_cholesky(C: np.ndarray, tol: float = 1e-10) -> np.ndarray | None:
@@ -437,28 +432,23 @@ class _Profiler:
 
 
 def _ml_deviance_sv(dev: ProfiledDeviance, rd: Any, sv: np.ndarray) -> float:
-    """-2 log-likelihood with beta profiled at (sd/cor..., sigma)."""
+    """-2 log-likelihood with beta profiled at (sd/cor..., sigma); ``dev`` is an ML deviance."""
     sigma = float(sv[-1])
     if not sigma > 0:
         return np.inf
     theta = _theta_from_sdcor(rd, sv[:-1], sigma)
     if theta is None:
         return np.inf
-    t = dev.terms(theta)
-    if t is None:
-        return np.inf
-    n = dev.stats.nobs
-    s2 = sigma * sigma
-    return float(t.logdet_L + n * (LOG2PI + math.log(s2)) + t.pwrss / s2)
+    out = _varpar_deviance(dev, np.append(theta, sigma))
+    return out if np.isfinite(out) else np.inf
 
 
 def _reduced_stats(stats_: SufficientStats, k: int, value: float) -> SufficientStats:
     """Sufficient statistics with beta_k fixed at ``value`` (x_k moved to an offset)."""
     p = stats_.k_fe
+    # [X y] T = [X without x_k, y - value x_k]
     T = np.zeros((p + 1, p))
-    keep = [j for j in range(p) if j != k]
-    for col, j in enumerate(keep):
-        T[j, col] = 1.0
+    T[:p, :p - 1] = np.delete(np.eye(p), k, axis=1)
     T[p, p - 1] = 1.0
     T[k, p - 1] = -value
     ZtW = np.einsum("qrm,rs->qsm", stats_.ZtW, T)
@@ -480,6 +470,9 @@ def _select(names: pd.DataFrame, which: Any) -> list[int]:
     lme4 = list(names["lme4"])
     for w in which:
         if isinstance(w, (int, np.integer)):
+            if not 0 <= w < len(labels):
+                raise IndexError(f"parameter position {w} is out of range: there are "
+                                 f"{len(labels)} parameters {labels}")
             out.append(int(w))
         elif w in labels:
             out.append(labels.index(w))
@@ -802,6 +795,8 @@ def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool =
     """
     if n < 1:
         raise ValueError(f"n must be a positive number of replicates, got {n}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of replicates, got {chunk}")
     res = _unwrap(results, "bootstrap()")
     model = res.model
     fit = res.fit_result
@@ -980,10 +975,9 @@ def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.Dat
     Everything is batched over the groups from per-group cross products of
     [Z X y].
     """
-    kinds = {"CR0": "CR0", "CR1": "CR1", "CR2": "CR2"}
     key = str(kind).upper()
-    if key not in kinds:
-        raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
+    if key not in ("CR0", "CR1", "CR2"):
+        raise ValueError(f"kind must be one of ['CR0', 'CR1', 'CR2'], got {kind!r}")
     res = _unwrap(results, "cov_robust()")
     model = res.model
     m = model.n_groups

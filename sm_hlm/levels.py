@@ -24,7 +24,8 @@ import pandas as pd
 from scipy import stats
 
 from .crosslevel import Level2Error, check_constant_within
-from .data import formula_variables
+from .data import formula_variables, nonfinite_rows
+from .residual import structure_columns
 
 if TYPE_CHECKING:
     from .model import HLM
@@ -325,11 +326,15 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
     ------
     LevelSpecError
         A level-2 equation or ``random`` entry names a coefficient level 1
-        lacks, a level-2 equation cannot be parsed, or two equations produce
-        the same fixed effect.
+        lacks, a level-2 equation cannot be parsed, two equations produce
+        the same fixed effect, or patsy's coding of the composed model adds
+        coefficients or random effects the two-level model lacks (a factor
+        in ``random`` without the intercept, a level-1 factor whose level-2
+        predictor is missing from the intercept's equation).
     Level2Error
         A level-2 predictor varies within groups (the message names the
-        predictor, its equation and the offending groups).
+        predictor, its equation and the offending groups), checked on the
+        rows the model keeps.
 
     Notes
     -----
@@ -417,11 +422,10 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
     rand = [c for c in coefs if c in rand]          # level-1 order
 
     # ---- compose the fixed part
-    pieces: list[tuple[int, str, int, tuple[str, ...]]] = []   # (k, coef, term #, codes)
+    pieces: list[tuple[str, int, tuple[str, ...]]] = []   # (coef, level-2 term #, codes)
     eq_info: dict[str, tuple[str, list[tuple[str, ...]], bool, bool]] = {}
     seen: dict[frozenset[str], str] = {}
-    for k, (codes, coef) in enumerate(zip(l1_codes, coefs)):
-        k_label = k if has_l1_icpt else k + 1
+    for codes, coef in zip(l1_codes, coefs):
         rhs, l2_codes, icpt = given.get(coef, ("1", [()], True))
         eq_info[coef] = (rhs, l2_codes, icpt, coef in given)
         for t, c2 in enumerate(l2_codes):
@@ -438,9 +442,9 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
                     f"level-2 predictor {_term_name(c2)!r} in the equation for {coef!r} "
                     "repeats a level-1 variable")
             seen[key] = where
-            pieces.append((k_label, coef, t, combined))
-    fixed = [_term_name(c) if c else "1" for (_, _, _, c) in pieces]
-    if not any(len(c) == 0 for (_, _, _, c) in pieces):
+            pieces.append((coef, t, combined))
+    fixed = [_term_name(c) if c else "1" for (_, _, c) in pieces]
+    if not any(len(c) == 0 for (_, _, c) in pieces):
         fixed.insert(0, "0")
     fixed_formula = f"{response} ~ " + " + ".join(fixed)
     formula = fixed_formula
@@ -454,12 +458,15 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
     else:
         from_formula_kw.update(groups=groups, re_formula="0")
 
-    # ---- level-2 predictors must be constant within groups
+    # ---- level-2 predictors must be constant within groups, on the rows the model keeps
+    # (from_formula's: the subset, without NaN/inf in the variables used)
+    subset = kwargs.pop("subset", None)
+    if subset is not None:
+        data = data.loc[subset]
     used = formula_variables(fixed_formula) | {groups}
-    frame = data.reset_index(drop=True)
-    cols_present = [c for c in used if c in frame.columns]
-    ok = frame[cols_present].notna().all(axis=1).to_numpy()
-    frame = frame.loc[ok]
+    used |= set(structure_columns(kwargs.get("residual")).values())
+    bad = nonfinite_rows({c: data[c] for c in used if c in data.columns})
+    frame = data.reset_index(drop=True).loc[~np.logical_or.reduce(list(bad.values()))]
     l2_designs: dict[str, pd.DataFrame] = {}
     for coef, (rhs, l2_codes, icpt, was_given) in eq_info.items():
         if not was_given:
@@ -496,6 +503,14 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
                    for term, sl in model.fixed_design_info.term_slices.items()},
         l1_codes=l1_codes, coefs=coefs, l1_columns=l1_columns, has_l1_icpt=has_l1_icpt,
         pieces=pieces, eq_info=eq_info, l2_designs=l2_designs, rand=rand)
+    re_expected = [eq.coefficient for eq in equations if eq.random]
+    if set(model.re_design.names) != set(re_expected):
+        raise LevelSpecError(
+            f"random={rand} gives the random-effects columns {list(model.re_design.names)}, "
+            f"not one u_kj per random level-1 coefficient {re_expected}: without the "
+            "intercept in the random part patsy codes a factor in full, which would add "
+            "random effects the two-level model does not have. Add 'Intercept' to random, "
+            "or code the factor as numeric dummy columns in the data")
     model.levels = LevelsSpec(response=response, level1=level1, coefficients=tuple(coefs),
                               equations=tuple(equations), group=groups, random=tuple(rand),
                               correlated=correlated, formula=formula, gammas=tuple(gammas))
@@ -505,7 +520,7 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
 def _map_gammas(*, fe_names: list[str], fe_slices: dict[frozenset[str], slice],
                 l1_codes: list[tuple[str, ...]], coefs: list[str],
                 l1_columns: dict[frozenset[str], list[str]], has_l1_icpt: bool,
-                pieces: list[tuple[int, str, int, tuple[str, ...]]],
+                pieces: list[tuple[str, int, tuple[str, ...]]],
                 eq_info: dict[str, tuple[str, list[tuple[str, ...]], bool, bool]],
                 l2_designs: dict[str, pd.DataFrame], rand: list[str],
                 ) -> tuple[list[Gamma], list[Level2Equation]]:
@@ -528,21 +543,17 @@ def _map_gammas(*, fe_names: list[str], fe_slices: dict[frozenset[str], slice],
             k_of[c], term_of[c] = k, term
             k += 1
     assigned: dict[str, list[tuple[str, str]]] = {c: [] for c in k_of}   # coef -> (pred, fe)
-    for (_, term, t, combined) in pieces:
-        rhs, l2_codes, icpt, was_given = eq_info[term]
-        c2 = l2_codes[t]
+    for (term, t, combined) in pieces:
+        c2 = eq_info[term][1][t]
         cols = fe_names[fe_slices[frozenset(combined)]]
         C = [c for c in k_of if term_of[c] == term]
-        X2 = l2_designs.get(term)
-        if not c2:
-            D = ["Intercept"]
-        elif X2 is not None:
+        if c2:      # a level-2 predictor: its columns in the equation's design
+            X2 = l2_designs[term]
             l2_sl = {frozenset(_term_codes(tm)): sl
                      for tm, sl in X2.design_info.term_slices.items()}
-            D = [str(x) for x in X2.columns[l2_sl[frozenset(c2)]]] if frozenset(c2) in l2_sl \
-                else list(cols)
-        else:
-            D = list(cols)
+            D = [str(x) for x in X2.columns[l2_sl[frozenset(c2)]]]
+        else:       # gamma_k0
+            D = ["Intercept"]
         expected = {}
         for c in C:
             for d in D:
@@ -691,10 +702,6 @@ def _stat_columns(results: "HLMResults", spec: LevelsSpec, ddf: str | None) -> p
                          "P>|t|": 2 * stats.t.sf(np.abs(stat), df)})
 
 
-def _fmt(v: float, ff: str) -> str:
-    return ff % v
-
-
 def level_equations(results: "HLMResults", *, ddf: str | None = None,
                     float_format: str = "%.4f") -> LevelEquations:
     """Gamma tables, estimated equations and variance components of a two-level fit.
@@ -741,10 +748,10 @@ def level_equations(results: "HLMResults", *, ddf: str | None = None,
             rows.append(row)
             val = float(st.loc[g.fe_name, "Coef."])
             if g.predictor == "Intercept":
-                terms.append(_fmt(val, ff))
+                terms.append(ff % val)
             else:
                 sign = "-" if val < 0 else "+"
-                terms.append(f"{sign} {_fmt(abs(val), ff)}*{_sub(g.predictor, 'j')}")
+                terms.append(f"{sign} {ff % abs(val)}*{_sub(g.predictor, 'j')}")
         tab = pd.DataFrame(rows).set_index("gamma")
         tables[f"beta_{eq.k}j ({eq.coefficient})"] = tab
         rhs = " ".join(terms) if terms else "0"
@@ -755,26 +762,19 @@ def level_equations(results: "HLMResults", *, ddf: str | None = None,
         if eq.random:
             rhs += f" + u_{eq.k}j"
         estimated.append(f"beta_{eq.k}j = {rhs}")
-    # variance components: tau and sigma^2
-    cov = results.cov_re
+    # variance components: tau (row by row: covariances, then the variance) and sigma^2
     rows = []
-    k_of = {eq.coefficient: eq.k for eq in spec.equations}
-    re_names = list(cov.index)
-    for i, a in enumerate(re_names):
-        ka = k_of.get(a, i)
-        for j in range(i + 1):
-            b = re_names[j]
-            kb = k_of.get(b, j)
-            v = float(cov.iloc[i, j])
-            if i == j:
-                rows.append({"component": f"tau_{ka}{ka}", "random effect": f"u_{ka}j ({a})",
-                             "Variance": v, "Std.Dev.": np.sqrt(v), "Corr.": np.nan})
-            elif results.model.re_design.free_mask[i, j]:
-                sd = np.sqrt(float(cov.iloc[i, i]) * float(cov.iloc[j, j]))
+    k_of = {eq.coefficient: eq.k for eq in spec.equations}   # from_levels checked the names
+    for t, block, sd, corr in results.model.re_design.term_blocks(results.fit_result.cov_re):
+        for i, a in enumerate(t.names):
+            ka = k_of[a]
+            for j in range(i if t.correlated else 0):
+                b, kb = t.names[j], k_of[t.names[j]]
                 rows.append({"component": f"tau_{kb}{ka}",
                              "random effect": f"u_{kb}j, u_{ka}j ({b}, {a})",
-                             "Variance": v, "Std.Dev.": np.nan,
-                             "Corr.": v / sd if sd > 0 else np.nan})
+                             "Variance": block[i, j], "Std.Dev.": np.nan, "Corr.": corr[i, j]})
+            rows.append({"component": f"tau_{ka}{ka}", "random effect": f"u_{ka}j ({a})",
+                         "Variance": block[i, i], "Std.Dev.": sd[i], "Corr.": np.nan})
     rows.append({"component": "sigma^2", "random effect": "r_ij (level 1)",
                  "Variance": float(results.scale), "Std.Dev.": float(np.sqrt(results.scale)),
                  "Corr.": np.nan})
@@ -793,7 +793,7 @@ def add_level_tables(smry: Any, results: "HLMResults", *, ddf: str | None = None
     spec = _spec_of(results)
     eqs = level_equations(results, ddf=ddf, float_format=float_format)
     symbolic = spec.level2_equations()
-    for i, ((name, tab), sym) in enumerate(zip(eqs.tables.items(), symbolic)):
+    for i, (tab, sym) in enumerate(zip(eqs.tables.values(), symbolic)):
         title = f"Level-2 equation {sym}"
         if i == 0:
             title = f"Level-1 equation {spec.level1_equation()}\n{title}"

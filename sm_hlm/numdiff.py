@@ -14,7 +14,6 @@ import numpy as np
 __all__ = ["hessian_richardson", "jacobian_richardson"]
 
 
-
 def _steps(x: np.ndarray, d: float, eps: float) -> np.ndarray:
     zero_tol = math.sqrt(np.finfo(float).eps / 7e-7)
     return np.abs(d * x) + eps * (np.abs(x) < zero_tol)

@@ -177,6 +177,9 @@ def shrinkage_plot(results: "HLMResults", *, terms: Sequence[str] | None = None,
     blup = group_blup_coefficients(results)[terms]
     gamma = group_fixed_part(results)[terms]
     ok = ols.notna().all(axis=1) & blup.notna().all(axis=1)
+    if not ok.any():
+        raise ValueError(f"no group of {model.group_name!r} has estimable OLS coefficients on "
+                         f"{terms} (see model.group_ols()): nothing to plot")
     n_out = int((~ok).sum())
     sizes = model.group_sizes.to_numpy()[ok.to_numpy()]
     s = 8 + 60 * (sizes / sizes.max())
@@ -252,6 +255,10 @@ def residual_plots(results: "HLMResults", *,
         of the scaled residuals (y - X beta - Z b) / sigma; normal QQ plot of
         each random effect's BLUPs divided by their standard deviation across
         groups; histogram of the scaled residuals with the N(0, 1) density.
+        With a residual structure the QQ plot and the histogram show the
+        normalized residuals instead (``results.resid_normalized``, nlme's
+        ``type = "normalized"``), which are N(0, 1) under the structure; for
+        independent errors the two coincide.
 
     Notes
     -----
@@ -262,7 +269,8 @@ def residual_plots(results: "HLMResults", *,
     plt = _pyplot()
     fitted = np.asarray(results.fittedvalues, dtype=float)
     resid = np.asarray(results.resid, dtype=float)
-    scaled = np.asarray(results.resid_scaled, dtype=float)
+    std_resid = np.asarray(results.resid_normalized, dtype=float)
+    kind = "scaled" if getattr(results.model, "residual", None) is None else "normalized"
     fig, axs = plt.subplots(2, 2, figsize=figsize)
     a = axs[0, 0]
     a.scatter(fitted, resid, s=4, alpha=0.5, color="C0", linewidths=0)
@@ -271,10 +279,10 @@ def residual_plots(results: "HLMResults", *,
     a.set_ylabel("residuals")
     a.set_title("Residuals vs fitted")
     a = axs[0, 1]
-    _qq(a, scaled)
+    _qq(a, std_resid)
     a.set_xlabel("normal quantiles")
-    a.set_ylabel("scaled residuals")
-    a.set_title("Normal QQ: scaled residuals")
+    a.set_ylabel(f"{kind} residuals")
+    a.set_title(f"Normal QQ: {kind} residuals")
     a = axs[1, 0]
     re = results.ranef()
     for i, c in enumerate(re.columns):
@@ -287,11 +295,11 @@ def residual_plots(results: "HLMResults", *,
     a.set_ylabel("standardised BLUPs")
     a.set_title(f"Normal QQ: BLUPs ({results.model.group_name})")
     a = axs[1, 1]
-    a.hist(scaled, bins="auto", density=True, color="C0", alpha=0.6, edgecolor="white")
-    xs = np.linspace(min(scaled.min(), -3.5), max(scaled.max(), 3.5), 200)
+    a.hist(std_resid, bins="auto", density=True, color="C0", alpha=0.6, edgecolor="white")
+    xs = np.linspace(min(std_resid.min(), -3.5), max(std_resid.max(), 3.5), 200)
     a.plot(xs, stats.norm.pdf(xs), "k-", lw=1)
-    a.set_xlabel("scaled residuals")
+    a.set_xlabel(f"{kind} residuals")
     a.set_ylabel("density")
-    a.set_title("Histogram of scaled residuals")
+    a.set_title(f"Histogram of {kind} residuals")
     fig.tight_layout()
     return fig

@@ -241,6 +241,20 @@ def test_summary_table_options(sim_fits):
         summary_table(f["f1_ML"], vcomp="cov")
 
 
+def test_summary_table_keeps_random_effect_named_like_residual(sim):
+    # a random slope whose name contains "Residual" was dropped unless the first fit had it
+    d = sim.assign(Residual_ses=sim["ses"])
+    ri = fit("mscore ~ ses + (1 | school)", d, False)
+    slope = fit("mscore ~ ses + (1 + Residual_ses | school)", d, False)
+    for fits in ((ri, slope), (slope, ri)):
+        vc = summary_table(*fits).vcomp
+        assert list(vc.index) == ["SD(Intercept | school)", "SD(Residual_ses | school)",
+                                  "Corr(Intercept, Residual_ses | school)", "SD(Residual)"]
+        col = "fit1" if fits[1] is slope else "fit0"
+        assert vc.loc["SD(Residual_ses | school)", col] == pytest.approx(
+            np.sqrt(slope.cov_re.iloc[1, 1]))
+
+
 def test_exports():
     assert sm_hlm.compare is compare and sm_hlm.summary_table is summary_table
     assert {"compare", "summary_table"} <= set(sm_hlm.__all__)

@@ -268,6 +268,25 @@ def test_within_between_nan():
     assert out["x_within"].tolist()[::2] == [0.0, 0.0]
 
 
+def test_within_between_colliding_names_rejected():
+    # x's between part and x_b's within part would both be 'x_b': one was lost
+    d = pd.DataFrame({"g": [1, 1, 2], "x": [1.0, 2.0, 3.0], "x_b": [5.0, 6.0, 8.0]})
+    with pytest.raises(ValueError, match="'x_b'.*suffixes"):
+        within_between(d, ["x", "x_b"], "g", suffixes=("", "_b"))
+    with pytest.raises(ValueError, match="'x_b'"):
+        add_within_between(d, ["x", "x_b"], "g", suffixes=("", "_b"), overwrite=True)
+
+
+def test_group_aggregate_colliding_default_names_rejected():
+    d = pd.DataFrame({"g": [1, 1, 2], 1: [1.0, 2.0, 3.0], "1": [5.0, 6.0, 8.0]})
+    with pytest.raises(ValueError, match="'1_mean'.*name="):
+        group_aggregate(d, [1, "1"], "g")
+    out = group_aggregate(d, [1, "1"], "g", name=["a", "b"])
+    assert out.to_dict("list") == {"a": [1.5, 3.0], "b": [5.5, 8.0]}
+    with pytest.raises(ValueError, match="'a'"):
+        group_aggregate(d, [1, "1"], "g", name=["a", "a"])
+
+
 @pytest.mark.parametrize("suffixes", [("_a", "_a"), ("_a",), "ab", ("_a", 1)])
 def test_within_between_bad_suffixes(df, suffixes):
     with pytest.raises(ValueError, match="suffixes"):
@@ -322,6 +341,18 @@ def test_nan_rules_for_constancy():
         check_constant_within(mixed, "x", "g")
     strings = pd.DataFrame({"g": [1, 1, 2], "s": ["a", None, "b"]})
     assert not is_constant_within(strings, "s", "g")
+
+
+def test_infinite_values_vary_next_to_finite_ones():
+    # max - min is inf and the tolerance atol + 0 * inf is NaN: this used to count as constant
+    d = pd.DataFrame({"g": [1, 1, 2, 2, 3, 3],
+                      "x": [1.0, np.inf, 3.0, 3.0, -np.inf, -np.inf],
+                      "y": [-np.inf, np.inf, 3.0, 3.0, 1.0, 1.0]})
+    assert not is_constant_within(d, "x", "g")
+    assert not is_constant_within(d, "y", "g", rtol=1e-8)
+    with pytest.raises(Level2Error, match=r"within 1 of 3 groups, group ids 1$"):
+        check_constant_within(d, "x", "g")
+    assert is_constant_within(d.iloc[2:], "x", "g")     # equal infinities are constant
 
 
 def test_check_constant_within_passes(df):

@@ -194,6 +194,25 @@ def test_contest_consistency(sim_fit):
         inf.contest(sim_fit, np.ones(p + 1))
 
 
+def test_contest_rhs_and_bad_input(sim_fit):
+    p = sim_fit.model.k_fe
+    eye = np.eye(p)
+    base = inf.contest(sim_fit, eye[[1, 3]], joint=False)
+    shifted = inf.contest(sim_fit, eye[[1, 3]], rhs=[0.5, -1.0], joint=False)
+    np.testing.assert_allclose(shifted["t value"],
+                               (base["Estimate"] - [0.5, -1.0]) / base["Std. Error"], rtol=1e-12)
+    np.testing.assert_allclose(shifted["df"], base["df"], rtol=1e-12)
+    # a scalar rhs applies to every row
+    np.testing.assert_allclose(inf.contest(sim_fit, eye[[1, 3]], rhs=0.5, joint=False)["t value"],
+                               (base["Estimate"] - 0.5) / base["Std. Error"], rtol=1e-12)
+    with pytest.raises(ValueError, match="rhs must be a scalar or have 2 entries"):
+        inf.contest(sim_fit, eye[[1, 3]], rhs=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="rhs must be"):
+        inf.contest(sim_fit, eye[[1, 3]], rhs=np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="columns"):
+        inf.contest(sim_fit, np.ones((1, 2, p)))
+
+
 def test_fstat_ddf_rules():
     assert inf._get_fstat_ddf(np.array([10.0])) == 10.0
     assert inf._get_fstat_ddf(np.array([10.0, 10.0])) == 10.0
@@ -291,6 +310,18 @@ def test_profile_ci_options(sim_fit):
         sim_fit.conf_int_profile(alpha=1.5)
 
 
+def test_profile_ci_positions(sim_fit):
+    """Integer positions select the same rows as labels; positions out of range
+    raise (a negative one used to profile sigma under a fixed effect's label)."""
+    by_pos = sim_fit.conf_int_profile(which=[3, 5])
+    by_name = sim_fit.conf_int_profile(which=["sigma", "x"])
+    pd.testing.assert_frame_equal(by_pos, by_name)
+    n_par = len(inf.profile_parameter_names(sim_fit.model))
+    for bad in (-1, n_par):
+        with pytest.raises(IndexError, match="out of range"):
+            sim_fit.conf_int_profile(which=[bad])
+
+
 def test_profile_ci_fixed_effect_matches_direct_refit(sim_data: pd.DataFrame, sim_fit):
     """At the profile's end for beta_x, the ML deviance of the model with x
     moved to an offset is the ML optimum plus chi2_1(0.95)."""
@@ -338,6 +369,9 @@ def test_sdcor_theta_roundtrip(sim_fit):
     np.testing.assert_allclose(inf._theta_from_sdcor(rd, sv, sigma), sim_fit.theta, rtol=1e-12)
     assert inf._theta_from_sdcor(rd, np.array([1.0, 1.0, 1.0]), 1.0) is not None  # |cor| = 1
     assert inf._theta_from_sdcor(rd, np.array([1.0, 0.0, 0.0]), 1.0) is not None  # sd = 0
+    # a zero SD: the correlation is reported as 0 (lme4), SDs are scaled by sigma
+    np.testing.assert_array_equal(inf._sdcor_from_theta(rd, np.array([1.0, 0.0, 0.0]), 2.0),
+                                  [2.0, 0.0, 0.0])
 
 
 # ================================================================ bootstrap
@@ -408,6 +442,8 @@ def test_bootstrap_progress_counter(sim_fit, capsys):
         assert "bootstrap: 3/3" in err
     with pytest.raises(ValueError):
         inf.bootstrap(sim_fit, 0)
+    with pytest.raises(ValueError, match="chunk"):
+        inf.bootstrap(sim_fit, 3, chunk=0)
 
 
 # ==================================================== cluster-robust (R)

@@ -219,6 +219,37 @@ def test_missing_values_dropped(sim):
     assert lv.nobs == len(d) - 5
 
 
+def test_level2_check_on_the_rows_the_model_keeps(sim):
+    # an infinite flp is dropped as missing by the model, so it must not break the
+    # level-2 check (and flp is constant within groups on the rows kept)
+    d = sim.copy()
+    d.loc[d.index[0], "flp"] = np.inf
+    with pytest.warns(Warning, match="dropped 1"):
+        lv = HLM.from_levels(data=d, **LEVELS)
+    assert lv.nobs == len(d) - 1
+    # rows excluded by subset= are not checked either
+    d = sim.copy()
+    d.loc[d.index[0], "flp"] = 99.0
+    keep = d.index != d.index[0]
+    lv = HLM.from_levels(data=d, subset=keep, **LEVELS)
+    assert_same_fit(_quiet_fit(HLM.from_formula(FIT2, d, subset=keep), False),
+                    _quiet_fit(lv, False))
+    with pytest.raises(Level2Error, match="'flp'"):
+        HLM.from_levels(data=d, **LEVELS)
+
+
+def test_random_factor_without_intercept_rejected(sim):
+    # (0 + C(sector) | school) has one random effect per sector (3), not one per
+    # level-1 coefficient C(sector)[T.b], C(sector)[T.c]
+    d = sim.assign(sector=np.where(sim.index % 3 == 0, "a", np.where(sim.index % 3 == 1, "b", "c")))
+    with pytest.raises(LevelSpecError, match=r"C\(sector\)\[a\].*Add 'Intercept' to random"):
+        HLM.from_levels(level1="mscore ~ ses + C(sector)", groups="school",
+                        random=["C(sector)"], data=d)
+    lv = HLM.from_levels(level1="mscore ~ ses + C(sector)", groups="school",
+                         random=["Intercept", "C(sector)"], data=d)
+    assert list(lv.re_design.names) == ["Intercept", "C(sector)[T.b]", "C(sector)[T.c]"]
+
+
 # -------------------------------------------------------------------- errors
 def test_unknown_level2_coefficient(sim):
     with pytest.raises(LevelSpecError,

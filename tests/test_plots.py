@@ -147,6 +147,19 @@ def test_shrinkage_plot_drops_inestimable_groups(tmp_path):
     assert "1 not estimable" in ax.get_legend().get_texts()[0].get_text()
 
 
+def test_shrinkage_plot_no_estimable_group():
+    """x constant within every group: no group's OLS slope exists, a clear error."""
+    df = simulate_mixed(n_groups=20, mean_group_size=6, fe_params={"Intercept": 1.0, "x": 0.5},
+                        cov_re=[[0.7]], scale=1.0, seed=24, min_group_size=3)
+    df["x"] = df.groupby("group")["x"].transform("mean")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sm_hlm.HLM.from_formula("y ~ x + (x | group)", df).fit(reml=False)
+    assert res.model.group_ols()["x"].isna().all()
+    with pytest.raises(ValueError, match="no group of 'group' has estimable OLS"):
+        res.plot_shrinkage()
+
+
 def test_residual_plots(slope_fit, tmp_path):
     fig = slope_fit.plot_residuals()
     _save(fig, tmp_path / "resid.png")
@@ -157,8 +170,29 @@ def test_residual_plots(slope_fit, tmp_path):
     qq = _marker_lines(a_qq)
     assert [len(ln.get_xdata()) for ln in qq] == [n]
     np.testing.assert_allclose(qq[0].get_ydata(), np.sort(np.asarray(slope_fit.resid_scaled)))
+    assert a_qq.get_ylabel() == "scaled residuals"
     assert [len(ln.get_xdata()) for ln in _marker_lines(a_re)] == [m, m]
     assert len(a_hist.patches) > 5
+
+
+def test_residual_plots_structured_residuals(tmp_path):
+    """With a residual structure the QQ plot and histogram use the normalized
+    residuals (N(0, 1) under the structure), not (y - fitted) / sigma."""
+    from sm_hlm.simulate import simulate_panel
+
+    d = simulate_panel(n_subjects=120, re_names=("Intercept",), cov_re=[[1.0]], seed=4)
+    res = sm_hlm.HLM.from_formula(
+        "y ~ wave + (1 | subject)", d,
+        residual=sm_hlm.AR1(time="wave") * sm_hlm.Heteroscedastic(by="wave")).fit(reml=False)
+    fig = res.plot_residuals()
+    _save(fig, tmp_path / "resid_structured.png")
+    a_qq, a_hist = fig.axes[1], fig.axes[3]
+    (qq,) = _marker_lines(a_qq)
+    normalized = np.sort(np.asarray(res.resid_normalized))
+    np.testing.assert_allclose(qq.get_ydata(), normalized)
+    assert not np.allclose(normalized, np.sort(np.asarray(res.resid_scaled)))
+    assert a_qq.get_ylabel() == "normalized residuals"
+    assert a_hist.get_xlabel() == "normalized residuals"
 
 
 def test_missing_matplotlib_message(monkeypatch, slope_fit):
