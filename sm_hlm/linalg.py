@@ -156,7 +156,9 @@ def sequential_rank_cholesky(M: np.ndarray, tol: float = ALIAS_TOL) -> tuple[np.
     Column k is declared aliased in matrix j when its squared residual after
     projecting on the kept earlier columns is at most ``tol`` times its squared
     norm, which is what R's ``lm`` (Gram-Schmidt with pivoting of later
-    columns) does.  Dropped columns get a zero column in ``L``.
+    columns) does.  A dropped column gets a unit row and column in ``L``, so
+    ``L`` restricted to the kept columns is their Cholesky factor and ``L``
+    itself solves systems whose right-hand side is zero at dropped columns.
 
     Parameters
     ----------
@@ -166,8 +168,8 @@ def sequential_rank_cholesky(M: np.ndarray, tol: float = ALIAS_TOL) -> tuple[np.
     Returns
     -------
     L : ndarray, shape (q, q, m)
-        Lower factor of the kept columns (dropped rows/columns zero, unit
-        diagonal there so that solves stay finite).
+        Lower factor of the kept columns (dropped rows/columns zero off the
+        diagonal, one on it).
     kept : ndarray of bool, shape (q, m)
     """
     q, _, m = M.shape
@@ -177,6 +179,7 @@ def sequential_rank_cholesky(M: np.ndarray, tol: float = ALIAS_TOL) -> tuple[np.
         s = M[j, j] - np.einsum("km,km->m", L[j, :j], L[j, :j]) if j else M[j, j].copy()
         ok = s > tol * np.maximum(M[j, j], np.finfo(float).tiny)
         kept[j] = ok
+        L[j, :j] = np.where(ok, L[j, :j], 0.0)     # a dropped row is a unit row
         d = np.where(ok, np.sqrt(np.where(ok, s, 1.0)), 1.0)
         L[j, j] = d
         if j + 1 < q:

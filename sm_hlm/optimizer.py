@@ -123,11 +123,15 @@ def minimize_bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: n
     lower = np.asarray(lower, dtype=float)
     upper = np.full(k, np.inf) if upper is None else np.asarray(upper, dtype=float)
     count = [0]
+    best: list = [np.inf, None]     # the best point seen (NLopt may stop without returning it)
 
     def counted(x: np.ndarray) -> float:
         count[0] += 1
         v = fun(x)
-        return float(v) if np.isfinite(v) else 1e300
+        v = float(v) if np.isfinite(v) else 1e300
+        if v < best[0]:
+            best[0], best[1] = v, np.array(x, dtype=float)
+        return v
 
     fun_start = counted(x0)
     if k == 0:
@@ -147,7 +151,9 @@ def minimize_bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: n
             x = opt.optimize(start)
             code = opt.last_optimize_result()
         except nlopt.RoundoffLimited:
-            x, code = start, -4
+            # keep the best point evaluated: its value is what NLopt reports
+            x, code = (best[1] if best[1] is not None else start), -4
+            return np.asarray(x), float(best[0]), code
         return np.asarray(x), float(opt.last_optimum_value()), code
 
     step = 0.5 if initial_step is None else initial_step

@@ -135,3 +135,27 @@ def test_fit_reaches_the_optimum(slope_model):
     assert rec.converged and rec.n_evals > 0
     assert rec.fun_end == pytest.approx(best)
     assert np.all(np.abs(rec.gradient) < 1e-2)
+
+
+def test_sequential_rank_cholesky_factor_of_kept_columns():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(12, 3))
+    X = np.column_stack([x[:, 0], x[:, 1], x[:, 0] + x[:, 1], x[:, 2]])   # column 2 aliased
+    M = (X.T @ X)[:, :, None]
+    L, kept = linalg.sequential_rank_cholesky(M)
+    assert kept[:, 0].tolist() == [True, True, False, True]
+    keep = kept[:, 0]
+    np.testing.assert_allclose(L[np.ix_(keep, keep)][:, :, 0],
+                               np.linalg.cholesky(M[np.ix_(keep, keep)][:, :, 0]), atol=1e-10)
+    np.testing.assert_array_equal(L[2, :, 0], [0, 0, 1, 0])
+    np.testing.assert_array_equal(L[:, 2, 0], [0, 0, 1, 0])
+
+
+def test_optimizer_record_end_point_matches_its_value():
+    from sm_hlm.optimizer import minimize_bobyqa
+
+    rec = minimize_bobyqa(lambda x: float((x[0] - 1) ** 2 + 10 * (x[1] + 0.5) ** 2),
+                          np.array([3.0, 3.0]), np.array([-np.inf, -np.inf]))
+    assert rec.converged
+    np.testing.assert_allclose(rec.end, [1.0, -0.5], atol=1e-4)
+    assert rec.fun_end == pytest.approx((rec.end[0] - 1) ** 2 + 10 * (rec.end[1] + 0.5) ** 2)
