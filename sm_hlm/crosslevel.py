@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_complex_dtype, is_numeric_dtype
 
+from .data import factorize_sorted
+
 __all__ = [
     "Level2Error",
     "Level2InRandomWarning",
@@ -214,12 +216,8 @@ def _resolve_groups(data: pd.DataFrame, groups: Groups) -> _Grouping:
     n_missing = int(missing.sum())
     if n_missing:
         raise ValueError(f"{description} has missing group ids in {n_missing} of {n} rows")
-    try:
-        codes, uniques = pd.factorize(series, sort=True)
-    except TypeError:  # mixed, unorderable ids: keep order of first appearance
-        codes, uniques = pd.factorize(series, sort=False)
-    uniques = pd.Index(uniques, name=label)
-    return _Grouping(np.asarray(codes, dtype=np.intp), uniques, label, description)
+    codes, uniques = factorize_sorted(series)   # unorderable ids keep first-appearance order
+    return _Grouping(codes, uniques.rename(label), label, description)
 
 
 def _float_values(col: pd.Series, *, purpose: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .exceptions import DroppedRowsWarning, MissingDataError
 
-__all__ = ["nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
+__all__ = ["factorize_sorted", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
            "check_numeric_response"]
 
 
@@ -110,3 +110,17 @@ def check_numeric_response(y: pd.Series | np.ndarray, name: str) -> None:
     dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
     if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
         raise TypeError(f"the response {name!r} must be numeric, got dtype {dtype}")
+
+
+def factorize_sorted(values: object) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes and the distinct labels, sorted when the labels can be ordered.
+
+    Labels that cannot be ordered (mixed types) keep their order of first
+    appearance.  Codes are ``np.intp``; labels keep the name of a Series.
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
+    try:
+        codes, labels = pd.factorize(s, sort=True)
+    except TypeError:
+        codes, labels = pd.factorize(s, sort=False)
+    return np.asarray(codes, dtype=np.intp), pd.Index(labels, name=getattr(values, "name", None))

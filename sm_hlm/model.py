@@ -17,7 +17,8 @@ import pandas as pd
 from statsmodels.base.model import LikelihoodModel
 
 from . import groupwise
-from .data import (check_columns, check_numeric_response, formula_variables, handle_missing)
+from .data import (check_columns, check_numeric_response, factorize_sorted, formula_variables,
+                   handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
 from .deviance import ProfiledDeviance, SufficientStats
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
@@ -135,7 +136,7 @@ class HLM(LikelihoodModel):
             raise ValueError(f"re_terms describe {self.re_design.q} columns but exog_re has "
                              f"{self.exog_re.shape[1]}")
         self.data.param_names = list(self.exog_names) + self.re_design.vcomp_names()
-        codes, labels = self._factorize(self.groups)
+        codes, labels = factorize_sorted(self.groups)
         self.group_codes = codes
         self.group_labels = labels
         self.n_groups = len(labels)
@@ -159,15 +160,6 @@ class HLM(LikelihoodModel):
             self._residual_kernel = ResidualKernel(self, self.residual)
 
     # ------------------------------------------------------------------ data
-    @staticmethod
-    def _factorize(groups: Any) -> tuple[np.ndarray, pd.Index]:
-        g = pd.Series(np.asarray(groups)) if not isinstance(groups, pd.Series) else groups
-        try:
-            codes, labels = pd.factorize(g, sort=True)
-        except TypeError:
-            codes, labels = pd.factorize(g, sort=False)
-        return codes.astype(np.intp), pd.Index(labels, name=getattr(groups, "name", None))
-
     def _sorted_rows(self, a: np.ndarray) -> np.ndarray:
         return a if self._sorted else a[self._order]
 

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .data import factorize_sorted
 from .deviance import ProfiledDeviance, SufficientStats
 from .exceptions import IdentificationError
 from .linalg import group_crossprod
@@ -85,11 +86,8 @@ def _factorize_sorted(values: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
     if s.isna().any():
         raise ValueError(f"the {what} has missing values")
-    try:
-        codes, levels = pd.factorize(s, sort=True)
-    except TypeError:
-        codes, levels = pd.factorize(s, sort=False)
-    return codes.astype(np.intp), np.asarray(levels)
+    codes, levels = factorize_sorted(s)
+    return codes, np.asarray(levels)
 
 
 class ResidualKernel:
