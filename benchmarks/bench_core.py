@@ -27,7 +27,7 @@ import pandas as pd
 
 import sm_hlm
 
-from .common import markdown_table
+from .common import fmt_time, markdown_table
 from sm_hlm.simulate import simulate_nels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,12 +81,6 @@ def ratio(a: float | None, b: float) -> str:
     return "" if a is None else f"{a / b:.1f}x"
 
 
-def fmt(t: float | None) -> str:
-    if t is None:
-        return "n/a"
-    return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "nels.csv")
@@ -110,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         e2e, fit_only = sm_hlm_times(data, reps)
         t_lme4 = lme4_time(data, min(reps, 5 if len(data) > 100_000 else reps))
         t_mlm = (mixedlm_time(data, min(reps, 3)) if len(data) <= args.mixedlm_max_rows else None)
-        rows.append({"data": label, "sm_hlm end to end": fmt(e2e),
-                     "sm_hlm fit()": fmt(fit_only) if show_fit else "",
-                     "lme4 lmer()": fmt(t_lme4), "lme4 / sm_hlm": ratio(t_lme4, e2e),
-                     "MixedLM fit": fmt(t_mlm), "MixedLM / sm_hlm": ratio(t_mlm, e2e)})
+        rows.append({"data": label, "sm_hlm end to end": fmt_time(e2e),
+                     "sm_hlm fit()": fmt_time(fit_only) if show_fit else "",
+                     "lme4 lmer()": fmt_time(t_lme4), "lme4 / sm_hlm": ratio(t_lme4, e2e),
+                     "MixedLM fit": fmt_time(t_mlm), "MixedLM / sm_hlm": ratio(t_mlm, e2e)})
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     md = markdown_table(table)

@@ -37,7 +37,7 @@ import pandas as pd
 
 import sm_hlm
 
-from .common import markdown_table
+from .common import fmt_time, markdown_table
 from sm_hlm import AR1, Unstructured
 from sm_hlm.simulate import simulate_panel
 
@@ -120,12 +120,6 @@ def nlme_time(case: str, data: pd.DataFrame, reps: int) -> tuple[float, float] |
     return float(np.median(out["times"])), float(out["logLik"])
 
 
-def fmt(t: float | None) -> str:
-    if t is None:
-        return "n/a"
-    return f"{t * 1e3:.0f} ms" if t < 1 else f"{t:.2f} s"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="sm_hlm runs per case (median)")
@@ -151,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({
                 "model": CASES[case]["label"],
                 "subjects": f"{n_sub:,}", "rows": f"{len(d):,}",
-                "sm_hlm": fmt(t),
+                "sm_hlm": fmt_time(t, ms_decimals=0),
                 "vs 2,000 subjects": "" if n_sub == min(args.sizes) else f"{t / small[case]:.1f}x",
-                "nlme": fmt(None if r is None else r[0]),
+                "nlme": fmt_time(None if r is None else r[0], ms_decimals=0),
                 "nlme / sm_hlm": "" if r is None else f"{r[0] / t:.0f}x",
                 "logLik sm_hlm": f"{llf:.4f}",
                 "logLik nlme": "" if r is None else f"{r[1]:.4f}",

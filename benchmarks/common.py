@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["markdown_table"]
+__all__ = ["fmt_time", "markdown_table"]
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -12,3 +12,10 @@ def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def fmt_time(t: float | None, *, ms_decimals: int = 1) -> str:
+    """Seconds as "12.3 ms" below one second, "1.23 s" above; "n/a" for None."""
+    if t is None:
+        return "n/a"
+    return f"{t * 1e3:.{ms_decimals}f} ms" if t < 1 else f"{t:.2f} s"
