@@ -117,6 +117,11 @@ class RandomEffectsDesign:
     def group(self) -> str | None:
         return self.terms[0].group if self.terms else None
 
+    @property
+    def lambda_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)`` of theta's entries in Lambda."""
+        return self._rows, self._cols
+
     def theta_start(self) -> np.ndarray:
         """lme4's start: the identity factor (diagonals 1, off-diagonals 0)."""
         return np.where(self._rows == self._cols, 1.0, 0.0)

@@ -1,47 +1,69 @@
-"""The profiled deviance of a two-level linear mixed model.
+"""The profiled deviance of a two-level linear mixed model, computed stably.
 
 Notes
 -----
 Following Bates, Maechler, Bolker & Walker (2015), write the random effects
-as b = Lambda(theta) u with u ~ N(0, sigma^2 I).  For group j let
+as b = Lambda(theta) u with u ~ N(0, sigma^2 I) and V_j = I + Z_j Lambda
+Lambda' Z_j' (relative to sigma^2).  With W = [X y], everything follows from
 
-    L_j L_j' = Lambda' Z_j' Z_j Lambda + I,
-    C_j = L_j^{-1} Lambda' Z_j' [X_j  y_j].
+    A(theta) = W' V^{-1} W = R R'   (R lower triangular, (p+1) x (p+1)):
 
-With W = [X y], the (p+1) x (p+1) matrix
-
-    A(theta) = W'W - sum_j C_j' C_j = R R'   (R lower triangular)
-
-is W' V^{-1} W up to sigma^2, where V = I + Z Lambda Lambda' Z'.  Its
-Cholesky factor gives everything else: the GLS estimate
-beta(theta) = R_X^{-T} r with R_X = R[:p, :p] and r = R[p, :p]', the
-penalised residual sum of squares r^2(theta) = R[p, p]^2 and
-log|R_X|^2.  With log|L|^2 = 2 sum_j sum_i log L_j[i, i], the profiled
-deviances (-2 log-likelihood with beta and sigma^2 profiled out) are
+the GLS estimate beta(theta) = R_X^{-T} r with R_X = R[:p, :p] and
+r = R[p, :p]', the penalised residual sum of squares r^2(theta) = R[p, p]^2
+and log|R_X|^2.  With log|L|^2 = sum_j log|I + Lambda' Z_j'Z_j Lambda| the
+profiled deviances (-2 log-likelihood with beta and sigma^2 profiled out) are
 
     ML:   log|L|^2 + n (1 + log(2 pi r^2 / n))
     REML: log|L|^2 + log|R_X|^2 + (n - p)(1 + log(2 pi r^2 / (n - p))).
 
-Only per-group sufficient statistics (Z_j'Z_j, Z_j'W_j, W'W) enter, so an
-evaluation costs O(m q^3 + m q^2 p + m q p^2) with m groups and never
-touches n x n matrices.
+**Stable form of A.**  lme4 forms A = W'W - sum_j C_j'C_j, a difference that
+cancels catastrophically when the between-group part of W dominates (huge
+variance ratios, or predictors far from zero).  Here each group's W_j is
+split into its projection on the columns of Z_j and the rest:
+
+    Z_j'Z_j = R_j'R_j,   G_j = R_j^{+T} Z_j'W_j,   E_j = W_j - Z_j Z_j^+ W_j,
+
+(R_j upper triangular from a rank-revealing Cholesky; rows of aliased
+directions are zero), so that, with M_j = I + R_j Lambda Lambda' R_j',
+
+    A(theta) = sum_j E_j'E_j + sum_j G_j' M_j^{-1} G_j,
+
+a sum of positive semi-definite terms.  sum_j E_j'E_j (the within-group
+residual cross product) is computed once from the rows.  The model also
+works in centred and scaled coordinates, W~ = W D and Z~ = Z T (D upper
+triangular, T block-wise), an exact reparametrisation that is mapped back
+exactly (see :class:`Reparametrization`).
+
+**Gradient.**  With u = (-beta, 1), P_j = R_j'M_j^{-1}R_j, K_j = R_j'M_j^{-1}G_j,
+v_j = K_j u and c = n (ML) or n - p (REML), the derivative of the deviance
+with respect to the entries of Lambda is the matrix
+
+    2 [ sum_j P_j - (c / r^2) sum_j v_j v_j' - [REML] sum_j K_jx A_xx^{-1} K_jx' ] Lambda,
+
+read at the free entries of Lambda (K_jx: the first p columns of K_j).
+
+Only per-group statistics enter, so an evaluation costs O(m q^3 + m q^2 p +
+m q p^2) with m groups and never touches n x n matrices.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .linalg import batched_cholesky, batched_forward_solve_T, batched_inverse_lower
+from .linalg import (batched_cholesky, batched_forward_solve, batched_inverse_lower,
+                     group_crossprod)
 
-__all__ = ["SufficientStats", "DevianceTerms", "ProfiledDeviance"]
+__all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
+           "working_stats", "root_factors", "residual_quadratic"]
 
 LOG2PI = float(np.log(2.0 * np.pi))
 #: Largest number of entries of the per-group pair products for the fast path: beyond it
 #: (many groups) the memory traffic of the pair products outweighs the saved numpy calls.
 _PAIR_PRODUCT_LIMIT = 1_000_000
-#: adj(M) rows from M's rows for a 2 x 2 matrix stored as (M00, M01, M10, M11).
-_ADJ2 = np.array([[0, 0, 0, 1], [0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0]], dtype=float)
+#: A direction of Z_j whose squared residual after the earlier columns is below this
+#: fraction of its squared norm is aliased (only rounding is left of it).
+_ROOT_TOL = 1e-14
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,9 @@ class SufficientStats:
     ZtW : (q, p + 1, m)   Z_j' [X_j y_j]
     WtW : (p + 1, p + 1)  [X y]' [X y]
     nobs, k_fe
+    within : (p + 1, p + 1) or None
+        sum_j E_j'E_j, the cross product of the within-group residuals of W on
+        Z_j, computed from the rows; None: derived as W'W - sum_j G_j'G_j.
     """
 
     ZtZ: np.ndarray
@@ -61,6 +86,7 @@ class SufficientStats:
     WtW: np.ndarray
     nobs: int
     k_fe: int
+    within: np.ndarray | None = None
 
     @property
     def q(self) -> int:
@@ -68,12 +94,44 @@ class SufficientStats:
 
 
 @dataclass(frozen=True)
+class Reparametrization:
+    """An exact change of coordinates W~ = W D, Z~ = Z T.
+
+    ``D`` ((p+1) x (p+1), upper triangular) centres and scales the columns of
+    X and y; ``T`` (q x q) centres and scales the columns of Z within each
+    correlated random-effects block (scales only elsewhere).  Then
+    Lambda~ = T^{-1} Lambda, beta = (D_x beta~ - D[:p, p]) / D[p, p] and
+    b_j = T b~_j / D[p, p].
+    """
+
+    D: np.ndarray
+    T: np.ndarray
+    Tinv: np.ndarray = field(init=False)
+    logdet_Dx: float = field(init=False)
+    log_scale_y: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.D.shape[0] - 1
+        object.__setattr__(self, "Tinv", np.linalg.inv(self.T) if self.T.size else self.T)
+        object.__setattr__(self, "logdet_Dx",
+                           float(np.sum(np.log(np.abs(np.diag(self.D)[:p])))))
+        object.__setattr__(self, "log_scale_y", float(-np.log(abs(self.D[p, p]))))
+
+    @classmethod
+    def identity(cls, p: int, q: int) -> "Reparametrization":
+        return cls(np.eye(p + 1), np.eye(q))
+
+    @property
+    def is_identity(self) -> bool:
+        return bool(np.array_equal(self.D, np.eye(len(self.D)))
+                    and np.array_equal(self.T, np.eye(len(self.T))))
+
+
+@dataclass(frozen=True)
 class DevianceTerms:
-    """The pieces of the profiled deviance at one theta."""
+    """The pieces of the profiled deviance at one theta (original coordinates)."""
 
     theta: np.ndarray
-    L: np.ndarray          # (q, q, m) per-group lower factors
-    C: np.ndarray          # (q, p + 1, m)
     R: np.ndarray          # (p + 1, p + 1) lower factor of A(theta)
     beta: np.ndarray       # GLS estimate
     pwrss: float           # r^2(theta)
@@ -88,130 +146,411 @@ class DevianceTerms:
         return RX @ RX.T
 
 
+def root_factors(ZtZ: np.ndarray, ZtW: np.ndarray,
+                 tol: float = _ROOT_TOL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group roots of Z_j'Z_j and the projections G_j, vectorised over groups.
+
+    Returns ``(F, G, kept)``: ``F`` (q, q, m) lower triangular with
+    F_j F_j' = Z_j'Z_j (R_j = F_j'; an aliased direction has a zero diagonal
+    and a zero column below it), ``G`` (q, r, m) solving F_j G_j = Z_j'W_j
+    (zero rows at aliased directions) and ``kept`` (q, m).
+    """
+    q, _, m = ZtZ.shape
+    F = np.zeros_like(ZtZ)
+    kept = np.zeros((q, m), dtype=bool)
+    for j in range(q):        # loops over the tiny q dimension only
+        s = ZtZ[j, j] - np.einsum("km,km->m", F[j, :j], F[j, :j]) if j else ZtZ[j, j].copy()
+        ok = s > tol * np.maximum(ZtZ[j, j], np.finfo(float).tiny)
+        kept[j] = ok
+        d = np.sqrt(np.where(ok, s, 1.0))
+        F[j, j] = np.where(ok, d, 0.0)
+        if j + 1 < q:
+            num = ZtZ[j + 1:, j] - (np.einsum("ikm,km->im", F[j + 1:, :j], F[j, :j]) if j else 0.0)
+            F[j + 1:, j] = np.where(ok, num / d, 0.0)
+    G = np.zeros_like(ZtW)
+    for i in range(q):
+        v = ZtW[i] - (np.einsum("km,krm->rm", F[i, :i], G[:i]) if i else 0.0)
+        G[i] = np.where(kept[i], v / np.where(kept[i], F[i, i], 1.0), 0.0)
+    return F, G, kept
+
+
+def _projection_coefficients(F: np.ndarray, G: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """B_j with Z_j B_j the projection of W_j on the columns of Z_j: F_j' B_j = G_j."""
+    q = F.shape[0]
+    B = np.zeros_like(G)
+    for i in range(q - 1, -1, -1):
+        v = G[i] - (np.einsum("km,krm->rm", F[i + 1:, i], B[i + 1:]) if i < q - 1 else 0.0)
+        B[i] = np.where(kept[i], v / np.where(kept[i], F[i, i], 1.0), 0.0)
+    return B
+
+
+def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.ndarray:
+    """Upper-triangular map centring (within blocks that hold a constant column) and scaling."""
+    k = cols.shape[1]
+    D = np.eye(k)
+    for start, stop, shift in blocks:
+        const = [i for i in range(start, stop)
+                 if cols.shape[0] and np.all(cols[:, i] == cols[0, i]) and cols[0, i] != 0]
+        j0 = const[0] if (shift and const) else None
+        if j0 is not None:
+            D[j0, j0] = 1.0 / cols[0, j0]
+        for i in range(start, stop):
+            if i == j0:
+                continue
+            x = cols[:, i]
+            if j0 is not None and i > j0:
+                mu = float(x.mean())
+                s = float(np.sqrt(np.mean((x - mu) ** 2)))
+            else:
+                mu, s = 0.0, float(np.sqrt(np.mean(x ** 2)))
+            if not (np.isfinite(s) and s > 0):
+                continue
+            D[i, i] = 1.0 / s
+            if mu:
+                D[j0, i] = -mu / (cols[0, j0] * s)
+    return D
+
+
+def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarray,
+                  z_blocks: list[tuple[int, int, bool]]
+                  ) -> tuple[SufficientStats, Reparametrization]:
+    """Sufficient statistics in centred and scaled coordinates, with the within part.
+
+    Parameters
+    ----------
+    X, y, Z
+        Rows sorted by group.
+    starts
+        Index of each group's first row.
+    z_blocks
+        ``(start, stop, shift)`` per random-effects block of Z's columns;
+        ``shift`` allows centring within the block (a correlated block).
+
+    Notes
+    -----
+    X's columns are centred (when X holds a constant column, the first one)
+    and scaled to unit RMS; y likewise when X has a constant column; Z's
+    columns are centred within correlated blocks that hold a constant
+    column, and scaled.  The within-group residual cross product
+    sum_j E_j'E_j is computed from the rows, so that no difference of large
+    cross products enters the deviance.
+    """
+    n, p = X.shape
+    W = np.column_stack([X, y])
+    D = _column_map(W, [(0, p + 1, True)])
+    if p and not any(np.all(X[:, i] == X[0, i]) and X[0, i] != 0 for i in range(p)):
+        D = _column_map(W, [(0, p + 1, False)])
+    Wt = W @ D
+    q = Z.shape[1]
+    T = _column_map(Z, z_blocks) if q else np.eye(0)
+    Zt = Z @ T if q else Z
+    m = len(starts)
+    if q:
+        ZtZ = group_crossprod(Zt, Zt, starts)
+        ZtW = group_crossprod(Zt, Wt, starts)
+        E = _within_residual(Wt, Zt, starts, *root_factors(ZtZ, ZtW))
+        within = E.T @ E
+    else:
+        ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
+        within = Wt.T @ Wt
+    st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=Wt.T @ Wt, nobs=n, k_fe=p, within=within)
+    return st, Reparametrization(D, T)
+
+
+def _within_residual(R: np.ndarray, Z: np.ndarray, starts: np.ndarray, F: np.ndarray,
+                     G: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Rows of R minus their projection on the columns of their group's Z_j."""
+    n, m = len(R), len(starts)
+    B = _projection_coefficients(F, G, kept)                     # (q, r, m)
+    codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
+    E = R.copy()
+    for k in range(Z.shape[1]):                                  # the tiny q dimension
+        E -= Z[:, k:k + 1] * B[k].T[codes]
+    return E
+
+
+def residual_quadratic(r: np.ndarray, Z: np.ndarray | None, starts: np.ndarray,
+                       ZtZ: np.ndarray, lam: np.ndarray) -> tuple[float, float]:
+    """r'V^{-1}r and log|V| for row residuals ``r`` (sorted by group), V = I + Z Lambda Lambda' Z'.
+
+    Evaluated in the stable form: within-group residuals of r on Z_j plus
+    g_j'M_j^{-1}g_j, with log|V| = sum_j log|M_j|.
+    """
+    if Z is None or not Z.shape[1]:
+        return float(r @ r), 0.0
+    rr = r[:, None]
+    F, G, kept = root_factors(ZtZ, group_crossprod(Z, rr, starts))
+    e = _within_residual(rr, Z, starts, F, G, kept)[:, 0]
+    q = Z.shape[1]
+    K = np.einsum("bam,bc->acm", F, lam)
+    M = np.einsum("acm,bcm->abm", K, K)
+    M[np.arange(q), np.arange(q)] += 1.0
+    L = batched_cholesky(M)
+    H = batched_forward_solve(L, G)[:, 0, :]
+    logdet = 2.0 * float(np.log(L[np.arange(q), np.arange(q)]).sum())
+    return float(e @ e + np.sum(H * H)), logdet
+
+
 class ProfiledDeviance:
-    """Callable profiled ML or REML deviance of theta.
+    """Callable profiled ML or REML deviance of theta, with its analytic gradient.
 
     Parameters
     ----------
     stats
-        The model's sufficient statistics.
+        The model's sufficient statistics (original coordinates; kept as
+        ``self.stats``).
     lambda_
         Maps theta to the q x q relative covariance factor.
     reml
         REML criterion instead of -2 log-likelihood.
+    work, reparam
+        The statistics in working (centred and scaled) coordinates and the
+        map between them (:func:`working_stats`); ``stats`` themselves when
+        omitted.
+    theta_index
+        ``(rows, cols)`` of theta's entries in Lambda; needed for the
+        gradient and the working parametrisation.
 
     Notes
     -----
-    The hot path (``__call__``) uses a (p+1, q, m) layout for Lambda' Z_j'W_j
-    so that sum_j C_j'C_j is a single matrix product, forms
-    Lambda' Z_j'Z_j Lambda for all groups with one (q^2 x q^2) product, and
-    skips the GLS solve for beta (only r^2 and the log-determinants matter).
+    ``__call__``, :meth:`gradient` and :meth:`terms` take theta in the
+    original coordinates.  :meth:`work_deviance` and :meth:`work_gradient`
+    take theta~, the free entries of a lower-triangular Lambda~ in the working
+    coordinates (what the optimiser sees); :meth:`theta_from_work` and
+    :meth:`theta_to_work` map between the two exactly.
     """
 
-    def __init__(self, stats: SufficientStats, lambda_, *, reml: bool):
+    def __init__(self, stats: SufficientStats, lambda_, *, reml: bool,
+                 work: SufficientStats | None = None, reparam: Reparametrization | None = None,
+                 theta_index: tuple[np.ndarray, np.ndarray] | None = None):
         self.stats = stats
         self.lambda_ = lambda_
         self.reml = reml
         self.n_evals = 0
-        q, m = stats.q, stats.ZtZ.shape[2] if stats.q else 0
-        self._q = q
-        self._m = m
-        self._eye = np.eye(q).reshape(q * q, 1)
-        self._ZtZ = stats.ZtZ.reshape(q * q, m)
-        self._WtZ = np.ascontiguousarray(stats.ZtW.transpose(1, 0, 2))   # (p+1, q, m)
-        self._diag = (np.arange(q), np.arange(q))
-        # Pair products S_ab,j = W_j'z_a z_b'W_j (+ its transpose for a < b) so that
-        # sum_j C_j'C_j = sum_{a<=b} sum_j G_j[a, b] S_ab,j with G_j = Lambda M_j^-1 Lambda'
-        # is one matrix-vector product per evaluation (when it fits in memory).  They are
-        # built at the second evaluation, so a deviance evaluated once (a structured
-        # residual fit makes one per evaluation) never pays for them.
-        r = stats.k_fe + 1
+        self.work = stats if work is None else work
+        q, p = stats.q, stats.k_fe
+        self.reparam = reparam if reparam is not None else Reparametrization.identity(p, q)
+        self.theta_index = theta_index
+        w = self.work
+        m = w.ZtZ.shape[2] if q else 0
+        self._q, self._m, self._p = q, m, p
+        if q:
+            F, G, _ = root_factors(w.ZtZ, w.ZtW)
+        else:
+            F, G = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
+        self._F = F                                   # (q, q, m), R_j = F_j'
+        self._G = G                                   # (q, r, m)
+        if w.within is not None:
+            self._within = w.within
+        else:
+            Gf = G.transpose(1, 0, 2).reshape(p + 1, q * m)
+            self._within = w.WtW - Gf @ Gf.T
         self._pairs = [(a, b) for a in range(q) for b in range(a, q)]
         self._pair_flat = np.array([a * q + b for a, b in self._pairs], dtype=int)
         self._S: np.ndarray | None = None
+        r = p + 1
         self._use_pairs = bool(q) and r * r * len(self._pairs) * m <= _PAIR_PRODUCT_LIMIT
-        self._system_calls = 0
+        self._calls = 0
+        rp = self.reparam
+        n = stats.nobs
+        # deviance(original) = deviance(working) + const
+        self._const = (2.0 * (n - p) * rp.log_scale_y - 2.0 * rp.logdet_Dx if reml
+                       else 2.0 * n * rp.log_scale_y)
 
+    # ------------------------------------------------------------ kernels
     def _build_pair_products(self) -> None:
-        r, m = self.stats.k_fe + 1, self._m
-        WtZ = self._WtZ
+        r, m, q = self._p + 1, self._m, self._q
+        Gt = self._G.transpose(1, 0, 2)                            # (r, q, m)
         S = np.empty((r, r, len(self._pairs), m))
         for k, (a, b) in enumerate(self._pairs):
-            prod = WtZ[:, None, a, :] * WtZ[None, :, b, :]
+            prod = Gt[:, None, a, :] * Gt[None, :, b, :]
             S[:, :, k, :] = prod + prod.transpose(1, 0, 2) if a != b else prod
         self._S = S.reshape(r * r, len(self._pairs) * m)
 
-    def _factor(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """L (q, q, m), C (p+1, q, m), A (p+1, p+1) and log|L|^2 at theta."""
-        s, q, m = self.stats, self._q, self._m
+    def _m_matrices(self, lam_t: np.ndarray) -> np.ndarray:
+        """M_j = I + R_j Lambda~ Lambda~' R_j' as (q, q, m)."""
+        q = self._q
+        K = np.einsum("bam,bc->acm", self._F, lam_t)             # R_j Lambda~ (q, q, m)
+        M = np.einsum("acm,bcm->abm", K, K)
+        M[np.arange(q), np.arange(q)] += 1.0
+        return M
+
+    def _system(self, lam_t: np.ndarray, *, need_inverse: bool = False
+                ) -> tuple[np.ndarray, float, np.ndarray | None]:
+        """A(theta), log|L|^2 and (when asked or cheaper) M_j^{-1} (q, q, m)."""
+        q, m, r = self._q, self._m, self._p + 1
         if not q:
-            return (np.zeros((0, 0, 0)), np.zeros((s.k_fe + 1, 0, 0)), s.WtW, 0.0)
-        lam = self.lambda_(theta)
-        lt = lam.T
-        K = (lt[:, None, :, None] * lt[None, :, None, :]).reshape(q * q, q * q)
-        M = (K @ self._ZtZ + self._eye).reshape(q, q, m)
-        L = batched_cholesky(M)
-        C = batched_forward_solve_T(L, np.matmul(lt, self._WtZ))
-        Cf = C.reshape(C.shape[0], q * m)
-        A = s.WtW - Cf @ Cf.T
-        logdet_L = 2.0 * float(np.log(L[self._diag]).sum())
-        return L, C, A, logdet_L
-
-    def _inverse_factor(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
-        """A(theta) and log|L|^2 through G_j = Lambda M_j^-1 Lambda' (fast path)."""
-        s, q, m = self.stats, self._q, self._m
-        lam = self.lambda_(theta)
-        lt = lam.T
-        K = (lt[:, None, :, None] * lt[None, :, None, :]).reshape(q * q, q * q)
-        M = K @ self._ZtZ + self._eye                    # (q*q, m), row a*q+b = M[a, b]
-        if q == 1:
-            logdet_L = float(np.log(M).sum())
-            G = (lam[0, 0] ** 2) / M
-        elif q == 2:
-            # M^-1 = adj(M) / det(M); adj(M) is a fixed signed permutation of M's rows
-            det = M[0] * M[3] - M[1] * M[1]
-            logdet_L = float(np.log(det).sum())
-            kl = (lam[:, None, :, None] * lam[None, :, None, :]).reshape(4, 4)
-            G = ((kl @ _ADJ2)[self._pair_flat] @ M) / det
-        else:
-            L = batched_cholesky(M.reshape(q, q, m))
-            logdet_L = 2.0 * float(np.log(L[self._diag]).sum())
-            Li = batched_inverse_lower(L)
-            Minv = np.einsum("kim,kjm->ijm", Li, Li).reshape(q * q, m)
-            kl = (lam[:, None, :, None] * lam[None, :, None, :]).reshape(q * q, q * q)
-            G = (kl @ Minv)[self._pair_flat]
-        r = s.k_fe + 1
-        A = s.WtW - (self._S @ G.reshape(-1)).reshape(r, r)
-        return A, logdet_L
-
-    def _system(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
-        """A(theta) and log|L|^2 by the fastest available path."""
-        self._system_calls += 1
-        if self._S is None and self._use_pairs and self._system_calls >= 2:
+            return self._within.copy(), 0.0, None
+        self._calls += 1
+        if self._S is None and self._use_pairs and self._calls >= 2:
             self._build_pair_products()
+        M = self._m_matrices(lam_t)
+        if q == 1:
+            det = M[0, 0]
+            logdet = float(np.log(det).sum())
+            Minv = (1.0 / det)[None, None, :]
+        elif q == 2:
+            det = M[0, 0] * M[1, 1] - M[0, 1] * M[0, 1]
+            logdet = float(np.log(det).sum())
+            Minv = np.empty_like(M)
+            Minv[0, 0] = M[1, 1] / det
+            Minv[1, 1] = M[0, 0] / det
+            Minv[0, 1] = Minv[1, 0] = -M[0, 1] / det
+        elif self._S is not None or need_inverse:
+            L = batched_cholesky(M)
+            logdet = 2.0 * float(np.log(L[np.arange(q), np.arange(q)]).sum())
+            Li = batched_inverse_lower(L)
+            Minv = np.einsum("kim,kjm->ijm", Li, Li)
+        else:
+            L = batched_cholesky(M)
+            logdet = 2.0 * float(np.log(L[np.arange(q), np.arange(q)]).sum())
+            H = batched_forward_solve(L, self._G)                  # (q, r, m)
+            Hf = H.transpose(1, 0, 2).reshape(r, q * m)
+            return self._within + Hf @ Hf.T, logdet, None
         if self._S is not None:
-            return self._inverse_factor(theta)
-        _, _, A, logdet_L = self._factor(theta)
-        return A, logdet_L
+            coef = Minv.reshape(q * q, m)[self._pair_flat]
+            A = self._within + (self._S @ coef.reshape(-1)).reshape(r, r)
+        else:
+            MG = np.einsum("abm,brm->arm", Minv, self._G)
+            A = self._within + np.einsum("asm,arm->sr", self._G, MG)
+        return A, logdet, Minv
 
-    def terms(self, theta: np.ndarray) -> DevianceTerms | None:
-        """All pieces at ``theta``; None where A(theta) is not positive definite."""
-        p = self.stats.k_fe
-        L, C, A, logdet_L = self._factor(theta)
+    def _reduced(self, lam_t: np.ndarray):
+        """Cholesky factor of A, r^2, log|L|^2, log|R_X|^2 (working coordinates) or None."""
+        p = self._p
+        if not np.all(np.isfinite(lam_t)):
+            return None
+        A, logdet_L, Minv = self._system(lam_t)
         try:
             R = np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
             return None
-        RX = R[:p, :p]
-        beta = np.linalg.solve(RX.T, R[p, :p]) if p else np.zeros(0)
-        return DevianceTerms(theta=np.asarray(theta, float), L=L, C=C.transpose(1, 0, 2), R=R,
-                             beta=beta, pwrss=float(R[p, p] ** 2), logdet_L=logdet_L,
-                             logdet_RX=2.0 * float(np.log(np.diag(RX)).sum()))
+        pwrss = R[p, p] ** 2
+        if not (np.isfinite(pwrss) and pwrss > 0 and np.isfinite(logdet_L)):
+            return None
+        return R, pwrss, logdet_L, 2.0 * float(np.log(np.diag(R)[:p]).sum())
 
-    def _reduced(self, theta: np.ndarray) -> tuple[np.ndarray, float, float, float] | None:
-        """Cholesky factor R of A(theta), r^2, log|L|^2 and log|R_X|^2 (None if A is not PD)."""
-        p = self.stats.k_fe
-        A, logdet_L = self._system(theta)
+    def _profiled(self, pwrss: float, logdet_L: float, logdet_RX: float) -> float:
+        """The deviance in the coordinates its arguments are in (no constant)."""
+        n, p = self.stats.nobs, self.stats.k_fe
+        if self.reml:
+            dof = n - p
+            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + np.log(pwrss / dof)))
+        return float(logdet_L + n * (1.0 + LOG2PI + np.log(pwrss / n)))
+
+    # ------------------------------------------------ parametrisations
+    def _lambda_work_of_theta(self, theta: np.ndarray) -> np.ndarray:
+        lam = self.lambda_(np.asarray(theta, dtype=float))
+        return lam if self.reparam.is_identity else self.reparam.Tinv @ lam
+
+    def _lambda_of_work(self, theta_t: np.ndarray) -> np.ndarray:
+        rows, cols = self._index()
+        lam = np.zeros((self._q, self._q))
+        lam[rows, cols] = theta_t
+        return lam
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.theta_index is None:
+            raise RuntimeError("this deviance was built without theta_index: the gradient and "
+                               "the working parametrisation need it")
+        return self.theta_index
+
+    @staticmethod
+    def _lower_factor(M: np.ndarray) -> np.ndarray:
+        """A lower-triangular L with L L' = M M' (LQ decomposition), diagonal >= 0."""
+        if not M.size:
+            return M
+        Q, R = np.linalg.qr(M.T)
+        L = R.T
+        s = np.where(np.diag(L) < 0, -1.0, 1.0)
+        return L * s[None, :]
+
+    def theta_from_work(self, theta_t: np.ndarray) -> np.ndarray:
+        """theta (original coordinates) of the factor T Lambda~(theta~)."""
+        rows, cols = self._index()
+        lam = self._lambda_of_work(theta_t)
+        if self.reparam.is_identity:
+            return np.asarray(theta_t, dtype=float).copy()
+        L = self._lower_factor(self.reparam.T @ lam)
+        # entries at rounding level of their row are zeros of Lambda~ (a boundary fit)
+        L[np.abs(L) <= 1e-13 * np.linalg.norm(L, axis=1, keepdims=True)] = 0.0
+        out = L[rows, cols]
+        diag = rows == cols
+        return np.where(diag, np.abs(out), out)
+
+    def theta_to_work(self, theta: np.ndarray) -> np.ndarray:
+        """theta~ (working coordinates) of the factor T^{-1} Lambda(theta)."""
+        rows, cols = self._index()
+        if self.reparam.is_identity:
+            return np.asarray(theta, dtype=float).copy()
+        L = self._lower_factor(self._lambda_work_of_theta(theta))
+        out = L[rows, cols]
+        return np.where(rows == cols, np.abs(out), out)
+
+    def moment_start(self) -> np.ndarray:
+        """theta~ from the per-group OLS moments of the OLS residuals (working coordinates).
+
+        Notes
+        -----
+        With u = (-beta_OLS, 1), each group with a full-rank Z_j gives
+        b_j = (Z_j'Z_j)^{-1} Z_j' r_j = R_j^{-1} G_j u; sigma^2 is estimated by
+        the within-group residual u' (sum_j E_j'E_j) u / (n - sum_j rank_j - p),
+        and the random-effects variances by the method of moments,
+        Var_j(b_jk) - sigma^2 mean_j [(Z_j'Z_j)^{-1}]_kk.  The start is the
+        diagonal factor sqrt(max(psi_kk, 0) / sigma^2), clipped to
+        [0.05, 1e4]; the identity (lme4's start) where too few groups have a
+        full-rank Z_j.
+        """
+        rows, cols = self._index()
+        q, p, m = self._q, self._p, self._m
+        ident = np.where(rows == cols, 1.0, 0.0)
+        if not q:
+            return ident
+        w = self.work
+        try:
+            beta = np.linalg.solve(w.WtW[:p, :p], w.WtW[:p, p]) if p else np.zeros(0)
+        except np.linalg.LinAlgError:
+            return ident
+        u = np.append(-beta, 1.0)
+        F = self._F
+        full = np.all(F[np.arange(q), np.arange(q)] > 0, axis=0)
+        if full.sum() < q + 2:
+            return ident
+        Ff = F[:, :, full]
+        g = np.einsum("arm,r->am", self._G[:, :, full], u)
+        b = np.zeros_like(g)
+        for i in range(q - 1, -1, -1):      # back-solve R_j b_j = g_j (R_j = F_j')
+            v = g[i] - (np.einsum("km,km->m", Ff[i + 1:, i], b[i + 1:]) if i < q - 1 else 0.0)
+            b[i] = v / Ff[i, i]
+        rank = int((F[np.arange(q), np.arange(q)] > 0).sum())
+        dof = max(self.stats.nobs - rank - p, 1)
+        sigma2 = float(u @ self._within @ u) / dof
+        if not (np.isfinite(sigma2) and sigma2 > 0):
+            return ident
+        Finv = batched_inverse_lower(Ff)
+        Sinv_diag = np.einsum("kam,kam->am", Finv, Finv)         # diag((F F')^{-1})
+        psi = b.var(axis=1) - sigma2 * Sinv_diag.mean(axis=1)
+        d = np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4)
+        return np.where(rows == cols, d[rows], 0.0)
+
+    # --------------------------------------------------------- deviance
+    def work_deviance(self, theta_t: np.ndarray) -> float:
+        """The deviance (original scale) at theta~ in working coordinates."""
+        self.n_evals += 1
+        red = self._reduced(self._lambda_of_work(theta_t))
+        return np.inf if red is None else self._profiled(*red[1:]) + self._const
+
+    def __call__(self, theta: np.ndarray) -> float:
+        self.n_evals += 1
+        red = self._reduced(self._lambda_work_of_theta(theta))
+        return np.inf if red is None else self._profiled(*red[1:]) + self._const
+
+    def _gradient_matrix(self, lam_t: np.ndarray) -> tuple[float, np.ndarray] | None:
+        """Deviance and its derivative with respect to Lambda~'s entries (q x q)."""
+        q, p, m = self._q, self._p, self._m
+        if not q:
+            return None
+        A, logdet_L, Minv = self._system(lam_t, need_inverse=True)
         try:
             R = np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
@@ -219,19 +558,91 @@ class ProfiledDeviance:
         pwrss = R[p, p] ** 2
         if not (np.isfinite(pwrss) and pwrss > 0):
             return None
-        return R, pwrss, logdet_L, 2.0 * float(np.log(np.diag(R)[:p]).sum())
+        RX = R[:p, :p]
+        logdet_RX = 2.0 * float(np.log(np.diag(RX)).sum())
+        beta = np.linalg.solve(RX.T, R[p, :p]) if p else np.zeros(0)
+        u = np.append(-beta, 1.0)
+        F, G = self._F, self._G
+        P = np.einsum("abm,bcm,dcm->ad", F, Minv, F)               # sum_j R_j' M_j^-1 R_j
+        MG = np.einsum("abm,brm->arm", Minv, G)                    # M_j^-1 G_j
+        K = np.einsum("abm,brm->arm", F, MG)                       # R_j' M_j^-1 G_j  (q, r, m)
+        v = np.einsum("arm,r->am", K, u)                           # (q, m)
+        dof = self.stats.nobs - p if self.reml else self.stats.nobs
+        inner = P - (dof / pwrss) * (v @ v.T)
+        if self.reml and p:
+            Kx = K[:, :p, :].transpose(1, 0, 2).reshape(p, q * m)
+            Y = np.linalg.solve(RX, Kx).reshape(p, q, m)            # R_X^{-1} K_jx'
+            inner = inner - np.einsum("pam,pbm->ab", Y, Y)
+        dev = self._profiled(pwrss, logdet_L, logdet_RX) + self._const
+        return dev, 2.0 * inner @ lam_t
 
-    def _profiled(self, pwrss: float, logdet_L: float, logdet_RX: float) -> float:
-        n, p = self.stats.nobs, self.stats.k_fe
-        if self.reml:
-            dof = n - p
-            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + np.log(pwrss / dof)))
-        return float(logdet_L + n * (1.0 + LOG2PI + np.log(pwrss / n)))
+    def work_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
+        """Deviance and its gradient in theta~ (working coordinates)."""
+        rows, cols = self._index()
+        out = self._gradient_matrix(self._lambda_of_work(theta_t))
+        if out is None:
+            return np.inf, np.full(len(rows), np.nan)
+        return out[0], out[1][rows, cols]
 
-    def __call__(self, theta: np.ndarray) -> float:
-        self.n_evals += 1
-        red = self._reduced(theta)
-        return np.inf if red is None else self._profiled(*red[1:])
+    def gradient(self, theta: np.ndarray) -> np.ndarray:
+        """Gradient of the deviance in theta (original coordinates)."""
+        rows, cols = self._index()
+        out = self._gradient_matrix(self._lambda_work_of_theta(theta))
+        if out is None:
+            return np.full(len(rows), np.nan)
+        g = out[1] if self.reparam.is_identity else self.reparam.Tinv.T @ out[1]
+        return g[rows, cols]
+
+    # ------------------------------------------------------------ results
+    def terms(self, theta: np.ndarray) -> DevianceTerms | None:
+        """All pieces at ``theta`` (original coordinates); None where A is not PD."""
+        p = self._p
+        red = self._reduced(self._lambda_work_of_theta(theta))
+        if red is None:
+            return None
+        Rw, pwrss_w, logdet_L, logdet_RX_w = red
+        rp = self.reparam
+        D = rp.D
+        beta_w = np.linalg.solve(Rw[:p, :p].T, Rw[p, :p]) if p else np.zeros(0)
+        beta = (D[:p, :p] @ beta_w - D[:p, p]) / D[p, p]
+        R = np.linalg.solve(D.T, Rw)                   # D^{-T} R~: lower triangular
+        return DevianceTerms(theta=np.asarray(theta, float), R=R, beta=beta,
+                             pwrss=float(pwrss_w) * np.exp(2.0 * rp.log_scale_y),
+                             logdet_L=logdet_L,
+                             logdet_RX=logdet_RX_w - 2.0 * rp.logdet_Dx)
+
+    def conditional_modes(self, theta: np.ndarray, beta: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """BLUPs b_j (m, q) and their conditional covariances / sigma^2 (q, q, m).
+
+        b~_j = Lambda~ Lambda~' R_j' M_j^{-1} G_j u~ in working coordinates
+        (u~ = (-beta~, 1)); b_j = T b~_j / D[p, p].  The covariance is
+        Lambda (I + Lambda' Z_j'Z_j Lambda)^{-1} Lambda'.
+        """
+        q, p, m = self._q, self._p, self._m
+        if not q:
+            return np.zeros((m, 0)), np.zeros((0, 0, m))
+        rp = self.reparam
+        D = rp.D
+        # u~ proportional to D^{-1} u: beta~ from beta
+        uw = np.linalg.solve(D, np.append(-np.asarray(beta, float), 1.0))
+        uw = uw / uw[-1]
+        lam_t = self._lambda_work_of_theta(theta)
+        _, _, Minv = self._system(lam_t, need_inverse=True)
+        g = np.einsum("arm,r->am", self._G, uw)                    # (q, m)
+        Mg = np.einsum("abm,bm->am", Minv, g)
+        Rt = np.einsum("abm,bm->am", self._F, Mg)                  # R_j' M_j^-1 g_j
+        LLt = lam_t @ lam_t.T
+        bw = LLt @ Rt                                              # (q, m)
+        b = (rp.T @ bw) / D[p, p]
+        # conditional covariance / sigma^2 in working coordinates:
+        # Lambda~ (I + Lambda~' S_j Lambda~)^{-1} Lambda~'
+        #   = LLt - LLt R_j' M_j^{-1} R_j LLt   (Woodbury)
+        RL = np.einsum("bam,bc->acm", self._F, LLt)               # R_j LLt (q, q, m)
+        cov_w = LLt[:, :, None] - np.einsum("bam,bcm,cdm->adm", RL, Minv, RL)
+        # Cov(b_j) = sigma^2 T cov~_j T' (sigma~^2 = sigma^2 D[p, p]^2 cancels the 1 / D[p, p])
+        cov = np.einsum("ab,bcm,dc->adm", rp.T, cov_w, rp.T)
+        return b.T, cov
 
     def from_terms(self, t: DevianceTerms) -> float:
         return self._profiled(t.pwrss, t.logdet_L, t.logdet_RX)
@@ -249,14 +660,12 @@ class ProfiledDeviance:
         depend on it).
         """
         n, p = self.stats.nobs, self.stats.k_fe
-        red = self._reduced(theta)
-        if red is None:
+        t = self.terms(theta)
+        if t is None:
             return np.inf
-        R, pwrss, logdet_L, logdet_RX = red
-        RX = R[:p, :p]
         if self.reml:
-            return logdet_L + logdet_RX + (n - p) * (LOG2PI + np.log(scale)) + pwrss / scale
+            return t.logdet_L + t.logdet_RX + (n - p) * (LOG2PI + np.log(scale)) + t.pwrss / scale
         # pwrss(beta) = r^2 + |R_X'(beta - beta_theta)|^2
-        beta_theta = np.linalg.solve(RX.T, R[p, :p])
-        pw = pwrss + float(np.sum((RX.T @ (np.asarray(beta) - beta_theta)) ** 2))
-        return logdet_L + n * (LOG2PI + np.log(scale)) + pw / scale
+        RX = t.R[:p, :p]
+        pw = t.pwrss + float(np.sum((RX.T @ (np.asarray(beta) - t.beta)) ** 2))
+        return t.logdet_L + n * (LOG2PI + np.log(scale)) + pw / scale

@@ -32,7 +32,7 @@ from scipy import optimize, stats
 from .numdiff import hessian_richardson, jacobian_richardson
 from .deviance import LOG2PI, ProfiledDeviance, SufficientStats
 from .linalg import group_crossprod
-from .optimizer import minimize_bobyqa
+from .optimizer import minimize_bobyqa, minimize_deviance
 
 if TYPE_CHECKING:
     from .model import HLM
@@ -844,8 +844,10 @@ def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool =
                 WtW[p, p] = YtY[b]
                 stats_b = SufficientStats(ZtZ=st.ZtZ, ZtW=ZtW, WtW=WtW, nobs=st.nobs, k_fe=p)
                 try:
-                    dev_b = ProfiledDeviance(stats_b, rd.lambda_, reml=reml)
-                    rec = minimize_bobyqa(dev_b, theta0, rd.theta_lower)
+                    dev_b = ProfiledDeviance(stats_b, rd.lambda_, reml=reml,
+                                             theta_index=rd.lambda_index)
+                    rec = minimize_deviance(dev_b, rd.theta_lower, start=theta0,
+                                            identity=rd.theta_start())
                     t = dev_b.terms(rec.end)
                     if t is None or not np.isfinite(rec.fun_end):
                         raise FloatingPointError("deviance not finite at the refit")

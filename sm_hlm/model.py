@@ -8,6 +8,7 @@ for independent groups j = 1..m.  ``HLM`` follows statsmodels'
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -20,13 +21,46 @@ from . import groupwise
 from .data import (check_columns, check_numeric_response, factorize_sorted, formula_variables,
                    handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
-from .deviance import ProfiledDeviance, SufficientStats
+from .deviance import ProfiledDeviance, SufficientStats, root_factors, working_stats
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from .formula.parse import RandomTermSpec, parse_formula
 from .linalg import group_crossprod, sequential_rank_cholesky
-from .optimizer import minimize_bobyqa
+from .optimizer import minimize_deviance
 
 __all__ = ["HLM"]
+
+
+#: statsmodels MixedLM keywords of the model that sm_hlm does not support (yet), with advice
+_MIXEDLM_MODEL_KEYWORDS = {
+    "weights": "weights are not supported yet: the model would be fitted unweighted",
+    "freq_weights": "frequency weights are not supported yet: replicate the rows instead",
+    "var_weights": "variance weights are not supported yet",
+    "vc_formula": "variance components on nested factors are not supported yet",
+    "exog_vc": "variance components on nested factors are not supported yet",
+    "use_sqrt": "sm_hlm always optimises the relative covariance factor (lme4's theta)",
+}
+#: statsmodels (MixedLM) keywords of fit() that sm_hlm does not support
+_MIXEDLM_FIT_KEYWORDS = {
+    "niter_sa": "sm_hlm has no steepest-ascent phase: it optimises the profiled deviance",
+    "do_cg": "use method='lbfgs' for a gradient-only fit",
+    "fe_pen": "penalised fixed effects are not supported",
+    "cov_pen": "penalised covariances are not supported",
+    "free": "constrained covariance patterns: use (x || g) or separate terms",
+    "full_output": "the optimiser record is always kept (results.optimizer)",
+    "callback": "callbacks are not supported",
+    "retall": "the optimiser record is always kept (results.optimizer)",
+}
+
+
+def _unknown_keywords(where: str, kwargs: dict[str, Any], known: dict[str, str]) -> str:
+    """The TypeError message for keywords that are not used."""
+    parts = []
+    for k in sorted(kwargs):
+        if k in known:
+            parts.append(f"the statsmodels keyword {k!r} is not supported by sm_hlm: {known[k]}")
+        else:
+            parts.append(f"unexpected keyword argument {k!r}")
+    return f"{where} got " + "; ".join(parts)
 
 
 def _as_2d_frame(x: Any, default_prefix: str) -> pd.DataFrame | np.ndarray:
@@ -81,7 +115,10 @@ class HLM(LikelihoodModel):
 
     def __init__(self, endog: Any, exog: Any, groups: Any, exog_re: Any = None, *,
                  re_terms: Sequence[RandomEffectsTerm] | None = None,
-                 missing: str = "none", residual: Any = None, **kwargs: Any):
+                 missing: str = "none", residual: Any = None, hasconst: bool | None = None,
+                 **kwargs: Any):
+        if kwargs:
+            raise TypeError(_unknown_keywords("HLM()", kwargs, _MIXEDLM_MODEL_KEYWORDS))
         if groups is None:
             raise TypeError("groups is required: the group label of every row")
         if isinstance(groups, str):
@@ -117,7 +154,8 @@ class HLM(LikelihoodModel):
             residual = residual.subset(keep) if residual is not None else None
             if len(endog) == 0:
                 raise ValueError("empty data: no rows left after dropping missing values")
-        super().__init__(endog, exog, groups=groups, exog_re=exog_re, missing="none", **kwargs)
+        super().__init__(endog, exog, groups=groups, exog_re=exog_re, missing="none",
+                         hasconst=hasconst)
         self.exog = np.asarray(self.exog, dtype=float)
         self.endog = np.asarray(self.endog, dtype=float)
         self.exog_re = np.asarray(self.exog_re, dtype=float)
@@ -151,6 +189,7 @@ class HLM(LikelihoodModel):
         self.group_sizes = pd.Series(counts, index=labels, name="nobs")
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
         self._stats = self._sufficient_stats()
+        self._work, self._reparam = self._working_stats()
         self._check_identifiable()
         #: the residual structure (None: independent errors, the plain path)
         self.residual = None if residual is None or residual.is_independent else residual
@@ -172,29 +211,72 @@ class HLM(LikelihoodModel):
         ZtW = group_crossprod(Z, W, self._starts)
         return SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=W.T @ W, nobs=len(y), k_fe=X.shape[1])
 
+    def _working_stats(self):
+        """The statistics in centred and scaled coordinates (see :mod:`sm_hlm.deviance`)."""
+        blocks, start = [], 0
+        for t in self.re_design.terms:
+            blocks.append((start, start + t.k, t.correlated and t.k > 1))
+            start += t.k
+        return working_stats(self._sorted_rows(self.exog), self._sorted_rows(self.endog),
+                             self._sorted_rows(self.exog_re), self._starts, blocks)
+
     def _check_identifiable(self) -> None:
-        n, m, q, p = len(self.endog), self.n_groups, self.k_re, self.k_fe
-        if q and m < 2:
-            raise IdentificationError(
-                f"only one group ({self.group_labels[0]!r}) in {self.group_name!r}: a random-effects "
-                "variance needs at least two groups")
-        if q and n <= q * m:
-            raise IdentificationError(
-                f"{n} observations but {q} random effects per group x {m} groups = {q * m}: the "
-                "random-effects and residual variances are not identifiable (lme4 stops here too)")
-        if q and m <= q:
-            raise IdentificationError(
-                f"{m} groups cannot identify a {q}x{q} random-effects covariance "
-                f"({', '.join(self.re_design.names)}); use fewer random effects")
+        """lme4's checks of levels and observations per term, and the response.
+
+        As lme4's ``checkNlevels`` and ``checkZdims`` (their default "stop"
+        levels): a grouping factor needs at least two levels and fewer levels
+        than observations, and each random-effects term fewer random effects
+        (columns x levels) than observations.
+        """
+        n, m, p = len(self.endog), self.n_groups, self.k_fe
+        if self.re_design.q:
+            if m < 2:
+                raise IdentificationError(
+                    f"only one group ({self.group_labels[0]!r}) in {self.group_name!r}: a "
+                    "random-effects variance needs at least two groups (lme4: grouping factors "
+                    "must have > 1 sampled level)")
+            if m >= n:
+                raise IdentificationError(
+                    f"{m} levels of {self.group_name!r} for {n} observations: the number of "
+                    "levels of a grouping factor must be less than the number of observations "
+                    "(every group has one row, so the random effects and the residual cannot "
+                    "be told apart; lme4 stops here too)")
+            for t in self.re_design.terms:
+                if n <= t.k * m:
+                    raise IdentificationError(
+                        f"{n} observations but {t.k * m} random effects for term {t.label()} "
+                        f"({t.k} x {m} groups): the random-effects parameters and the residual "
+                        "variance are not identifiable (lme4 stops here too)")
         if n <= p:
             raise IdentificationError(f"{n} observations for {p} fixed effects")
-        WtW = self._stats.WtW[:p, :p]
+        y = self.endog
+        yname = str(getattr(self, "endog_names", None) or "the response")
+        if np.all(y == y[0]):
+            raise IdentificationError(
+                f"the response {yname!r} is constant (every value is {y[0]:g}): there is no "
+                "variation to model")
+        if self.re_design.q and p:
+            # residual variance zero: y is fitted exactly by X and the groups' Z
+            within = self._work.within
+            u = np.linalg.lstsq(within[:p, :p], within[:p, p], rcond=None)[0]
+            rss = within[p, p] - within[p, :p] @ u
+            exact = (rss <= 1e-12 * max(within[p, p], np.finfo(float).tiny)
+                     or within[p, p] <= 1e-24 * self._work.WtW[p, p])
+            # unbounded only when a within-group residual space is left (n > sum_j rank Z_j)
+            if exact and n > int(root_factors(self._work.ZtZ, self._work.ZtW)[2].sum()):
+                raise IdentificationError(
+                    f"the response {yname!r} is fitted exactly within the groups of "
+                    f"{self.group_name!r} by the random-effects columns "
+                    f"{list(self.re_design.names)} (and the fixed effects): the residual variance "
+                    "is zero and the likelihood is unbounded; e.g. a response constant within "
+                    "every group with a random intercept")
+        WtW = self._work.WtW[:p, :p]
         L, kept = sequential_rank_cholesky(WtW[:, :, None].copy())
         if not kept.all():
             names = [self.exog_names[i] for i in np.flatnonzero(~kept[:, 0])]
             raise IdentificationError(
                 f"the fixed-effects design is rank deficient: column(s) {names} are linear "
-                "combinations of the columns before them; drop them")
+                "combinations of the columns before them (or constant); drop them")
         from .crosslevel import warn_level2_in_random
         # columns constant over all rows are intercepts, not group-level variables
         varying = np.ptp(self.exog_re, axis=0) > 0 if len(self.exog_re) else np.zeros(q, bool)
@@ -241,6 +323,17 @@ class HLM(LikelihoodModel):
         """
         from patsy import EvalEnvironment, dmatrices, dmatrix
 
+        if args:
+            raise TypeError(f"HLM.from_formula() got {len(args)} unexpected positional "
+                            "argument(s); pass options by keyword")
+        if drop_cols is not None:
+            raise TypeError("HLM.from_formula() does not support drop_cols: name the terms in "
+                            "the formula instead")
+        unknown = set(kwargs) - {"residual", "hasconst"}
+        if unknown:
+            raise TypeError(_unknown_keywords("HLM.from_formula()",
+                                              {k: kwargs[k] for k in unknown},
+                                              _MIXEDLM_MODEL_KEYWORDS))
         if not isinstance(data, pd.DataFrame):
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         if len(data) == 0:
@@ -369,7 +462,9 @@ class HLM(LikelihoodModel):
                     "Satterthwaite df, profile intervals, the bootstrap) does not handle yet; "
                     "deviance_function(residual_free=...) holds them fixed")
             return self._residual_kernel.deviance(np.asarray(residual_free, float), reml=reml)[0]
-        return ProfiledDeviance(self._stats, self.re_design.lambda_, reml=reml)
+        rd = self.re_design
+        return ProfiledDeviance(self._stats, rd.lambda_, reml=reml, work=self._work,
+                                reparam=self._reparam, theta_index=rd.lambda_index)
 
     def loglike(self, params: np.ndarray, *, reml: bool = False, scale: float | None = None) -> float:
         """Log-likelihood at ``params`` = fixed effects then variance components.
@@ -393,7 +488,8 @@ class HLM(LikelihoodModel):
 
     # -------------------------------------------------------------------- fit
     def fit(self, start_params: np.ndarray | None = None, reml: bool = True, *,
-            maxeval: int = 100_000, ftol_abs: float | None = None, xtol_abs: float = 1e-8,
+            method: str = "bobyqa", maxiter: int | None = None, maxeval: int = 100_000,
+            ftol_abs: float | None = None, xtol_abs: float = 1e-8, disp: bool = False,
             compute_vcomp_cov: bool = True, **kwargs: Any):
         """Fit by REML (default, as lme4 and MixedLM) or ML.
 
@@ -401,15 +497,24 @@ class HLM(LikelihoodModel):
         ----------
         start_params
             Start for theta (the relative covariance factor's free entries,
-            lme4's order); lme4's identity start when omitted.  With a
-            residual structure: theta, or theta followed by the structure's
-            unconstrained parameters (started from OLS residuals otherwise).
+            lme4's order); a start from the data's per-group moments when
+            omitted.  With a residual structure: theta, or theta followed by
+            the structure's unconstrained parameters (started from OLS
+            residuals otherwise).
         reml
-            REML when True, maximum likelihood when False.
+            REML when True, maximum likelihood when False (a bool).
+        method
+            ``"bobyqa"``: BOBYQA (NLopt; lme4's default) polished by L-BFGS-B
+            with the analytic gradient; ``"lbfgs"``: L-BFGS-B alone.  With a
+            residual structure only ``"bobyqa"``.
+        maxiter
+            statsmodels' name for the evaluation limit (``maxeval``).
         maxeval, ftol_abs, xtol_abs
             BOBYQA stopping rules; ``ftol_abs`` defaults to 1e-8, and to 1e-12
             with a residual structure (up to ~20 more parameters: BOBYQA's
             quadratic model otherwise stops before the gradient is small).
+        disp
+            Print the optimiser record.
         compute_vcomp_cov
             Compute standard errors of the variance components from the
             observed information (a numerical Hessian).
@@ -417,12 +522,33 @@ class HLM(LikelihoodModel):
         Returns
         -------
         HLMResultsWrapper
+
+        Notes
+        -----
+        ``converged`` is True only when a scale-free, boundary-aware test of
+        the first- and second-order conditions holds at the end point
+        (:func:`sm_hlm.optimizer.kkt_verdict`); otherwise a ConvergenceWarning
+        says what failed.  The reported log-likelihood is recomputed from the
+        residuals at the reported estimates before it is returned.
         """
         from .results import HLMResults, HLMResultsWrapper, build_fit
 
         if kwargs:
-            raise TypeError(f"fit() got unexpected keyword argument(s) {sorted(kwargs)}")
+            raise TypeError(_unknown_keywords("fit()", kwargs, _MIXEDLM_FIT_KEYWORDS))
+        if not isinstance(reml, (bool, np.bool_)):
+            raise TypeError(f"reml must be True or False, got {reml!r}")
+        reml = bool(reml)
+        if method not in ("bobyqa", "lbfgs"):
+            raise ValueError(f"method={method!r} is not available: sm_hlm optimises the profiled "
+                             "deviance with 'bobyqa' (BOBYQA then L-BFGS-B, the default) or "
+                             "'lbfgs' (L-BFGS-B with the analytic gradient)")
+        if maxiter is not None:
+            if int(maxiter) < 1:
+                raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
+            maxeval = int(maxiter)
         if self._residual_kernel is not None:     # (theta, structure parameters) jointly
+            if method != "bobyqa":
+                raise ValueError("a residual structure is fitted by method='bobyqa' only")
             from .residual_fit import fit_structured
             return fit_structured(self, start_params=start_params, reml=reml, maxeval=maxeval,
                                   ftol_abs=1e-12 if ftol_abs is None else ftol_abs,
@@ -430,20 +556,79 @@ class HLM(LikelihoodModel):
                                   compute_vcomp_cov=compute_vcomp_cov)
         dev = self.deviance_function(reml=reml)
         rd = self.re_design
-        x0 = rd.theta_start() if start_params is None else np.asarray(start_params, float)
-        if x0.shape != (rd.n_theta,):
-            raise ValueError(f"start_params must have {rd.n_theta} entries {list(rd.theta_names)}")
-        ftol_abs = 1e-8 if ftol_abs is None else ftol_abs
-        record = minimize_bobyqa(dev, x0, rd.theta_lower, ftol_abs=ftol_abs, xtol_abs=xtol_abs,
-                                 maxeval=maxeval, names=rd.theta_names)
+        sp = None
+        if start_params is not None:
+            sp = np.asarray(start_params, float)
+            if sp.shape != (rd.n_theta,):
+                raise ValueError(f"start_params must have {rd.n_theta} entries "
+                                 f"{list(rd.theta_names)}")
+            if np.any(sp < rd.theta_lower):
+                raise ValueError(f"start_params {sp} are below their lower bounds "
+                                 f"{rd.theta_lower} (diagonal entries of theta are >= 0)")
+        record = minimize_deviance(dev, rd.theta_lower, start=sp, identity=rd.theta_start(),
+                                   ftol_abs=1e-8 if ftol_abs is None else ftol_abs,
+                                   xtol_abs=xtol_abs, maxeval=maxeval, names=rd.theta_names,
+                                   skip_bobyqa=method == "lbfgs")
         fit = build_fit(self, dev, record, reml=reml, compute_vcomp_cov=compute_vcomp_cov)
+        fit = self._verified(fit, dev)
+        if disp:
+            print(fit.optimizer)
         if fit.singular_terms:
             warnings.warn("boundary (singular) fit: " + "; ".join(fit.singular_terms),
                           SingularFitWarning, stacklevel=2)
-        if not record.converged:
-            warnings.warn(f"the optimiser did not converge: {record.message}",
+        if not fit.optimizer.converged:
+            warnings.warn(f"the optimiser did not converge: {fit.optimizer.message}. Try "
+                          "fit(method='lbfgs') or other start_params, check the data for "
+                          "near-collinear columns, or simplify the random-effects structure",
                           ConvergenceWarning, stacklevel=2)
         return HLMResultsWrapper(HLMResults(self, fit))
+
+    def _verified(self, fit: Any, dev: ProfiledDeviance) -> Any:
+        """The fit with its log-likelihood recomputed from the residuals at its estimates.
+
+        The check evaluates the (ML or REML) deviance at the reported beta,
+        theta and sigma^2 from the row residuals y - X beta in the original
+        units (a different path from the optimiser's profiled objective).  A
+        disagreement beyond 1e-8 relative means the optimiser's objective lost
+        digits: the recomputed value is reported and the fit is marked as not
+        converged, with the reason.
+        """
+        check = -0.5 * self.deviance_at_estimates(fit.theta, fit.fe_params, fit.scale,
+                                                   reml=fit.reml, dev=dev)
+        if abs(check - fit.llf) <= 1e-8 * max(1.0, abs(check)):
+            return dataclasses.replace(fit, llf=check)
+        rec = fit.optimizer
+        rec = dataclasses.replace(rec, converged=False, message=(
+            f"{rec.message}; the objective at the end point ({fit.llf:.10g}) differs from the "
+            f"log-likelihood recomputed at the reported estimates ({check:.10g}): numerical "
+            "trouble in the profiled deviance"))
+        return dataclasses.replace(fit, llf=check, optimizer=rec)
+
+    def deviance_at_estimates(self, theta: np.ndarray, beta: np.ndarray, scale: float, *,
+                              reml: bool, dev: ProfiledDeviance | None = None) -> float:
+        """-2 log-likelihood (REML criterion) at theta, beta and sigma^2 from the residuals.
+
+        Notes
+        -----
+        With r = y - X beta, the quadratic form r'V^{-1}r is evaluated group
+        by group in the stable form of :mod:`sm_hlm.deviance` (within-group
+        residuals of r on Z_j plus the projections weighted by M_j^{-1}), and
+        log|V| = sum_j log|I + Lambda' Z_j'Z_j Lambda|.  For REML, log|X'V^{-1}X|
+        is added and beta should be the GLS estimate.
+        """
+        from .deviance import LOG2PI, residual_quadratic
+
+        if dev is None:
+            dev = self.deviance_function(reml=reml)
+        r = self._sorted_rows(self.endog - self.exog @ np.asarray(beta, float))
+        Zw = self._sorted_rows(self.exog_re) @ self._reparam.T if self.k_re else None
+        lam_t = self._reparam.Tinv @ self.re_design.lambda_(np.asarray(theta, float))
+        quad, logdet = residual_quadratic(r, Zw, self._starts, self._work.ZtZ, lam_t)
+        n, p = len(r), self.k_fe
+        if reml:
+            t = dev.terms(theta)
+            return float(logdet + t.logdet_RX + (n - p) * (LOG2PI + np.log(scale)) + quad / scale)
+        return float(logdet + n * (LOG2PI + np.log(scale)) + quad / scale)
 
     def results_at(self, theta: np.ndarray, *, reml: bool = True,
                    compute_vcomp_cov: bool = True):

@@ -1,18 +1,22 @@
-"""Derivative-free optimisation of the covariance parameters, with a record.
+"""Optimisation of the covariance parameters, with a convergence verdict and a record.
 
-The optimiser sees only the covariance parameters (theta, and the residual
+The optimiser sees only the covariance parameters (theta, and a residual
 structure's parameters); beta and sigma^2 are profiled out.  BOBYQA (Powell's
-bound-constrained quadratic-model trust-region method, through NLopt) is the
-default, as in lme4 (``nloptwrap``) and MixedModels.jl.
+bound-constrained quadratic-model trust-region method, through NLopt; lme4's
+default) finds the optimum; where an analytic gradient exists, L-BFGS-B
+polishes it.  The verdict is a boundary-aware, scale-free test of the
+first- and second-order conditions (:func:`kkt_verdict`); a failed test is
+never turned into a success.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["OptimizerRecord", "minimize_bobyqa", "numerical_gradient"]
+__all__ = ["OptimizerRecord", "minimize_bobyqa", "minimize_with_gradient", "minimize_deviance",
+           "numerical_gradient", "kkt_verdict", "NEWTON_TOL"]
 
 _NLOPT_MESSAGES = {
     1: "success", 2: "stopval reached", 3: "ftol reached", 4: "xtol reached",
@@ -20,6 +24,12 @@ _NLOPT_MESSAGES = {
     -1: "failure", -2: "invalid arguments", -3: "out of memory", -4: "roundoff limited",
     -5: "forced stop",
 }
+#: Largest Newton decrement sqrt(g' H^-1 g) accepted at an optimum: a Newton step from
+#: there would lower the deviance by at most NEWTON_TOL^2 / 2 = 5e-7 (lme4 accepts 2e-3
+#: on its Hessian-scaled gradient).
+NEWTON_TOL = 1e-3
+#: distance from a bound below which a parameter counts as on it
+_BOUND_TOL = 1e-7
 
 
 @dataclass(frozen=True)
@@ -34,14 +44,20 @@ class OptimizerRecord:
     fun_start, fun_end : float
         Objective (profiled deviance) at start and end.
     n_evals : int
-        Objective evaluations, including the gradient check.
+        Objective evaluations (gradient evaluations counted once each).
     gradient : ndarray
-        Finite-difference gradient of the objective at ``end`` (one-sided for
-        parameters on a bound).
+        Gradient of the objective at ``end`` (analytic where available).
     converged : bool
-        The optimiser reported success and the gradient is small for all
-        parameters off their bounds.
+        The first-order conditions hold (a scale-free, boundary-aware test)
+        and the curvature is positive along the parameters off their bounds.
     message : str
+        What the optimiser reported and what the convergence check found.
+    names : tuple of str
+    hessian : ndarray or None
+        The Hessian at ``end`` used by the verdict.
+    n_restarts : int
+        Restarts made (from interior points after a stop on a boundary, or
+        after a failed check).
     """
 
     method: str
@@ -54,6 +70,8 @@ class OptimizerRecord:
     converged: bool
     message: str
     names: tuple[str, ...] = field(default=())
+    hessian: np.ndarray | None = None
+    n_restarts: int = 0
 
     def __str__(self) -> str:
         return (f"{self.method}: {self.message}, {self.n_evals} evaluations, "
@@ -89,12 +107,293 @@ def numerical_gradient(fun: Callable[[np.ndarray], float], x: np.ndarray,
     return g, curv
 
 
+def _hessian_from_gradient(grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                           lower: np.ndarray, upper: np.ndarray, *,
+                           step: float = 1e-4) -> np.ndarray:
+    """Symmetrised finite differences of a gradient (one-sided next to a bound)."""
+    k = len(x)
+    H = np.empty((k, k))
+    for i in range(k):       # loops over the few covariance parameters
+        h = step * max(1.0, abs(x[i]))
+        e = np.zeros(k)
+        e[i] = h
+        if x[i] - h < lower[i]:
+            H[:, i] = (grad(x + e) - grad(x)) / h
+        elif x[i] + h > upper[i]:
+            H[:, i] = (grad(x) - grad(x - e)) / h
+        else:
+            H[:, i] = (grad(x + e) - grad(x - e)) / (2 * h)
+    return 0.5 * (H + H.T)
+
+
+def kkt_verdict(x: np.ndarray, g: np.ndarray, H: np.ndarray | None, lower: np.ndarray,
+                upper: np.ndarray, *, tol: float = NEWTON_TOL) -> tuple[bool, str]:
+    """Whether ``x`` is a local minimum of a bound-constrained objective.
+
+    Parameters
+    ----------
+    x, g, H
+        Point, gradient and Hessian of the objective there.
+    lower, upper
+        Bounds.
+    tol
+        Largest Newton decrement accepted.
+
+    Returns
+    -------
+    ok : bool
+    note : str
+        What was found, for the optimiser record and the warning.
+
+    Notes
+    -----
+    A parameter on a bound whose gradient points out of the box (moving
+    inward would increase the objective) is held there; the others form the
+    free set F.  The test is scale-free: the Newton decrement
+    sqrt(g_F' H_FF^{-1} g_F), the square root of twice the decrease a
+    Newton step would bring, must be at most ``tol`` (invariant to rescaling
+    the parameters), and H_FF must be positive definite (a strict local
+    minimum along the free directions).
+    """
+    x, g = np.asarray(x, float), np.asarray(g, float)
+    if not np.all(np.isfinite(g)):
+        return False, "the gradient is not finite at the end point"
+    at_lo = (x - lower <= _BOUND_TOL) & (g >= 0)
+    at_hi = (upper - x <= _BOUND_TOL) & (g <= 0)
+    free = ~(at_lo | at_hi)
+    if not free.any():
+        return True, "every parameter on a bound, the gradient points out of the box"
+    gf = g[free]
+    if H is None or not np.all(np.isfinite(H[np.ix_(free, free)])):
+        return False, "the Hessian is not available at the end point"
+    Hf = H[np.ix_(free, free)]
+    ev = np.linalg.eigvalsh(Hf)
+    top = max(float(np.max(np.abs(ev))), 1e-300)
+    if ev[0] <= 1e-10 * top:
+        kind = "negative" if ev[0] < -1e-8 * top else "zero"
+        return False, (f"the Hessian has a {kind} eigenvalue ({ev[0]:.3g}; largest {ev[-1]:.3g}) "
+                       "along the parameters off their bounds: not a strict minimum (a saddle "
+                       "point, or parameters the data do not identify)")
+    dec = float(np.sqrt(max(gf @ np.linalg.solve(Hf, gf), 0.0)))
+    if dec > tol:
+        return False, (f"Newton decrement {dec:.2e} exceeds {tol:g} (max |gradient| "
+                       f"{np.max(np.abs(gf)):.2e}): not at the optimum")
+    return True, f"Newton decrement {dec:.1e} <= {tol:g}, Hessian positive definite"
+
+
+class _Counted:
+    """An objective (and gradient) that counts evaluations and keeps the best point."""
+
+    def __init__(self, fun: Callable[[np.ndarray], float],
+                 fun_grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None):
+        self.fun = fun
+        self.fun_grad = fun_grad
+        self.count = 0
+        self.best_f = np.inf
+        self.best_x: np.ndarray | None = None
+
+    def _keep(self, x: np.ndarray, v: float) -> float:
+        v = float(v) if np.isfinite(v) else 1e300
+        if v < self.best_f:
+            self.best_f, self.best_x = v, np.array(x, dtype=float)
+        return v
+
+    def __call__(self, x: np.ndarray) -> float:
+        self.count += 1
+        return self._keep(x, self.fun(x))
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        self.count += 1
+        f, g = self.fun_grad(x)
+        v = self._keep(x, f)
+        if not np.all(np.isfinite(g)):
+            g = np.zeros_like(x)
+        return v, np.asarray(g, dtype=float)
+
+    def grad(self, x: np.ndarray) -> np.ndarray:
+        return self.value_and_grad(x)[1]
+
+
+def _bobyqa(obj: _Counted, start: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+            step: np.ndarray, *, ftol_abs: float, xtol_abs: float,
+            maxeval: int) -> tuple[np.ndarray, float, int]:
+    try:
+        import nlopt
+    except ImportError as exc:       # pragma: no cover - nlopt is a dependency
+        raise ImportError("sm_hlm needs NLopt's BOBYQA: pip install nlopt") from exc
+    k = len(start)
+    opt = nlopt.opt(nlopt.LN_BOBYQA, k)
+    opt.set_min_objective(lambda x, grad: obj(x))
+    opt.set_lower_bounds(lower)
+    opt.set_upper_bounds(upper)
+    opt.set_ftol_abs(ftol_abs)
+    opt.set_xtol_abs(xtol_abs)
+    opt.set_maxeval(maxeval)
+    opt.set_initial_step(step)
+    start = np.clip(start, lower, upper)
+    try:
+        x = opt.optimize(start)
+        code = opt.last_optimize_result()
+        f = float(opt.last_optimum_value())
+    except nlopt.RoundoffLimited:
+        x, f, code = (obj.best_x if obj.best_x is not None else start), obj.best_f, -4
+    except (ValueError, RuntimeError):
+        x, f, code = (obj.best_x if obj.best_x is not None else start), obj.best_f, -1
+    # NLopt may return a point other than the best it evaluated
+    if obj.best_x is not None and obj.best_f < f:
+        x, f = obj.best_x, obj.best_f
+    return np.asarray(x, dtype=float), float(f), int(code)
+
+
+def _steps(x0: np.ndarray, lower: np.ndarray, upper: np.ndarray, base: float) -> np.ndarray:
+    """BOBYQA's initial steps: proportional to the start's magnitude (NLopt rescales by them)."""
+    s = base * np.maximum(np.abs(x0), 0.2)
+    room = np.where(np.isfinite(upper - lower), 0.4 * (upper - lower), np.inf)
+    return np.minimum(s, room)
+
+
+def _snap_to_bounds(obj: _Counted, x: np.ndarray, f: float, lower: np.ndarray,
+                    upper: np.ndarray) -> tuple[np.ndarray, float]:
+    """Put parameters within rounding of a bound on it, when that does not raise the objective."""
+    near_lo = (x - lower <= _BOUND_TOL) & (x != lower)
+    near_hi = (upper - x <= _BOUND_TOL) & (x != upper)
+    if not (near_lo.any() or near_hi.any()):
+        return x, f
+    xs = np.where(near_lo, lower, np.where(near_hi, upper, x))
+    fs = obj(xs)
+    return (xs, fs) if fs <= f + 1e-10 else (x, f)
+
+
+def minimize_with_gradient(fun: Callable[[np.ndarray], float],
+                           fun_grad: Callable[[np.ndarray], tuple[float, np.ndarray]],
+                           x0: np.ndarray, lower: np.ndarray, upper: np.ndarray | None = None,
+                           *, ftol_abs: float = 1e-8, xtol_abs: float = 1e-8,
+                           maxeval: int = 100_000, names: tuple[str, ...] = (),
+                           restart_points: tuple[np.ndarray, ...] = (),
+                           tol: float = NEWTON_TOL, skip_bobyqa: bool = False) -> OptimizerRecord:
+    """BOBYQA, an L-BFGS-B polish with the analytic gradient, a verdict and restarts.
+
+    Parameters
+    ----------
+    fun, fun_grad
+        Objective, and objective with gradient.
+    x0, lower, upper
+        Start and bounds.
+    restart_points
+        Further starts tried when the verdict fails (e.g. lme4's identity).
+    tol
+        Newton-decrement tolerance of the verdict (:func:`kkt_verdict`).
+    skip_bobyqa
+        Use L-BFGS-B alone.
+
+    Notes
+    -----
+    1. BOBYQA from ``x0`` (initial steps proportional to the start, so that
+       variance ratios from 1e-6 to 1e6 are handled alike).
+    2. L-BFGS-B from there with the analytic gradient; the better point is kept.
+    3. After a stop with parameters on a bound, the optimisation is restarted
+       from an interior point (those parameters moved back to their start) and
+       the best point is kept, since a boundary stop can hide a better
+       interior optimum.
+    4. The verdict: gradient and a Hessian from differences of the analytic
+       gradient.  When it fails, further restarts (``restart_points``, then
+       the end point with a fresh model) are tried; the best point found is
+       returned with the verdict at that point.
+    """
+    from scipy.optimize import minimize
+
+    x0 = np.asarray(x0, dtype=float)
+    k = len(x0)
+    lower = np.asarray(lower, dtype=float)
+    upper = np.full(k, np.inf) if upper is None else np.asarray(upper, dtype=float)
+    obj = _Counted(fun, fun_grad)
+    f_start = obj(x0)
+    if k == 0:
+        return OptimizerRecord("none", x0, x0, f_start, f_start, obj.count, np.zeros(0), True,
+                               "no covariance parameters", names)
+    bounds = [(lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None)
+              for lo, hi in zip(lower, upper)]
+    notes: list[str] = []
+
+    def attempt(start: np.ndarray) -> tuple[np.ndarray, float, int]:
+        if skip_bobyqa:
+            x1, f1, code = np.clip(start, lower, upper), obj(np.clip(start, lower, upper)), 1
+        else:
+            x1, f1, code = _bobyqa(obj, start, lower, upper, _steps(start, lower, upper, 0.25),
+                                   ftol_abs=ftol_abs, xtol_abs=xtol_abs, maxeval=maxeval)
+        res = minimize(obj.value_and_grad, x1, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": 500, "ftol": 1e-15, "gtol": 1e-10})
+        if np.isfinite(res.fun) and res.fun < f1:
+            x1, f1 = np.clip(res.x, lower, upper), float(res.fun)
+        return x1, f1, code
+
+    x, f, code = attempt(x0)
+    n_restarts = 0
+    # restarts from interior points after a stop on a bound
+    for _ in range(3):
+        on_bound = (x - lower <= _BOUND_TOL) & np.isfinite(lower)
+        if not on_bound.any():
+            break
+        inner = np.where(on_bound, np.where(np.abs(x0) > 0.05, np.abs(x0), 0.5), x)
+        x2, f2, code2 = attempt(inner)
+        n_restarts += 1
+        if f2 < f - 1e-10:
+            notes.append(f"a restart from an interior point improved the objective by {f - f2:.3g}")
+            x, f, code = x2, f2, code2
+        else:
+            break
+    x, f = _snap_to_bounds(obj, x, f, lower, upper)
+    g = obj.grad(x)
+    H = _hessian_from_gradient(obj.grad, x, lower, upper)
+    ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
+    if not ok:
+        for start in (*restart_points, x):
+            x2, f2, code2 = attempt(np.asarray(start, dtype=float))
+            n_restarts += 1
+            if f2 < f:
+                x, f, code = x2, f2, code2
+                g = obj.grad(x)
+                H = _hessian_from_gradient(obj.grad, x, lower, upper)
+                ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
+            if ok:
+                break
+    f = float(fun(x))
+    obj.count += 1
+    if code < 0 or code in (5, 6):
+        notes.insert(0, f"BOBYQA stopped: {_NLOPT_MESSAGES.get(code, str(code))}")
+    msg = "; ".join([("converged" if ok else "NOT converged") + f": {note}", *notes])
+    method = "L-BFGS-B" if skip_bobyqa else "BOBYQA (NLopt) + L-BFGS-B"
+    return OptimizerRecord(method, x0, x, f_start, f, obj.count, g, ok, msg,
+                           names, H, n_restarts)
+
+
+def minimize_deviance(dev, lower: np.ndarray, *, start: np.ndarray | None = None,
+                      identity: np.ndarray | None = None, **options) -> OptimizerRecord:
+    """Minimise a profiled deviance over theta in its working coordinates.
+
+    ``dev`` is a :class:`sm_hlm.deviance.ProfiledDeviance` built with
+    ``theta_index``.  The optimiser runs on theta~ (centred and scaled
+    coordinates, :meth:`~sm_hlm.deviance.ProfiledDeviance.work_deviance`)
+    from ``start`` (original theta; the data's moments when None), with
+    lme4's ``identity`` start as a restart point; the record is mapped back
+    to theta (start, end and gradient; the Hessian stays in the working
+    coordinates).  ``options`` go to :func:`minimize_with_gradient`.
+    """
+    x0 = dev.moment_start() if start is None else dev.theta_to_work(start)
+    restart = () if identity is None else (dev.theta_to_work(identity),)
+    rec = minimize_with_gradient(dev.work_deviance, dev.work_gradient, x0, lower,
+                                 restart_points=restart, **options)
+    theta = dev.theta_from_work(rec.end)
+    return replace(rec, start=dev.theta_from_work(rec.start), end=theta,
+                   gradient=dev.gradient(theta))
+
+
 def minimize_bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray,
                     upper: np.ndarray | None = None, *, ftol_abs: float = 1e-8,
                     xtol_abs: float = 1e-8, maxeval: int = 100_000,
-                    initial_step: float | None = None, grad_tol: float = 2e-3,
-                    names: tuple[str, ...] = ()) -> OptimizerRecord:
-    """Minimise ``fun`` over a box with BOBYQA, checking the gradient at the end.
+                    initial_step: float | None = None, names: tuple[str, ...] = (),
+                    check: bool = True, tol: float = NEWTON_TOL) -> OptimizerRecord:
+    """Minimise ``fun`` over a box with BOBYQA, with a numerical convergence verdict.
 
     Parameters
     ----------
@@ -104,94 +403,52 @@ def minimize_bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: n
         Start and bounds (``upper`` defaults to +inf).
     ftol_abs, xtol_abs, maxeval
         NLopt stopping rules.
-    grad_tol
-        Largest finite-difference gradient (on parameters off their bounds)
-        accepted as converged; lme4 uses 2e-3 on its scaled gradient.
+    initial_step
+        BOBYQA's initial trust-region radius (0.5 by default).
+    check
+        Judge convergence with a finite-difference gradient and Hessian
+        (:func:`kkt_verdict`); without it, ``converged`` reports only BOBYQA's
+        own stopping rule.
 
     Notes
     -----
-    After BOBYQA stops, a finite-difference gradient is taken.  When it is
-    not small on the parameters off their bounds, BOBYQA is restarted from
-    that point with a small trust region (a quadratic model can stop early
-    on the flat ridges of a variance-component likelihood) and the better
-    point is kept.
+    When the verdict fails, BOBYQA is restarted from the end point with a
+    small trust region and the better point kept; the verdict is then taken
+    again at that point.  A restart that does not improve the objective does
+    not make a failed verdict a success.
     """
-    import nlopt
-
     x0 = np.asarray(x0, dtype=float)
     k = len(x0)
     lower = np.asarray(lower, dtype=float)
     upper = np.full(k, np.inf) if upper is None else np.asarray(upper, dtype=float)
-    count = [0]
-    best: list = [np.inf, None]     # the best point seen (NLopt may stop without returning it)
-
-    def counted(x: np.ndarray) -> float:
-        count[0] += 1
-        v = fun(x)
-        v = float(v) if np.isfinite(v) else 1e300
-        if v < best[0]:
-            best[0], best[1] = v, np.array(x, dtype=float)
-        return v
-
-    fun_start = counted(x0)
+    obj = _Counted(fun)
+    f_start = obj(x0)
     if k == 0:
-        return OptimizerRecord("none", x0, x0, fun_start, fun_start, count[0], np.zeros(0),
+        return OptimizerRecord("none", x0, x0, f_start, f_start, obj.count, np.zeros(0),
                                True, "no covariance parameters", names)
-
-    def run(start: np.ndarray, step: float) -> tuple[np.ndarray, float, int]:
-        opt = nlopt.opt(nlopt.LN_BOBYQA, k)
-        opt.set_min_objective(lambda x, grad: counted(x))
-        opt.set_lower_bounds(lower)
-        opt.set_upper_bounds(upper)
-        opt.set_ftol_abs(ftol_abs)
-        opt.set_xtol_abs(xtol_abs)
-        opt.set_maxeval(maxeval)
-        opt.set_initial_step(step)
-        try:
-            x = opt.optimize(start)
-            code = opt.last_optimize_result()
-        except nlopt.RoundoffLimited:
-            # keep the best point evaluated: its value is what NLopt reports
-            x, code = (best[1] if best[1] is not None else start), -4
-            return np.asarray(x), float(best[0]), code
-        return np.asarray(x), float(opt.last_optimum_value()), code
-
     step = 0.5 if initial_step is None else initial_step
+    x, f, code = _bobyqa(obj, x0, lower, upper, np.full(k, step), ftol_abs=ftol_abs,
+                         xtol_abs=xtol_abs, maxeval=maxeval)
 
-    def check(x: np.ndarray) -> tuple[np.ndarray, bool, bool, str]:
-        """Gradient, and verdicts on the parameters off both bounds.
+    def judge(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool, str]:
+        g, _ = numerical_gradient(obj, x, lower, upper)
+        if not check:
+            return g, None, True, "not checked"
+        H = _hessian_from_gradient(lambda z: numerical_gradient(obj, z, lower, upper)[0],
+                                   x, lower, upper, step=1e-3)
+        ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
+        return g, H, ok, note
 
-        ``tight``: every |g_i| <= grad_tol.  ``ok``: tight, or the
-        curvature-scaled gradient |g_i| / sqrt(H_ii) <= grad_tol (lme4 scales
-        by the Hessian: the deviance grows with n, so with many rows an
-        absolute gradient of 1e-3 can mean parameters exact to 1e-8).
-        """
-        g, curv = numerical_gradient(counted, x, lower, upper)
-        inner = (x > lower + 1e-6) & (x < upper - 1e-6)
-        gi = np.abs(g[inner])
-        if not inner.any() or np.all(gi <= grad_tol):
-            return g, True, True, ""
-        ci = curv[inner]
-        scaled = np.where(ci > 0, gi / np.sqrt(np.where(ci > 0, ci, 1.0)), np.inf)
-        worst = float(np.max(scaled))
-        note = (f"; gradient {gi.max():.2e}, scaled by the curvature {worst:.2e}"
-                f" {'<=' if worst <= grad_tol else 'exceeds'} {grad_tol:g}")
-        return g, False, worst <= grad_tol, note
-
-    x1, f1, code = run(np.clip(x0, lower, upper), step)
-    grad, tight, ok_grad, note = check(x1)
-    confirmed = False
-    if not tight or code < 0:
-        # restart with a small trust region; one that cannot improve the objective
-        # confirms a flat optimum
-        x2, f2, code2 = run(x1, min(step, 0.02))
-        confirmed = code2 > 0 and f2 >= f1 - 10 * ftol_abs
-        if f2 <= f1:
-            x1, f1, code = x2, f2, code2 if code2 > 0 else code
-            grad, tight, ok_grad, note = check(x1)
-    ok = code > 0 and code != 5 and (ok_grad or confirmed)
-    msg = _NLOPT_MESSAGES.get(code, str(code)) + note
-    if not ok_grad and confirmed:
-        msg += "; a restart did not improve the objective (flat optimum)"
-    return OptimizerRecord("BOBYQA (NLopt)", x0, x1, fun_start, f1, count[0], grad, ok, msg,
-                           names)
+    g, H, ok, note = judge(x)
+    n_restarts = 0
+    if not ok or code < 0:
+        x2, f2, code2 = _bobyqa(obj, x, lower, upper, np.full(k, min(step, 0.02)),
+                                ftol_abs=ftol_abs, xtol_abs=xtol_abs, maxeval=maxeval)
+        n_restarts = 1
+        if f2 < f:
+            x, f, code = x2, f2, code2 if code2 > 0 else code
+            g, H, ok, note = judge(x)
+    ok = ok and code > 0 and code not in (5, 6)
+    msg = _NLOPT_MESSAGES.get(code, str(code)) + f"; {note}"
+    return OptimizerRecord("BOBYQA (NLopt)", x0, x, f_start, f, obj.count, g, ok, msg,
+                           names, H, n_restarts)

@@ -11,7 +11,6 @@ from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrap
 from ._compat import cache_readonly
 
 from .deviance import ProfiledDeviance
-from .linalg import batched_back_solve, batched_inverse_lower
 from .optimizer import OptimizerRecord
 
 if TYPE_CHECKING:
@@ -127,18 +126,8 @@ def build_fit(model: "HLM", dev: ProfiledDeviance, record: OptimizerRecord, *, r
     cov_fe = scale * (RXinv.T @ RXinv)
     cov_re = rd.cov_re(theta, scale)
     r, c = rd.vcomp_index()
-    q, m = rd.q, model.n_groups
-    if q:
-        lam = rd.lambda_(theta)
-        resid = t.C[:, p, :] - np.einsum("qpm,p->qm", t.C[:, :p, :], t.beta)
-        u = batched_back_solve(t.L, resid[:, None, :])[:, 0, :]          # (q, m)
-        blups = (lam @ u).T                                              # (m, q)
-        Li = batched_inverse_lower(t.L)
-        Minv = np.einsum("kim,kjm->ijm", Li, Li)
-        blup_cov = scale * np.einsum("ai,ijm,bj->abm", lam, Minv, lam)
-    else:
-        blups = np.zeros((m, 0))
-        blup_cov = np.zeros((0, 0, m))
+    blups, blup_rel = dev.conditional_modes(theta, t.beta)
+    blup_cov = scale * blup_rel
     # the numerical Hessian behind cov_vcomp costs as much as the fit: defer it
     cov_vcomp = None if compute_vcomp_cov else np.full((len(r), len(r)), np.nan)
     return HLMFit(reml=reml, theta=theta, fe_params=t.beta, scale=scale, cov_re=cov_re,

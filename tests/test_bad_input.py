@@ -84,12 +84,31 @@ def test_single_group(data):
 
 
 def test_more_random_effects_than_identifiable(data):
+    # lme4's checkNlevels: a factor needs fewer levels than observations
     one_per_group = data.groupby("school").head(1)
-    with pytest.raises(sm_hlm.IdentificationError, match="not identifiable"):
+    with pytest.raises(sm_hlm.IdentificationError, match="levels of 'school' for 40 obs"):
         sm_hlm.HLM.from_formula("mscore ~ 1 + (1 | school)", one_per_group)
+    # lme4's checkZdims, per term: (ses | school) has 2 x m random effects
+    two_per_group = data.groupby("school").head(2)
+    with pytest.raises(sm_hlm.IdentificationError, match=r"80 random effects for term "
+                       r"\(Intercept \+ ses \| school\).*not identifiable"):
+        sm_hlm.HLM.from_formula("mscore ~ ses + (ses | school)", two_per_group)
+    # ... while (ses || school) is two terms of m random effects each: lme4 fits it
+    mod = sm_hlm.HLM.from_formula("mscore ~ ses + (ses || school)", two_per_group)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sm_hlm.SingularFitWarning)
+        res = mod.fit(reml=False)
+    assert np.isfinite(res.llf)
+
+
+def test_few_groups_fit_as_lme4_does(data):
+    # two groups for a 2 x 2 covariance: lme4 fits (a singular fit); so does sm_hlm
     few = data[data.school.isin(data.school.unique()[:2])]
-    with pytest.raises(sm_hlm.IdentificationError, match="2 groups cannot identify a 2x2"):
-        sm_hlm.HLM.from_formula(F, few)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        res = sm_hlm.HLM.from_formula(F, few).fit(reml=False)
+    assert np.isfinite(res.llf)
+    assert res.singular == any(issubclass(x.category, sm_hlm.SingularFitWarning) for x in w)
 
 
 def test_rank_deficient_fixed_effects(data):
@@ -154,10 +173,35 @@ def test_wrong_lengths_and_groups_name():
         sm_hlm.HLM(np.arange(10.0), np.ones((10, 1)), "school")
 
 
+def test_unknown_model_keywords_are_errors(data):
+    """No keyword is silently dropped: a weighted model must never be fitted unweighted."""
+    from sm_hlm.formula.api import hlm
+    d = data.assign(w=1.0)
+    with pytest.raises(TypeError, match="'weights' is not supported"):
+        sm_hlm.HLM.from_formula(F, d, weights="w")
+    with pytest.raises(TypeError, match="'freq_weights' is not supported"):
+        hlm(F, d, freq_weights=d.w)
+    with pytest.raises(TypeError, match="'vc_formula' is not supported"):
+        sm_hlm.HLM.from_formula("mscore ~ ses", d, groups="school",
+                                vc_formula={"c": "0 + C(flp)"})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'banana'"):
+        hlm(F, d, banana=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'banana'"):
+        sm_hlm.HLM(d.mscore, np.ones((len(d), 1)), d.school, banana=3)
+    with pytest.raises(TypeError, match="positional"):
+        sm_hlm.HLM.from_formula(F, d, None, None, "extra")
+
+
 def test_bad_fit_arguments(data):
     m = sm_hlm.HLM.from_formula(F, data)
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        m.fit(method="lbfgs")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'banana'"):
+        m.fit(banana=3)
+    with pytest.raises(TypeError, match="'niter_sa' is not supported"):
+        m.fit(niter_sa=5)
+    with pytest.raises(ValueError, match="method='newton' is not available"):
+        m.fit(method="newton")
+    with pytest.raises(TypeError, match="reml must be True or False"):
+        m.fit(reml="no")
     with pytest.raises(ValueError, match="3 entries"):
         m.fit(start_params=[1.0, 0.0])
 
@@ -194,3 +238,20 @@ def test_drop_removes_exactly_the_rows_with_missing_values(cells):
             return
     assert m.nobs == (~bad).sum()
     assert m.row_index.equals(d.index[~bad])
+
+
+def test_results_methods_reject_unknown_keywords(data):
+    """Every public method of the results raises TypeError for an unknown keyword."""
+    import inspect
+    res = sm_hlm.HLM.from_formula(F, data).fit(reml=False)._results
+    checked = 0
+    for name in dir(type(res)):
+        attr = getattr(type(res), name)
+        if name.startswith("_") or isinstance(attr, property) or not callable(attr):
+            continue
+        if not inspect.isfunction(attr) and not inspect.ismethod(attr):
+            continue
+        with pytest.raises(TypeError):
+            getattr(res, name)(banana=1)
+        checked += 1
+    assert checked >= 25
