@@ -55,7 +55,10 @@ from .linalg import (batched_cholesky, batched_forward_solve, batched_inverse_lo
                      group_crossprod)
 
 __all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
-           "working_stats", "root_factors", "residual_quadratic"]
+           "working_stats", "root_factors", "group_qr", "residual_quadratic"]
+#: A column of Z_j whose residual norm after the earlier columns (QR) is below this
+#: fraction of its norm is aliased in group j.
+_QR_TOL = 1e-11
 
 LOG2PI = float(np.log(2.0 * np.pi))
 #: Largest number of entries of the per-group pair products for the fast path: beyond it
@@ -79,6 +82,10 @@ class SufficientStats:
     within : (p + 1, p + 1) or None
         sum_j E_j'E_j, the cross product of the within-group residuals of W on
         Z_j, computed from the rows; None: derived as W'W - sum_j G_j'G_j.
+    root, proj : (q, q, m) and (q, p + 1, m), or None
+        F_j (F_j F_j' = Z_j'Z_j, lower) and G_j = F_j^{-1} Z_j'W_j from a QR
+        decomposition of each group's rows (:func:`group_qr`); None: from a
+        rank-revealing Cholesky of Z_j'Z_j (:func:`root_factors`).
     """
 
     ZtZ: np.ndarray
@@ -87,6 +94,8 @@ class SufficientStats:
     nobs: int
     k_fe: int
     within: np.ndarray | None = None
+    root: np.ndarray | None = None
+    proj: np.ndarray | None = None
 
     @property
     def q(self) -> int:
@@ -174,14 +183,44 @@ def root_factors(ZtZ: np.ndarray, ZtW: np.ndarray,
     return F, G, kept
 
 
-def _projection_coefficients(F: np.ndarray, G: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """B_j with Z_j B_j the projection of W_j on the columns of Z_j: F_j' B_j = G_j."""
-    q = F.shape[0]
-    B = np.zeros_like(G)
-    for i in range(q - 1, -1, -1):
-        v = G[i] - (np.einsum("km,krm->rm", F[i + 1:, i], B[i + 1:]) if i < q - 1 else 0.0)
-        B[i] = np.where(kept[i], v / np.where(kept[i], F[i, i], 1.0), 0.0)
-    return B
+def group_qr(Z: np.ndarray, starts: np.ndarray, codes: np.ndarray,
+             tol: float = _QR_TOL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin QR of each group's rows of Z, vectorised over groups.
+
+    Classical Gram-Schmidt with one reorthogonalisation ("twice is enough"),
+    column by column over the tiny q dimension, every step a vectorised pass
+    over the rows.  Unlike a Cholesky of Z_j'Z_j it does not square the
+    condition number of nearly collinear columns.
+
+    Returns
+    -------
+    Q : (n, q)
+        Orthonormal columns per group (zero where a column is aliased).
+    F : (q, q, m)
+        Lower triangular, F_j' = R_j with Z_j = Q_j R_j (zero diagonal and zero
+        column below it for an aliased column).
+    kept : (q, m) bool
+    """
+    n, q = Z.shape
+    m = len(starts)
+    Q = np.zeros((n, q))
+    R = np.zeros((q, q, m))
+    kept = np.zeros((q, m), dtype=bool)
+    for k in range(q):            # the tiny q dimension
+        v = Z[:, k].copy()
+        norm0 = np.sqrt(np.add.reduceat(v * v, starts))
+        for _ in range(2):
+            for i in range(k):
+                c = np.add.reduceat(Q[:, i] * v, starts)
+                v -= Q[:, i] * c[codes]
+                R[i, k] += c
+        nk = np.sqrt(np.add.reduceat(v * v, starts))
+        ok = nk > tol * norm0
+        kept[k] = ok
+        R[k, k] = np.where(ok, nk, 0.0)
+        R[:k, k] = np.where(ok, R[:k, k], R[:k, k])
+        Q[:, k] = np.where(ok[codes], v / np.where(ok, nk, 1.0)[codes], 0.0)
+    return Q, np.ascontiguousarray(R.transpose(1, 0, 2)), kept
 
 
 def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.ndarray:
@@ -213,8 +252,11 @@ def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.nda
 
 def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarray,
                   z_blocks: list[tuple[int, int, bool]]
-                  ) -> tuple[SufficientStats, Reparametrization]:
+                  ) -> tuple[SufficientStats, Reparametrization, np.ndarray]:
     """Sufficient statistics in centred and scaled coordinates, with the within part.
+
+    Returns the statistics, the reparametrisation and the per-group
+    orthonormal Q (n, q) of the working Z (:func:`group_qr`).
 
     Parameters
     ----------
@@ -245,48 +287,45 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     T = _column_map(Z, z_blocks) if q else np.eye(0)
     Zt = Z @ T if q else Z
     m = len(starts)
+    codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
     if q:
         ZtZ = group_crossprod(Zt, Zt, starts)
         ZtW = group_crossprod(Zt, Wt, starts)
-        E = _within_residual(Wt, Zt, starts, *root_factors(ZtZ, ZtW))
+        Q, F, _ = group_qr(Zt, starts, codes)
+        G = group_crossprod(Q, Wt, starts)                       # Q_j' W_j (q, r, m)
+        E = Wt.copy()
+        for k in range(q):                                       # the tiny q dimension
+            E -= Q[:, k:k + 1] * G[k].T[codes]
         within = E.T @ E
     else:
         ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
+        Q, F, G = np.zeros((n, 0)), None, None
         within = Wt.T @ Wt
-    st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=Wt.T @ Wt, nobs=n, k_fe=p, within=within)
-    return st, Reparametrization(D, T)
+    st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=Wt.T @ Wt, nobs=n, k_fe=p, within=within,
+                         root=F, proj=G)
+    return st, Reparametrization(D, T), Q
 
 
-def _within_residual(R: np.ndarray, Z: np.ndarray, starts: np.ndarray, F: np.ndarray,
-                     G: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Rows of R minus their projection on the columns of their group's Z_j."""
-    n, m = len(R), len(starts)
-    B = _projection_coefficients(F, G, kept)                     # (q, r, m)
-    codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
-    E = R.copy()
-    for k in range(Z.shape[1]):                                  # the tiny q dimension
-        E -= Z[:, k:k + 1] * B[k].T[codes]
-    return E
-
-
-def residual_quadratic(r: np.ndarray, Z: np.ndarray | None, starts: np.ndarray,
-                       ZtZ: np.ndarray, lam: np.ndarray) -> tuple[float, float]:
+def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.ndarray | None,
+                       lam: np.ndarray) -> tuple[float, float]:
     """r'V^{-1}r and log|V| for row residuals ``r`` (sorted by group), V = I + Z Lambda Lambda' Z'.
 
-    Evaluated in the stable form: within-group residuals of r on Z_j plus
-    g_j'M_j^{-1}g_j, with log|V| = sum_j log|M_j|.
+    ``Q`` and ``F`` are the per-group QR factors of Z (:func:`group_qr`).
+    Evaluated in the stable form: the within-group residuals of r on Z_j plus
+    g_j'M_j^{-1}g_j with g_j = Q_j'r_j, and log|V| = sum_j log|M_j|.
     """
-    if Z is None or not Z.shape[1]:
+    q = Q.shape[1]
+    if not q:
         return float(r @ r), 0.0
-    rr = r[:, None]
-    F, G, kept = root_factors(ZtZ, group_crossprod(Z, rr, starts))
-    e = _within_residual(rr, Z, starts, F, G, kept)[:, 0]
-    q = Z.shape[1]
+    n, m = len(r), len(starts)
+    codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
+    g = group_crossprod(Q, r[:, None], starts)                  # (q, 1, m)
+    e = r - np.einsum("ik,ki->i", Q, g[:, 0, :][:, codes])
     K = np.einsum("bam,bc->acm", F, lam)
     M = np.einsum("acm,bcm->abm", K, K)
     M[np.arange(q), np.arange(q)] += 1.0
     L = batched_cholesky(M)
-    H = batched_forward_solve(L, G)[:, 0, :]
+    H = batched_forward_solve(L, g)[:, 0, :]
     logdet = 2.0 * float(np.log(L[np.arange(q), np.arange(q)]).sum())
     return float(e @ e + np.sum(H * H)), logdet
 
@@ -334,7 +373,9 @@ class ProfiledDeviance:
         w = self.work
         m = w.ZtZ.shape[2] if q else 0
         self._q, self._m, self._p = q, m, p
-        if q:
+        if q and w.root is not None:
+            F, G = w.root, w.proj
+        elif q:
             F, G, _ = root_factors(w.ZtZ, w.ZtW)
         else:
             F, G = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))

@@ -21,7 +21,7 @@ from . import groupwise
 from .data import (check_columns, check_numeric_response, factorize_sorted, formula_variables,
                    handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
-from .deviance import ProfiledDeviance, SufficientStats, root_factors, working_stats
+from .deviance import ProfiledDeviance, SufficientStats, working_stats
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from .formula.parse import RandomTermSpec, parse_formula
 from .linalg import group_crossprod, sequential_rank_cholesky
@@ -189,7 +189,7 @@ class HLM(LikelihoodModel):
         self.group_sizes = pd.Series(counts, index=labels, name="nobs")
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
         self._stats = self._sufficient_stats()
-        self._work, self._reparam = self._working_stats()
+        self._work, self._reparam, self._work_q = self._working_stats()
         self._check_identifiable()
         #: the residual structure (None: independent errors, the plain path)
         self.residual = None if residual is None or residual.is_independent else residual
@@ -263,7 +263,8 @@ class HLM(LikelihoodModel):
             exact = (rss <= 1e-12 * max(within[p, p], np.finfo(float).tiny)
                      or within[p, p] <= 1e-24 * self._work.WtW[p, p])
             # unbounded only when a within-group residual space is left (n > sum_j rank Z_j)
-            if exact and n > int(root_factors(self._work.ZtZ, self._work.ZtW)[2].sum()):
+            rank = int((np.diagonal(self._work.root) > 0).sum())
+            if exact and n > rank:
                 raise IdentificationError(
                     f"the response {yname!r} is fitted exactly within the groups of "
                     f"{self.group_name!r} by the random-effects columns "
@@ -621,9 +622,8 @@ class HLM(LikelihoodModel):
         if dev is None:
             dev = self.deviance_function(reml=reml)
         r = self._sorted_rows(self.endog - self.exog @ np.asarray(beta, float))
-        Zw = self._sorted_rows(self.exog_re) @ self._reparam.T if self.k_re else None
         lam_t = self._reparam.Tinv @ self.re_design.lambda_(np.asarray(theta, float))
-        quad, logdet = residual_quadratic(r, Zw, self._starts, self._work.ZtZ, lam_t)
+        quad, logdet = residual_quadratic(r, self._work_q, self._starts, self._work.root, lam_t)
         n, p = len(r), self.k_fe
         if reml:
             t = dev.terms(theta)
