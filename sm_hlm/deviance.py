@@ -289,10 +289,10 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     m = len(starts)
     codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
     if q:
-        ZtZ = group_crossprod(Zt, Zt, starts)
-        ZtW = group_crossprod(Zt, Wt, starts)
         Q, F, _ = group_qr(Zt, starts, codes)
         G = group_crossprod(Q, Wt, starts)                       # Q_j' W_j (q, r, m)
+        ZtZ = np.einsum("akm,bkm->abm", F, F)                    # Z_j'Z_j = F_j F_j'
+        ZtW = np.einsum("akm,krm->arm", F, G)                    # Z_j'W_j = F_j G_j
         E = Wt.copy()
         for k in range(q):                                       # the tiny q dimension
             E -= Q[:, k:k + 1] * G[k].T[codes]
@@ -336,8 +336,8 @@ class ProfiledDeviance:
     Parameters
     ----------
     stats
-        The model's sufficient statistics (original coordinates; kept as
-        ``self.stats``).
+        Sufficient statistics (kept as ``self.stats``; only their counts
+        ``nobs`` and ``k_fe`` are read when ``work`` is given).
     lambda_
         Maps theta to the q x q relative covariance factor.
     reml
@@ -389,6 +389,7 @@ class ProfiledDeviance:
         self._pairs = [(a, b) for a in range(q) for b in range(a, q)]
         self._pair_flat = np.array([a * q + b for a, b in self._pairs], dtype=int)
         self._S: np.ndarray | None = None
+        self._FF: np.ndarray | None = None
         r = p + 1
         self._use_pairs = bool(q) and r * r * len(self._pairs) * m <= _PAIR_PRODUCT_LIMIT
         self._calls = 0
@@ -409,10 +410,23 @@ class ProfiledDeviance:
         self._S = S.reshape(r * r, len(self._pairs) * m)
 
     def _m_matrices(self, lam_t: np.ndarray) -> np.ndarray:
-        """M_j = I + R_j Lambda~ Lambda~' R_j' as (q, q, m)."""
-        q = self._q
-        K = np.einsum("bam,bc->acm", self._F, lam_t)             # R_j Lambda~ (q, q, m)
-        M = np.einsum("acm,bcm->abm", K, K)
+        """M_j = I + R_j Lambda~ Lambda~' R_j' as (q, q, m).
+
+        M_j[a, d] = delta_ad + sum_{b,c} F_j[b, a] F_j[c, d] (Lambda~ Lambda~')[b, c]: one
+        (q^2, q^2 m) product with the per-group coefficients F_j[b, a] F_j[c, d],
+        precomputed when they fit in memory.
+        """
+        q, m = self._q, self._m
+        if self._FF is None and q ** 4 * m <= 4 * _PAIR_PRODUCT_LIMIT:
+            F = self._F                                          # FF[(b, c), (a, d), j]
+            self._FF = np.ascontiguousarray(
+                (F[:, :, None, None, :] * F[None, None, :, :, :]).transpose(0, 2, 1, 3, 4)
+                .reshape(q * q, q * q * m))
+        if self._FF is not None:
+            M = ((lam_t @ lam_t.T).reshape(q * q) @ self._FF).reshape(q, q, m)
+        else:
+            K = np.einsum("bam,bc->acm", self._F, lam_t)         # R_j Lambda~ (q, q, m)
+            M = np.einsum("acm,bcm->abm", K, K)
         M[np.arange(q), np.arange(q)] += 1.0
         return M
 

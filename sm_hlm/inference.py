@@ -609,7 +609,8 @@ def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) ->
 
     def fe_fun(k: int) -> Callable[[float, np.ndarray], tuple[float, np.ndarray]]:
         def fun(v: float, start: np.ndarray) -> tuple[float, np.ndarray]:
-            dk = ProfiledDeviance(_reduced_stats(dev.stats, k, v), rd.lambda_, reml=False)
+            dk = ProfiledDeviance(_reduced_stats(model._stats, k, v), rd.lambda_, reml=False,
+                                  theta_index=rd.lambda_index)
             r = minimize_bobyqa(dk, np.maximum(start, rd.theta_lower), rd.theta_lower,
                                 ftol_abs=1e-11, xtol_abs=1e-9, initial_step=0.05)
             return r.fun_end, r.end
@@ -803,7 +804,7 @@ def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool =
     rd = model.re_design
     reml = bool(fit.reml)
     rng = np.random.default_rng(seed)
-    st = model.deviance_function(reml=reml).stats
+    st = model._stats
     p, q, m = model.k_fe, rd.q, model.n_groups
     order = model._order
     X = model.exog[order]

@@ -9,6 +9,7 @@ for independent groups j = 1..m.  ``HLM`` follows statsmodels'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -188,7 +189,6 @@ class HLM(LikelihoodModel):
         counts = np.bincount(codes, minlength=self.n_groups)
         self.group_sizes = pd.Series(counts, index=labels, name="nobs")
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
-        self._stats = self._sufficient_stats()
         self._work, self._reparam, self._work_q = self._working_stats()
         self._check_identifiable()
         #: the residual structure (None: independent errors, the plain path)
@@ -201,6 +201,11 @@ class HLM(LikelihoodModel):
     # ------------------------------------------------------------------ data
     def _sorted_rows(self, a: np.ndarray) -> np.ndarray:
         return a if self._sorted else a[self._order]
+
+    @functools.cached_property
+    def _stats(self) -> SufficientStats:
+        """Per-group cross products in the original coordinates (computed on first use)."""
+        return self._sufficient_stats()
 
     def _sufficient_stats(self) -> SufficientStats:
         X = self._sorted_rows(self.exog)
@@ -464,7 +469,7 @@ class HLM(LikelihoodModel):
                     "deviance_function(residual_free=...) holds them fixed")
             return self._residual_kernel.deviance(np.asarray(residual_free, float), reml=reml)[0]
         rd = self.re_design
-        return ProfiledDeviance(self._stats, rd.lambda_, reml=reml, work=self._work,
+        return ProfiledDeviance(self._work, rd.lambda_, reml=reml, work=self._work,
                                 reparam=self._reparam, theta_index=rd.lambda_index)
 
     def loglike(self, params: np.ndarray, *, reml: bool = False, scale: float | None = None) -> float:
