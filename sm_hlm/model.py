@@ -159,6 +159,23 @@ class HLM(LikelihoodModel):
             from .whitening import ResidualKernel
             self._residual_kernel = ResidualKernel(self, self.residual)
 
+    # ------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """patsy's DesignInfo does not pickle: the fixed design is stored as its
+        plain description (:mod:`sm_hlm.formula.pickling`) and rebuilt on load."""
+        from .formula.pickling import pickle_design
+        d = dict(self.__dict__)
+        if "fixed_design_info" in d:
+            d["fixed_design_info"] = pickle_design(d["fixed_design_info"])
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        from .formula.pickling import unpickle_design
+        if "fixed_design_info" in d:
+            d = dict(d)
+            d["fixed_design_info"] = unpickle_design(d["fixed_design_info"])
+        self.__dict__.update(d)
+
     # ------------------------------------------------------------------ data
     def _sorted_rows(self, a: np.ndarray) -> np.ndarray:
         return a if self._sorted else a[self._order]

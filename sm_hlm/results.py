@@ -249,6 +249,20 @@ class HLMResults(LikelihoodModelResults):
                          name="bse_fe")
 
     @cache_readonly
+    def pvalues(self) -> np.ndarray:
+        """Two-sided normal p-values of the fixed effects; NaN for the variance components.
+
+        A Wald test of a variance against zero is a test on the boundary of
+        its parameter space, with a wrong reference distribution; sm_hlm
+        reports none (so statsmodels' ``summary_col`` puts no stars on them).
+        Test variance components by :func:`sm_hlm.compare` (likelihood
+        ratio, chi-bar-square) or :meth:`conf_int_profile`.
+        """
+        p = np.array(LikelihoodModelResults.pvalues.func(self), dtype=float)
+        p[self.k_fe:] = np.nan
+        return p
+
+    @cache_readonly
     def bse_re(self) -> pd.Series:
         return pd.Series(np.sqrt(np.diag(self.cov_vcomp)),
                          index=self.model.re_design.vcomp_names(), name="bse_re")
@@ -347,7 +361,7 @@ class HLMResults(LikelihoodModelResults):
 
     def predict(self, exog: Any = None, *, exog_re: Any = None, groups: Any = None,
                 random: bool = True, residual_data: Any = None,
-                correlated: bool = True) -> pd.Series | np.ndarray:
+                correlated: bool = True, missing: str = "raise") -> pd.Series | np.ndarray:
         """Predictions for the fitted or new data.
 
         Parameters
@@ -360,20 +374,79 @@ class HLMResults(LikelihoodModelResults):
             Random-effects design and group labels of new array data.
         random
             Add the BLUP of each row's group; rows of groups not seen in the
-            fit get the population prediction X beta.
+            fit get the population prediction X beta.  With ``random=False``
+            the new data need no grouping column.
         residual_data, correlated
             Models with a residual structure: the new rows' time/position
             (and variance covariate) values, ``{name: values}``, when
             ``exog`` is not a DataFrame holding them; ``correlated`` adds
             the conditional mean of each new row's error given its group's
             residuals (see :func:`sm_hlm.residual_fit.predict_structured`).
+        missing
+            New rows with a missing or infinite value in a variable used:
+            ``"raise"`` (default) raises :class:`~sm_hlm.MissingDataError`
+            naming the columns; ``"nan"`` predicts NaN for those rows (as
+            statsmodels' ``predict``).
         """
         if getattr(self.model, "_residual_kernel", None) is not None:
             from .residual_fit import predict_structured
             return predict_structured(self, exog, exog_re=exog_re, groups=groups, random=random,
-                                      residual_data=residual_data, correlated=correlated)
+                                      residual_data=residual_data, correlated=correlated,
+                                      missing=missing)
         from .prediction import predict_new
-        return predict_new(self, exog, exog_re=exog_re, groups=groups, random=random)
+        return predict_new(self, exog, exog_re=exog_re, groups=groups, random=random,
+                           missing=missing)
+
+    def get_prediction(self, exog: Any = None, *, exog_re: Any = None, groups: Any = None,
+                       random: bool = True, residual_data: Any = None,
+                       missing: str = "raise") -> Any:
+        """Predictions with standard errors and intervals (statsmodels' PredictionResults).
+
+        Parameters
+        ----------
+        exog, exog_re, groups, residual_data, missing
+            As :meth:`predict` (None: the fitted rows).
+        random
+            False: the marginal (population) mean x'beta; True: the
+            conditional mean x'beta + z'b_j of the row's group (groups not
+            in the fit: b = 0 with its prior covariance Psi).
+
+        Returns
+        -------
+        statsmodels.regression._prediction.PredictionResults
+            ``summary_frame(alpha=0.05)`` has ``mean``, ``mean_se``,
+            ``mean_ci_lower``/``upper`` and ``obs_ci_lower``/``upper``
+            (normal quantiles); ``predicted``, ``se``, ``se_obs``,
+            ``conf_int(obs=...)``.  Rows with missing values are NaN.
+
+        Notes
+        -----
+        With :math:`H = \\mathrm{cov}(\\hat\\beta)` (``cov_fe``) and
+        :math:`\\Psi` (``cov_re``), for a row with designs :math:`x, z`:
+
+        * marginal: :math:`\\mathrm{Var}(x'\\hat\\beta) = x'Hx`; a new
+          observation adds :math:`z'\\Psi z + \\sigma^2 R_{ii}` (the marginal
+          variance of :math:`y`; :math:`R_{ii}` is 1 unless a variance
+          covariate says otherwise);
+        * conditional, group :math:`j` of the fit: the prediction error
+          variance of :math:`x'\\hat\\beta + z'\\hat b_j` (Henderson),
+
+          .. math::
+
+              (x - A_j'z)' H (x - A_j'z) + z' C_j z, \\qquad
+              A_j = C_j Z_j'\\tilde X_j / \\sigma^2,
+
+          where :math:`C_j` is the conditional covariance of :math:`b_j`
+          (``random_effects_cov``, lme4's condVar) and :math:`Z_j'\\tilde X_j`
+          the group's (whitened) cross product; the term in :math:`A_j`
+          accounts for the correlation between :math:`\\hat\\beta` and
+          :math:`\\hat b_j`.  A new observation adds :math:`\\sigma^2 R_{ii}`.
+          With a residual structure, the new row's error is taken as
+          independent of the group's residuals (``predict(correlated=False)``).
+        """
+        from .prediction import get_prediction
+        return get_prediction(self, exog, exog_re=exog_re, groups=groups, random=random,
+                              residual_data=residual_data, missing=missing)
 
     # ------------------------------------------------ the notes' quantities
     def marginal_cov(self, group: Any) -> pd.DataFrame:
