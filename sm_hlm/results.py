@@ -291,10 +291,24 @@ class HLMResults(LikelihoodModelResults):
         return pd.Series(self.fit_result.vcomp, index=self.model.re_design.vcomp_names(),
                          name="vcomp")
 
-    def ranef(self) -> pd.DataFrame:
-        """BLUPs as a DataFrame, one row per group (lme4's ``ranef``)."""
-        return pd.DataFrame(self.fit_result.blups, index=self.model.group_labels,
-                            columns=list(self.model.re_design.names))
+    def ranef(self, *, cond_var: bool = False) -> pd.DataFrame:
+        """BLUPs as a DataFrame, one row per group (lme4's ``ranef``).
+
+        With ``cond_var=True`` (lme4's ``condVar = TRUE``) the columns
+        ``condvar(<effect>)`` and ``condsd(<effect>)`` follow: the diagonal
+        of each group's conditional covariance
+        sigma^2 Lambda (Lambda'Z_j'Z_j Lambda + I)^-1 Lambda' and its square
+        root (full matrices: :attr:`random_effects_cov`).
+        """
+        names = list(self.model.re_design.names)
+        out = pd.DataFrame(self.fit_result.blups, index=self.model.group_labels, columns=names)
+        if cond_var:
+            var = np.diagonal(self.fit_result.blup_cov, axis1=0, axis2=1)     # (m, q)
+            for i, n in enumerate(names):
+                out[f"condvar({n})"] = var[:, i]
+            for i, n in enumerate(names):
+                out[f"condsd({n})"] = np.sqrt(var[:, i])
+        return out
 
     @cache_readonly
     def random_effects(self) -> dict[Any, pd.Series]:
@@ -559,10 +573,93 @@ class HLMResults(LikelihoodModelResults):
 
     def wald_test(self, r_matrix: Any, cov_p: Any = None, invcov: Any = None,
                   use_f: bool | None = None, df_constraints: Any = None,
-                  scalar: bool | None = None) -> Any:
-        """statsmodels' wald_test; ``cov_p`` may cover the fixed effects only."""
+                  scalar: bool = True) -> Any:
+        """statsmodels' wald_test (``scalar=True`` by default, as statsmodels);
+        ``cov_p`` may cover the fixed effects only."""
         return super().wald_test(r_matrix, cov_p=self._embed_cov(cov_p), invcov=invcov,
                                  use_f=use_f, df_constraints=df_constraints, scalar=scalar)
+
+    def wald_test_terms(self, skip_single: bool = False, extra_constraints: Any = None,
+                        combine_terms: Any = None, scalar: bool = True) -> Any:
+        """One joint Wald test per fixed-effects term (statsmodels' ``wald_test_terms``).
+
+        A factor is one test with as many constraints as it has columns;
+        ``flp:ses`` is one test.  Variance components are not tested.
+        ``skip_single`` skips 1-df terms; ``combine_terms`` (names) adds a
+        joint test of every term whose name contains the string;
+        ``extra_constraints`` is a list of ``(name, r_matrix)``.  Returns
+        statsmodels' ``WaldTestResults`` (``table``: statistic, pvalue,
+        df_constraint; chi2 tests, as ``use_t`` is False).
+        """
+        from statsmodels.stats.contrast import WaldTestResults
+
+        from .terms import fixed_terms
+
+        identity = np.eye(len(self.params))
+        rows, index = [], []
+        tests: list[tuple[str, np.ndarray]] = []
+        combined: dict[str, list[np.ndarray]] = {c: [] for c in (combine_terms or [])}
+        for t in fixed_terms(self.model):
+            r = identity[list(t.columns)]
+            for c in combined:
+                if c in t.name:
+                    combined[c].append(r)
+            if skip_single and r.shape[0] == 1:
+                continue
+            tests.append((t.name, r))
+        for c, mats in combined.items():
+            if not mats:
+                raise ValueError(f"combine_terms: no term name contains {c!r}")
+            tests.append((c, np.vstack(mats)))
+        tests += [(str(n), np.atleast_2d(np.asarray(r, dtype=float)))
+                  for n, r in (extra_constraints or [])]
+        for name, r in tests:
+            wt = self.wald_test(r, scalar=scalar)
+            rows.append([wt.statistic, wt.pvalue, r.shape[0]])
+            index.append(name)
+        table = pd.DataFrame(rows, index=index, columns=["statistic", "pvalue", "df_constraint"])
+        return WaldTestResults(None, "chi2", None, table=table)
+
+    # ------------------------------------------ lme4's toolbox (sm_hlm.toolbox)
+    def refit(self, endog: Any) -> Any:
+        """The same model fitted to a new response (lme4's ``refit``); see
+        :func:`sm_hlm.toolbox.refit`."""
+        from .toolbox import refit
+        return refit(self, endog)
+
+    def simulate(self, nsim: int = 1, *, seed: Any = None, use_u: bool = False) -> pd.DataFrame:
+        """Responses simulated from the fitted model (lme4's ``simulate``), one
+        column per simulation; see :func:`sm_hlm.toolbox.simulate`."""
+        from .toolbox import simulate
+        return simulate(self, nsim, seed=seed, use_u=use_u)
+
+    def drop1(self, *, test: str = "Chisq") -> pd.DataFrame:
+        """Tests of dropping each droppable fixed-effects term (lme4's / lmerTest's
+        ``drop1``); see :func:`sm_hlm.toolbox.drop1`."""
+        from .toolbox import drop1
+        return drop1(self, test=test)
+
+    # ------------------------------------------------------ data and pickles
+    def remove_data(self) -> None:
+        """Remove the data arrays (statsmodels' ``remove_data``).
+
+        Keeps the estimates, the designs for new data (``predict`` and
+        ``get_prediction`` of a DataFrame or arrays) and what ``summary()``
+        needs (the scaled-residual quantiles are computed first).  Methods
+        that need the data (``fittedvalues``, ``resid``, ``satterthwaite``,
+        ``refit``, ``simulate``...) raise afterwards.
+        """
+        from .summary import residual_quantiles
+        if "_resid_quantiles" not in self.__dict__:
+            self.__dict__["_resid_quantiles"] = residual_quantiles(self)
+        if not hasattr(self, "_cache"):
+            self._cache = {}
+        self._data_attr = list(getattr(self, "_data_attr", []))
+        self._data_in_cache = ["fittedvalues", "resid", "resid_scaled", "_fitted_array",
+                               "resid_normalized"]
+        self._data_attr_model = ["exog_re", "groups", "group_codes", "_order", "data.frame",
+                                 "data.row_labels", "data.exog_re", "data.groups", "row_index"]
+        super().remove_data()
 
     # --------------------------------- variance shares (sm_hlm.diagnostics)
     def icc(self) -> pd.Series:

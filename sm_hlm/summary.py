@@ -73,6 +73,9 @@ class HLMSummary(summary2.Summary):
 
 def residual_quantiles(results: "HLMResults") -> pd.Series:
     """Quantiles of the scaled residuals (Min, 1Q, Median, 3Q, Max)."""
+    kept = results.__dict__.get("_resid_quantiles")     # stored by remove_data()
+    if kept is not None:
+        return kept.copy()
     r = np.asarray(results.resid_scaled)
     q = np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])
     return pd.Series(q, index=["Min", "1Q", "Median", "3Q", "Max"])
