@@ -308,6 +308,10 @@ class HLM(LikelihoodModel):
         data_cols = [c for c in data.columns if c in used]
         check_numeric_response(data[parsed.response], parsed.response) \
             if parsed.response in data.columns else None
+        if parsed.response in data.columns and pd.api.types.is_bool_dtype(data[parsed.response]):
+            # a boolean response is the 0/1 outcome of a linear probability model, as
+            # with arrays (patsy would code it as two indicator columns)
+            data = data.assign(**{parsed.response: data[parsed.response].astype(float)})
         cols = {c: data[c] for c in data_cols}
         cols[group_col] = data[group_col]
         keep = handle_missing(cols, "raise" if missing == "none" else missing, index=data.index)

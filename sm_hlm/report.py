@@ -183,6 +183,25 @@ def _table_lines(header: list[str] | None, body: list[list[str]], aligns: list[s
         j = max(text_cols, key=lambda c: widths[c])
         excess = sum(widths) + len(_SEP) * (k - 1) - width
         widths[j] = max(floor, widths[j] - excess)
+    if sum(widths) + len(_SEP) * (k - 1) > width and k > 2:
+        # still too wide (many numeric columns): print column blocks, as R
+        # prints a wide matrix, each block repeating the first column
+        blocks, cur = [], [1]
+        for j in range(2, k):
+            if widths[0] + sum(widths[c] + len(_SEP) for c in cur + [j]) > width:
+                blocks.append(cur)
+                cur = []
+            cur.append(j)
+        blocks.append(cur)
+        out: list[str] = []
+        for b in blocks:
+            cols = [0] + b
+            if out:
+                out.append("")
+            out += _table_lines(None if header is None else [header[c] for c in cols],
+                                [[r[c] for c in cols] for r in body], [aligns[c] for c in cols],
+                                width, breaks)
+        return out
     out = []
     n_head = 1 if header is not None else 0
     total = sum(widths) + len(_SEP) * (k - 1)

@@ -661,6 +661,19 @@ class HLMResults(LikelihoodModelResults):
                                  "data.row_labels", "data.exog_re", "data.groups", "row_index"]
         super().remove_data()
 
+    def save(self, fname: Any, remove_data: bool = False) -> None:
+        """Pickle the results to ``fname`` (a path or a binary file handle).
+
+        As statsmodels' ``save``, but the whole pickle is made in memory
+        first and a path is written through a temporary file renamed into
+        place: a failure leaves no truncated (or overwritten) file.  Load with
+        :meth:`load` (or ``pickle``); formula models rebuild their designs for
+        new data on load (:mod:`sm_hlm.formula.pickling`).
+        """
+        if remove_data:
+            self.remove_data()
+        save_atomic(self, fname)
+
     # --------------------------------- variance shares (sm_hlm.diagnostics)
     def icc(self) -> pd.Series:
         """Intraclass correlation(s)."""
@@ -720,12 +733,42 @@ class HLMResults(LikelihoodModelResults):
     summary2 = summary
 
 
+def save_atomic(obj: Any, fname: Any) -> None:
+    """Pickle ``obj`` in memory, then write it to a binary handle or, through a
+    temporary file renamed into place, to a path (no truncated file on failure)."""
+    import os
+    import pickle
+    import tempfile
+
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    if hasattr(fname, "write"):
+        fname.write(payload)
+        return
+    path = os.fspath(fname)
+    fd, tmp = tempfile.mkstemp(prefix=".sm_hlm-", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class HLMResultsWrapper(LikelihoodResultsWrapper):
     _attrs: dict[str, str] = {"bse": "columns", "params": "columns", "tvalues": "columns",
                               "pvalues": "columns"}
     _wrap_attrs = wrap.union_dicts(LikelihoodResultsWrapper._wrap_attrs, _attrs)
     _methods: dict[str, str] = {}
     _wrap_methods = wrap.union_dicts(LikelihoodResultsWrapper._wrap_methods, _methods)
+
+    def save(self, fname: Any, remove_data: bool = False) -> None:
+        """Pickle the results (see :meth:`HLMResults.save`)."""
+        if remove_data:
+            self.remove_data()
+        save_atomic(self, fname)
 
 
 wrap.populate_wrapper(HLMResultsWrapper, HLMResults)
