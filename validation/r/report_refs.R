@@ -13,19 +13,19 @@
 #   fixed effects.
 # * "drop1": one object per case, lme4's drop1(fit, test = "Chisq") with
 #   - "formula", "REML" (how the full model was fitted; lme4 refits REML fits
-#     by ML inside extractAIC),
+#     by ML inside extractAIC), "theta" (getME(fit, "theta")), "logLik",
 #   - "rows": row names ("<none>" then the droppable terms, R's drop.scope),
 #   - "npar", "AIC", "LRT", "p" (lists, NA -> null).
 #   Cases (NELS, school and urbanicity as factors, urban the reference):
 #     nels_ML    mscore ~ flp * ses + urbanicity + public + (ses | school), ML
 #     nels_REML  the same model fitted by REML
 # * "drop1_F": lmerTest's drop1(fit) (Satterthwaite F tests of the marginal
-#   terms) for the same two fits: "rows", "SumSq", "MeanSq", "NumDF", "DenDF",
-#   "F", "p".
+#   terms) for the same two fits: "theta", "logLik" (of the lmerTest fit),
+#   "rows", "SumSq", "MeanSq", "NumDF", "DenDF", "F", "p".
 # * "ranef_condvar": the NELS fit nels_REML's ranef(condVar = TRUE) for the
 #   schools in "schools": "ranef" (rows: school, (Intercept), ses), "condsd"
 #   (sqrt of the diagonal of each school's postVar), "condcov" (the 2x2
-#   postVar of each school).
+#   postVar of each school), at the theta of drop1$nels_REML.
 
 local({
   arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
@@ -54,12 +54,15 @@ for (reml in c(FALSE, TRUE)) {
   key <- if (reml) "nels_REML" else "nels_ML"
   fit <- lme4::lmer(form, data = d, REML = reml)
   a <- drop1(fit, test = "Chisq")
-  d1[[key]] <- list(formula = deparse(form), REML = reml, rows = I(rownames(a)),
+  d1[[key]] <- list(formula = deparse(form), REML = reml, theta = I(unname(getME(fit, "theta"))),
+                    logLik = as.numeric(logLik(fit)), rows = I(rownames(a)),
                     npar = I(as.numeric(a$npar)), AIC = I(as.numeric(a$AIC)),
                     LRT = I(as.numeric(a$LRT)), p = I(as.numeric(a[["Pr(Chi)"]])))
   fitT <- lmerTest::lmer(form, data = d, REML = reml)
   f <- lmerTest:::drop1.lmerModLmerTest(fitT)
-  dF[[key]] <- list(formula = deparse(form), REML = reml, rows = I(rownames(f)),
+  dF[[key]] <- list(formula = deparse(form), REML = reml,
+                    theta = I(unname(getME(fitT, "theta"))),
+                    logLik = as.numeric(logLik(fitT)), rows = I(rownames(f)),
                     SumSq = I(f[["Sum Sq"]]), MeanSq = I(f[["Mean Sq"]]),
                     NumDF = I(as.numeric(f$NumDF)), DenDF = I(f$DenDF),
                     F = I(f[["F value"]]), p = I(f[["Pr(>F)"]]))
