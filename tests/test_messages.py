@@ -73,3 +73,13 @@ def test_missing_nlopt_says_how_to_install(monkeypatch):
         require_nlopt()
     monkeypatch.undo()
     assert require_nlopt().__name__ == "nlopt"
+
+
+def test_from_levels_with_group_column_needing_q(data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = HLM.from_levels(level1="mscore ~ ses", level2={"Intercept": "~ flp"},
+                            groups="sch id", random=["Intercept"], data=data).fit(reml=False)
+        b = HLM.from_levels(level1="mscore ~ ses", level2={"Intercept": "~ flp"},
+                            groups="school", random=["Intercept"], data=data).fit(reml=False)
+    assert a.model.group_name == "sch id" and a.llf == pytest.approx(b.llf, abs=1e-9)
