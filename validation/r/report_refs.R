@@ -26,6 +26,10 @@
 #   schools in "schools": "ranef" (rows: school, (Intercept), ses), "condsd"
 #   (sqrt of the diagonal of each school's postVar), "condcov" (the 2x2
 #   postVar of each school), at the theta of drop1$nels_REML.
+#
+# Warnings at generation time: one, "Model failed to converge with max|grad| =
+# 0.00301623 (tol = 0.002, component 1)", from the REML fit (sm_hlm's REML
+# optimum has a higher log-likelihood; tests compare at lme4's theta).
 
 local({
   arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
