@@ -86,6 +86,11 @@ def test_conditional_prediction_matches_henderson(fit, data):
     np.testing.assert_allclose(sf["obs_ci_upper"], sf["mean"] + zq * obs_se, rtol=1e-12)
     np.testing.assert_allclose(sf["mean_ci_lower"], sf["mean"] - zq * sf["mean_se"],
                                rtol=1e-12)
+    # the fitted rows (exog=None) are the fitted values with the same standard errors
+    full = fit.get_prediction().summary_frame()
+    np.testing.assert_allclose(full["mean"], fit.fittedvalues, rtol=1e-13)
+    np.testing.assert_allclose(full.loc[new.index[:-1], "mean_se"], sf["mean_se"].iloc[:-1],
+                               rtol=1e-12)
 
 
 def test_marginal_prediction(fit, data):
