@@ -23,7 +23,7 @@ from .data import nonfinite_rows
 if TYPE_CHECKING:
     from .results import HLMResults
 
-__all__ = ["predict_new", "new_design", "get_prediction", "NewDesign"]
+__all__ = ["predict_new", "get_prediction", "NewDesign", "frame_design", "array_design"]
 
 
 class NewDesign:
@@ -75,16 +75,24 @@ def _fill(values: np.ndarray, valid: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def new_design(results: "HLMResults", data: pd.DataFrame, *,
-               random: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fixed design, random design and group labels of new data for a formula model.
+def _random_design(model: Any, ok: pd.DataFrame, valid: np.ndarray) -> np.ndarray:
+    """Z of the complete rows ``ok`` of new data, NaN rows where ``valid`` is False."""
+    from patsy import build_design_matrices
 
-    Rows with missing values are NaN rows of X and Z (see :func:`frame_design`).
-    """
-    d = frame_design(results, data, random=random)
-    Z = d.Z if d.Z is not None else np.zeros((len(data), 0))
-    g = d.groups if d.groups is not None else np.full(len(data), None, dtype=object)
-    return d.X, Z, g
+    blocks: dict[str, pd.DataFrame] = {}
+    for term in model.re_design.terms:
+        key = term.expr if term.expr is not None else str(id(term.design_info))
+        if key in blocks:     # the terms of one (x || g) share a design
+            continue
+        if len(ok):
+            (Zt,) = build_design_matrices([term.design_info], ok, NA_action="raise",
+                                          return_type="dataframe")
+        else:
+            Zt = pd.DataFrame(columns=term.design_info.column_names)
+        blocks[key] = Zt
+    Zdf = pd.concat(list(blocks.values()), axis=1)
+    Zdf = Zdf.loc[:, ~Zdf.columns.duplicated()]
+    return _fill(Zdf[list(model.re_design.names)].to_numpy(dtype=float), valid, len(valid))
 
 
 def frame_design(results: "HLMResults", data: pd.DataFrame, *, random: bool) -> NewDesign:
@@ -114,20 +122,7 @@ def frame_design(results: "HLMResults", data: pd.DataFrame, *, random: bool) -> 
         X = np.zeros((0, model.k_fe))
     Z = g = None
     if need_re:
-        blocks: dict[str, pd.DataFrame] = {}
-        for term in model.re_design.terms:
-            key = term.expr if term.expr is not None else str(id(term.design_info))
-            if key in blocks:     # the terms of one (x || g) share a design
-                continue
-            if len(ok):
-                (Zt,) = build_design_matrices([term.design_info], ok, NA_action="raise",
-                                              return_type="dataframe")
-            else:
-                Zt = pd.DataFrame(columns=term.design_info.column_names)
-            blocks[key] = Zt
-        Zdf = pd.concat(list(blocks.values()), axis=1)
-        Zdf = Zdf.loc[:, ~Zdf.columns.duplicated()]
-        Z = _fill(Zdf[list(model.re_design.names)].to_numpy(dtype=float), valid, n)
+        Z = _random_design(model, ok, valid)
         g = data[gcol].to_numpy()
     return NewDesign(_fill(X, valid, n), Z, g, valid, data.index,
                      {k: m for k, m in masks.items() if m.any()})
@@ -318,22 +313,12 @@ def _marginal_z(results: "HLMResults", exog: Any, exog_re: Any, d: NewDesign) ->
     if exog is None:
         return model.exog_re
     if isinstance(exog, pd.DataFrame) and getattr(model, "fixed_design_info", None) is not None:
-        from patsy import build_design_matrices
-        ok = exog.loc[d.valid]
-        blocks: dict[str, pd.DataFrame] = {}
-        for term in model.re_design.terms:
-            key = term.expr if term.expr is not None else str(id(term.design_info))
-            if key not in blocks:
-                try:
-                    (Zt,) = build_design_matrices([term.design_info], ok, NA_action="raise",
-                                                  return_type="dataframe")
-                except Exception as exc:        # noqa: BLE001 - name the missing column
-                    raise KeyError(f"the observation intervals need the random-effects "
-                                   f"variables of {term.expr!r}: {exc}") from exc
-                blocks[key] = Zt
-        Zdf = pd.concat(list(blocks.values()), axis=1)
-        Zdf = Zdf.loc[:, ~Zdf.columns.duplicated()]
-        return _fill(Zdf[list(model.re_design.names)].to_numpy(dtype=float), d.valid, len(d.X))
+        try:
+            return _random_design(model, exog.loc[d.valid], d.valid)
+        except Exception as exc:        # noqa: BLE001 - name what is missing
+            raise KeyError(f"the observation intervals of marginal predictions need the "
+                           f"random-effects variables {[s.expr for s in model.re_specs]}: "
+                           f"{exc}") from exc
     if exog_re is None:
         if model.k_re == 1 and model.re_design.names[0] == "Intercept":
             return np.ones((len(d.X), 1))
