@@ -371,6 +371,8 @@ def render_latex(title: str | None, sections: Sequence[Section], notes: Sequence
 
     def row(cells: list[str]) -> str:
         cells = [tex_escape(c) for c in cells] + [""] * (ncol - len(cells))
+        if cells[0].startswith("["):        # not the optional argument of the \\ before
+            cells[0] = "{}" + cells[0]
         return " & ".join(cells) + " \\\\"
 
     for i, (sec, header, body) in enumerate(grids):

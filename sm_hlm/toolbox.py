@@ -127,17 +127,15 @@ def simulate(results: Any, nsim: int = 1, *, seed: Any = None,
 
     Notes
     -----
-    ``y* = X beta + Z_j b*_j + e*`` with ``e* ~ N(0, sigma^2 I)`` at the
-    estimates.  The random effects are drawn from a symmetric square root of
-    Psi, so singular fits are simulated too.  Models with a residual
-    structure are not supported yet.
+    ``y* = X beta + Z_j b*_j + e*`` with ``e*_j ~ N(0, sigma^2 R_j)`` at the
+    estimates (R_j = I for independent errors; with a residual structure the
+    group's correlation and variances, drawn through a Cholesky factor of
+    each group's covariance, batched over groups).  The random effects are
+    drawn from a symmetric square root of Psi, so singular fits are
+    simulated too.
     """
     res = _unwrap(results)
     model = res.model
-    if getattr(model, "_residual_kernel", None) is not None:
-        raise NotImplementedError(
-            f"simulate() with the residual structure {model.residual!r} is not implemented; "
-            "it draws independent errors only")
     if model.exog is None:
         raise ValueError("the data were removed (remove_data()): simulate needs the designs")
     nsim = int(nsim)
@@ -155,10 +153,43 @@ def simulate(results: Any, nsim: int = 1, *, seed: Any = None,
             F = _psd_factor(np.asarray(fit.cov_re, float))
             b = np.einsum("ab,mbs->mas", F, rng.standard_normal((m, q, nsim)))
         sims += np.einsum("iq,iqs->is", model.exog_re, b[model.group_codes])
-    sims += np.sqrt(fit.scale) * rng.standard_normal((n, nsim))
+    if getattr(model, "_residual_kernel", None) is None:
+        sims += np.sqrt(fit.scale) * rng.standard_normal((n, nsim))
+    else:
+        sims += _structured_errors(res, nsim, rng)
     labels = model.data.row_labels
     return pd.DataFrame(sims, index=labels if labels is not None else None,
                         columns=[f"sim_{i + 1}" for i in range(nsim)])
+
+
+def _structured_errors(res: "HLMResults", nsim: int, rng: np.random.Generator) -> np.ndarray:
+    """Errors e_j ~ N(0, sigma^2 S_j R_j S_j), all groups at once (padded to the largest)."""
+    from .residual_fit import _natural
+
+    kern = res.model._residual_kernel
+    nat = _natural(res)
+    n = len(kern.order)
+    sizes, starts = np.asarray(kern.sizes), np.asarray(kern.starts)
+    k = int(sizes.max())
+    inside = np.arange(k)[None, :] < sizes[:, None]                      # (m, k)
+    rows = np.where(inside, kern.order[np.minimum(starts[:, None] + np.arange(k), n - 1)], 0)
+    key = kern.key.astype(np.intp) if kern.kind == "dense" else kern.key
+    by = kern.by_codes
+    pair = inside[:, :, None] & inside[:, None, :]
+    ra = np.broadcast_to(rows[:, :, None], pair.shape)[pair]
+    rb = np.broadcast_to(rows[:, None, :], pair.shape)[pair]
+    S = np.broadcast_to(np.eye(k), pair.shape).copy()
+    S[pair] = kern.cov_rows(nat, float(res.scale), key[ra], by[ra], key[rb], by[rb])
+    # the diagonal is the row's variance, whatever the correlation of equal keys
+    sd = np.asarray(kern.structure.sd_levels(nat, kern.info), float) if kern.has_by else None
+    diag = np.full(rows.shape, float(res.scale)) if sd is None else res.scale * sd[by[rows]] ** 2
+    idx = np.arange(k)
+    S[:, idx, idx] = np.where(inside, diag, 1.0)
+    L = np.linalg.cholesky(S)
+    draws = L @ rng.standard_normal((len(sizes), k, nsim))               # (m, k, nsim)
+    out = np.empty((n, nsim))
+    out[rows[inside]] = draws[inside]
+    return out
 
 
 def drop1(results: Any, *, test: str = "Chisq") -> pd.DataFrame:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sm_hlm import AR1, HLM
+from sm_hlm import AR1, HLM, Exchangeable, Heteroscedastic, Unstructured
 from sm_hlm.simulate import simulate_nels
 from sm_hlm.terms import droppable_terms, fixed_terms
 
@@ -209,5 +209,24 @@ def test_refit_and_drop1_with_residual_structure():
                                           residual=AR1(time="wave")).fit(reml=False))
     assert list(tab.index) == ["<none>", "wave:trt"]
     assert tab.loc["wave:trt", "AIC"] == pytest.approx(sub.aic, abs=1e-5)
-    with pytest.raises(NotImplementedError, match="simulate"):
-        res.simulate(2, seed=1)
+
+
+@pytest.mark.parametrize("structure", [lambda: AR1(time="wave") * Heteroscedastic(by="wave"),
+                                       lambda: Unstructured(position="wave"),
+                                       lambda: Exchangeable()])
+def test_simulate_with_residual_structure(structure):
+    d = load_csv("panel_ri_ar1.csv")
+    res = _quiet(lambda: HLM.from_formula("y ~ wave*trt + (1 | subject)", d,
+                                          residual=structure()).fit())
+    nsim = 4000
+    Y = res.simulate(nsim, seed=12).to_numpy()
+    model = res.model
+    for code in (0, 3, 17):
+        rows = np.flatnonzero(model.group_codes == code)
+        V = res.marginal_cov(model.group_labels[code]).to_numpy()   # Z Psi Z' + sigma^2 S R S
+        C = np.cov(Y[rows])
+        # sampling SE of a covariance: sqrt((V_ii V_jj + V_ij^2) / nsim)
+        se = np.sqrt((np.outer(np.diag(V), np.diag(V)) + V ** 2) / nsim)
+        assert np.max(np.abs(C - V) / se) < 5
+        eta = model.exog[rows] @ res.fe_params.to_numpy()
+        assert np.max(np.abs(Y[rows].mean(axis=1) - eta) / np.sqrt(np.diag(V) / nsim)) < 5
