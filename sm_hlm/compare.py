@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.iolib import summary2
+
+from .summary import HLMSummary
 
 __all__ = ["RefitMLWarning", "compare", "summary_table", "SummaryTable", "boundary_test"]
 
@@ -345,7 +346,7 @@ def compare(*fits: Any, names: Sequence[str] | None = None, refit: bool | None =
 # side-by-side table
 # ---------------------------------------------------------------------------
 
-class SummaryTable(summary2.Summary):
+class SummaryTable(HLMSummary):
     """Side-by-side table of several fits (``as_text``, ``as_html``, ``as_latex``).
 
     Attributes
@@ -370,6 +371,17 @@ class SummaryTable(summary2.Summary):
 
     def __str__(self) -> str:
         return self.as_text()
+
+
+#: sm_hlm's one star convention (R's significance codes): *, **, *** for p below
+#: 0.05, 0.01, 0.001.  statsmodels' ``summary_col`` uses 0.1, 0.05, 0.01 and says so
+#: under its table.
+STAR_LEVELS: tuple[float, ...] = (0.05, 0.01, 0.001)
+
+
+def star_note(levels: Sequence[float] = STAR_LEVELS) -> str:
+    """The legend of the stars, e.g. ``"* p<0.05, ** p<0.01, *** p<0.001"``."""
+    return ", ".join(f"{'*' * (i + 1)} p<{lv:g}" for i, lv in enumerate(levels))
 
 
 def _stars(p: float, levels: Sequence[float]) -> str:
@@ -407,7 +419,7 @@ def _vcomp_rows(res: Any, kind: str, vcomp: str) -> dict[str, float]:
 
 def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = True,
                   float_format: str = "%.3f", vcomp: str = "sd",
-                  star_levels: Sequence[float] = (0.05, 0.01, 0.001),
+                  star_levels: Sequence[float] = STAR_LEVELS,
                   title: str | None = None) -> SummaryTable:
     """Coefficients, SEs, variance components and fit statistics of fits side by side.
 
@@ -418,16 +430,20 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
     names
         Column labels; default ``"fit0"``, ``"fit1"``, ...
     stars
-        Append significance stars to the estimates (``*``, ``**``, ``***``
-        for p below each of ``star_levels``; normal-theory p-values for
-        HLM fits, as the summary; OLS fits use their own t-test p-values).
+        Append significance stars to the fixed effects (``*``, ``**``,
+        ``***`` for p below each of ``star_levels``; normal-theory p-values
+        for HLM fits, as the summary; OLS fits use their own t-test
+        p-values).  Variance components never get stars.  The legend under
+        the table states the convention.
     float_format
         Number format of estimates, SEs and variance components.
     vcomp
         ``"sd"`` (default, lme4's Std.Dev.) or ``"var"``: how the random
         effects and the residual are shown; correlations are shown either way.
     star_levels
-        p-value thresholds of one, two, three stars.
+        p-value thresholds of one, two, three stars; default
+        :data:`STAR_LEVELS` (0.05, 0.01, 0.001: R's significance codes,
+        sm_hlm's one convention).
     title
         Table title.
 
@@ -512,12 +528,16 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
     frame = pd.DataFrame(rows, index=index, columns=labels)
 
     out = SummaryTable()
-    out.add_df(frame, float_format=ff, align="r")
+    n_fe, n_vc = 2 * len(fe_order), len(vc_order)
+    out.add_df(frame, float_format=ff, align="r", force_align=True, title="Fixed effects:",
+               breaks={n_fe: "Variance components (not tested):", n_fe + n_vc: "Fit:"})
     if title:
         out.add_title(title)
+    note = "Standard errors in parentheses."
     if stars:
-        out.add_text("Standard errors in parentheses. " + ", ".join(
-            f"{'*' * (i + 1)} p<{lv:g}" for i, lv in enumerate(star_levels)))
+        note += " " + star_note(star_levels) + " (two-sided; z tests for HLM fits, t tests " \
+                "for OLS fits; variance components are not tested)."
+    out.add_text(note)
     out.frame = frame
     out.params, out.bse, out.pvalues = params, bse, pvalues
     out.vcomp, out.stats = vc, st

@@ -47,6 +47,20 @@ class RandomEffectsTerm:
     expr: str | None = None
     design_info: Any = field(default=None, compare=False, repr=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # patsy's DesignInfo does not pickle: store its plain description
+        from .formula.pickling import pickle_design
+        d = dict(self.__dict__)
+        d["design_info"] = pickle_design(d.get("design_info"))
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        from .formula.pickling import unpickle_design
+        d = dict(d)
+        d["design_info"] = unpickle_design(d.get("design_info"))
+        for key, value in d.items():
+            object.__setattr__(self, key, value)
+
     @property
     def k(self) -> int:
         return len(self.names)

@@ -454,7 +454,8 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
         if "Intercept" not in rand:
             re_parts.insert(0, "0")
         bar = "|" if correlated else "||"
-        formula += f" + ({' + '.join(re_parts)} {bar} {groups})"
+        from .formula.parse import quote_name
+        formula += f" + ({' + '.join(re_parts)} {bar} {quote_name(groups)})"
     else:
         from_formula_kw.update(groups=groups, re_formula="0")
 

@@ -198,6 +198,23 @@ class HLM(LikelihoodModel):
             from .whitening import ResidualKernel
             self._residual_kernel = ResidualKernel(self, self.residual)
 
+    # ------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """patsy's DesignInfo does not pickle: the fixed design is stored as its
+        plain description (:mod:`sm_hlm.formula.pickling`) and rebuilt on load."""
+        from .formula.pickling import pickle_design
+        d = dict(self.__dict__)
+        if "fixed_design_info" in d:
+            d["fixed_design_info"] = pickle_design(d["fixed_design_info"])
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        from .formula.pickling import unpickle_design
+        if "fixed_design_info" in d:
+            d = dict(d)
+            d["fixed_design_info"] = unpickle_design(d["fixed_design_info"])
+        self.__dict__.update(d)
+
     # ------------------------------------------------------------------ data
     def _sorted_rows(self, a: np.ndarray) -> np.ndarray:
         return a if self._sorted else a[self._order]
@@ -390,6 +407,10 @@ class HLM(LikelihoodModel):
         data_cols = [c for c in data.columns if c in used]
         check_numeric_response(data[parsed.response], parsed.response) \
             if parsed.response in data.columns else None
+        if parsed.response in data.columns and pd.api.types.is_bool_dtype(data[parsed.response]):
+            # a boolean response is the 0/1 outcome of a linear probability model, as
+            # with arrays (patsy would code it as two indicator columns)
+            data = data.assign(**{parsed.response: data[parsed.response].astype(float)})
         cols = {c: data[c] for c in data_cols}
         cols[group_col] = data[group_col]
         keep = handle_missing(cols, "raise" if missing == "none" else missing, index=data.index)

@@ -338,7 +338,7 @@ def _new_values(results: "HLMResults", exog: Any, residual_data: Any,
 
 def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
                        groups: Any = None, random: bool = True, residual_data: Any = None,
-                       correlated: bool = True) -> pd.Series | np.ndarray:
+                       correlated: bool = True, missing: str = "raise") -> pd.Series | np.ndarray:
     """Predictions for new rows that account for the residual structure.
 
     Notes
@@ -357,7 +357,8 @@ def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
 
     model = results.model
     kern = _kernel(results)
-    base = predict_new(results, exog, exog_re=exog_re, groups=groups, random=random)
+    base = predict_new(results, exog, exog_re=exog_re, groups=groups, random=random,
+                       missing=missing)
     if exog is None:
         return base
     if not (random and correlated and kern.kind != "identity"):

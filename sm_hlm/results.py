@@ -238,6 +238,20 @@ class HLMResults(LikelihoodModelResults):
                          name="bse_fe")
 
     @cache_readonly
+    def pvalues(self) -> np.ndarray:
+        """Two-sided normal p-values of the fixed effects; NaN for the variance components.
+
+        A Wald test of a variance against zero is a test on the boundary of
+        its parameter space, with a wrong reference distribution; sm_hlm
+        reports none (so statsmodels' ``summary_col`` puts no stars on them).
+        Test variance components by :func:`sm_hlm.compare` (likelihood
+        ratio, chi-bar-square) or :meth:`conf_int_profile`.
+        """
+        p = np.array(LikelihoodModelResults.pvalues.func(self), dtype=float)
+        p[self.k_fe:] = np.nan
+        return p
+
+    @cache_readonly
     def bse_re(self) -> pd.Series:
         return pd.Series(np.sqrt(np.diag(self.cov_vcomp)),
                          index=self.model.re_design.vcomp_names(), name="bse_re")
@@ -266,10 +280,24 @@ class HLMResults(LikelihoodModelResults):
         return pd.Series(self.fit_result.vcomp, index=self.model.re_design.vcomp_names(),
                          name="vcomp")
 
-    def ranef(self) -> pd.DataFrame:
-        """BLUPs as a DataFrame, one row per group (lme4's ``ranef``)."""
-        return pd.DataFrame(self.fit_result.blups, index=self.model.group_labels,
-                            columns=list(self.model.re_design.names))
+    def ranef(self, *, cond_var: bool = False) -> pd.DataFrame:
+        """BLUPs as a DataFrame, one row per group (lme4's ``ranef``).
+
+        With ``cond_var=True`` (lme4's ``condVar = TRUE``) the columns
+        ``condvar(<effect>)`` and ``condsd(<effect>)`` follow: the diagonal
+        of each group's conditional covariance
+        sigma^2 Lambda (Lambda'Z_j'Z_j Lambda + I)^-1 Lambda' and its square
+        root (full matrices: :attr:`random_effects_cov`).
+        """
+        names = list(self.model.re_design.names)
+        out = pd.DataFrame(self.fit_result.blups, index=self.model.group_labels, columns=names)
+        if cond_var:
+            var = np.diagonal(self.fit_result.blup_cov, axis1=0, axis2=1)     # (m, q)
+            for i, n in enumerate(names):
+                out[f"condvar({n})"] = var[:, i]
+            for i, n in enumerate(names):
+                out[f"condsd({n})"] = np.sqrt(var[:, i])
+        return out
 
     @cache_readonly
     def random_effects(self) -> dict[Any, pd.Series]:
@@ -336,7 +364,7 @@ class HLMResults(LikelihoodModelResults):
 
     def predict(self, exog: Any = None, *, exog_re: Any = None, groups: Any = None,
                 random: bool = True, residual_data: Any = None,
-                correlated: bool = True) -> pd.Series | np.ndarray:
+                correlated: bool = True, missing: str = "raise") -> pd.Series | np.ndarray:
         """Predictions for the fitted or new data.
 
         Parameters
@@ -349,20 +377,79 @@ class HLMResults(LikelihoodModelResults):
             Random-effects design and group labels of new array data.
         random
             Add the BLUP of each row's group; rows of groups not seen in the
-            fit get the population prediction X beta.
+            fit get the population prediction X beta.  With ``random=False``
+            the new data need no grouping column.
         residual_data, correlated
             Models with a residual structure: the new rows' time/position
             (and variance covariate) values, ``{name: values}``, when
             ``exog`` is not a DataFrame holding them; ``correlated`` adds
             the conditional mean of each new row's error given its group's
             residuals (see :func:`sm_hlm.residual_fit.predict_structured`).
+        missing
+            New rows with a missing or infinite value in a variable used:
+            ``"raise"`` (default) raises :class:`~sm_hlm.MissingDataError`
+            naming the columns; ``"nan"`` predicts NaN for those rows (as
+            statsmodels' ``predict``).
         """
         if getattr(self.model, "_residual_kernel", None) is not None:
             from .residual_fit import predict_structured
             return predict_structured(self, exog, exog_re=exog_re, groups=groups, random=random,
-                                      residual_data=residual_data, correlated=correlated)
+                                      residual_data=residual_data, correlated=correlated,
+                                      missing=missing)
         from .prediction import predict_new
-        return predict_new(self, exog, exog_re=exog_re, groups=groups, random=random)
+        return predict_new(self, exog, exog_re=exog_re, groups=groups, random=random,
+                           missing=missing)
+
+    def get_prediction(self, exog: Any = None, *, exog_re: Any = None, groups: Any = None,
+                       random: bool = True, residual_data: Any = None,
+                       missing: str = "raise") -> Any:
+        """Predictions with standard errors and intervals (statsmodels' PredictionResults).
+
+        Parameters
+        ----------
+        exog, exog_re, groups, residual_data, missing
+            As :meth:`predict` (None: the fitted rows).
+        random
+            False: the marginal (population) mean x'beta; True: the
+            conditional mean x'beta + z'b_j of the row's group (groups not
+            in the fit: b = 0 with its prior covariance Psi).
+
+        Returns
+        -------
+        statsmodels.regression._prediction.PredictionResults
+            ``summary_frame(alpha=0.05)`` has ``mean``, ``mean_se``,
+            ``mean_ci_lower``/``upper`` and ``obs_ci_lower``/``upper``
+            (normal quantiles); ``predicted``, ``se``, ``se_obs``,
+            ``conf_int(obs=...)``.  Rows with missing values are NaN.
+
+        Notes
+        -----
+        With :math:`H = \\mathrm{cov}(\\hat\\beta)` (``cov_fe``) and
+        :math:`\\Psi` (``cov_re``), for a row with designs :math:`x, z`:
+
+        * marginal: :math:`\\mathrm{Var}(x'\\hat\\beta) = x'Hx`; a new
+          observation adds :math:`z'\\Psi z + \\sigma^2 R_{ii}` (the marginal
+          variance of :math:`y`; :math:`R_{ii}` is 1 unless a variance
+          covariate says otherwise);
+        * conditional, group :math:`j` of the fit: the prediction error
+          variance of :math:`x'\\hat\\beta + z'\\hat b_j` (Henderson),
+
+          .. math::
+
+              (x - A_j'z)' H (x - A_j'z) + z' C_j z, \\qquad
+              A_j = C_j Z_j'\\tilde X_j / \\sigma^2,
+
+          where :math:`C_j` is the conditional covariance of :math:`b_j`
+          (``random_effects_cov``, lme4's condVar) and :math:`Z_j'\\tilde X_j`
+          the group's (whitened) cross product; the term in :math:`A_j`
+          accounts for the correlation between :math:`\\hat\\beta` and
+          :math:`\\hat b_j`.  A new observation adds :math:`\\sigma^2 R_{ii}`.
+          With a residual structure, the new row's error is taken as
+          independent of the group's residuals (``predict(correlated=False)``).
+        """
+        from .prediction import get_prediction
+        return get_prediction(self, exog, exog_re=exog_re, groups=groups, random=random,
+                              residual_data=residual_data, missing=missing)
 
     # ------------------------------------------------ the notes' quantities
     def marginal_cov(self, group: Any) -> pd.DataFrame:
@@ -475,10 +562,106 @@ class HLMResults(LikelihoodModelResults):
 
     def wald_test(self, r_matrix: Any, cov_p: Any = None, invcov: Any = None,
                   use_f: bool | None = None, df_constraints: Any = None,
-                  scalar: bool | None = None) -> Any:
-        """statsmodels' wald_test; ``cov_p`` may cover the fixed effects only."""
+                  scalar: bool = True) -> Any:
+        """statsmodels' wald_test (``scalar=True`` by default, as statsmodels);
+        ``cov_p`` may cover the fixed effects only."""
         return super().wald_test(r_matrix, cov_p=self._embed_cov(cov_p), invcov=invcov,
                                  use_f=use_f, df_constraints=df_constraints, scalar=scalar)
+
+    def wald_test_terms(self, skip_single: bool = False, extra_constraints: Any = None,
+                        combine_terms: Any = None, scalar: bool = True) -> Any:
+        """One joint Wald test per fixed-effects term (statsmodels' ``wald_test_terms``).
+
+        A factor is one test with as many constraints as it has columns;
+        ``flp:ses`` is one test.  Variance components are not tested.
+        ``skip_single`` skips 1-df terms; ``combine_terms`` (names) adds a
+        joint test of every term whose name contains the string;
+        ``extra_constraints`` is a list of ``(name, r_matrix)``.  Returns
+        statsmodels' ``WaldTestResults`` (``table``: statistic, pvalue,
+        df_constraint; chi2 tests, as ``use_t`` is False).
+        """
+        from statsmodels.stats.contrast import WaldTestResults
+
+        from .terms import fixed_terms
+
+        identity = np.eye(len(self.params))
+        rows, index = [], []
+        tests: list[tuple[str, np.ndarray]] = []
+        combined: dict[str, list[np.ndarray]] = {c: [] for c in (combine_terms or [])}
+        for t in fixed_terms(self.model):
+            r = identity[list(t.columns)]
+            for c in combined:
+                if c in t.name:
+                    combined[c].append(r)
+            if skip_single and r.shape[0] == 1:
+                continue
+            tests.append((t.name, r))
+        for c, mats in combined.items():
+            if not mats:
+                raise ValueError(f"combine_terms: no term name contains {c!r}")
+            tests.append((c, np.vstack(mats)))
+        tests += [(str(n), np.atleast_2d(np.asarray(r, dtype=float)))
+                  for n, r in (extra_constraints or [])]
+        for name, r in tests:
+            wt = self.wald_test(r, scalar=scalar)
+            rows.append([wt.statistic, wt.pvalue, r.shape[0]])
+            index.append(name)
+        table = pd.DataFrame(rows, index=index, columns=["statistic", "pvalue", "df_constraint"])
+        return WaldTestResults(None, "chi2", None, table=table)
+
+    # ------------------------------------------ lme4's toolbox (sm_hlm.toolbox)
+    def refit(self, endog: Any) -> Any:
+        """The same model fitted to a new response (lme4's ``refit``); see
+        :func:`sm_hlm.toolbox.refit`."""
+        from .toolbox import refit
+        return refit(self, endog)
+
+    def simulate(self, nsim: int = 1, *, seed: Any = None, use_u: bool = False) -> pd.DataFrame:
+        """Responses simulated from the fitted model (lme4's ``simulate``), one
+        column per simulation; see :func:`sm_hlm.toolbox.simulate`."""
+        from .toolbox import simulate
+        return simulate(self, nsim, seed=seed, use_u=use_u)
+
+    def drop1(self, *, test: str = "Chisq") -> pd.DataFrame:
+        """Tests of dropping each droppable fixed-effects term (lme4's / lmerTest's
+        ``drop1``); see :func:`sm_hlm.toolbox.drop1`."""
+        from .toolbox import drop1
+        return drop1(self, test=test)
+
+    # ------------------------------------------------------ data and pickles
+    def remove_data(self) -> None:
+        """Remove the data arrays (statsmodels' ``remove_data``).
+
+        Keeps the estimates, the designs for new data (``predict`` and
+        ``get_prediction`` of a DataFrame or arrays) and what ``summary()``
+        needs (the scaled-residual quantiles are computed first).  Methods
+        that need the data (``fittedvalues``, ``resid``, ``satterthwaite``,
+        ``refit``, ``simulate``...) raise afterwards.
+        """
+        from .summary import residual_quantiles
+        if "_resid_quantiles" not in self.__dict__:
+            self.__dict__["_resid_quantiles"] = residual_quantiles(self)
+        if not hasattr(self, "_cache"):
+            self._cache = {}
+        self._data_attr = list(getattr(self, "_data_attr", []))
+        self._data_in_cache = ["fittedvalues", "resid", "resid_scaled", "_fitted_array",
+                               "resid_normalized"]
+        self._data_attr_model = ["exog_re", "groups", "group_codes", "_order", "data.frame",
+                                 "data.row_labels", "data.exog_re", "data.groups", "row_index"]
+        super().remove_data()
+
+    def save(self, fname: Any, remove_data: bool = False) -> None:
+        """Pickle the results to ``fname`` (a path or a binary file handle).
+
+        As statsmodels' ``save``, but the whole pickle is made in memory
+        first and a path is written through a temporary file renamed into
+        place: a failure leaves no truncated (or overwritten) file.  Load with
+        :meth:`load` (or ``pickle``); formula models rebuild their designs for
+        new data on load (:mod:`sm_hlm.formula.pickling`).
+        """
+        if remove_data:
+            self.remove_data()
+        save_atomic(self, fname)
 
     # --------------------------------- variance shares (sm_hlm.diagnostics)
     def icc(self) -> pd.Series:
@@ -539,12 +722,42 @@ class HLMResults(LikelihoodModelResults):
     summary2 = summary
 
 
+def save_atomic(obj: Any, fname: Any) -> None:
+    """Pickle ``obj`` in memory, then write it to a binary handle or, through a
+    temporary file renamed into place, to a path (no truncated file on failure)."""
+    import os
+    import pickle
+    import tempfile
+
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    if hasattr(fname, "write"):
+        fname.write(payload)
+        return
+    path = os.fspath(fname)
+    fd, tmp = tempfile.mkstemp(prefix=".sm_hlm-", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class HLMResultsWrapper(LikelihoodResultsWrapper):
     _attrs: dict[str, str] = {"bse": "columns", "params": "columns", "tvalues": "columns",
                               "pvalues": "columns"}
     _wrap_attrs = wrap.union_dicts(LikelihoodResultsWrapper._wrap_attrs, _attrs)
     _methods: dict[str, str] = {}
     _wrap_methods = wrap.union_dicts(LikelihoodResultsWrapper._wrap_methods, _methods)
+
+    def save(self, fname: Any, remove_data: bool = False) -> None:
+        """Pickle the results (see :meth:`HLMResults.save`)."""
+        if remove_data:
+            self.remove_data()
+        save_atomic(self, fname)
 
 
 wrap.populate_wrapper(HLMResultsWrapper, HLMResults)

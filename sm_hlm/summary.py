@@ -8,6 +8,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.iolib import summary2
 
+from .report import DEFAULT_WIDTH, Section, abbreviate, render_html, render_latex, render_text
+
 if TYPE_CHECKING:
     from .results import HLMResults
 
@@ -15,73 +17,65 @@ __all__ = ["HLMSummary", "make_summary", "random_effects_table", "fixed_effects_
 
 
 class HLMSummary(summary2.Summary):
-    """A ``summary2.Summary`` whose tables carry section titles.
+    """A ``summary2.Summary`` laid out for a report.
 
-    ``add_df(..., title=...)``/``add_dict(..., title=...)`` record a heading
-    printed above the table in text, HTML and LaTeX output.  Everything else
-    (``tables``, ``extra_txt``, ``as_text``...) is statsmodels' Summary.
+    ``add_df(..., title=...)``/``add_dict(..., title=...)`` record a section
+    (with an optional heading); ``tables``, ``settings`` and ``extra_txt``
+    are kept as statsmodels' Summary keeps them.  Rendering
+    (:mod:`sm_hlm.report`): ``as_text(width=100)`` keeps every line within
+    ``width`` characters with one rule width throughout; ``as_html()`` is
+    one ``<div>`` of escaped tables (Jupyter's ``_repr_html_``);
+    ``as_latex(label=..., caption=...)`` is one booktabs table.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.table_titles: list[str | None] = []
+        self.sections: list[Section] = []
+
+    @property
+    def table_titles(self) -> list[str | None]:
+        return [s.title for s in self.sections]
 
     def add_df(self, df: pd.DataFrame, index: bool = True, header: bool = True,
-               float_format: str = "%.4f", align: str = "r", *, title: str | None = None) -> None:
+               float_format: str = "%.4f", align: str = "r", *, title: str | None = None,
+               formats: dict[str, str] | None = None, force_align: bool = False,
+               breaks: dict[int, str] | None = None) -> None:
+        """Add a table; ``formats`` maps columns to printf formats, ``force_align``
+        applies ``align`` to every column (otherwise text left, numbers right),
+        ``breaks`` maps body row positions to sub-headings (see :class:`Section`)."""
         super().add_df(df, index=index, header=header, float_format=float_format, align=align)
-        self.table_titles.append(title)
+        self.sections.append(Section(frame=df, title=title, index=index, header=header,
+                                     float_format=float_format, formats=dict(formats or {}),
+                                     align=align if force_align else None,
+                                     breaks=dict(breaks or {})))
 
     def add_dict(self, d: dict, ncols: int = 2, align: str = "l", float_format: str = "%.4f",
                  *, title: str | None = None) -> None:
-        n = len(self.tables)
+        n = len(self.sections)
         super().add_dict(d, ncols=ncols, align=align, float_format=float_format)
-        # Summary.add_dict goes through add_df, which recorded no title
-        self.table_titles = self.table_titles[:n] + [title] * (len(self.tables) - n)
+        # Summary.add_dict goes through add_df: replace what it recorded by one pairs section
+        del self.sections[n:]
+        pairs = [(str(k), summary2._formatter(v, float_format)) for k, v in d.items()]
+        self.sections.append(Section(title=title, pairs=pairs))
 
-    def _titles(self) -> list[str | None]:
-        return self.table_titles + [None] * (len(self.tables) - len(self.table_titles))
-
-    def as_text(self) -> str:
-        pad_col, pad_index, widest = summary2._measure_tables(self.tables, self.settings)
-        simple = summary2._simple_tables(self.tables, self.settings, pad_col, pad_index)
-        parts = []
-        for title, st in zip(self._titles(), simple):
-            lines = st.as_text().split("\n")
-            if title:  # the heading goes under the rule that opens the table
-                lines.insert(1, title)
-            parts.extend(lines)
-        rule = widest * "="
-        if parts:
-            parts[0] = rule
-        title = self.title or ""
-        if len(title) < widest:
-            title = " " * int(widest / 2 - len(title) / 2) + title
-        extra = "\n".join(self.extra_txt)
-        return f"{title}\n" + "\n".join(parts) + f"\n{rule}\n{extra}"
+    def as_text(self, width: int = DEFAULT_WIDTH) -> str:
+        """Plain text, no line wider than ``width`` characters."""
+        return render_text(self.title, self.sections, self.extra_txt, width=width)
 
     def as_html(self) -> str:
-        simple = summary2._simple_tables(self.tables, self.settings)
-        parts = []
-        for title, st in zip(self._titles(), simple):
-            parts.append((f"<h4>{title}</h4>\n" if title else "") + st.as_html())
-        head = f"<h3>{self.title}</h3>\n" if self.title else ""
-        txt = "<br/>\n".join(t.replace("\n", "<br/>\n") for t in self.extra_txt)
-        return head + "\n".join(parts) + "<br/>\n" + txt
+        return render_html(self.title, self.sections, self.extra_txt)
 
-    def as_latex(self, label: str = "") -> str:
-        simple = summary2._simple_tables(self.tables, self.settings)
-        parts = []
-        for title, st in zip(self._titles(), simple):
-            tex = st.as_latex_tabular()
-            parts.append((f"\\textbf{{{title}}}\\\\\n" if title else "") + tex)
-        cap = "\\caption{" + (self.title or "") + "}"
-        return "\n".join(["\\begin{table}", cap, "\\label{" + label + "}",
-                          "\n\n".join(parts), "\\end{table}", "\\bigskip",
-                          " \\newline \n".join(self.extra_txt)])
+    def as_latex(self, label: str = "tab:hlm", caption: str | None = None) -> str:
+        """One booktabs table (``\\usepackage{booktabs}``) with caption and label."""
+        return render_latex(self.title, self.sections, self.extra_txt, label=label or "tab:hlm",
+                            caption=caption)
 
 
 def residual_quantiles(results: "HLMResults") -> pd.Series:
     """Quantiles of the scaled residuals (Min, 1Q, Median, 3Q, Max)."""
+    kept = results.__dict__.get("_resid_quantiles")     # stored by remove_data()
+    if kept is not None:
+        return kept.copy()
     r = np.asarray(results.resid_scaled)
     q = np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])
     return pd.Series(q, index=["Min", "1Q", "Median", "3Q", "Max"])
@@ -139,10 +133,26 @@ def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
     raise ValueError(f"ddf must be None or 'satterthwaite', got {ddf!r}")
 
 
+#: lme4's ``getOption("lme4.summary.cor.max")``: the correlation of the fixed
+#: effects is shown by default up to this many fixed effects
+CORRELATION_MAX = 12
+
+
 def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None = None,
-                 float_format: str = "%.4f", cov_type: str | None = None) -> summary2.Summary:
+                 float_format: str = "%.4f", cov_type: str | None = None,
+                 correlation: bool | None = None) -> summary2.Summary:
     """Build the summary: fit criteria, scaled residuals, random and fixed effects,
-    and the correlation of the fixed effects, as lme4's ``summary.merMod``."""
+    and the correlation of the fixed effects, as lme4's ``summary.merMod``.
+
+    ``correlation``: show the correlation of the fixed effects (None: when
+    there are at most 12 fixed effects, as lme4; otherwise a note says how
+    to show it).  Its labels are abbreviated as lme4 abbreviates them (R's
+    ``abbreviate``: rows to 11, columns to 6 characters); when the column
+    labels still do not fit, columns are numbered and the rows carry the
+    numbers.  No statistic of a variance component (z, p-value, star) is
+    shown: a Wald test of a variance is a boundary test (use ``compare`` or
+    ``conf_int_profile``).
+    """
     model = results.model
     smry = HLMSummary()
     crit = "REML" if results.reml else "maximum likelihood"
@@ -182,16 +192,41 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
     if getattr(model, "levels", None) is not None:  # built by HLM.from_levels
         from .levels import add_level_tables
         add_level_tables(smry, results, ddf=ddf, float_format=float_format)
-    if model.k_fe > 1:
-        corr = results.corr_fe
-        tri = corr.where(np.tril(np.ones(corr.shape, dtype=bool), k=-1)).iloc[1:, :-1]
-        smry.add_df(tri.map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
-                    title="Correlation of fixed effects:")
+    show_corr = model.k_fe <= CORRELATION_MAX if correlation is None else bool(correlation)
+    if model.k_fe > 1 and show_corr:
+        smry.add_df(correlation_table(results), title="Correlation of fixed effects:")
+    elif model.k_fe > 1 and correlation is None:
+        smry.add_text(f"Correlation matrix not shown by default, as p = {model.k_fe} > "
+                      f"{CORRELATION_MAX}; use summary(correlation=True) or results.corr_fe.")
     if results.singular:
         smry.add_text("boundary (singular) fit: " + "; ".join(results.singular_terms))
     if not results.converged:
         smry.add_text(f"Convergence warning: {results.optimizer.message}")
     return smry
+
+
+def correlation_table(results: "HLMResults", *, width: int = DEFAULT_WIDTH) -> pd.DataFrame:
+    """Lower triangle of the fixed effects' correlation as printed (strings).
+
+    Rows abbreviated to 11 and columns to 6 characters as lme4 does (R's
+    ``abbreviate``); if the abbreviated column labels would make the table
+    wider than ``width``, the columns are numbered and each row label starts
+    with its number, e.g. ``(2) flp``.
+    """
+    corr = results.corr_fe
+    names = [str(c) for c in corr.columns]
+    p = len(names)
+    tri = corr.where(np.tril(np.ones(corr.shape, dtype=bool), k=-1)).iloc[1:, :-1]
+    cells = tri.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    rows = abbreviate(names, 11)[1:]
+    cols = abbreviate(names, 6)[:-1]
+    row_w = max(len(r) for r in rows)
+    col_w = sum(max(len(c), 6) + 2 for c in cols)
+    if row_w + col_w > width:
+        cols = [f"({i + 1})" for i in range(p - 1)]
+        rows = [f"({i + 2}) {n}" for i, n in enumerate(names[1:])]
+    cells.index, cells.columns = rows, cols
+    return cells
 
 
 def _structure_info(results: "HLMResults") -> dict[str, str]:

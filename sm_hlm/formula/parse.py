@@ -15,6 +15,16 @@ from ..exceptions import FormulaSyntaxError
 __all__ = ["RandomTermSpec", "ParsedFormula", "parse_formula", "split_top_level"]
 
 _IDENT = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+#: patsy's quoting of a column name that is not a Python name: Q('sch id')
+_QUOTED = re.compile(r"""^Q\(\s*(?P<q>['"])(?P<name>.+?)(?P=q)\s*\)$""")
+
+
+def quote_name(name: str) -> str:
+    """``name`` as a formula can refer to it: itself, or ``Q('name')``."""
+    if _IDENT.match(name) and name.isidentifier():
+        return name
+    q = "'" if "'" not in name else '"'
+    return f"Q({q}{name}{q})"
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ class RandomTermSpec:
 
     def __str__(self) -> str:
         bar = "|" if self.correlated else "||"
-        return f"({self.expr} {bar} {self.group})"
+        return f"({self.expr} {bar} {quote_name(self.group)})"
 
 
 @dataclass(frozen=True)
@@ -133,9 +143,13 @@ def _parse_bar(inner: str, formula: str) -> list[RandomTermSpec]:
         raise NotImplementedError(
             f"nested grouping factors ({inner}) are not supported yet; create the "
             "interaction column explicitly and use one grouping factor")
-    if not _IDENT.match(group):
+    quoted = _QUOTED.match(group)
+    if quoted:                      # (1 | Q('sch id')): a column name with spaces etc.
+        group = quoted.group("name")
+    elif not _IDENT.match(group):
         raise FormulaSyntaxError(
-            f"grouping factor {group!r} in ({inner}) must be a column name")
+            f"grouping factor {group!r} in ({inner}) must be a column name; quote a name "
+            "that is not a Python name as Q('name')")
     return [RandomTermSpec(expr=expr, group=group, correlated=(width == 1))]
 
 
