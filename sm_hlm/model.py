@@ -24,6 +24,7 @@ from .data import (check_columns, check_numeric_response, factorize_sorted, form
 from .design import RandomEffectsDesign, RandomEffectsTerm
 from .deviance import ProfiledDeviance, SufficientStats, working_stats
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
+from ._compat import require_nlopt
 from .formula.parse import RandomTermSpec, parse_formula
 from .linalg import group_crossprod, sequential_rank_cholesky
 from .optimizer import minimize_deviance
@@ -562,6 +563,7 @@ class HLM(LikelihoodModel):
 
         if kwargs:
             raise TypeError(_unknown_keywords("fit()", kwargs, _MIXEDLM_FIT_KEYWORDS))
+        require_nlopt()
         if not isinstance(reml, (bool, np.bool_)):
             raise TypeError(f"reml must be True or False, got {reml!r}")
         reml = bool(reml)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ._compat import require_nlopt
+
 __all__ = ["OptimizerRecord", "minimize_bobyqa", "minimize_with_gradient", "minimize_deviance",
            "numerical_gradient", "kkt_verdict", "NEWTON_TOL"]
 
@@ -272,10 +274,7 @@ class _Counted:
 def _bobyqa(obj: _Counted, start: np.ndarray, lower: np.ndarray, upper: np.ndarray,
             step: np.ndarray, *, ftol_abs: float, xtol_abs: float,
             maxeval: int) -> tuple[np.ndarray, float, int]:
-    try:
-        import nlopt
-    except ImportError as exc:       # pragma: no cover - nlopt is a dependency
-        raise ImportError("sm_hlm needs NLopt's BOBYQA: pip install nlopt") from exc
+    nlopt = require_nlopt()
     k = len(start)
     opt = nlopt.opt(nlopt.LN_BOBYQA, k)
     opt.set_min_objective(lambda x, grad: obj(x))

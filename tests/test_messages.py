@@ -71,6 +71,12 @@ def test_missing_nlopt_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "nlopt", None)      # import nlopt -> ImportError
     with pytest.raises(ImportError, match="pip install nlopt"):
         require_nlopt()
+    # fit() says so before any work
+    import pandas as pd
+    d = pd.DataFrame({"y": np.arange(12.0) % 5, "g": np.repeat([1, 2, 3], 4)})
+    mod = HLM.from_formula("y ~ 1 + (1 | g)", d)
+    with pytest.raises(ImportError, match="pip install nlopt"):
+        mod.fit()
     monkeypatch.undo()
     assert require_nlopt().__name__ == "nlopt"
 
