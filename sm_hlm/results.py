@@ -447,6 +447,23 @@ class HLMResults(LikelihoodModelResults):
         from .inference import satterthwaite
         return satterthwaite(self)
 
+    def kenward_roger(self, L: Any = None, rhs: Any = 0.0, *, joint: bool = True) -> pd.DataFrame:
+        """t/F tests with Kenward-Roger df and adjusted SEs (pbkrtest, lmerTest).
+
+        Without ``L``: Estimate, Std. Error, df, t value, Pr(>|t|) per fixed
+        effect.  With ``L`` (array or constraint string): t tests, or one F
+        test with pbkrtest's F scaling.  See
+        :func:`sm_hlm.kenward_roger.kenward_roger` (ML fits are refitted by
+        REML with a warning).
+        """
+        from .kenward_roger import kenward_roger
+        return kenward_roger(self, L, rhs, joint=joint)
+
+    def cov_kenward_roger(self) -> pd.DataFrame:
+        """Kenward-Roger adjusted covariance of the fixed effects (pbkrtest's vcovAdj)."""
+        from .kenward_roger import cov_kenward_roger
+        return cov_kenward_roger(self)
+
     def conf_int_profile(self, alpha: float = 0.05, *, which: Any = None) -> pd.DataFrame:
         """Profile-likelihood intervals (lme4's ``confint(method="profile")``)."""
         from .inference import conf_int_profile
