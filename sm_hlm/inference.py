@@ -877,6 +877,19 @@ def _sym_power(S: np.ndarray, power: float, tol: float) -> np.ndarray:
 
 def _cluster_components(res: "HLMResults", kind: str) -> np.ndarray:
     """Per-group score contributions c_j = X_j' W_j A_j e_j, shape (m, p)."""
+    PX, WS, A, Qe, _ = _cluster_pieces(res, kind)
+    v = Qe if A is None else np.einsum("mab,mb->ma", A, Qe)
+    return np.einsum("mak,mab,mb->mk", PX, WS, v)
+
+
+def _cluster_pieces(res: "HLMResults", kind: str) -> tuple[np.ndarray, np.ndarray,
+                                                          np.ndarray | None, np.ndarray,
+                                                          np.ndarray]:
+    """Per-group pieces in an orthonormal basis Q_j of span[Z_j X_j] (see cov_robust).
+
+    Returns Q_j'X_j (m, r0, p), Q_j'W_j Q_j, the CR2 adjustment Q_j'A_j Q_j
+    (None for CR0), Q_j'e_j (m, r0) and Q_j'V_j Q_j (m, r0, r0).
+    """
     model = res.model
     fit = res.fit_result
     rd = model.re_design
@@ -915,10 +928,9 @@ def _cluster_components(res: "HLMResults", kind: str) -> np.ndarray:
         B = Vh @ (VS - HS) @ Vh
         B = 0.5 * (B + np.swapaxes(B, 1, 2))
         A = Vh @ _sym_power(B, -0.5, _CS_EIG_TOL) @ Vh
-        v = np.einsum("mab,mb->ma", A, Qe)
     else:
-        v = Qe
-    return np.einsum("mak,mab,mb->mk", PX, WS, v)
+        A = None
+    return PX, WS, A, Qe, VS
 
 
 def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.DataFrame:

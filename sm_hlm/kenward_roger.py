@@ -188,7 +188,8 @@ def kr_core(ZtZ: np.ndarray, ZtX: np.ndarray, XtX: np.ndarray, nobs: int, lam: n
     p = T.shape[2]
     s = float(scale)
     lam = np.asarray(lam, float)
-    E = np.asarray(E, float).reshape(-1, q, q)
+    E = np.asarray(E, float)
+    E = E.reshape(E.shape[0] if E.ndim == 3 else 0, q, q)
     n_cov = E.shape[0]
     R = n_cov + 1
     if q:

@@ -262,3 +262,20 @@ def test_groupwise_core_equals_dense_formula() -> None:
     core1 = kr_core(ZtZ, ZtX, X.T @ X, len(df), lam1, s2, E)
     Phi1, PhiA1, _ = _dense_kr(X, Z, g, s2 * lam1 @ lam1.T, s2, list(E))
     np.testing.assert_allclose(core1.PhiA, PhiA1, rtol=1e-8)
+
+
+def test_no_random_effects_reduces_to_ols() -> None:
+    """With sigma^2 the only variance parameter, Kenward-Roger is exact: OLS's t and F."""
+    import statsmodels.api as sm
+    df = simulate_mixed(n_groups=30, mean_group_size=8, fe_params={"Intercept": 1.0, "x": 0.5},
+                        seed=9)
+    res = HLM.from_formula("y ~ x", df, groups="group", re_formula="0").fit()
+    ols = sm.OLS(df["y"], sm.add_constant(df["x"])).fit()
+    tab = res.kenward_roger()
+    np.testing.assert_allclose(tab["Std. Error"], ols.bse, rtol=1e-10)
+    np.testing.assert_allclose(tab["df"], ols.df_resid, rtol=1e-10)
+    f = res.kenward_roger(np.eye(2)).iloc[0]
+    ft = ols.f_test(np.eye(2))
+    np.testing.assert_allclose(f["F value"], float(ft.fvalue), rtol=1e-10)
+    np.testing.assert_allclose(f["DenDF"], ft.df_denom, rtol=1e-10)
+    assert f["F.scaling"] == pytest.approx(1.0, rel=1e-12)
