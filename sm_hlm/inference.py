@@ -204,7 +204,8 @@ def _get_fstat_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
 
 
 def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
-            eps: float = float(np.sqrt(np.finfo(float).eps))) -> pd.DataFrame:
+            eps: float = float(np.sqrt(np.finfo(float).eps)),
+            ddf: str = "satterthwaite") -> pd.DataFrame:
     """Test linear contrasts of the fixed effects with Satterthwaite df (lmerTest).
 
     Parameters
@@ -218,6 +219,10 @@ def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
     joint : bool
         For several rows, one F test of all (True, lmerTest's ``contestMD``)
         or a t test per row (False).
+    ddf : {"satterthwaite", "kenward-roger"}
+        Denominator df.  ``"kenward-roger"`` delegates to
+        :func:`sm_hlm.kenward_roger.kenward_roger` (adjusted covariance, F
+        scaling, an extra ``F.scaling`` column; ``eps`` unused).
 
     Returns
     -------
@@ -235,6 +240,12 @@ def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
     E = sum_m nu_m / (nu_m - 2), the denominator df are 2E / (E - q)
     (2 if some nu_m <= 2; the common value if all nu_m are equal).
     """
+    key = str(ddf).lower()
+    if key in ("kenward-roger", "kenward_roger"):
+        from .kenward_roger import kenward_roger
+        return kenward_roger(results, L, rhs, joint=joint)
+    if key != "satterthwaite":
+        raise ValueError(f"ddf must be 'satterthwaite' or 'kenward-roger', got {ddf!r}")
     res = _unwrap(results, "contest()")
     state = _satterthwaite_state(res)
     p = len(state.beta)

@@ -143,7 +143,7 @@ def test_hausman_mundlak_matches_r(key: str, fits: dict) -> None:
     at = aug.model.results_at(np.array(mr["theta"]), reml=REFS[key]["REML"])
     lme4_names = ["Intercept" if n == "(Intercept)" else n for n in mr["fixef_names"]]
     k = h.df
-    rename = {f"mw{i + 1}": f"mean({n})" for i, n in enumerate(h.table.index)}
+    rename = {f"mw{i + 1}": n for i, n in enumerate(h.table.index)}
     order = [list(at.model.exog_names).index(rename.get(n, n)) for n in lme4_names]
     np.testing.assert_allclose(at.fit_result.fe_params[order], mr["fixef"], rtol=RTOL)
     p = len(at.model.exog_names) - k

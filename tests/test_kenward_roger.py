@@ -173,6 +173,11 @@ def test_string_and_array_contrasts_agree(at_lme4: dict) -> None:
     a = res.kenward_roger(np.array([[0, 1, 0, 0], [0, 0, 0, 1.0]]), [2.0, 0.2])
     s = res.kenward_roger("x = 2, x:z = 0.2")
     pd.testing.assert_frame_equal(a, s)
+    from sm_hlm.inference import contest
+    pd.testing.assert_frame_equal(contest(res, np.array([[0, 1, 0, 0], [0, 0, 0, 1.0]]), [2.0, 0.2],
+                                          ddf="kenward-roger"), a)
+    with pytest.raises(ValueError, match="ddf must be"):
+        contest(res, np.array([[0, 1, 0, 0]]), ddf="kr")
     rows = res.kenward_roger(np.array([[0, 1, 0, 0], [0, 0, 0, 1.0]]), joint=False)
     full = res.kenward_roger()
     np.testing.assert_allclose(rows["df"], full["df"].iloc[[1, 3]], rtol=1e-12)
