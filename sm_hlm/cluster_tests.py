@@ -58,7 +58,10 @@ def _contrast_pieces(res: "HLMResults", kind: str,
 
 def _omega_terms(D: np.ndarray, H: np.ndarray,
                  M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Omega = sum_j tr P(s,t) and the pieces a_jj, S of the P array (see Notes of wald_test_robust)."""
+    """Omega = sum_j tr P(s,t) and the pieces a_jj, S of the P array.
+
+    See the Notes of :func:`wald_test_robust`.
+    """
     a = np.swapaxes(H, 1, 2) @ M @ H                              # a_jj[s, t] = h_js' M h_jt
     S = np.einsum("mas,mbt->stab", H, H)                          # S^{st} = sum_j h_js h_jt'
     return (D - a).sum(axis=0), a, S

@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 
 from sm_hlm import AR1, HLM
-from sm_hlm.hausman import hausman
 from sm_hlm.simulate import simulate_mixed, simulate_panel
 
 ROOT = Path(__file__).resolve().parents[1]
