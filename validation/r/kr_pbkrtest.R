@@ -14,6 +14,8 @@
 #   slope:      y ~ x*z + (x | group)                      data/slope.csv
 #   three:      y ~ x + z + (x + z | group)                data/three.csv
 #   indep:      y ~ x + (x || group)                       data/indep.csv (two lme4 terms)
+#   singular:   y ~ x + (x | group)                        data/kr_singular.csv (boundary fit:
+#               slope SD 0, Psi singular; python -m validation.r.make_kr_data writes the data)
 # The simulated data sets (unequal, Poisson group sizes) come from
 # sm_hlm.simulate.simulate_mixed via validation/r/make_core_data.py.
 #
@@ -28,6 +30,7 @@
 # * contrasts: list of {"L": rows, "betaH": vector or null, and KRmodcomp's
 #   Ftest row: "Fstat", "ndf", "ddf", "F.scaling", "p.value", plus "FstatU",
 #   "p.valueU" and aux "A1", "A2", "rho"}
+# * isSingular
 # * versions
 
 local({
@@ -56,6 +59,8 @@ cases <- list(
   list(name = "three", data = "three.csv", formula = "y ~ x + z + (x + z | group)",
        contrasts = list(list(L = rbind(c(0, 1, 0), c(0, 0, 1))))),
   list(name = "indep", data = "indep.csv", formula = "y ~ x + (x || group)",
+       contrasts = list(list(L = rbind(c(1, 0), c(0, 1))))),
+  list(name = "singular", data = "kr_singular.csv", formula = "y ~ x + (x | group)",
        contrasts = list(list(L = rbind(c(1, 0), c(0, 1)))))
 )
 
@@ -85,7 +90,7 @@ for (cs in cases) {
     formula = cs$formula, data = cs$data, nobs = nobs(fit),
     fixef_names = I(names(fixef(fit))), fixef = I(unname(fixef(fit))),
     theta = I(unname(getME(fit, "theta"))), theta_names = I(names(getME(fit, "theta"))),
-    sigma = sigma(fit), vcov = unname(V0),
+    sigma = sigma(fit), vcov = unname(V0), isSingular = isSingular(fit),
     vcovAdj = unname(as.matrix(Va)), vcovAdj_from_ML = unname(as.matrix(Va_ml)),
     coef = list(ddf = I(ddf), se_adj = I(sqrt(diag(as.matrix(Va))))),
     lmerTest = lt_cols, contrasts = ctr)
