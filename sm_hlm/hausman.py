@@ -112,7 +112,8 @@ def _drop_aliased(Xt: np.ndarray, idx: list[int], names: list[str]) -> tuple[lis
     return [i for i, k in zip(idx, kept) if k], dropped
 
 
-def hausman(results: Any, *, method: str = "classic", cov_type: str = "CR2") -> HausmanResult:
+def hausman(results: Any, *, method: str = "classic",
+            cov_type: str | None = None) -> HausmanResult:
     """Hausman test of the random-effects (HLM) estimates against the within estimator.
 
     Parameters
@@ -122,9 +123,9 @@ def hausman(results: Any, *, method: str = "classic", cov_type: str = "CR2") -> 
     method : {"classic", "mundlak"}
         ``"classic"``: Stata's ``hausman fe re``.  ``"mundlak"``: the robust
         variant (group means added, cluster-robust Wald test).
-    cov_type : {"CR2", "CR1", "CR0"}
-        Cluster-robust covariance of the ``"mundlak"`` test; the classic test
-        uses model-based covariances and rejects any other value.
+    cov_type : {"CR2", "CR1", "CR0"}, optional
+        Cluster-robust covariance of the ``"mundlak"`` test (default CR2);
+        an error with ``"classic"``, which uses model-based covariances.
 
     Returns
     -------
@@ -167,9 +168,12 @@ def hausman(results: Any, *, method: str = "classic", cov_type: str = "CR2") -> 
     key = str(method).lower()
     if key not in ("classic", "mundlak"):
         raise ValueError(f"method must be 'classic' or 'mundlak', got {method!r}")
-    if key == "classic" and str(cov_type).upper() != "CR2":
+    if key == "classic" and cov_type is not None:
         raise ValueError("cov_type applies to method='mundlak' only; the classic test uses each "
                          "estimator's model-based covariance")
+    kind = "CR2" if cov_type is None else str(cov_type).upper()
+    if kind not in ("CR0", "CR1", "CR2"):
+        raise ValueError(f"cov_type must be one of ['CR0', 'CR1', 'CR2'], got {cov_type!r}")
     model = res.model
     names = list(model.exog_names)
     idx, Xbar, constant = _within_columns(res)
@@ -185,7 +189,7 @@ def hausman(results: Any, *, method: str = "classic", cov_type: str = "CR2") -> 
     if dropped:
         notes.append(f"within-collinear column(s) {dropped} dropped")
     if key == "mundlak":
-        return _mundlak(res, idx, Xbar, wnames, str(cov_type).upper(), notes)
+        return _mundlak(res, idx, Xbar, wnames, kind, notes)
 
     y = model.endog
     m = model.n_groups

@@ -500,7 +500,7 @@ class HLMResults(LikelihoodModelResults):
         from .cluster_tests import wald_test_robust
         return wald_test_robust(self, L, rhs, cov_type=cov_type, test=test)
 
-    def hausman(self, *, method: str = "classic", cov_type: str = "CR2") -> Any:
+    def hausman(self, *, method: str = "classic", cov_type: str | None = None) -> Any:
         """Hausman test of the random-effects estimates against the within estimator.
 
         ``method="classic"``: Stata's ``hausman fe re``; ``"mundlak"``: the

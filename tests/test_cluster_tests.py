@@ -169,7 +169,11 @@ def test_hausman_bad_input_and_collinear_columns() -> None:
     with pytest.raises(ValueError, match="method must be"):
         res.hausman(method="robust")
     with pytest.raises(ValueError, match="cov_type applies"):
-        res.hausman(cov_type="CR1")
+        res.hausman(cov_type="CR2")
+    with pytest.raises(ValueError, match="cov_type must be"):
+        res.hausman(method="mundlak", cov_type="HC1")
+    h1 = res.hausman(method="mundlak", cov_type="CR1")
+    assert h1.details["cov_type"] == "CR1" and "CR1" in h1.description
     with pytest.raises(TypeError):
         res.hausman("classic")
     h = res.hausman()
