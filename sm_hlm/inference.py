@@ -204,7 +204,8 @@ def _get_fstat_ddf(nu: np.ndarray, tol: float = 1e-8) -> float:
 
 
 def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
-            eps: float = float(np.sqrt(np.finfo(float).eps))) -> pd.DataFrame:
+            eps: float = float(np.sqrt(np.finfo(float).eps)),
+            ddf: str = "satterthwaite") -> pd.DataFrame:
     """Test linear contrasts of the fixed effects with Satterthwaite df (lmerTest).
 
     Parameters
@@ -218,6 +219,10 @@ def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
     joint : bool
         For several rows, one F test of all (True, lmerTest's ``contestMD``)
         or a t test per row (False).
+    ddf : {"satterthwaite", "kenward-roger"}
+        Denominator df.  ``"kenward-roger"`` delegates to
+        :func:`sm_hlm.kenward_roger.kenward_roger` (adjusted covariance, F
+        scaling, an extra ``F.scaling`` column; ``eps`` unused).
 
     Returns
     -------
@@ -235,6 +240,12 @@ def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
     E = sum_m nu_m / (nu_m - 2), the denominator df are 2E / (E - q)
     (2 if some nu_m <= 2; the common value if all nu_m are equal).
     """
+    key = str(ddf).lower()
+    if key in ("kenward-roger", "kenward_roger"):
+        from .kenward_roger import kenward_roger
+        return kenward_roger(results, L, rhs, joint=joint)
+    if key != "satterthwaite":
+        raise ValueError(f"ddf must be 'satterthwaite' or 'kenward-roger', got {ddf!r}")
     res = _unwrap(results, "contest()")
     state = _satterthwaite_state(res)
     p = len(state.beta)
@@ -880,6 +891,19 @@ def _sym_power(S: np.ndarray, power: float, tol: float) -> np.ndarray:
 
 def _cluster_components(res: "HLMResults", kind: str) -> np.ndarray:
     """Per-group score contributions c_j = X_j' W_j A_j e_j, shape (m, p)."""
+    PX, WS, A, Qe, _ = _cluster_pieces(res, kind)
+    v = Qe if A is None else np.einsum("mab,mb->ma", A, Qe)
+    return np.einsum("mak,mab,mb->mk", PX, WS, v)
+
+
+def _cluster_pieces(res: "HLMResults", kind: str) -> tuple[np.ndarray, np.ndarray,
+                                                          np.ndarray | None, np.ndarray,
+                                                          np.ndarray]:
+    """Per-group pieces in an orthonormal basis Q_j of span[Z_j X_j] (see cov_robust).
+
+    Returns Q_j'X_j (m, r0, p), Q_j'W_j Q_j, the CR2 adjustment Q_j'A_j Q_j
+    (None for CR0), Q_j'e_j (m, r0) and Q_j'V_j Q_j (m, r0, r0).
+    """
     model = res.model
     fit = res.fit_result
     rd = model.re_design
@@ -918,10 +942,9 @@ def _cluster_components(res: "HLMResults", kind: str) -> np.ndarray:
         B = Vh @ (VS - HS) @ Vh
         B = 0.5 * (B + np.swapaxes(B, 1, 2))
         A = Vh @ _sym_power(B, -0.5, _CS_EIG_TOL) @ Vh
-        v = np.einsum("mab,mb->ma", A, Qe)
     else:
-        v = Qe
-    return np.einsum("mak,mab,mb->mk", PX, WS, v)
+        A = None
+    return PX, WS, A, Qe, VS
 
 
 def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.DataFrame:

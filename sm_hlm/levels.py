@@ -697,8 +697,15 @@ def _stat_columns(results: "HLMResults", spec: LevelsSpec, ddf: str | None) -> p
                     df[g.fe_name] = float(m - n_pred - 1)
     elif key == "satterthwaite":
         df = results.satterthwaite()["df"].reindex(est.index)
+    elif key in ("kenward-roger", "kenward_roger"):
+        from .summary import _kenward_roger_table
+        tab = _kenward_roger_table(results)
+        df = tab["df"].reindex(est.index)
+        se = tab["Std. Error"].reindex(est.index)
+        stat = est / se
     else:
-        raise ValueError(f"ddf must be None, 'hlm' or 'satterthwaite', got {ddf!r}")
+        raise ValueError(f"ddf must be None, 'hlm', 'satterthwaite' or 'kenward-roger', got "
+                         f"{ddf!r}")
     return pd.DataFrame({"Coef.": est, "Std.Err.": se, "t-ratio": stat, "df": df,
                          "P>|t|": 2 * stats.t.sf(np.abs(stat), df)})
 
@@ -715,7 +722,8 @@ def level_equations(results: "HLMResults", *, ddf: str | None = None,
         ``None`` (default): normal-theory z tests, as the summary's fixed
         effects.  ``"hlm"``: t-ratios with the HLM program's approximate
         degrees of freedom (see Notes).  ``"satterthwaite"``: lmerTest's
-        Satterthwaite degrees of freedom.
+        Satterthwaite degrees of freedom.  ``"kenward-roger"``: pbkrtest's
+        Kenward-Roger df with the adjusted standard errors (REML fits).
     float_format
         Number format of the text rendering.
 

@@ -523,6 +523,23 @@ class HLMResults(LikelihoodModelResults):
         from .inference import satterthwaite
         return satterthwaite(self)
 
+    def kenward_roger(self, L: Any = None, rhs: Any = 0.0, *, joint: bool = True) -> pd.DataFrame:
+        """t/F tests with Kenward-Roger df and adjusted SEs (pbkrtest, lmerTest).
+
+        Without ``L``: Estimate, Std. Error, df, t value, Pr(>|t|) per fixed
+        effect.  With ``L`` (array or constraint string): t tests, or one F
+        test with pbkrtest's F scaling.  See
+        :func:`sm_hlm.kenward_roger.kenward_roger` (ML fits are refitted by
+        REML with a warning).
+        """
+        from .kenward_roger import kenward_roger
+        return kenward_roger(self, L, rhs, joint=joint)
+
+    def cov_kenward_roger(self) -> pd.DataFrame:
+        """Kenward-Roger adjusted covariance of the fixed effects (pbkrtest's vcovAdj)."""
+        from .kenward_roger import cov_kenward_roger
+        return cov_kenward_roger(self)
+
     def conf_int_profile(self, alpha: float = 0.05, *, which: Any = None) -> pd.DataFrame:
         """Profile-likelihood intervals (lme4's ``confint(method="profile")``)."""
         from .inference import conf_int_profile
@@ -543,6 +560,31 @@ class HLMResults(LikelihoodModelResults):
         """
         from .inference import cov_robust
         return cov_robust(self, kind=kind, full=full)
+
+    def coef_test_robust(self, cov_type: str = "CR2") -> pd.DataFrame:
+        """Cluster-robust t tests with Satterthwaite df (clubSandwich's coef_test).
+
+        See :func:`sm_hlm.cluster_tests.coef_test_robust`.
+        """
+        from .cluster_tests import coef_test_robust
+        return coef_test_robust(self, cov_type=cov_type)
+
+    def wald_test_robust(self, L: Any, rhs: Any = 0.0, *, cov_type: str = "CR2",
+                         test: str = "HTZ") -> pd.DataFrame:
+        """Cluster-robust joint test, HTZ small-sample F or chi-square (clubSandwich's
+        Wald_test).  See :func:`sm_hlm.cluster_tests.wald_test_robust`."""
+        from .cluster_tests import wald_test_robust
+        return wald_test_robust(self, L, rhs, cov_type=cov_type, test=test)
+
+    def hausman(self, *, method: str = "classic", cov_type: str | None = None) -> Any:
+        """Hausman test of the random-effects estimates against the within estimator.
+
+        ``method="classic"``: Stata's ``hausman fe re``; ``"mundlak"``: the
+        robust variant (group means added, cluster-robust Wald test).  See
+        :func:`sm_hlm.hausman.hausman`; returns a :class:`~sm_hlm.hausman.HausmanResult`.
+        """
+        from .hausman import hausman
+        return hausman(self, method=method, cov_type=cov_type)
 
     def _embed_cov(self, cov_p: Any) -> Any:
         """A fixed-effects-only ``cov_p`` padded to all params (model-based elsewhere)."""

@@ -113,8 +113,8 @@ def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
     se = results.bse_fe
     if cov_type is not None:
         if ddf is not None:
-            raise ValueError("cov_type and ddf cannot be combined: Satterthwaite df belong to "
-                             "the model-based standard errors")
+            raise ValueError("cov_type and ddf cannot be combined: Satterthwaite and "
+                             "Kenward-Roger df belong to the model-based standard errors")
         se = pd.Series(np.sqrt(np.diag(results.cov_robust(cov_type))), index=est.index)
     stat = est / se
     lo_name, hi_name = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
@@ -130,7 +130,25 @@ def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
         crit = stats.t.ppf(1 - alpha / 2, df)
         return pd.DataFrame({"Coef.": est, "Std.Err.": se, "df": df, "t": stat, "P>|t|": p,
                              lo_name: est - crit * se, hi_name: est + crit * se})
-    raise ValueError(f"ddf must be None or 'satterthwaite', got {ddf!r}")
+    if ddf.lower() in ("kenward-roger", "kenward_roger"):
+        tab = _kenward_roger_table(results)
+        se = tab["Std. Error"]
+        df = tab["df"].to_numpy()
+        stat = est / se
+        p = 2 * stats.t.sf(np.abs(stat), df)
+        crit = stats.t.ppf(1 - alpha / 2, df)
+        return pd.DataFrame({"Coef.": est, "Std.Err.": se, "df": df, "t": stat, "P>|t|": p,
+                             lo_name: est - crit * se, hi_name: est + crit * se})
+    raise ValueError(f"ddf must be None, 'satterthwaite' or 'kenward-roger', got {ddf!r}")
+
+
+def _kenward_roger_table(results: "HLMResults") -> pd.DataFrame:
+    """Kenward-Roger SEs and df for a summary; needs a REML fit (as lmerTest)."""
+    if not results.reml:
+        raise ValueError("ddf='kenward-roger' needs a REML fit: Kenward-Roger's adjustment is "
+                         "defined for REML estimates (lmerTest refuses ML fits too); refit with "
+                         "fit(reml=True), or call results.kenward_roger(), which refits by REML")
+    return results.kenward_roger()
 
 
 #: lme4's ``getOption("lme4.summary.cor.max")``: the correlation of the fixed

@@ -1,0 +1,40 @@
+"""Write the extra data set that ``kr_pbkrtest.R`` fits with pbkrtest.
+
+Run from the repository root::
+
+    python -m validation.r.make_kr_data
+
+``data/kr_singular.csv``: simulated by :func:`sm_hlm.simulate.simulate_mixed`
+with a zero slope variance, so that the REML fit of ``y ~ x + (x | group)``
+is singular (lme4 and sm_hlm put the slope's theta on its bound 0): Psi is
+singular and Kenward-Roger's algebra must not invert it.  Written with
+``float_format="%.17g"`` (R reads the same numbers).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sm_hlm.simulate import simulate_mixed
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+CASES: dict[str, dict] = {
+    "kr_singular": dict(
+        n_groups=40, mean_group_size=6,
+        fe_params={"Intercept": 1.0, "x": 0.5},
+        re_names=["Intercept", "x"], cov_re=[[0.5, 0.0], [0.0, 0.0]], scale=1.0, seed=600,
+    ),
+}
+
+
+def main() -> None:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    for name, kwargs in CASES.items():
+        df = simulate_mixed(**kwargs, group_col="group", response="y")
+        path = DATA_DIR / f"{name}.csv"
+        df.to_csv(path, index=False, float_format="%.17g")
+        print(f"{path}: {len(df)} rows, {df['group'].nunique()} groups")
+
+
+if __name__ == "__main__":
+    main()
