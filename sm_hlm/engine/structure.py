@@ -1,0 +1,322 @@
+"""Symbolic analysis of the blocked system: term order, nesting, patterns, cross products.
+
+Everything here is done once per model; an evaluation of the deviance
+(:mod:`sm_hlm.engine.blocked`) then does no symbolic work.
+
+Notes
+-----
+Write Z = [Z_1 ... Z_K] (terms sorted as below) and W = [X y].  The
+symmetric matrix
+
+    Omega(theta) = [Lambda'Z'Z Lambda + I   Lambda'Z'W]
+                   [W'Z Lambda              W'W       ]
+
+is factored block by block (one block row/column per term, and a last one,
+the pseudo-term "[X y]" with one level and S = p + 1 columns).
+
+*Order.*  Terms are sorted by S_k * n_levels_k, largest first (MixedModels.jl).
+
+*Nesting.*  Term l is nested in term k when every level of l occurs with
+exactly one level of k.  The leading terms 0..J-1 form the block-diagonal
+(BD) prefix: term 0 always, and term k as long as term k-1 is in it and every
+earlier term is nested in k.  Their diagonal blocks stay block diagonal
+(S_k x S_k per level, stored (S_k, S_k, m_k)) during the factorization: the
+rank update of block (k, k) from column l < k only touches (level, level)
+blocks because each level of l has one parent level in k.
+
+*Patterns.*  Below a BD column j, block (i, j) is stored as a list of the
+(level of i, level of j) pairs that co-occur in the data (each an S_i x S_j
+block), sorted by the level of j.  Eliminating column j updates block (i, k)
+by L[i, j] L[k, j]' summed over levels of j: every pair of stored blocks
+with the same level of j (a *triple*) adds one S_i x S_k product into a
+fixed position.  No fill-in happens outside the co-occurrence patterns of
+the BD columns (a level of j lies inside one level of each later BD term).
+The triples and their target positions are enumerated here, once.
+
+*Dense block.*  All terms after the BD prefix and the [X y] pseudo-term form
+one dense symmetric block D (size N_D = sum S_k m_k + p + 1), filled from the
+cross products, updated by the BD columns, and factored by LAPACK.  For a
+strictly nested model D is only (p+1) x (p+1); for crossed factors it holds
+the smaller factors (InstEval: 1128 + 14 levels).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .terms import RETerm, parent_levels
+
+__all__ = ["Pattern", "UpdateGroup", "BlockedStructure", "available_memory"]
+
+
+def available_memory() -> int:
+    """Bytes of memory available (``MemAvailable`` of /proc/meminfo, else physical)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Co-occurring (level of i, level of j) pairs of block (i, j), sorted by (j, i) level.
+
+    ``start[c]:start[c+1]`` are the pairs of level c of j.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    start: np.ndarray
+    n_rows: int
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.cols.astype(np.int64) * self.n_rows + self.rows
+
+
+@dataclass(frozen=True)
+class UpdateGroup:
+    """The products L[i, j]_p L[k, j]_q' of BD column j that update block (i, k).
+
+    ``flat`` (S_i, S_k, T) holds each product entry's position: in D (as an
+    index into ``BlockedStructure.d_update_pos[j]`` through ``d_slot``) or in
+    the BD storage of block (i, k) (a flat index into its (S_i, S_k, size)
+    array).  ``mult`` marks the products that enter a quadratic form twice
+    (off-diagonal positions of a symmetric target), for the selected inverse.
+    """
+
+    i: int
+    k: int
+    p: np.ndarray
+    q: np.ndarray
+    flat: np.ndarray
+    in_dense: bool
+    sym_twice: np.ndarray
+    d_slot: np.ndarray | None = None
+
+
+class BlockedStructure:
+    """Terms in factorization order, nesting, patterns, cross products and triples.
+
+    Parameters
+    ----------
+    terms
+        Random-effects terms in the caller's order.
+    exog, endog
+        Fixed-effects design X (n x p) and response y (n,).
+    memory_limit
+        Bytes the dense block and the update lists may use; default the
+        available memory.  A model that needs more raises MemoryError before
+        anything large is allocated.
+    """
+
+    def __init__(self, terms: Sequence[RETerm], exog: np.ndarray, endog: np.ndarray, *,
+                 memory_limit: int | None = None):
+        X = np.asarray(exog, dtype=float)
+        y = np.asarray(endog, dtype=float).ravel()
+        if X.ndim != 2 or X.shape[0] != len(y):
+            raise ValueError(f"exog must be 2-d with {len(y)} rows, got shape {X.shape}")
+        if not terms:
+            raise ValueError("at least one random-effects term is needed")
+        for t in terms:
+            if len(t.refs) != len(y):
+                raise ValueError(f"factor {t.factor!r} has {len(t.refs)} rows, endog has {len(y)}")
+        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+            raise ValueError("exog and endog must be finite")
+        self.nobs, self.k_fe = len(y), X.shape[1]
+        self.r = self.k_fe + 1
+        W = np.column_stack([X, y])
+        sizes = np.array([t.S * t.n_levels for t in terms])
+        # sort by S_k * levels_k, largest first; stable for ties
+        self.order = np.argsort(-sizes, kind="stable")
+        self.terms = [terms[k] for k in self.order]
+        K = self.K = len(self.terms)
+        self.S = [t.S for t in self.terms] + [self.r]
+        self.m = [t.n_levels for t in self.terms] + [1]
+        # nesting of sorted terms: parent[l][k] = level of k of each level of l (None if crossed)
+        self.parent = [[parent_levels(self.terms[l].refs, self.terms[k].refs,
+                                      self.terms[l].n_levels) if k != l else None
+                        for k in range(K)] for l in range(K)]
+        J = 1
+        while J < K and all(self.parent[l][J] is not None for l in range(J)):
+            J += 1
+        self.J = J
+        # dense block layout: terms J..K-1, then [X y]
+        self.d_offset = {}
+        off = 0
+        for k in range(J, K + 1):
+            self.d_offset[k] = off
+            off += self.S[k] * self.m[k]
+        self.N_D = off
+        self.d_terms = off - self.r          # rows of D that belong to random effects
+        self._check_memory(memory_limit, before_triples=True)
+
+        # ---- cross products and patterns
+        self.A_diag = []
+        for t in self.terms:
+            self.A_diag.append(self._crossprod(t.z, t.z, t.refs, t.n_levels))
+        self.WtW = W.T @ W
+        self.patterns: dict[tuple[int, int], Pattern] = {}
+        self.A_off: dict[tuple[int, int], np.ndarray] = {}
+        for j in range(K):
+            tj = self.terms[j]
+            for i in range(j + 1, K + 1):
+                if i == K:
+                    pat = Pattern(np.zeros(tj.n_levels, np.intp), np.arange(tj.n_levels),
+                                  np.arange(tj.n_levels + 1), 1)
+                    A = self._crossprod(W, tj.z, tj.refs, tj.n_levels)
+                else:
+                    ti = self.terms[i]
+                    pat, inv = self._pattern(ti, tj, self.parent[j][i])
+                    A = self._pairprod(ti.z, tj.z, inv, pat.size)
+                self.patterns[(i, j)] = pat
+                self.A_off[(i, j)] = A
+
+        # ---- updates of every BD column
+        self.updates: list[list[UpdateGroup]] = []
+        self.d_update_pos: list[np.ndarray] = []
+        for j in range(J):
+            groups, pos_parts = [], []
+            for k in range(j + 1, K + 1):
+                for i in range(k, K + 1):
+                    g = self._triples(i, k, j)
+                    groups.append(g)
+                    if g.in_dense:
+                        pos_parts.append(g.flat.ravel())
+            if pos_parts:
+                allpos = np.concatenate(pos_parts)
+                uniq, inv = np.unique(allpos, return_inverse=True)
+                pos = 0
+                for n_g, g in enumerate(groups):
+                    if g.in_dense:
+                        size = g.flat.size
+                        groups[n_g] = UpdateGroup(g.i, g.k, g.p, g.q, g.flat, True, g.sym_twice,
+                                                  inv[pos:pos + size].reshape(g.flat.shape))
+                        pos += size
+                self.d_update_pos.append(uniq)
+            else:
+                self.d_update_pos.append(np.zeros(0, np.int64))
+            self.updates.append(groups)
+        self._check_memory(memory_limit, before_triples=False)
+
+        # ---- where the cross products go in D
+        fill_pos = []
+        for k in range(J, K + 1):
+            for i in range(k, K + 1):
+                fill_pos.append(self._dense_flat(i, k, *self._block_levels(i, k)).ravel())
+        self.d_fill_pos = np.concatenate(fill_pos)
+        dt = np.arange(self.d_terms)
+        self.d_term_diag = dt * self.N_D + dt
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _crossprod(a: np.ndarray, b: np.ndarray, refs: np.ndarray, m: int) -> np.ndarray:
+        """Per-level a_l'b_l, shape (cols a, cols b, m)."""
+        out = np.empty((a.shape[1], b.shape[1], m))
+        for s in range(a.shape[1]):
+            for t in range(b.shape[1]):
+                out[s, t] = np.bincount(refs, weights=a[:, s] * b[:, t], minlength=m)
+        return out
+
+    @staticmethod
+    def _pairprod(a: np.ndarray, b: np.ndarray, inv: np.ndarray, size: int) -> np.ndarray:
+        out = np.empty((a.shape[1], b.shape[1], size))
+        for s in range(a.shape[1]):
+            for t in range(b.shape[1]):
+                out[s, t] = np.bincount(inv, weights=a[:, s] * b[:, t], minlength=size)
+        return out
+
+    @staticmethod
+    def _pattern(ti: RETerm, tj: RETerm, parent: np.ndarray | None) -> tuple[Pattern, np.ndarray]:
+        """Co-occurrence pattern of (i, j) and each row's pair index."""
+        mj, mi = tj.n_levels, ti.n_levels
+        if parent is not None:                       # j nested in i: one pair per level of j
+            return Pattern(parent, np.arange(mj), np.arange(mj + 1), mi), tj.refs
+        key = tj.refs.astype(np.int64) * mi + ti.refs
+        uniq, inv = np.unique(key, return_inverse=True)
+        cols = (uniq // mi).astype(np.intp)
+        start = np.searchsorted(cols, np.arange(mj + 1))
+        return Pattern((uniq % mi).astype(np.intp), cols, start, mi), inv.ravel()
+
+    def _block_levels(self, i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(level of i, level of k) of the stored blocks of A[i, k] (i >= k)."""
+        if i == k:
+            lv = np.arange(self.m[k])
+            return lv, lv
+        pat = self.patterns[(i, k)]
+        return pat.rows, pat.cols
+
+    def _dense_flat(self, i: int, k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Flat positions in D of the S_i x S_k blocks at levels (a, b): shape (S_i, S_k, len(a))."""
+        Si, Sk, N = self.S[i], self.S[k], self.N_D
+        row = self.d_offset[i] + a * Si
+        col = self.d_offset[k] + b * Sk
+        al = np.arange(Si)[:, None, None]
+        be = np.arange(Sk)[None, :, None]
+        return (row[None, None, :] + al).astype(np.int64) * N + (col[None, None, :] + be)
+
+    def _triples(self, i: int, k: int, j: int) -> UpdateGroup:
+        """Pairs of stored blocks of (i, j) and (k, j) sharing a level of j."""
+        Pi, Pk = self.patterns[(i, j)], self.patterns[(k, j)]
+        cnt_k = np.diff(Pk.start)
+        reps = cnt_k[Pi.cols]
+        T = int(reps.sum())
+        p = np.repeat(np.arange(Pi.size), reps)
+        first = np.repeat(np.cumsum(reps) - reps, reps)
+        q = Pk.start[Pi.cols][p] + (np.arange(T) - first)
+        a, b = Pi.rows[p], Pk.rows[q]
+        if i == k:
+            keep = a >= b                   # lower triangle of a symmetric target
+            p, q, a, b = p[keep], q[keep], a[keep], b[keep]
+        sym_twice = (a != b) | (i != k)
+        if k >= self.J:
+            flat = self._dense_flat(i, k, a, b)
+            return UpdateGroup(i, k, p, q, flat, True, sym_twice)
+        Si, Sk = self.S[i], self.S[k]
+        if i == k:
+            blk, size = a, self.m[k]
+        else:
+            Pik = self.patterns[(i, k)]
+            keys = Pik.keys
+            want = b.astype(np.int64) * Pik.n_rows + a
+            blk = np.searchsorted(keys, want)
+            if not np.array_equal(keys[np.minimum(blk, len(keys) - 1)], want):
+                raise AssertionError("fill-in outside the pattern of a block-diagonal column")
+            size = Pik.size
+        idx = np.arange(Si * Sk).reshape(Si, Sk, 1) * size
+        return UpdateGroup(i, k, p, q, idx + blk[None, None, :], False, sym_twice)
+
+    def factor_sizes(self) -> str:
+        return ", ".join(f"{t.factor} ({t.n_levels} levels x {t.S})" for t in self.terms)
+
+    def _check_memory(self, limit: int | None, *, before_triples: bool) -> None:
+        avail = available_memory() if limit is None else int(limit)
+        dense_terms = [f"{t.factor} ({t.n_levels} levels x {t.S} = {t.n_levels * t.S})"
+                       for t in self.terms[self.J:]]
+        need = 3 * 8 * self.N_D ** 2               # D, its factor for solutions, a work copy
+        what = f"a dense {self.N_D} x {self.N_D} block"
+        if not before_triples:
+            n_tr = sum(g.flat.size for gs in self.updates for g in gs)
+            need += 3 * 8 * n_tr
+            what += f" and {n_tr} sparse update products"
+        if need > avail:
+            crossed = ", ".join(dense_terms) if dense_terms else "none"
+            raise MemoryError(
+                f"the blocked Cholesky needs {what}, about {need / 2**30:.2f} GiB, but only "
+                f"{avail / 2**30:.2f} GiB is available. Factors in factorization order: "
+                f"{self.factor_sizes()}; the first {self.J} stay block diagonal, the crossed "
+                f"factors filled in densely are: {crossed}.")
