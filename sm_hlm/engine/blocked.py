@@ -32,7 +32,7 @@ import numpy as np
 from scipy.linalg import lapack
 from threadpoolctl import ThreadpoolController
 
-from ..linalg import batched_cholesky, batched_forward_solve_T
+from ..linalg import batched_cholesky, batched_forward_solve_T, batched_inverse_lower
 from .structure import BlockedStructure
 from .terms import RETerm, ThetaLayout
 
@@ -51,15 +51,24 @@ def _controller() -> ThreadpoolController:
     return _CONTROLLER
 
 
-def _kron_t(lam_a: np.ndarray, lam_b: np.ndarray) -> np.ndarray:
-    """kron(Lambda_a', Lambda_b'): vec-row (alpha, beta) of Lambda_a' B Lambda_b."""
-    return np.kron(lam_a.T, lam_b.T)
-
-
-def lambda_transform(lam_a: np.ndarray, A: np.ndarray, lam_b: np.ndarray) -> np.ndarray:
-    """Lambda_a' A_l Lambda_b for a stack A of shape (S_a, S_b, n)."""
+def lambda_transform(lam_a: np.ndarray | None, A: np.ndarray, lam_b: np.ndarray) -> np.ndarray:
+    """Lambda_a' A_l Lambda_b for a stack A of shape (S_a, S_b, n); ``lam_a`` None is I."""
     Sa, Sb, n = A.shape
-    return (_kron_t(lam_a, lam_b) @ A.reshape(Sa * Sb, n)).reshape(Sa, Sb, n)
+    if lam_a is not None:
+        A = (lam_a.T @ A.reshape(Sa, Sb * n)).reshape(Sa, Sb, n)
+    return np.matmul(lam_b.T, A)
+
+
+def _stack_transform(lams: list, rows: list, A: np.ndarray, lam_b: np.ndarray) -> np.ndarray:
+    """Lambda_i' A[rows of i] Lambda_b for the stacked blocks below a BD column."""
+    out = np.matmul(lam_b.T, A)
+    K = len(lams) - 1
+    for i, pos in rows:
+        if i < K:
+            S = lams[i].shape[0]
+            blk = out[pos:pos + S]
+            out[pos:pos + S] = (lams[i].T @ blk.reshape(S, -1)).reshape(blk.shape)
+    return out
 
 
 @dataclass
@@ -140,8 +149,10 @@ class BlockedDeviance:
             M = lambda_transform(lams[j], st.A_diag[j], lams[j])
             M[np.arange(st.S[j]), np.arange(st.S[j])] += 1.0
             diag.append(M)
-        off = {(i, j): lambda_transform(lams[i], st.A_off[(i, j)], lams[j])
-               for j in range(J) for i in range(j + 1, K + 1)}
+        stack = [_stack_transform(lams, st.stack_rows[j], st.A_stack[j], lams[j])
+                 for j in range(J)]
+        off: dict = {(i, j): lambda_transform(lams[i], st.A_off[(i, j)], lams[j])
+                     for j in range(J) for i in st.crossed_rows[j]}
         D = np.zeros((N, N))
         vals = []
         for k in range(J, K + 1):
@@ -150,7 +161,7 @@ class BlockedDeviance:
                     A = st.A_diag[k] if k < K else st.WtW[:, :, None]
                 else:
                     A = st.A_off[(i, k)]
-                vals.append(lambda_transform(lams[i], A, lams[k]).ravel())
+                vals.append(lambda_transform(lams[i] if i < K else None, A, lams[k]).ravel())
         Df = D.ravel()
         Df[st.d_fill_pos] = np.concatenate(vals)
         Df[st.d_term_diag] += 1.0
@@ -163,24 +174,48 @@ class BlockedDeviance:
                 return None
             logdet += 2.0 * float(np.log(dl).sum())
             diag[j] = L
-            for i in range(j + 1, K + 1):
+            B = stack[j] = batched_forward_solve_T(L, stack[j])
+            for i, pos in st.stack_rows[j]:
+                off[(i, j)] = B[pos:pos + st.S[i]]
+            for i in st.crossed_rows[j]:
                 pat = st.patterns[(i, j)]
                 # every level occurs, so a pattern with m_j pairs has cols == 0..m_j-1
                 Lg = L if pat.size == st.m[j] else L[:, :, pat.cols]
                 off[(i, j)] = batched_forward_solve_T(Lg, off[(i, j)])
-            dvals = []
+            # nested parents and [X y]: products per level, summed over runs of levels
+            for k, pos in st.stack_rows[j]:
+                if k == K:
+                    BX = B[pos:].reshape(r, -1)
+                    D[N - r:, N - r:] -= BX @ BX.T
+                    continue
+                Sk = st.S[k]
+                prod = np.einsum("asc,bsc->abc", B[pos:], B[pos:pos + Sk])
+                agg = np.add.reduceat(prod, st.segments[(j, k)], axis=2)
+                diag[k] -= agg[:Sk]
+                stack[k] -= agg[Sk:]
+            # crossed terms: triples
+            G = _relative_cov(L, lams[j]) if j == 0 else None
+            slots, dvals = [], []
             for g in st.updates[j]:
-                prod = _products(off[(g.i, j)], off[(g.k, j)], g.p, g.q)
-                if g.in_dense:
-                    dvals.append((g.d_slot.ravel(), prod.ravel()))
+                tgt = Df if g.in_dense else off[(g.i, g.k)].reshape(-1)
+                if g.mode == "linear":
+                    U = (g.P @ G).reshape(g.lin_flat.shape)
+                    tgt[g.lin_flat.ravel()] -= lambda_transform(
+                        lams[g.i] if g.i < K else None, U, lams[g.k]).ravel()
+                elif g.mode == "gemm":
+                    C = off[(g.i, j)].reshape(st.S[g.i], -1)
+                    tgt[g.lin_flat.ravel()] -= (C @ C.T).ravel()
                 else:
-                    tgt = diag[g.k] if g.i == g.k else off[(g.i, g.k)]
-                    upd = np.bincount(g.flat.ravel(), weights=prod.ravel(), minlength=tgt.size)
-                    tgt -= upd.reshape(tgt.shape)
+                    prod = _products(off[(g.i, j)], off[(g.k, j)], g.p_gather, g.q_gather)
+                    if g.in_dense:
+                        slots.append(g.d_slot)
+                        dvals.append(prod.ravel())
+                    else:
+                        tgt -= np.bincount(g.flat.ravel(), weights=prod.ravel(),
+                                           minlength=tgt.size)
             if dvals:
-                slots = np.concatenate([s for s, _ in dvals])
-                w = np.concatenate([v for _, v in dvals])
-                Df[st.d_update_pos[j]] -= np.bincount(slots, weights=w,
+                Df[st.d_update_pos[j]] -= np.bincount(np.concatenate(slots),
+                                                      weights=np.concatenate(dvals),
                                                       minlength=len(st.d_update_pos[j]))
         # 3. dense block (C-order lower triangle = Fortran-order upper triangle)
         if self.pin_blas_threads and N >= _PIN_MIN:
@@ -228,14 +263,27 @@ class BlockedDeviance:
         return self.layout.start()
 
 
-def _products(Li: np.ndarray, Lk: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """prod[a, b, t] = sum_s Li[a, s, p_t] Lk[b, s, q_t], shape (S_i, S_k, T)."""
-    Si, Sj, _ = Li.shape
-    Sk = Lk.shape[0]
-    if Sj == 1:
-        return Li[:, 0, p][:, None, :] * Lk[:, 0, q][None, :, :]
-    Gi, Gk = Li[:, :, p], Lk[:, :, q]
-    out = Gi[:, None, 0, :] * Gk[None, :, 0, :]
-    for s in range(1, Sj):
-        out += Gi[:, None, s, :] * Gk[None, :, s, :]
-    return out
+def _relative_cov(L: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """vec of G_c = Lambda M_c^{-1} Lambda' for all levels, (s, t, c) flattened.
+
+    With M_c = L_c L_c', G_c = (L_c^{-1} Lambda')' (L_c^{-1} Lambda').
+    """
+    S, _, m = L.shape
+    if S == 1:
+        return (lam[0, 0] / L[0, 0]) ** 2
+    Li = batched_inverse_lower(L)
+    F = np.einsum("abm,cb->acm", Li, lam)          # L^{-1} Lambda'
+    return np.einsum("bam,bcm->acm", F, F).reshape(-1)
+
+
+def _products(Li: np.ndarray, Lk: np.ndarray, p: np.ndarray | None,
+              q: np.ndarray | None) -> np.ndarray:
+    """prod[a, b, t] = sum_s Li[a, s, p_t] Lk[b, s, q_t], shape (S_i, S_k, T).
+
+    ``p`` / ``q`` None means all stored blocks in order (no gather).
+    """
+    Gi = Li if p is None else Li[:, :, p]
+    Gk = Lk if q is None else Lk[:, :, q]
+    if Li.shape[1] == 1:
+        return Gi[:, 0, None, :] * Gk[None, :, 0, :]
+    return np.einsum("ast,bst->abt", Gi, Gk)

@@ -89,10 +89,12 @@ def solve_at(dev: BlockedDeviance, theta: np.ndarray, *, condvar: bool = True) -
     u, b, cv = [None] * K, [None] * K, [None] * K
     for pos, k in enumerate(st.order):
         lam = f.lambdas[pos]
-        u[k] = u_sorted[pos].T
-        b[k] = (lam @ u_sorted[pos]).T
+        back = np.empty_like(st.level_order[pos])     # internal level of each caller level
+        back[st.level_order[pos]] = np.arange(len(back))
+        u[k] = u_sorted[pos].T[back]
+        b[k] = (lam @ u_sorted[pos]).T[back]
         if sig_diag is not None:
-            s = sig_diag[pos]
+            s = sig_diag[pos][:, :, back]
             cv[k] = scale * np.einsum("ab,bcl,dc->lad", lam, s, lam)
     return Solution(np.asarray(theta, float), dev.from_factor(f), beta, scale, cov_beta, u, b,
                     cv if condvar else None, f.logdet_L, f.logdet_RX, f.pwrss)
@@ -139,9 +141,8 @@ def _selected_inverse(st, f: BlockedFactor) -> list[np.ndarray]:
         Sj, mj = st.S[j], st.m[j]
         Q = np.zeros((Sj, Sj, mj))
         H = {i: np.zeros_like(f.off[(i, j)]) for i in range(j + 1, K)}
-        for g in st.updates[j]:
-            if g.i >= K:
-                continue
+        for k_, i_ in st.all_pairs(j):
+            g = st._triples(i_, k_, j)
             Bi, Bk = f.off[(g.i, j)], f.off[(g.k, j)]
             if g.in_dense:
                 flat = g.flat

@@ -88,15 +88,36 @@ class Pattern:
         return self.cols.astype(np.int64) * self.n_rows + self.rows
 
 
-@dataclass(frozen=True)
+@dataclass
 class UpdateGroup:
     """The products L[i, j]_p L[k, j]_q' of BD column j that update block (i, k).
 
-    ``flat`` (S_i, S_k, T) holds each product entry's position: in D (as an
-    index into ``BlockedStructure.d_update_pos[j]`` through ``d_slot``) or in
-    the BD storage of block (i, k) (a flat index into its (S_i, S_k, size)
-    array).  ``mult`` marks the products that enter a quadratic form twice
-    (off-diagonal positions of a symmetric target), for the selected inverse.
+    Attributes
+    ----------
+    i, k : int
+        Target block (i >= k > j).
+    p, q : ndarray
+        The stored blocks of L[i, j] and L[k, j] of each triple (same level of j).
+    flat : ndarray, shape (S_i, S_k, T)
+        Each product entry's position: a flat index into D when ``in_dense``,
+        else into the (S_i, S_k, size) storage of block (i, k).
+    sym_twice : ndarray of bool
+        Products at off-diagonal positions of the symmetric matrix (they
+        enter a quadratic form twice; used by the selected inverse).
+    mode : str
+        How an evaluation applies the group: ``"direct"`` (products then a
+        scatter-add), ``"gemm"`` (one matrix product: the [X y] x [X y] block
+        from a column whose every level has one block), or ``"linear"``
+        (column 0 only: the update is linear in G_c = Lambda_0 M_c^{-1} Lambda_0',
+        one sparse matrix-vector product ``P @ vec(G)`` followed by the
+        Lambda transform of the target blocks).
+    d_slot : ndarray or None
+        For direct groups into D: index into the column's compressed list of
+        touched positions.
+    P : scipy.sparse.csr_matrix or None
+        Linear mode: rows (alpha, beta, target block), columns (s, t, level of 0).
+    lin_flat : ndarray or None
+        Linear mode: positions (S_i, S_k, blocks) of the target blocks.
     """
 
     i: int
@@ -106,7 +127,15 @@ class UpdateGroup:
     flat: np.ndarray
     in_dense: bool
     sym_twice: np.ndarray
+    mode: str = "direct"
     d_slot: np.ndarray | None = None
+    P: object = None
+    lin_flat: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        # ``p`` / ``q`` that take every stored block in order need no gather
+        self.p_gather = None if np.array_equal(self.p, np.arange(len(self.p))) else self.p
+        self.q_gather = None if np.array_equal(self.q, np.arange(len(self.q))) else self.q
 
 
 class BlockedStructure:
@@ -122,6 +151,30 @@ class BlockedStructure:
         Bytes the dense block and the update lists may use; default the
         available memory.  A model that needs more raises MemoryError before
         anything large is allocated.
+
+    Attributes
+    ----------
+    order : ndarray
+        Caller's index of each term in factorization order.
+    J : int
+        Number of block-diagonal columns.
+    refs, level_order : list of ndarray
+        Level codes used internally and, per term, the caller's level of each
+        internal level (the BD terms' levels are sorted by their parent level
+        in the next BD term, so that every ancestor's levels are contiguous).
+    stack_rows : list of list of (int, int)
+        Per BD column j, the blocks below it stored together in one
+        (R_j, S_j, m_j) array: the later BD terms (nested parents of j) and
+        [X y], each with its first row in the stack.
+    crossed_rows : list of list of int
+        Per BD column j, the terms of the dense block: their blocks below j
+        are pair lists updated through triples.
+    segments : dict
+        (j, k) -> starts of the runs of levels of j that share a level of the
+        BD term k > j (for ``np.add.reduceat``).
+    updates : list of list of UpdateGroup
+        Per BD column j, the triple groups whose target lies in a crossed row
+        or in D.
     """
 
     def __init__(self, terms: Sequence[RETerm], exog: np.ndarray, endog: np.ndarray, *,
@@ -147,14 +200,17 @@ class BlockedStructure:
         K = self.K = len(self.terms)
         self.S = [t.S for t in self.terms] + [self.r]
         self.m = [t.n_levels for t in self.terms] + [1]
-        # nesting of sorted terms: parent[l][k] = level of k of each level of l (None if crossed)
-        self.parent = [[parent_levels(self.terms[l].refs, self.terms[k].refs,
-                                      self.terms[l].n_levels) if k != l else None
-                        for k in range(K)] for l in range(K)]
+        nested = [[k != l and parent_levels(self.terms[l].refs, self.terms[k].refs,
+                                            self.terms[l].n_levels) is not None
+                   for k in range(K)] for l in range(K)]
         J = 1
-        while J < K and all(self.parent[l][J] is not None for l in range(J)):
+        while J < K and all(nested[l][J] for l in range(J)):
             J += 1
         self.J = J
+        self._order_levels()
+        # parent[l][k]: level of k of each (internal) level of l, None if l is not nested in k
+        self.parent = [[parent_levels(self.refs[l], self.refs[k], self.m[l]) if nested[l][k]
+                        else None for k in range(K)] for l in range(K)]
         # dense block layout: terms J..K-1, then [X y]
         self.d_offset = {}
         off = 0
@@ -166,52 +222,65 @@ class BlockedStructure:
         self._check_memory(memory_limit, before_triples=True)
 
         # ---- cross products and patterns
-        self.A_diag = []
-        for t in self.terms:
-            self.A_diag.append(self._crossprod(t.z, t.z, t.refs, t.n_levels))
+        self.A_diag = [self._crossprod(t.z, t.z, self.refs[k], t.n_levels)
+                       for k, t in enumerate(self.terms)]
         self.WtW = W.T @ W
         self.patterns: dict[tuple[int, int], Pattern] = {}
         self.A_off: dict[tuple[int, int], np.ndarray] = {}
         for j in range(K):
-            tj = self.terms[j]
+            tj, rj = self.terms[j], self.refs[j]
             for i in range(j + 1, K + 1):
                 if i == K:
                     pat = Pattern(np.zeros(tj.n_levels, np.intp), np.arange(tj.n_levels),
                                   np.arange(tj.n_levels + 1), 1)
-                    A = self._crossprod(W, tj.z, tj.refs, tj.n_levels)
+                    A = self._crossprod(W, tj.z, rj, tj.n_levels)
                 else:
                     ti = self.terms[i]
-                    pat, inv = self._pattern(ti, tj, self.parent[j][i])
+                    pat, inv = self._pattern(self.refs[i], rj, self.m[i], self.m[j],
+                                             self.parent[j][i])
                     A = self._pairprod(ti.z, tj.z, inv, pat.size)
                 self.patterns[(i, j)] = pat
                 self.A_off[(i, j)] = A
 
-        # ---- updates of every BD column
+        # ---- the blocks below each BD column
+        self.stack_rows, self.crossed_rows, self.A_stack = [], [], []
+        self.segments: dict[tuple[int, int], np.ndarray] = {}
+        for j in range(J):
+            rows, pos = [], 0
+            for i in list(range(j + 1, J)) + [K]:
+                rows.append((i, pos))
+                pos += self.S[i]
+            self.stack_rows.append(rows)
+            self.crossed_rows.append(list(range(J, K)))
+            self.A_stack.append(np.concatenate([self.A_off[(i, j)] for i, _ in rows], axis=0))
+            for k in range(j + 1, J):
+                par = self.parent[j][k]
+                starts = np.flatnonzero(np.r_[True, par[1:] != par[:-1]])
+                if len(starts) != self.m[k] or not np.all(np.diff(par) >= 0):
+                    raise AssertionError("levels of a nested term are not grouped by parent")
+                self.segments[(j, k)] = starts
+        self.R_stack = [sum(self.S[i] for i, _ in rows) for rows in self.stack_rows]
+
+        # ---- triple groups touching the dense block's terms
+        self._check_triples(memory_limit)
         self.updates: list[list[UpdateGroup]] = []
         self.d_update_pos: list[np.ndarray] = []
         for j in range(J):
-            groups, pos_parts = [], []
-            for k in range(j + 1, K + 1):
-                for i in range(k, K + 1):
-                    g = self._triples(i, k, j)
-                    groups.append(g)
-                    if g.in_dense:
-                        pos_parts.append(g.flat.ravel())
-            if pos_parts:
-                allpos = np.concatenate(pos_parts)
-                uniq, inv = np.unique(allpos, return_inverse=True)
+            groups = [self._triples(i, k, j) for k, i in self._crossed_pairs(j)]
+            for g in groups:
+                self._choose_mode(g, j)
+            direct = [g for g in groups if g.in_dense and g.mode == "direct"]
+            if direct:
+                uniq, inv = np.unique(np.concatenate([g.flat.ravel() for g in direct]),
+                                      return_inverse=True)
                 pos = 0
-                for n_g, g in enumerate(groups):
-                    if g.in_dense:
-                        size = g.flat.size
-                        groups[n_g] = UpdateGroup(g.i, g.k, g.p, g.q, g.flat, True, g.sym_twice,
-                                                  inv[pos:pos + size].reshape(g.flat.shape))
-                        pos += size
+                for g in direct:
+                    g.d_slot = inv[pos:pos + g.flat.size]
+                    pos += g.flat.size
                 self.d_update_pos.append(uniq)
             else:
                 self.d_update_pos.append(np.zeros(0, np.int64))
             self.updates.append(groups)
-        self._check_memory(memory_limit, before_triples=False)
 
         # ---- where the cross products go in D
         fill_pos = []
@@ -221,6 +290,29 @@ class BlockedStructure:
         self.d_fill_pos = np.concatenate(fill_pos)
         dt = np.arange(self.d_terms)
         self.d_term_diag = dt * self.N_D + dt
+
+    def _crossed_pairs(self, j: int) -> list[tuple[int, int]]:
+        """(k, i), i >= k > j, of the updates of column j that involve a dense-block term."""
+        K, J = self.K, self.J
+        return [(k, i) for k in range(j + 1, K + 1) for i in range(k, K + 1)
+                if J <= i < K or J <= k < K]
+
+    def all_pairs(self, j: int) -> list[tuple[int, int]]:
+        """(k, i), i >= k > j, of every random-effects block updated by column j."""
+        return [(k, i) for k in range(j + 1, self.K) for i in range(k, self.K)]
+
+    def _order_levels(self) -> None:
+        """Internal level codes: BD terms' levels grouped by their parent in the next BD term."""
+        K, J = self.K, self.J
+        self.refs = [t.refs for t in self.terms]
+        self.level_order = [np.arange(t.n_levels) for t in self.terms]
+        for k in range(J - 2, -1, -1):
+            par = parent_levels(self.refs[k], self.refs[k + 1], self.m[k])
+            order = np.lexsort((np.arange(self.m[k]), par))
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            self.refs[k] = rank[self.refs[k]]
+            self.level_order[k] = order
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -241,12 +333,12 @@ class BlockedStructure:
         return out
 
     @staticmethod
-    def _pattern(ti: RETerm, tj: RETerm, parent: np.ndarray | None) -> tuple[Pattern, np.ndarray]:
+    def _pattern(ri: np.ndarray, rj: np.ndarray, mi: int, mj: int,
+                 parent: np.ndarray | None) -> tuple[Pattern, np.ndarray]:
         """Co-occurrence pattern of (i, j) and each row's pair index."""
-        mj, mi = tj.n_levels, ti.n_levels
         if parent is not None:                       # j nested in i: one pair per level of j
-            return Pattern(parent, np.arange(mj), np.arange(mj + 1), mi), tj.refs
-        key = tj.refs.astype(np.int64) * mi + ti.refs
+            return Pattern(parent, np.arange(mj), np.arange(mj + 1), mi), rj
+        key = rj.astype(np.int64) * mi + ri
         uniq, inv = np.unique(key, return_inverse=True)
         cols = (uniq // mi).astype(np.intp)
         start = np.searchsorted(cols, np.arange(mj + 1))
@@ -300,19 +392,74 @@ class BlockedStructure:
         idx = np.arange(Si * Sk).reshape(Si, Sk, 1) * size
         return UpdateGroup(i, k, p, q, idx + blk[None, None, :], False, sym_twice)
 
+    def _choose_mode(self, g: UpdateGroup, j: int) -> None:
+        """Pick how an evaluation applies group ``g`` of column ``j`` (see UpdateGroup)."""
+        T = len(g.p)
+        m_j = self.m[j]
+        if g.i == g.k == self.K and T == m_j:
+            g.mode = "gemm"
+            g.lin_flat = self._dense_flat(self.K, self.K, np.zeros(1, np.intp), np.zeros(1, np.intp))
+            return
+        if j != 0 or T <= m_j:
+            return
+        # column 0, several blocks per level: the update is linear in G_c
+        from scipy import sparse
+
+        Si, Sk, S0 = self.S[g.i], self.S[g.k], self.S[0]
+        Pi, Pk = self.patterns[(g.i, 0)], self.patterns[(g.k, 0)]
+        a, b, c = Pi.rows[g.p], Pk.rows[g.q], Pi.cols[g.p]
+        key = a.astype(np.int64) * self.m[g.k] + b
+        ublk, tinv = np.unique(key, return_inverse=True)
+        nu = len(ublk)
+        Ai, Ak = self.A_off[(g.i, 0)], self.A_off[(g.k, 0)]
+        rows, cols, vals = [], [], []
+        for al in range(Si):
+            for be in range(Sk):
+                r_idx = (al * Sk + be) * nu + tinv
+                for s_ in range(S0):
+                    for t_ in range(S0):
+                        rows.append(r_idx)
+                        cols.append((s_ * S0 + t_) * m_j + c)
+                        vals.append(Ai[al, s_, g.p] * Ak[be, t_, g.q])
+        g.P = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows),
+                                                         np.concatenate(cols))),
+                                shape=(Si * Sk * nu, S0 * S0 * m_j))
+        ua, ub = ublk // self.m[g.k], ublk % self.m[g.k]
+        if g.in_dense:
+            g.lin_flat = self._dense_flat(g.i, g.k, ua, ub)
+        else:
+            if g.i == g.k:
+                blk, size = ua, self.m[g.k]
+            else:
+                Pik = self.patterns[(g.i, g.k)]
+                blk, size = np.searchsorted(Pik.keys, ub.astype(np.int64) * Pik.n_rows + ua), Pik.size
+            g.lin_flat = np.arange(Si * Sk).reshape(Si, Sk, 1) * size + blk[None, None, :]
+        g.mode = "linear"
+
+    def _check_triples(self, limit: int | None) -> None:
+        """MemoryError before enumerating more update products than memory allows."""
+        n_tr = 0
+        for j in range(self.J):
+            for k, i in self._crossed_pairs(j):
+                cnt_k = np.diff(self.patterns[(k, j)].start)
+                cnt_i = np.diff(self.patterns[(i, j)].start)
+                T = int(np.dot(cnt_i.astype(np.int64), cnt_k))
+                n_tr += T * self.S[i] * self.S[k] * (1 + self.S[j] ** 2)
+        self._check_memory(limit, before_triples=False, n_products=n_tr)
+
     def factor_sizes(self) -> str:
         return ", ".join(f"{t.factor} ({t.n_levels} levels x {t.S})" for t in self.terms)
 
-    def _check_memory(self, limit: int | None, *, before_triples: bool) -> None:
+    def _check_memory(self, limit: int | None, *, before_triples: bool,
+                      n_products: int = 0) -> None:
         avail = available_memory() if limit is None else int(limit)
         dense_terms = [f"{t.factor} ({t.n_levels} levels x {t.S} = {t.n_levels * t.S})"
                        for t in self.terms[self.J:]]
         need = 3 * 8 * self.N_D ** 2               # D, its factor for solutions, a work copy
         what = f"a dense {self.N_D} x {self.N_D} block"
         if not before_triples:
-            n_tr = sum(g.flat.size for gs in self.updates for g in gs)
-            need += 3 * 8 * n_tr
-            what += f" and {n_tr} sparse update products"
+            need += 4 * 8 * n_products
+            what += f" and {n_products} sparse update products"
         if need > avail:
             crossed = ", ".join(dense_terms) if dense_terms else "none"
             raise MemoryError(

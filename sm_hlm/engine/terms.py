@@ -28,14 +28,24 @@ def codes_from_labels(labels: Sequence | np.ndarray) -> tuple[np.ndarray, np.nda
 def interaction_codes(*codes: np.ndarray) -> np.ndarray:
     """Codes of the interaction of several factors (lme4's ``a:b``), 0 .. m-1.
 
-    Only combinations that occur get a level, so a class label reused in
-    several schools gives one level per (school, class) pair.
+    Only combinations that occur get a level (in sorted order of the
+    combined codes), so a class label reused in several schools gives one
+    level per (school, class) pair.  The factors are combined pairwise,
+    recoding after each step so that the combined key never overflows.
     """
     if not codes:
         raise ValueError("interaction_codes needs at least one factor")
-    stacked = np.column_stack([np.asarray(c, dtype=np.int64) for c in codes])
-    _, inv = np.unique(stacked, axis=0, return_inverse=True)
-    return inv.astype(np.intp).ravel()
+    out = np.asarray(codes[0], dtype=np.int64)
+    for c in codes[1:]:
+        c = np.asarray(c, dtype=np.int64)
+        if c.shape != out.shape:
+            raise ValueError("the factors of an interaction must have the same length")
+        key = out * (int(c.max()) + 1 if len(c) else 1) + c
+        _, out = np.unique(key, return_inverse=True)
+        out = out.ravel().astype(np.int64)
+    if len(codes) == 1:
+        _, out = np.unique(out, return_inverse=True)
+    return out.astype(np.intp).ravel()
 
 
 @dataclass(frozen=True, eq=False)
