@@ -189,12 +189,13 @@ class BlockedDeviance:
                     D[N - r:, N - r:] -= BX @ BX.T
                     continue
                 Sk = st.S[k]
-                prod = np.einsum("asc,bsc->abc", B[pos:], B[pos:pos + Sk])
-                agg = np.add.reduceat(prod, st.segments[(j, k)], axis=2)
+                prod = np.einsum("asc,bsc->cab", B[pos:], B[pos:pos + Sk])
+                agg = (st.aggregate[(j, k)] @ prod.reshape(st.m[j], -1)).T
+                agg = agg.reshape(-1, Sk, st.m[k])
                 diag[k] -= agg[:Sk]
                 stack[k] -= agg[Sk:]
             # crossed terms: triples
-            G = _relative_cov(L, lams[j]) if j == 0 else None
+            G = _relative_cov(L, lams[j]) if st.linear_columns[j] else None
             slots, dvals = [], []
             for g in st.updates[j]:
                 tgt = Df if g.in_dense else off[(g.i, g.k)].reshape(-1)

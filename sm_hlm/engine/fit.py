@@ -38,8 +38,8 @@ class ThetaFit:
 
 
 def fit_theta(terms: Sequence[RETerm], exog: np.ndarray, endog: np.ndarray, *, reml: bool,
-              start: np.ndarray | None = None, pin_blas_threads: bool = True,
-              memory_limit: int | None = None) -> ThetaFit:
+              start: np.ndarray | None = None, ftol_abs: float = 1e-8, xtol_abs: float = 1e-8,
+              pin_blas_threads: bool = True, memory_limit: int | None = None) -> ThetaFit:
     """Minimise the profiled deviance over theta with BOBYQA.
 
     Parameters
@@ -50,6 +50,8 @@ def fit_theta(terms: Sequence[RETerm], exog: np.ndarray, endog: np.ndarray, *, r
         REML criterion instead of -2 log-likelihood.
     start
         Starting theta (default lme4's: identity Lambda_k).
+    ftol_abs, xtol_abs
+        BOBYQA's stopping rules (lme4's ``nloptwrap`` defaults).
     pin_blas_threads, memory_limit
         Passed to :class:`~sm_hlm.engine.blocked.BlockedDeviance`.
 
@@ -63,5 +65,6 @@ def fit_theta(terms: Sequence[RETerm], exog: np.ndarray, endog: np.ndarray, *, r
     x0 = dev.theta_start() if start is None else np.asarray(start, dtype=float)
     if x0.shape != (dev.layout.n_theta,):
         raise ValueError(f"start must have {dev.layout.n_theta} entries, got shape {x0.shape}")
-    rec = minimize_bobyqa(dev, x0, dev.theta_lower, names=dev.layout.names)
+    rec = minimize_bobyqa(dev, x0, dev.theta_lower, ftol_abs=ftol_abs, xtol_abs=xtol_abs,
+                          names=dev.layout.names)
     return ThetaFit(rec.end, rec.fun_end, rec.n_evals, rec, dev)

@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from .terms import RETerm, parent_levels
 
@@ -169,9 +170,10 @@ class BlockedStructure:
     crossed_rows : list of list of int
         Per BD column j, the terms of the dense block: their blocks below j
         are pair lists updated through triples.
-    segments : dict
-        (j, k) -> starts of the runs of levels of j that share a level of the
-        BD term k > j (for ``np.add.reduceat``).
+    aggregate : dict
+        (j, k) -> the 0/1 sparse matrix (m_k x m_j) that sums the levels of j
+        inside each level of the BD term k > j (the levels of j are sorted
+        by their parent, so its rows are contiguous runs).
     updates : list of list of UpdateGroup
         Per BD column j, the triple groups whose target lies in a crossed row
         or in D.
@@ -244,7 +246,7 @@ class BlockedStructure:
 
         # ---- the blocks below each BD column
         self.stack_rows, self.crossed_rows, self.A_stack = [], [], []
-        self.segments: dict[tuple[int, int], np.ndarray] = {}
+        self.aggregate: dict[tuple[int, int], sparse.csr_matrix] = {}
         for j in range(J):
             rows, pos = [], 0
             for i in list(range(j + 1, J)) + [K]:
@@ -255,10 +257,10 @@ class BlockedStructure:
             self.A_stack.append(np.concatenate([self.A_off[(i, j)] for i, _ in rows], axis=0))
             for k in range(j + 1, J):
                 par = self.parent[j][k]
-                starts = np.flatnonzero(np.r_[True, par[1:] != par[:-1]])
-                if len(starts) != self.m[k] or not np.all(np.diff(par) >= 0):
+                if not np.all(np.diff(par) >= 0):
                     raise AssertionError("levels of a nested term are not grouped by parent")
-                self.segments[(j, k)] = starts
+                self.aggregate[(j, k)] = sparse.csr_matrix(
+                    (np.ones(self.m[j]), (par, np.arange(self.m[j]))), shape=(self.m[k], self.m[j]))
         self.R_stack = [sum(self.S[i] for i, _ in rows) for rows in self.stack_rows]
 
         # ---- triple groups touching the dense block's terms
@@ -281,6 +283,8 @@ class BlockedStructure:
             else:
                 self.d_update_pos.append(np.zeros(0, np.int64))
             self.updates.append(groups)
+        #: whether column j has groups applied through G_c (column 0 only)
+        self.linear_columns = [any(g.mode == "linear" for g in gs) for gs in self.updates]
 
         # ---- where the cross products go in D
         fill_pos = []
@@ -403,8 +407,6 @@ class BlockedStructure:
         if j != 0 or T <= m_j:
             return
         # column 0, several blocks per level: the update is linear in G_c
-        from scipy import sparse
-
         Si, Sk, S0 = self.S[g.i], self.S[g.k], self.S[0]
         Pi, Pk = self.patterns[(g.i, 0)], self.patterns[(g.k, 0)]
         a, b, c = Pi.rows[g.p], Pk.rows[g.q], Pi.cols[g.p]
