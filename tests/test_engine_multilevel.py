@@ -87,11 +87,11 @@ def random_theta(layout: ThetaLayout, rng: np.random.Generator) -> np.ndarray:
 
 # ------------------------------------------------------- dense references
 DENSE_CASES = ["ml_three", "ml_four", "ml_crossed", "ml_crossed_indep", "penicillin", "pastes",
-               "oats", "machines", "mixed"]
+               "oats", "machines", "mixed", "mixed_dense_nested"]
 
 
 def _dense_case(case: str):
-    if case != "mixed":
+    if not case.startswith("mixed"):
         return build(case)
     # nested and crossed together: children in classes in schools, crossed with raters
     df = load_csv("ml_three.csv")
@@ -100,6 +100,12 @@ def _dense_case(case: str):
     df["child"] = rng.integers(1, 4, len(df))
     spec = [("school", ["1", "x"], True), ("school:klass", ["1"], True),
             ("school:klass:child", ["1", "x"], False), ("rater", ["1", "x"], True)]
+    if case == "mixed_dense_nested":
+        # the crossed rater factor sorts between classes and schools, so the schools
+        # (nested) land in the dense block; three effects per school
+        df["rater"] = rng.integers(1, 131, len(df))
+        spec = [("school", ["1", "x", "tq"], True), ("school:klass", ["1"], True),
+                ("rater", ["1"], True)]
     X, names = fixed_design(df, ["1", "x", "sector"])
     return df, engine_terms(df, spec), X, df["y"].to_numpy(), names
 
@@ -142,6 +148,9 @@ def test_structure_of_nested_and_crossed_models():
     assert [t.factor for t in st.terms] == ["school:klass:child", "school:klass", "school", "rater"]
     assert st.J == 3                       # the rater factor is crossed: dense from there on
     assert st.N_D == 2 * 8 + X.shape[1] + 1
+    _, terms, X, y, _ = _dense_case("mixed_dense_nested")
+    st = BlockedDeviance(terms, X, y, reml=False).structure
+    assert [t.factor for t in st.terms] == ["school:klass", "rater", "school"] and st.J == 1
 
 
 def test_rows_in_any_order_give_the_same_fit():
