@@ -318,3 +318,27 @@ def test_bad_input():
         dev(np.ones(2))
     with pytest.raises(TypeError):
         BlockedDeviance([t], np.ones((n, 1)), np.arange(n, dtype=float), reml=False, bogus=1)
+
+
+@pytest.mark.parametrize("reml", [False, True], ids=["ML", "REML"])
+def test_zero_theta_is_ordinary_least_squares(reml):
+    _, terms, X, y, _ = build("ml_four")
+    dev = BlockedDeviance(terms, X, y, reml=reml)
+    n, p = X.shape
+    beta, rss = np.linalg.lstsq(X, y, rcond=None)[:2]
+    dof = n - p if reml else n
+    expected = dof * (1 + np.log(2 * np.pi * rss[0] / dof))
+    if reml:
+        expected += np.linalg.slogdet(X.T @ X)[1]
+    assert dev(np.zeros(dev.layout.n_theta)) == pytest.approx(expected, rel=1e-12)
+    sol = solve_at(dev, np.zeros(dev.layout.n_theta))
+    np.testing.assert_allclose(sol.beta, beta, rtol=1e-10)
+    assert all(np.all(b == 0) for b in sol.b) and all(np.all(c == 0) for c in sol.condvar)
+
+
+def test_fit_theta_checks_its_start():
+    _, terms, X, y, _ = build("pastes")
+    with pytest.raises(ValueError, match="start must have 2 entries"):
+        fit_theta(terms, X, y, reml=True, start=np.ones(3))
+    with pytest.raises(TypeError):
+        fit_theta(terms, X, y, reml=True, tol=1e-3)

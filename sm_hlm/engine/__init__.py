@@ -1,8 +1,18 @@
 """The mixed-model engine for any number of grouping factors.
 
 A layer below the model and results: it imports only numpy, scipy,
-threadpoolctl and :mod:`sm_hlm.linalg` (and :mod:`sm_hlm.optimizer` in
-:func:`fit_theta`).
+threadpoolctl, :mod:`sm_hlm.linalg` and (in :func:`fit_theta`)
+:mod:`sm_hlm.optimizer`.
+
+Usage::
+
+    from sm_hlm.engine import RETerm, BlockedDeviance, solve_at, fit_theta
+    terms = [RETerm("school", school_codes, n_schools, np.column_stack([ones, x]),
+                    ("(Intercept)", "x")),
+             RETerm("school:klass", class_codes, n_classes, np.column_stack([ones, x]),
+                    ("(Intercept)", "x"))]
+    fit = fit_theta(terms, X, y, reml=False)          # theta, deviance, evaluations
+    sol = solve_at(fit.deviance_function, fit.theta)  # beta, sigma^2, b, condvar
 
 =========================  =====================================================
 module                     role
@@ -18,10 +28,13 @@ module                     role
 from __future__ import annotations
 
 from .blocked import BlockedDeviance, BlockedFactor
+from .fit import ThetaFit, fit_theta
+from .solution import Solution, solve_at
 from .structure import BlockedStructure
 from .terms import (RETerm, ThetaLayout, codes_from_labels, interaction_codes, lme4_term_order,
                     nested_in, theta_from_lme4, theta_to_lme4)
 
 __all__ = ["RETerm", "ThetaLayout", "BlockedStructure", "BlockedDeviance", "BlockedFactor",
+           "Solution", "solve_at", "ThetaFit", "fit_theta",
            "codes_from_labels", "interaction_codes", "lme4_term_order", "nested_in",
            "theta_to_lme4", "theta_from_lme4"]

@@ -22,22 +22,36 @@ exactly one level of k.  The leading terms 0..J-1 form the block-diagonal
 earlier term is nested in k.  Their diagonal blocks stay block diagonal
 (S_k x S_k per level, stored (S_k, S_k, m_k)) during the factorization: the
 rank update of block (k, k) from column l < k only touches (level, level)
-blocks because each level of l has one parent level in k.
+blocks because each level of l has one parent level in k.  The levels of each
+BD term are renumbered so that they are grouped by their parent in the next
+BD term (hence by every ancestor).
 
-*Patterns.*  Below a BD column j, block (i, j) is stored as a list of the
-(level of i, level of j) pairs that co-occur in the data (each an S_i x S_j
-block), sorted by the level of j.  Eliminating column j updates block (i, k)
-by L[i, j] L[k, j]' summed over levels of j: every pair of stored blocks
-with the same level of j (a *triple*) adds one S_i x S_k product into a
-fixed position.  No fill-in happens outside the co-occurrence patterns of
-the BD columns (a level of j lies inside one level of each later BD term).
-The triples and their target positions are enumerated here, once.
+*Blocks below a BD column j.*  (a) The later BD terms and [X y]: every level
+of j has exactly one block in each of them, so they are stored together as one
+(R_j, S_j, m_j) array (R_j = sum of their S); eliminating j updates them by
+per-level products summed within each parent level (a fixed 0/1 sparse
+matrix, ``aggregate``), and the [X y] x [X y] block by one matrix product.
+(b) The terms of the dense block D (crossed with j): block (i, j) is the list
+of co-occurring (level of i, level of j) pairs, each an S_i x S_j block,
+sorted by the level of j.  Eliminating j updates block (i, k) by
+L[i, j] L[k, j]' summed over the levels of j: each pair of stored blocks with
+the same level of j (a *triple*) adds an S_i x S_k product into a fixed
+position, enumerated here once.  For column 0, whose blocks below are
+untouched by earlier columns, that update is linear in
+G_c = Lambda_0 M_c^{-1} Lambda_0' (M_c = Lambda_0' Z_c'Z_c Lambda_0 + I), so it
+is stored as one sparse matrix P with P @ vec(G) the update before the
+Lambda_i, Lambda_k transforms (the pair-product idea of
+:mod:`sm_hlm.deviance`): no symbolic work and no gathers per evaluation.  No
+fill-in happens outside these patterns: a level of a BD column lies inside
+one level of each later BD term.
 
 *Dense block.*  All terms after the BD prefix and the [X y] pseudo-term form
 one dense symmetric block D (size N_D = sum S_k m_k + p + 1), filled from the
 cross products, updated by the BD columns, and factored by LAPACK.  For a
 strictly nested model D is only (p+1) x (p+1); for crossed factors it holds
-the smaller factors (InstEval: 1128 + 14 levels).
+the smaller factors (InstEval: 1128 + 14 levels).  Before anything large is
+allocated its size (and that of the triples) is compared with the available
+memory, and a MemoryError names the factors.
 """
 from __future__ import annotations
 
