@@ -203,9 +203,6 @@ class BlockedDeviance:
                     U = (g.P @ G).reshape(g.lin_flat.shape)
                     tgt[g.lin_flat.ravel()] -= lambda_transform(
                         lams[g.i] if g.i < K else None, U, lams[g.k]).ravel()
-                elif g.mode == "gemm":
-                    C = off[(g.i, j)].reshape(st.S[g.i], -1)
-                    tgt[g.lin_flat.ravel()] -= (C @ C.T).ravel()
                 else:
                     prod = _products(off[(g.i, j)], off[(g.k, j)], g.p_gather, g.q_gather)
                     if g.in_dense:

@@ -121,8 +121,7 @@ class UpdateGroup:
         enter a quadratic form twice; used by the selected inverse).
     mode : str
         How an evaluation applies the group: ``"direct"`` (products then a
-        scatter-add), ``"gemm"`` (one matrix product: the [X y] x [X y] block
-        from a column whose every level has one block), or ``"linear"``
+        scatter-add) or ``"linear"``
         (column 0 only: the update is linear in G_c = Lambda_0 M_c^{-1} Lambda_0',
         one sparse matrix-vector product ``P @ vec(G)`` followed by the
         Lambda transform of the target blocks).
@@ -414,10 +413,6 @@ class BlockedStructure:
         """Pick how an evaluation applies group ``g`` of column ``j`` (see UpdateGroup)."""
         T = len(g.p)
         m_j = self.m[j]
-        if g.i == g.k == self.K and T == m_j:
-            g.mode = "gemm"
-            g.lin_flat = self._dense_flat(self.K, self.K, np.zeros(1, np.intp), np.zeros(1, np.intp))
-            return
         if j != 0 or T <= m_j:
             return
         # column 0, several blocks per level: the update is linear in G_c
