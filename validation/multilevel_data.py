@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sm_hlm.engine import RETerm, interaction_codes
+from sm_hlm.engine import RETerm
 
 __all__ = ["simulate_hierarchy", "simulate_crossed", "engine_terms", "design", "CASES",
            "write_cases"]
@@ -139,8 +139,11 @@ def engine_terms(df: pd.DataFrame, spec: Sequence[tuple[str, Sequence[str], bool
     n = len(df)
     out = []
     for factor, columns, correlated in spec:
-        parts = [pd.factorize(df[c], sort=True)[0] for c in factor.split(":")]
-        codes = parts[0] if len(parts) == 1 else interaction_codes(*parts)
+        codes = None
+        for c in factor.split(":"):            # interactions: hash the combined codes
+            part, levels = pd.factorize(df[c], sort=True)
+            key = part if codes is None else codes.astype(np.int64) * len(levels) + part
+            codes = pd.factorize(key, sort=True)[0]
         z = np.column_stack([np.ones(n) if c == "1" else df[c].to_numpy(float) for c in columns])
         names = tuple("(Intercept)" if c == "1" else c for c in columns)
         out.append(RETerm(factor, codes, int(codes.max()) + 1, z, names, correlated))
