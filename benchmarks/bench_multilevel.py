@@ -120,7 +120,11 @@ def case_row(label: str, df: pd.DataFrame, case: dict, reps: int, lme4: dict | N
     t_e2e, fit = median_time(lambda: fit_from_frame(df, case), reps)
     dev = fit.deviance_function
     t_eval, _ = median_time(lambda: dev(fit.theta), 15)
+    dev.pin_blas_threads = False
+    t_free, _ = median_time(lambda: dev(fit.theta), 5)
+    dev.pin_blas_threads = True
     row = {"data": label, "per evaluation": fmt_time(t_eval),
+           "per evaluation, BLAS threads not pinned": fmt_time(t_free),
            "evaluations": str(fit.n_evals), "sm_hlm end to end": fmt_time(t_e2e)}
     if lme4 is not None:
         t_l = float(np.median(lme4["times"]))
