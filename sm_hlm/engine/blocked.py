@@ -132,14 +132,20 @@ class BlockedDeviance:
         self.reml = bool(reml)
         self.pin_blas_threads = bool(pin_blas_threads)
         self.n_evals = 0
+        self._work: np.ndarray | None = None
 
     # ------------------------------------------------------------------ numeric factor
     def _sorted_lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
         lams = self.layout.lambdas(theta)
         return [lams[k] for k in self.structure.order]
 
-    def factor(self, theta: np.ndarray) -> BlockedFactor | None:
-        """The blocked factor at ``theta``; None where Omega(theta) is not positive definite."""
+    def factor(self, theta: np.ndarray, *, reuse: bool = False) -> BlockedFactor | None:
+        """The blocked factor at ``theta``; None where Omega(theta) is not positive definite.
+
+        ``reuse=True`` factors the dense block in a buffer kept between calls
+        (the deviance needs only the log-determinants; a later call overwrites
+        the returned factor's ``D``).
+        """
         st = self.structure
         K, J, r, N = st.K, st.J, st.r, st.N_D
         lams = self._sorted_lambdas(theta) + [np.eye(r)]
@@ -153,7 +159,13 @@ class BlockedDeviance:
                  for j in range(J)]
         off: dict = {(i, j): lambda_transform(lams[i], st.A_off[(i, j)], lams[j])
                      for j in range(J) for i in st.crossed_rows[j]}
-        D = np.zeros((N, N))
+        if reuse:
+            if self._work is None:
+                self._work = np.zeros((N, N))
+            D = self._work
+            D.fill(0.0)
+        else:
+            D = np.zeros((N, N))
         vals = []
         for k in range(J, K + 1):
             for i in range(k, K + 1):
@@ -250,7 +262,7 @@ class BlockedDeviance:
 
     def __call__(self, theta: np.ndarray) -> float:
         self.n_evals += 1
-        f = self.factor(theta)
+        f = self.factor(theta, reuse=True)
         return np.inf if f is None else self.from_factor(f)
 
     @property
