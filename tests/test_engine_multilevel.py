@@ -342,3 +342,35 @@ def test_fit_theta_checks_its_start():
         fit_theta(terms, X, y, reml=True, start=np.ones(3))
     with pytest.raises(TypeError):
         fit_theta(terms, X, y, reml=True, tol=1e-3)
+
+
+# ------------------------------------------------------------ gradient
+@pytest.mark.parametrize("reml", [False, True], ids=["ML", "REML"])
+@pytest.mark.parametrize("case", ["ml_three", "ml_four", "ml_crossed", "ml_crossed_indep",
+                                  "penicillin", "pastes", "mixed", "mixed_dense_nested"])
+def test_analytic_gradient(case, reml):
+    from sm_hlm.engine.gradient import deviance_gradient
+
+    _, terms, X, y, _ = _dense_case(case)
+    dev = BlockedDeviance(terms, X, y, reml=reml)
+    theta = random_theta(dev.layout, np.random.default_rng(7))
+    g = deviance_gradient(dev, theta)
+    # Richardson-extrapolated central differences: error O(h^4)
+    h = 1e-3
+    num = []
+    for e in np.eye(len(theta)):
+        d1 = (dev(theta + h * e) - dev(theta - h * e)) / (2 * h)
+        d2 = (dev(theta + 2 * h * e) - dev(theta - 2 * h * e)) / (4 * h)
+        num.append((4 * d1 - d2) / 3)
+    num = np.array(num)
+    np.testing.assert_allclose(g, num, rtol=1e-7, atol=1e-7 * np.abs(num).max())
+    # the gradient vanishes at the optimum (lme4's tight fit)
+    if case.startswith("mixed"):
+        return
+    key = f"{case}_{'REML' if reml else 'ML'}"
+    ref = REF[key]["tight"]
+    theta_hat = theta_from_lme4(np.array([ref["theta"][n] for n in REF[key]["theta_names"]]),
+                                dev.layout)
+    g_hat = deviance_gradient(dev, theta_hat)
+    inner = theta_hat > 1e-6 if np.all(dev.layout.lower == 0) else np.ones_like(theta_hat, bool)
+    assert np.max(np.abs(g_hat[inner])) < 1e-3 * np.max(np.abs(g))

@@ -21,6 +21,7 @@ module                     role
 ``structure``              term order, nesting, sparsity patterns, cross products
 ``blocked``                the blocked Cholesky and the profiled deviance
 ``solution``               beta, sigma^2, cov(beta), conditional modes and variances
+``gradient``               analytic gradient of the profiled deviance
 ``fit``                    ``fit_theta``: BOBYQA over theta
 ``dense``                  dense n x n reference computations (tests only)
 =========================  =====================================================
@@ -29,12 +30,13 @@ from __future__ import annotations
 
 from .blocked import BlockedDeviance, BlockedFactor
 from .fit import ThetaFit, fit_theta
+from .gradient import deviance_gradient
 from .solution import Solution, solve_at
 from .structure import BlockedStructure
 from .terms import (RETerm, ThetaLayout, codes_from_labels, interaction_codes, lme4_term_order,
                     nested_in, theta_from_lme4, theta_to_lme4)
 
 __all__ = ["RETerm", "ThetaLayout", "BlockedStructure", "BlockedDeviance", "BlockedFactor",
-           "Solution", "solve_at", "ThetaFit", "fit_theta",
+           "Solution", "solve_at", "ThetaFit", "fit_theta", "deviance_gradient",
            "codes_from_labels", "interaction_codes", "lme4_term_order", "nested_in",
            "theta_to_lme4", "theta_from_lme4"]

@@ -124,14 +124,39 @@ def _modes(st, f: BlockedFactor, beta: np.ndarray) -> list[np.ndarray]:
     return u
 
 
-def _selected_inverse(st, f: BlockedFactor) -> list[np.ndarray]:
+def _selected_inverse(st, f: BlockedFactor, *, with_x: bool = False) -> list[np.ndarray]:
     """Diagonal blocks of P^{-1} per term (factorization order), each (S, S, m)."""
+    return selected_inverse(st, f, with_x=with_x)[0]
+
+
+def selected_inverse(st, f: BlockedFactor, *, with_x: bool = False) -> tuple[list, dict, np.ndarray]:
+    """Sigma = P^{-1} (or Omega_ZX^{-1} with ``with_x``) on the pattern of the factor.
+
+    Returns
+    -------
+    diag : list of ndarray
+        Per term (factorization order) the diagonal blocks, (S_k, S_k, m_k).
+    off : dict
+        (i, j) -> Sigma[i, j] on the pattern of block (i, j) below a BD column
+        j, (S_i, S_j, pattern size); i = K is the [X y] row (its y row is zero).
+    dense : ndarray or None
+        Sigma on the dense block (N_D x N_D; zero in the y row and column, and
+        in the X rows unless ``with_x``).
+
+    Notes
+    -----
+    Omega_ZX is the [Z Lambda, X] part of Omega (without y); its inverse's
+    Z block is P^{-1} + P^{-1}Lambda'Z'X (X'V^{-1}X)^{-1} X'Z Lambda P^{-1}.
+    """
     K, J, dt, N = st.K, st.J, st.d_terms, st.N_D
+    top = K + 1 if with_x else K
+    nd = N - 1 if with_x else dt
     out: list = [None] * K
     sig_D = None
-    if dt:
-        Linv = solve_triangular(f.D[:dt, :dt], np.eye(dt), lower=True)
-        sig_D = Linv.T @ Linv
+    if nd:
+        Linv = solve_triangular(f.D[:nd, :nd], np.eye(nd), lower=True)
+        sig_D = np.zeros((N, N))
+        sig_D[:nd, :nd] = Linv.T @ Linv
         for k in range(J, K):
             S, m, o = st.S[k], st.m[k], st.d_offset[k]
             blk = sig_D[o:o + S * m, o:o + S * m].reshape(m, S, m, S)
@@ -140,8 +165,8 @@ def _selected_inverse(st, f: BlockedFactor) -> list[np.ndarray]:
     for j in range(J - 1, -1, -1):
         Sj, mj = st.S[j], st.m[j]
         Q = np.zeros((Sj, Sj, mj))
-        H = {i: np.zeros_like(f.off[(i, j)]) for i in range(j + 1, K)}
-        for k_, i_ in st.all_pairs(j):
+        H = {i: np.zeros_like(f.off[(i, j)]) for i in range(j + 1, top)}
+        for k_, i_ in st.all_pairs(j, with_x=with_x):
             g = st._triples(i_, k_, j)
             Bi, Bk = f.off[(g.i, j)], f.off[(g.k, j)]
             if g.in_dense:
@@ -168,13 +193,13 @@ def _selected_inverse(st, f: BlockedFactor) -> list[np.ndarray]:
         IQ = Q.copy()
         IQ[np.arange(Sj), np.arange(Sj)] += 1.0
         out[j] = np.einsum("bal,bcl,cdl->adl", Li, IQ, Li)
-        for i in range(j + 1, K):
+        for i in range(j + 1, top):
             pat = st.patterns[(i, j)]
             Lg = L if pat.size == mj else L[:, :, pat.cols]
             # Sigma_ij = -H L^{-1}: solve L' X' = H'
             Xt = batched_back_solve(Lg, np.ascontiguousarray(H[i].transpose(1, 0, 2)))
             sig_off[(i, j)] = -Xt.transpose(1, 0, 2)
-    return out
+    return out, sig_off, sig_D
 
 
 def _scatter_add(target: np.ndarray, vals: np.ndarray, idx: np.ndarray) -> None:

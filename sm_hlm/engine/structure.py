@@ -314,9 +314,13 @@ class BlockedStructure:
         return [(k, i) for k in range(j + 1, K + 1) for i in range(k, K + 1)
                 if J <= i < K or J <= k < K]
 
-    def all_pairs(self, j: int) -> list[tuple[int, int]]:
-        """(k, i), i >= k > j, of every random-effects block updated by column j."""
-        return [(k, i) for k in range(j + 1, self.K) for i in range(k, self.K)]
+    def all_pairs(self, j: int, *, with_x: bool = False) -> list[tuple[int, int]]:
+        """(k, i), i >= k > j, of every random-effects block updated by column j.
+
+        With ``with_x`` the [X y] pseudo-term (index K) is included.
+        """
+        top = self.K + 1 if with_x else self.K
+        return [(k, i) for k in range(j + 1, top) for i in range(k, top)]
 
     def _order_levels(self) -> None:
         """Internal level codes: BD terms' levels grouped by their parent in the next BD term."""
