@@ -129,7 +129,8 @@ def _selected_inverse(st, f: BlockedFactor, *, with_x: bool = False) -> list[np.
     return selected_inverse(st, f, with_x=with_x)[0]
 
 
-def selected_inverse(st, f: BlockedFactor, *, with_x: bool = False) -> tuple[list, dict, np.ndarray]:
+def selected_inverse(st, f: BlockedFactor, *,
+                     with_x: bool = False) -> tuple[list, dict, np.ndarray | None]:
     """Sigma = P^{-1} (or Omega_ZX^{-1} with ``with_x``) on the pattern of the factor.
 
     Returns

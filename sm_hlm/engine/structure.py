@@ -374,7 +374,7 @@ class BlockedStructure:
         return pat.rows, pat.cols
 
     def _dense_flat(self, i: int, k: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Flat positions in D of the S_i x S_k blocks at levels (a, b): shape (S_i, S_k, len(a))."""
+        """Flat positions in D of the S_i x S_k blocks at levels (a, b), (S_i, S_k, len(a))."""
         Si, Sk, N = self.S[i], self.S[k], self.N_D
         row = self.d_offset[i] + a * Si
         col = self.d_offset[k] + b * Sk
@@ -447,7 +447,8 @@ class BlockedStructure:
                 blk, size = ua, self.m[g.k]
             else:
                 Pik = self.patterns[(g.i, g.k)]
-                blk, size = np.searchsorted(Pik.keys, ub.astype(np.int64) * Pik.n_rows + ua), Pik.size
+                blk = np.searchsorted(Pik.keys, ub.astype(np.int64) * Pik.n_rows + ua)
+                size = Pik.size
             g.lin_flat = np.arange(Si * Sk).reshape(Si, Sk, 1) * size + blk[None, None, :]
         g.mode = "linear"
 
