@@ -271,7 +271,9 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     Notes
     -----
     X's columns are centred (when X holds a constant column, the first one)
-    and scaled to unit RMS; y likewise when X has a constant column; Z's
+    and scaled to unit RMS; y likewise when X has a constant column; then
+    [X y] is orthonormalised by one step of Cholesky QR (D stays upper
+    triangular), so near-collinear columns cost no digits; Z's
     columns are centred within correlated blocks that hold a constant
     column, and scaled.  The within-group residual cross product
     sum_j E_j'E_j is computed from the rows, so that no difference of large
@@ -283,6 +285,15 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     if p and not any(np.all(X[:, i] == X[0, i]) and X[0, i] != 0 for i in range(p)):
         D = _column_map(W, [(0, p + 1, False)])
     Wt = W @ D
+    # then orthonormalise the columns (one step of Cholesky QR): W~'W~ = I up to rounding,
+    # so that near-collinear predictors do not cost digits in A(theta) and its factor
+    try:
+        U = np.linalg.cholesky(Wt.T @ Wt).T                      # upper, W~'W~ = U'U
+        Dq = D @ np.linalg.inv(U)                                 # still upper triangular
+        if np.all(np.isfinite(Dq)):
+            D, Wt = Dq, W @ Dq
+    except np.linalg.LinAlgError:
+        pass                            # aliased columns: the model's rank check reports them
     q = Z.shape[1]
     T = _column_map(Z, z_blocks) if q else np.eye(0)
     Zt = Z @ T if q else Z
@@ -552,8 +563,8 @@ class ProfiledDeviance:
         the within-group residual u' (sum_j E_j'E_j) u / (n - sum_j rank_j - p),
         and the random-effects variances by the method of moments,
         Var_j(b_jk) - sigma^2 mean_j [(Z_j'Z_j)^{-1}]_kk.  The start is the
-        diagonal factor sqrt(max(psi_kk, 0) / sigma^2), clipped to
-        [0.05, 1e4]; the identity (lme4's start) where too few groups have a
+        diagonal factor sqrt(psi_kk / sigma^2), clipped to [0.05, 1e4], and
+        1 where psi_kk <= 0; the identity (lme4's start) where too few groups have a
         full-rank Z_j.
         """
         rows, cols = self._index()
@@ -585,7 +596,8 @@ class ProfiledDeviance:
         Finv = batched_inverse_lower(Ff)
         Sinv_diag = np.einsum("kam,kam->am", Finv, Finv)         # diag((F F')^{-1})
         psi = b.var(axis=1) - sigma2 * Sinv_diag.mean(axis=1)
-        d = np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4)
+        # a variance the moments cannot see starts at lme4's 1, not near the boundary
+        d = np.where(psi > 0, np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4), 1.0)
         return np.where(rows == cols, d[rows], 0.0)
 
     # --------------------------------------------------------- deviance

@@ -243,6 +243,24 @@ class HLM(LikelihoodModel):
         return working_stats(self._sorted_rows(self.exog), self._sorted_rows(self.endog),
                              self._sorted_rows(self.exog_re), self._starts, blocks)
 
+    def _aliased_columns(self) -> list[int]:
+        """Columns of X that R's ``qr(X, tol = 1e-7)`` (lme4's rank check) finds aliased.
+
+        A column is aliased when the norm of its residual on the earlier
+        columns is below 1e-7 of its own norm.  A Cholesky of the normalised
+        cross product answers at once where every column is far from that line;
+        otherwise a QR decomposition of the columns decides, as R does.
+        """
+        p = self.k_fe
+        X = self._sorted_rows(self.exog)
+        X = X / np.maximum(np.linalg.norm(X, axis=0), np.finfo(float).tiny)
+        L, kept = sequential_rank_cholesky((X.T @ X)[:, :, None], tol=1e-10)
+        if kept.all():
+            return []
+        R = np.linalg.qr(X, mode="r")
+        norms = np.linalg.norm(X, axis=0)
+        return [int(i) for i in np.flatnonzero(np.abs(np.diag(R)) < 1e-7 * norms)]
+
     def _check_identifiable(self) -> None:
         """lme4's checks of levels and observations per term, and the response.
 
@@ -294,10 +312,9 @@ class HLM(LikelihoodModel):
                     f"{list(self.re_design.names)} (and the fixed effects): the residual variance "
                     "is zero and the likelihood is unbounded; e.g. a response constant within "
                     "every group with a random intercept")
-        WtW = self._work.WtW[:p, :p]
-        L, kept = sequential_rank_cholesky(WtW[:, :, None].copy())
-        if not kept.all():
-            names = [self.exog_names[i] for i in np.flatnonzero(~kept[:, 0])]
+        aliased = self._aliased_columns()
+        if aliased:
+            names = [self.exog_names[i] for i in aliased]
             raise IdentificationError(
                 f"the fixed-effects design is rank deficient: column(s) {names} are linear "
                 "combinations of the columns before them (or constant); drop them")

@@ -402,18 +402,32 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
 
     x, f, code = attempt(x0)
     n_restarts = 0
-    # restarts from interior points after a stop on a bound
-    for _ in range(3):
+    restart_points = tuple(np.asarray(r, dtype=float) for r in restart_points)
+    # restarts from interior points after a stop on a bound: the Cholesky parametrisation has
+    # spurious boundary minima (a zero diagonal), so a boundary stop is checked from the point
+    # with its boundary coordinates moved inside, from the point with every bounded coordinate
+    # at least 1 (a well-conditioned interior point near it) and from the restart points
+    tried = 0
+    while tried < 4:
         on_bound = (x - lower <= _BOUND_TOL) & np.isfinite(lower)
         if not on_bound.any():
             break
-        inner = np.where(on_bound, np.where(np.abs(x0) > 0.05, np.abs(x0), 0.5), x)
-        x2, f2, code2 = attempt(inner)
-        n_restarts += 1
-        if f2 < f - 1e-10:
-            notes.append(f"a restart from an interior point improved the objective by {f - f2:.3g}")
-            x, f, code = x2, f2, code2
-        else:
+        bounded = np.isfinite(lower)
+        starts = [np.where(on_bound, lower + 1.0, x),
+                  np.where(bounded, np.maximum(x, lower + 1.0), x),
+                  *restart_points]
+        improved = False
+        for start in starts:
+            x2, f2, code2 = attempt(np.asarray(start, dtype=float))
+            n_restarts += 1
+            tried += 1
+            if f2 < f - 1e-9:
+                notes.append(f"a restart from an interior point improved the objective by "
+                             f"{f - f2:.3g}")
+                x, f, code = x2, f2, code2
+                improved = True
+                break
+        if not improved:
             break
     x, f = _snap_to_bounds(obj, x, f, lower, upper)
     g = obj.grad(x)
