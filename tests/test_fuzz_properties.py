@@ -31,15 +31,18 @@ from hypothesis import strategies as st
 from sm_hlm.exceptions import ConvergenceWarning
 from sm_hlm.formula.api import hlm
 from sm_hlm.simulate import simulate_mixed
-from validation.fuzz.cases import checksum_matches, get_case
-from validation.fuzz.oracle import oracle_loglike_results
+from validation.fuzz.cases import CASES, checksum_matches, get_case
+from validation.fuzz.oracle import oracle_loglike, oracle_loglike_results
+from validation.fuzz.report import lme4_estimates
 
 from .conftest import load_json
 
 REF = load_json("fuzz_lme4.json")
 
 # ------------------------------------------------------------ (a) fuzz subset
-#: fast cases across the categories (each fits in well under a second)
+#: fast cases across the categories (each fits in well under a second); with the
+#: optimiser of 2026-11-28, near_singular_9 (REML), huge_ratio_8 (REML) and
+#: large_pred_three (ML) ended below lme4 without a ConvergenceWarning
 SUBSET = [
     ("groups_slope_m3", False),
     ("singletons_slope_s60_m400", True),
@@ -47,11 +50,13 @@ SUBSET = [
     ("corr_slope_2_m50_rho-0.95", True),
     ("indep_slope_2", False),
     ("three_corr_6_m80", False),
+    ("four_corr_1_m200", True),
     ("factor_slope_2_m100", True),
-    ("near_singular_6", False),
-    ("huge_ratio_3", True),
-    ("large_pred_slope", False),
+    ("near_singular_9", True),
+    ("huge_ratio_8", True),
+    ("large_pred_three", False),
     ("collinear_5_eps1e-05", True),
+    ("small_n_5", False),
     ("combined_4", False),
 ]
 
@@ -64,7 +69,8 @@ def _fit(formula: str, data: pd.DataFrame, reml: bool):
     return res, any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
-@pytest.mark.parametrize("name,reml", SUBSET, ids=[f"{n}-{'REML' if r else 'ML'}" for n, r in SUBSET])
+@pytest.mark.parametrize("name,reml", SUBSET,
+                         ids=[f"{n}-{'REML' if r else 'ML'}" for n, r in SUBSET])
 def test_fuzz_case_not_silently_below_lme4(name: str, reml: bool) -> None:
     case = get_case(name)
     ref = REF[f"{name}_{'REML' if reml else 'ML'}"]
@@ -79,7 +85,34 @@ def test_fuzz_case_not_silently_below_lme4(name: str, reml: bool) -> None:
 
 def test_subset_spans_categories() -> None:
     cats = {get_case(n).category for n, _ in SUBSET}
-    assert len(cats) >= 10
+    assert len(cats) >= 12
+
+
+def test_fuzz_data_have_their_stored_checksums() -> None:
+    """Every case's data set is the one lme4 fitted (the generator has not drifted)."""
+    drifted = [c.name for c in CASES
+               if not checksum_matches(REF[f"{c.name}_ML"]["checksum"], c.data())]
+    assert not drifted
+
+
+ORACLE_CASES = [k for k, r in REF.items() if r.get("error") is None
+                and (r["category"] in ("large_predictor", "huge_ratio")
+                     or (r["name"], r["REML"]) in set(SUBSET))]
+
+
+@pytest.mark.parametrize("key", ORACLE_CASES)
+def test_oracle_reproduces_lme4_at_its_estimates(key: str) -> None:
+    """The oracle, at lme4's theta, beta and sigma, gives lme4's logLik (REML criterion)."""
+    ref = REF[key]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = hlm(ref["formula"], get_case(ref["name"]).data())
+    est = lme4_estimates(model, ref)
+    assert est is not None, "lme4's theta/beta names do not map onto the model's"
+    theta, beta, scale = est
+    ll = oracle_loglike(model, theta, beta, scale, reml=ref["REML"])
+    assert abs(ll - ref["logLik"]) <= 1e-8 * abs(ref["logLik"]), (
+        f"lme4 - oracle = {ref['logLik'] - ll:+.3e}")
 
 
 # --------------------------------------------------------- (b) properties
@@ -116,15 +149,17 @@ def make_data(p: dict) -> tuple[str, pd.DataFrame]:
     np.fill_diagonal(corr, 1.0)
     fe = ({"Intercept": 1.0, "x": 0.5, "z": -0.3} if p["kind"] == "three"
           else {"Intercept": 1.0, "x": 0.5})
-    d = simulate_mixed(n_groups=p["n_groups"], mean_group_size=p["mean_size"], fe_params=fe,
-                       re_names=re_names, cov_re=corr * np.outer(sd, sd), scale=1.0,
-                       seed=p["seed"], min_group_size=2, group_col="g", response="y")
+    # groups of at least q + 1 rows: n > q m, which lme4 requires too
+    d = simulate_mixed(n_groups=p["n_groups"], mean_group_size=max(p["mean_size"], q + 1),
+                       fe_params=fe, re_names=re_names, cov_re=corr * np.outer(sd, sd),
+                       scale=1.0, seed=p["seed"], min_group_size=q + 1, group_col="g",
+                       response="y")
     d["x"] = p["x_shift"] + d["x"]
     return formula, d
 
 
 #: no shrinking: each example costs two fits, and the first failure already says how much
-PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+PROPERTY = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                     phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.too_slow])
 

@@ -50,6 +50,8 @@ __all__ = ["FuzzCase", "CASES", "CATEGORIES", "checksum", "checksum_matches", "g
            "iter_fits", "simulate_case"]
 
 LEVELS = ("a", "b", "c")
+#: a function of the case's generator giving the group sizes
+SizeFn = Callable[[np.random.Generator], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -87,17 +89,17 @@ class FuzzCase:
 
 
 # ----------------------------------------------------------------- group sizes
-def sizes_poisson(m: int, mean: float, *, min_size: int = 1) -> Callable[[np.random.Generator], np.ndarray]:
+def sizes_poisson(m: int, mean: float, *, min_size: int = 1) -> SizeFn:
     """``min_size`` + Poisson sizes (sm_hlm.simulate.group_sizes)."""
     return lambda rng: group_sizes(m, mean, rng=rng, min_size=min_size)
 
 
-def sizes_fixed(m: int, size: int) -> Callable[[np.random.Generator], np.ndarray]:
+def sizes_fixed(m: int, size: int) -> SizeFn:
     """Balanced groups."""
     return lambda rng: np.full(m, size, dtype=int)
 
 
-def sizes_singletons(m: int, share: float, mean: float) -> Callable[[np.random.Generator], np.ndarray]:
+def sizes_singletons(m: int, share: float, mean: float) -> SizeFn:
     """A share of singleton groups, the others 2 + Poisson(mean - 2)."""
     def f(rng: np.random.Generator) -> np.ndarray:
         s = 2 + rng.poisson(mean - 2, size=m)
@@ -108,12 +110,12 @@ def sizes_singletons(m: int, share: float, mean: float) -> Callable[[np.random.G
     return f
 
 
-def sizes_pareto(m: int, alpha: float, *, cap: int = 2000) -> Callable[[np.random.Generator], np.ndarray]:
+def sizes_pareto(m: int, alpha: float, *, cap: int = 2000) -> SizeFn:
     """Heavy-tailed sizes 1 + floor(Pareto(alpha)), capped."""
     return lambda rng: np.minimum(1 + np.floor(rng.pareto(alpha, size=m) * 2).astype(int), cap)
 
 
-def sizes_giant(m: int, giant: int, small: int) -> Callable[[np.random.Generator], np.ndarray]:
+def sizes_giant(m: int, giant: int, small: int) -> SizeFn:
     """One group of ``giant`` rows, the others 1..``small`` rows."""
     def f(rng: np.random.Generator) -> np.ndarray:
         s = rng.integers(1, small + 1, size=m)
@@ -123,14 +125,14 @@ def sizes_giant(m: int, giant: int, small: int) -> Callable[[np.random.Generator
 
 
 # ------------------------------------------------------------------ simulator
-def simulate_case(rng: np.random.Generator, *, sizes: Callable[[np.random.Generator], np.ndarray],
+def simulate_case(rng: np.random.Generator, *, sizes: SizeFn,
                   fe: Mapping[str, float], re: Sequence[str], cov_re: Any, scale: float = 1.0,
                   preds: Sequence[str] = ("x",), factor: bool = False,
                   factor_probs: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
                   transform: Mapping[str, tuple[float, float]] | None = None,
                   collinear: Mapping[str, tuple[str, float]] | None = None,
-                  between_sd: float = 0.5, response: Callable[[np.ndarray], np.ndarray] | None = None,
-                  ) -> pd.DataFrame:
+                  between_sd: float = 0.5,
+                  response: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
     """Draw one data set (see the module Notes).
 
     Parameters
@@ -254,6 +256,7 @@ FOUR = "y ~ x + z + w + (x + z + w | g)"
 FE1 = {"1": 1.0, "x": 0.5}
 FE2 = {"1": 1.0, "x": 0.5, "z": -0.3}
 FE3 = {"1": 1.0, "x": 0.5, "z": -0.3, "w": 0.2}
+PREDICTORS = {RI: ("x",), SLOPE: ("x",), INDEP: ("x",), THREE: ("x", "z"), FOUR: ("x", "z", "w")}
 
 # 1. number of groups: 2 to 3,000 (20 cases)
 for m, mean in [(2, 20), (3, 15), (4, 10), (6, 8), (10, 6), (30, 5), (100, 4), (300, 6),
@@ -380,7 +383,8 @@ for i, (form, m, mean, sd, rho, probs) in enumerate([
 
 # 8. near-singular covariances: variance ratios down to 1e-6, correlations near +-1 (12 cases)
 for i, (form, re, cov, m, mean) in enumerate([
-        (RI, ["1"], [[1e-6]], 100, 10), (RI, ["1"], [[1e-4]], 1000, 5), (RI, ["1"], [[0.0]], 50, 10),
+        (RI, ["1"], [[1e-6]], 100, 10), (RI, ["1"], [[1e-4]], 1000, 5),
+        (RI, ["1"], [[0.0]], 50, 10),
         (SLOPE, ["1", "x"], corr_cov((1.0, 1e-3), 0.0), 100, 10),
         (SLOPE, ["1", "x"], corr_cov((1e-3, 1.0), 0.0), 100, 10),
         (SLOPE, ["1", "x"], corr_cov((1.0, 1.0), 0.9999), 200, 8),
@@ -390,7 +394,7 @@ for i, (form, re, cov, m, mean) in enumerate([
         (THREE, ["1", "x", "z"], corr_cov((1.0, 1.0, 1.0), 0.9999), 300, 10),
         (FOUR, ["1", "x", "z", "w"], corr_cov((1, 1, 1e-3, 1e-3), 0.2), 300, 10),
         (SLOPE, ["1", "x"], corr_cov((1e-3, 1e-3), 0.0), 500, 6)]):
-    preds = {RI: ("x",), SLOPE: ("x",), INDEP: ("x",), THREE: ("x", "z"), FOUR: ("x", "z", "w")}[form]
+    preds = PREDICTORS[form]
     fe = {1: FE1, 2: FE2, 3: FE3}[len(preds)]
     _add(f"near_singular_{i}", "near_singular", form, f"cov {np.diag(cov).tolist()}",
          _sim(sizes=sizes_poisson(m, mean, min_size=2), fe=fe, re=re, cov_re=cov, preds=preds))
@@ -408,7 +412,7 @@ for i, (form, re, sd, rho, m, mean, scale) in enumerate([
         (FOUR, ["1", "x", "z", "w"], (1e3, 300, 300, 100), 0.3, 300, 10, 1.0),
         (FOUR, ["1", "x", "z", "w"], (200, 200, 200, 200), 0.5, 2000, 5, 1.0),
         (SLOPE, ["1", "x"], (1e-3, 1e-3), 0.0, 100, 10, 1e4)]):
-    preds = {RI: ("x",), SLOPE: ("x",), INDEP: ("x",), THREE: ("x", "z"), FOUR: ("x", "z", "w")}[form]
+    preds = PREDICTORS[form]
     fe = {1: FE1, 2: FE2, 3: FE3}[len(preds)]
     _add(f"huge_ratio_{i}", "huge_ratio", form, f"sd {sd}, residual variance {scale}",
          _sim(sizes=sizes_poisson(m, mean, min_size=2), fe=fe, re=re, cov_re=corr_cov(sd, rho),

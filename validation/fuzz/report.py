@@ -49,7 +49,8 @@ import numpy as np
 from .cases import CASES, CATEGORIES, FuzzCase, checksum_matches
 from .oracle import oracle_loglike, oracle_loglike_results
 
-__all__ = ["FitOutcome", "REF_PATH", "fit_case", "load_reference", "main", "summarize"]
+__all__ = ["FitOutcome", "REF_PATH", "fit_case", "lme4_estimates", "load_reference", "main",
+           "summarize"]
 
 REF_PATH = Path(__file__).resolve().parent.parent / "r" / "fuzz_lme4.json"
 #: |logLik difference| treated as equal
@@ -166,7 +167,7 @@ class FitOutcome:
         return self.lme4_logLik - self.oracle_at_lme4
 
 
-def _lme4_estimates(model: Any, ref: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float] | None:
+def lme4_estimates(model: Any, ref: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float] | None:
     """lme4's theta and beta in the model's order (None if the names do not map)."""
     tnames = [_norm(n) for n in model.re_design.theta_names]
     bnames = [_norm(n) for n in model.exog_names]
@@ -177,7 +178,8 @@ def _lme4_estimates(model: Any, ref: dict[str, Any]) -> tuple[np.ndarray, np.nda
             np.array([beta[n] for n in bnames], dtype=float), float(ref["sigma"]) ** 2)
 
 
-def fit_case(case: FuzzCase, reml: bool, ref: dict[str, Any] | None, data: Any = None) -> FitOutcome:
+def fit_case(case: FuzzCase, reml: bool, ref: dict[str, Any] | None,
+             data: Any = None) -> FitOutcome:
     """Fit one case with sm_hlm (warnings caught) and check it."""
     from sm_hlm.exceptions import ConvergenceWarning, SingularFitWarning
     from sm_hlm.formula.api import hlm
@@ -219,7 +221,7 @@ def fit_case(case: FuzzCase, reml: bool, ref: dict[str, Any] | None, data: Any =
         except Exception as exc:    # noqa: BLE001
             out.oracle_error = f"{type(exc).__name__}: {exc}"
     if model is not None and ref is not None and out.lme4_error is None:
-        est = _lme4_estimates(model, ref)
+        est = lme4_estimates(model, ref)
         if est is not None:
             try:
                 out.oracle_at_lme4 = oracle_loglike(model, est[0], est[1], est[2], reml=reml)
@@ -363,6 +365,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{total['clean_ok']}/{total['clean']} fits ({100 * share:.1f}%; issue 7's target 98%)")
     print(f"wall time {wall:.1f} s ({total['time_s']:.1f} s in sm_hlm fits) for "
           f"{total['fits']} fits of {len(cases)} cases")
+    gaps = [(abs(o.oracle_lme4_gap) / max(1.0, abs(o.lme4_logLik)), abs(o.oracle_lme4_gap))
+            for o in outcomes if o.oracle_lme4_gap is not None]
+    if gaps:
+        print(f"oracle check: at lme4's estimates the oracle reproduces lme4's logLik in "
+              f"{len(gaps) - total['oracle_lme4_bad']}/{len(gaps)} fits to {LLF_RTOL:g} relative "
+              f"(largest gap {max(g[0] for g in gaps):.1e} relative, "
+              f"{max(g[1] for g in gaps):.1e} absolute)")
+    honest = sum(o.verdict == "better" and o.oracle is not None and o.lme4_logLik is not None
+                 and o.oracle - o.lme4_logLik > LL_TOL for o in outcomes)
+    print(f"better than lme4: {total['better']} by the reported llf, {honest} by the oracle's "
+          f"log-likelihood at the reported estimates")
     if total["missing_ref"]:
         print(f"{total['missing_ref']} fits have no lme4 reference (rerun fuzz_lme4.R)")
     failed = (total["worse_silent"] + total["below_best_silent"] + total["llf_bad"]
