@@ -147,8 +147,13 @@ class HLMResults(LikelihoodModelResults):
     distribution (``use_t=False``), as statsmodels' MixedLM.
     """
 
-    def __init__(self, model: "HLM", fit: HLMFit):
+    def __init__(self, model: "HLM", fit: HLMFit, *, cov_type: str | None = None):
         self.fit_result = fit
+        weight_type = getattr(model, "weight_type", None)
+        #: "model" (lme4's vcov) or "sandwich" (clustered by group) for the fixed effects
+        self.cov_type = cov_type or ("sandwich" if weight_type == "survey" else "model")
+        #: None, "precision" or "survey" (pseudo-likelihood)
+        self.weight_type = weight_type
         params = np.concatenate([fit.fe_params, fit.vcomp])
         # normalized_cov_params is assembled on first use (see the property below)
         super().__init__(model, params, normalized_cov_params=None, scale=fit.scale)
@@ -193,7 +198,7 @@ class HLMResults(LikelihoodModelResults):
             fit = self.fit_result
             p, k = len(fit.fe_params), len(fit.vcomp)
             cov = np.zeros((p + k, p + k))
-            cov[:p, :p] = fit.cov_fe
+            cov[:p, :p] = self._cov_fe_used
             cov[p:, p:] = self.cov_vcomp
             cached = cov / fit.scale
             self.__dict__["_normalized_cov_params"] = cached
@@ -206,6 +211,20 @@ class HLMResults(LikelihoodModelResults):
             self.__dict__["_normalized_cov_params"] = value
 
     # ------------------------------------------------------------- scalars
+    @cache_readonly
+    def cov_fe_sandwich(self) -> pd.DataFrame:
+        """Binder's linearization covariance of the fixed effects, clustered by group
+        (:func:`sm_hlm.weights.sandwich_cov_fe`)."""
+        from .weights import sandwich_cov_fe
+        names = self._fe_names
+        return pd.DataFrame(sandwich_cov_fe(self), index=names, columns=names)
+
+    @property
+    def _cov_fe_used(self) -> np.ndarray:
+        if self.cov_type == "sandwich":
+            return self.cov_fe_sandwich.to_numpy()
+        return self.fit_result.cov_fe
+
     @cache_readonly
     def llf(self) -> float:
         return self.fit_result.llf
@@ -234,7 +253,8 @@ class HLMResults(LikelihoodModelResults):
 
     @cache_readonly
     def bse_fe(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.fit_result.cov_fe)), index=self._fe_names,
+        """Standard errors of the fixed effects (of ``cov_type``'s covariance)."""
+        return pd.Series(np.sqrt(np.diag(self._cov_fe_used)), index=self._fe_names,
                          name="bse_fe")
 
     @cache_readonly
@@ -355,6 +375,15 @@ class HLMResults(LikelihoodModelResults):
     def resid(self) -> pd.Series | np.ndarray:
         """Conditional residuals y - X beta - Z b."""
         return self._wrap_rows(self.model.endog - self._fitted_array, "resid")
+
+    @cache_readonly
+    def resid_pearson(self) -> pd.Series | np.ndarray:
+        """Pearson residuals sqrt(w_i) (y - X beta - Z b) / sigma (lme4's
+        ``residuals(fit, type = "pearson", scaled = TRUE)``; w_i the precision
+        weights, 1 without them)."""
+        r = (self.model.endog - self._fitted_array) / np.sqrt(self.scale)
+        w = getattr(self.model, "weights", None)
+        return self._wrap_rows(r if w is None else r * np.sqrt(w), "resid_pearson")
 
     @cache_readonly
     def resid_scaled(self) -> pd.Series | np.ndarray:
@@ -644,7 +673,7 @@ class HLMResults(LikelihoodModelResults):
         if not hasattr(self, "_cache"):
             self._cache = {}
         self._data_attr = list(getattr(self, "_data_attr", []))
-        self._data_in_cache = ["fittedvalues", "resid", "resid_scaled", "_fitted_array",
+        self._data_in_cache = ["fittedvalues", "resid", "resid_scaled", "resid_pearson", "_fitted_array",
                                "resid_normalized"]
         self._data_attr_model = ["exog_re", "groups", "group_codes", "_order", "data.frame",
                                  "data.row_labels", "data.exog_re", "data.groups", "row_index"]
