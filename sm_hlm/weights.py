@@ -121,7 +121,9 @@ def unit_weights(values: np.ndarray, codes: np.ndarray, labels: Sequence[Any], n
     if len(varies):
         j = int(codes[varies[0]])
         vals = np.unique(values[codes == j])
-        raise ValueError(f"{name}: the {level} weight varies within {level} {labels[j]!r} "
+        lab = labels[j]
+        lab = repr(lab) if isinstance(lab, str) else str(lab)
+        raise ValueError(f"{name}: the {level} weight varies within {level} {lab} "
                          f"(values {vals[:5].tolist()}); a weight of a grouping factor must be "
                          "constant within each of its units")
     return first

@@ -126,3 +126,136 @@ def test_weights_unknown_column_and_length():
         HLM.from_formula("y ~ x + (1 | group)", d, weights=np.ones(3))
     with pytest.raises(ValueError, match="not both"):
         HLM.from_formula("y ~ x + (1 | group)", d, weights="w", survey_weights=["w", "w"])
+
+
+# ------------------------------------------------------------ survey weights
+REP = REF["replicated"]
+FORM = "y ~ x + (x | group)"
+
+
+def _survey(d, w1, w2, scaling="none", **kw):
+    return _fit(FORM, d, False, survey_weights=[w1, w2], weight_scaling=scaling, **kw)
+
+
+@pytest.fixture(scope="module")
+def surv() -> pd.DataFrame:
+    return load_csv("weights_surv.csv")
+
+
+def _replicate(d, w1, w2):
+    rows = d.loc[d.index.repeat(np.asarray(w1, int))]
+    extra = rows[np.asarray(w2, int)[d.index.get_indexer(rows.index)] == 2].copy()
+    extra["group"] = extra["group"] + 10000
+    return pd.concat([rows, extra], ignore_index=True)
+
+
+@pytest.mark.parametrize("case", ["level1", "level2", "both"])
+def test_replication_equals_lme4_and_unweighted(surv, case):
+    one = np.ones(len(surv))
+    w1 = surv["w1"].to_numpy() if case != "level2" else one
+    w2 = surv["w2"].to_numpy() if case != "level1" else one
+    res = _survey(surv, w1, w2)
+    ref = REP[case]
+    assert res.converged
+    assert abs(res.llf - ref["logLik"]) <= 1e-6
+    fe = np.array(list(ref["fixef"].values()))
+    np.testing.assert_array_less(np.abs(res.fe_params.to_numpy() - fe),
+                                 1e-5 * np.maximum(np.abs(fe), 1.0))
+    np.testing.assert_allclose(res.theta, ref["theta"], rtol=1e-3, atol=1e-5)
+    assert np.sqrt(res.scale) == pytest.approx(ref["sigma"], rel=1e-5)
+    # the model-based covariance is that of the replicated data
+    np.testing.assert_allclose(res.fit_result.cov_fe, np.array(ref["vcov"]), rtol=1e-3)
+    # and sm_hlm's own unweighted fit of the replicated data
+    rep = _replicate(surv, w1, w2)
+    assert len(rep) == ref["nrow"]
+    plain = _fit(FORM, rep, False)
+    assert res.llf == pytest.approx(plain.llf, abs=1e-6)
+    np.testing.assert_allclose(res.fe_params, plain.fe_params, rtol=1e-6)
+    np.testing.assert_allclose(res.ranef().loc[surv["group"].unique()],
+                               plain.ranef().loc[surv["group"].unique()], rtol=1e-4, atol=1e-6)
+
+
+def test_survey_gradient_matches_numerical(surv):
+    m = HLM.from_formula(FORM, surv, survey_weights=["w1", "w2"], weight_scaling="none")
+    dev = m.deviance_function(reml=False)
+    th = np.array([0.8, 0.1, 0.5])
+    g = dev.gradient(th)
+    h = 1e-6
+    num = [(dev(th + h * e) - dev(th - h * e)) / (2 * h) for e in np.eye(3)]
+    np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-6)
+
+
+def test_survey_scalings(surv):
+    from sm_hlm.weights import scale_level
+    codes = pd.factorize(surv["group"], sort=True)[0]
+    m = codes.max() + 1
+    w = surv["w1"].to_numpy() * (1 + surv["x"].abs().to_numpy())
+    n_j = np.bincount(codes)
+    size = scale_level(w, codes, m, "size")
+    np.testing.assert_allclose(np.bincount(codes, weights=size), n_j)
+    eff = scale_level(w, codes, m, "effective")
+    s1, s2 = np.bincount(codes, weights=w), np.bincount(codes, weights=w * w)
+    np.testing.assert_allclose(np.bincount(codes, weights=eff), s1 ** 2 / s2)
+    surv = surv.assign(wx=w)
+    mod = HLM.from_formula(FORM, surv, survey_weights=["wx", "w2"], weight_scaling="gk")
+    np.testing.assert_array_equal(mod.survey.row, 1.0)
+    w2 = surv.groupby("group")["w2"].first().to_numpy()
+    np.testing.assert_allclose(mod.survey.group, w2 * s1 / n_j)
+    # size scaling: multiplying a group's level-1 weights by a constant changes nothing
+    a = _survey(surv, w, surv["w2"], scaling="size")
+    b = _survey(surv, w * np.where(codes % 2 == 0, 3.0, 1.0), surv["w2"], scaling="size")
+    assert a.llf == pytest.approx(b.llf, abs=1e-8)
+
+
+def test_survey_refusals(surv):
+    m = HLM.from_formula(FORM, surv, survey_weights=["w1", "w2"])
+    with pytest.raises(ValueError, match="REML is not defined with survey weights"):
+        m.fit()
+    bad = surv.copy()
+    g0 = bad["group"].iloc[0]
+    bad.loc[bad.index[0], "w2"] = 7.0
+    with pytest.raises(ValueError, match=f"varies within group {g0} "):
+        HLM.from_formula(FORM, bad, survey_weights=["w1", "w2"])
+    with pytest.raises(ValueError, match="weight_scaling"):
+        HLM.from_formula(FORM, surv, survey_weights=["w1", "w2"], weight_scaling="bogus")
+    with pytest.raises(ValueError, match="two levels"):
+        HLM.from_formula(FORM, surv, survey_weights=["w1"])
+    with pytest.raises(TypeError, match="list"):
+        HLM.from_formula(FORM, surv, survey_weights="w1")
+    bad = surv.copy()
+    bad.loc[4, "w1"] = -2.0
+    with pytest.raises(ValueError, match="'w1'.*1 negative"):
+        HLM.from_formula(FORM, bad, survey_weights=["w1", "w2"])
+
+
+def test_survey_sandwich_default_and_summary(surv):
+    res = _survey(surv, "w1", "w2", scaling="size")
+    assert res.cov_type == "sandwich"
+    np.testing.assert_allclose(res.bse_fe, np.sqrt(np.diag(res.cov_fe_sandwich)))
+    np.testing.assert_allclose(res.bse[:2], res.bse_fe)
+    model_based = HLM.from_formula(FORM, surv, survey_weights=["w1", "w2"]).fit(
+        reml=False, cov_type="model")
+    np.testing.assert_allclose(model_based.bse_fe, np.sqrt(np.diag(res.fit_result.cov_fe)))
+    text = res.summary().as_text()
+    assert "pseudo-likelihood" in text and "size" in text and "sandwich" in text
+    plain = _fit(FORM, surv, False)
+    with pytest.raises(ValueError, match="Wald"):
+        sm_hlm.compare(plain, res)
+    with pytest.raises(NotImplementedError, match="survey weights"):
+        res.satterthwaite()
+
+
+def test_sandwich_equals_cr1_unweighted(surv):
+    """Binder's estimator of an unweighted fit is clubSandwich's CR1 (m / (m - 1) CR0)."""
+    res = HLM.from_formula(FORM, surv).fit(reml=False, cov_type="sandwich")
+    cr0 = res.cov_robust("CR0").to_numpy()
+    m = res.n_groups
+    np.testing.assert_allclose(res.cov_fe_sandwich.to_numpy(), m / (m - 1) * cr0, rtol=1e-8)
+
+
+def test_sandwich_level2_weights_positive_definite(surv):
+    """With level-2 weights the sandwich is finite and positive definite."""
+    res = _survey(surv, np.ones(len(surv)), surv["w2"])
+    from sm_hlm.weights import sandwich_cov_fe
+    cov = sandwich_cov_fe(res._results)
+    assert np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)
