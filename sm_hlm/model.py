@@ -738,10 +738,16 @@ class HLM(LikelihoodModel):
             if np.any(sp < rd.theta_lower):
                 raise ValueError(f"start_params {sp} are below their lower bounds "
                                  f"{rd.theta_lower} (diagonal entries of theta are >= 0)")
-        record = minimize_deviance(dev, rd.theta_lower, start=sp, identity=rd.theta_start(),
+        opt_dev, c = self._optimization_deviance(dev)
+        record = minimize_deviance(opt_dev, rd.theta_lower, start=sp, identity=rd.theta_start(),
                                    ftol_abs=1e-8 if ftol_abs is None else ftol_abs,
                                    xtol_abs=xtol_abs, maxeval=maxeval, names=rd.theta_names,
                                    skip_bobyqa=method == "lbfgs")
+        if c != 1.0:       # back to the deviance of the weights as given
+            record = dataclasses.replace(
+                record, fun_start=dev(record.start), fun_end=dev(record.end),
+                gradient=c * record.gradient,
+                hessian=None if record.hessian is None else c * record.hessian)
         fit = build_fit(self, dev, record, reml=reml, compute_vcomp_cov=compute_vcomp_cov)
         fit = self._verified(fit, dev)
         if disp:
@@ -755,6 +761,29 @@ class HLM(LikelihoodModel):
                           "near-collinear columns, or simplify the random-effects structure",
                           ConvergenceWarning, stacklevel=2)
         return HLMResultsWrapper(HLMResults(self, fit, cov_type=cov_type))
+
+    def _optimization_deviance(self, dev: ProfiledDeviance) -> tuple[ProfiledDeviance, float]:
+        """The deviance the optimiser sees, and c with deviance = c * that + constant.
+
+        Survey weights multiply the deviance by about c = N_w / n (the mean
+        total weight of a row), which can be in the hundreds with raw survey
+        weights; the stopping rules (absolute in the objective) would then be
+        c times stricter than without weights.  Dividing the group weights by c
+        divides the deviance by c up to a constant and leaves its minimiser
+        unchanged, so the optimiser works on that; the fit is built from
+        ``dev``.  Without survey weights: ``dev`` itself and 1.
+        """
+        w = self._work
+        if w.group_weights is None or w.weight_nobs is None:
+            return dev, 1.0
+        c = float(w.weight_nobs) / float(w.nobs)
+        if not (np.isfinite(c) and c > 0) or c == 1.0:
+            return dev, 1.0
+        norm = dataclasses.replace(w, group_weights=w.group_weights / c, within=w.within / c,
+                                   WtW=w.WtW / c, weight_nobs=w.weight_nobs / c)
+        rd = self.re_design
+        return ProfiledDeviance(norm, rd.lambda_, reml=dev.reml, work=norm,
+                                reparam=self._reparam, theta_index=rd.lambda_index), c
 
     def _verified(self, fit: Any, dev: ProfiledDeviance) -> Any:
         """The fit with its log-likelihood recomputed from the residuals at its estimates.

@@ -259,3 +259,16 @@ def test_sandwich_level2_weights_positive_definite(surv):
     from sm_hlm.weights import sandwich_cov_fe
     cov = sandwich_cov_fe(res._results)
     assert np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)
+
+
+def test_survey_level2_scale_invariance(surv):
+    """Multiplying every level-2 weight by 1000 multiplies the deviance by 1000 (plus a
+    constant): same estimates, and the fit still converges."""
+    a = _survey(surv, "w1", "w2", scaling="size")
+    big = surv.assign(w2=1000.0 * surv["w2"])
+    b = _survey(big, "w1", "w2", scaling="size")
+    assert a.converged and b.converged
+    np.testing.assert_allclose(b.fe_params, a.fe_params, rtol=1e-6)
+    np.testing.assert_allclose(b.theta, a.theta, rtol=1e-4, atol=1e-6)
+    assert b.scale == pytest.approx(a.scale, rel=1e-6)
+    np.testing.assert_allclose(b.bse_fe, a.bse_fe, rtol=1e-5)
