@@ -199,7 +199,7 @@ class HLMResults(LikelihoodModelResults):
             p, k = len(fit.fe_params), len(fit.vcomp)
             cov = np.zeros((p + k, p + k))
             cov[:p, :p] = self._cov_fe_used
-            cov[p:, p:] = self.cov_vcomp
+            cov[p:, p:] = self._cov_vcomp_used
             cached = cov / fit.scale
             self.__dict__["_normalized_cov_params"] = cached
         return cached
@@ -218,6 +218,20 @@ class HLMResults(LikelihoodModelResults):
         from .weights import sandwich_cov_fe
         names = self._fe_names
         return pd.DataFrame(sandwich_cov_fe(self), index=names, columns=names)
+
+    @cache_readonly
+    def cov_vcomp_sandwich(self) -> np.ndarray:
+        """Binder's sandwich covariance of the variance components (``vcomp`` order),
+        clustered by group (:func:`sm_hlm.weights.sandwich_cov_vcomp`; ML fits)."""
+        from .weights import sandwich_cov_vcomp
+        return sandwich_cov_vcomp(self)[:self.k_vcomp, :self.k_vcomp]
+
+    @property
+    def _cov_vcomp_used(self) -> np.ndarray:
+        """The sandwich for ML fits with cov_type="sandwich", else the model-based one."""
+        if self.cov_type == "sandwich" and not self.reml:
+            return self.cov_vcomp_sandwich
+        return self.cov_vcomp
 
     @property
     def _cov_fe_used(self) -> np.ndarray:
@@ -273,7 +287,7 @@ class HLMResults(LikelihoodModelResults):
 
     @cache_readonly
     def bse_re(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.cov_vcomp)),
+        return pd.Series(np.sqrt(np.diag(self._cov_vcomp_used)),
                          index=self.model.re_design.vcomp_names(), name="bse_re")
 
     @cache_readonly

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from .results import HLMResults
 
 __all__ = ["WEIGHT_SCALINGS", "SurveyWeights", "check_weights", "check_infinite",
-           "unit_weights", "scale_level", "survey_weights", "sandwich_cov_fe"]
+           "unit_weights", "scale_level", "survey_weights", "sandwich_cov_fe",
+           "vcomp_scores", "sandwich_cov_vcomp"]
 
 #: Stata's pwscale() choices and "none"
 WEIGHT_SCALINGS = ("size", "effective", "gk", "none")
@@ -225,3 +226,103 @@ def sandwich_cov_fe(results: "HLMResults") -> np.ndarray:
     meat = (m / (m - 1.0)) * (scores @ scores.T)
     bread = fit.cov_fe
     return bread @ meat @ bread
+
+
+def _group_parts(results: "HLMResults") -> dict[str, Any]:
+    """Per-group pieces at the estimates: scaled residuals r, Q_j'r_j, M_j^{-1}, B_j."""
+    model = results.model
+    fit = results.fit_result
+    rw = model._row_weights_sorted()
+    X = model._sorted_rows(model.exog)
+    r = model._sorted_rows(model.endog) - X @ fit.fe_params
+    if rw is not None:
+        r = r * np.sqrt(rw)
+    starts, q = model._starts, model.k_re
+    Q, F = model._work_q, model._work.root
+    g = group_crossprod(Q, r[:, None], starts)[:, 0, :]          # Q_j'r_j (q, m)
+    lam_t = model._reparam.Tinv @ model.re_design.lambda_(fit.theta)
+    K = np.einsum("bam,bc->acm", F, lam_t)
+    M = np.einsum("acm,bcm->abm", K, K)
+    M[np.arange(q), np.arange(q)] += 1.0
+    Li = batched_inverse_lower(batched_cholesky(M))
+    Minv = np.einsum("kim,kjm->ijm", Li, Li)
+    # Z_j (rows scaled) = Q_j B_j with B_j = R_j T^{-1} (R_j = F_j')
+    B = np.einsum("bam,bc->acm", F, model._reparam.Tinv)
+    codes = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(r))))
+    e = r - np.einsum("ik,ki->i", Q, g[:, codes])
+    return {"r": r, "g": g, "Minv": Minv, "B": B, "ee": np.add.reduceat(e * e, starts),
+            "kept": np.diagonal(F).T > 0 if q else np.zeros((0, len(starts)), bool),
+            "rw": rw}
+
+
+def vcomp_scores(results: "HLMResults") -> np.ndarray:
+    """Per-group scores of the (pseudo-)log-likelihood in (vcomp, sigma^2), shape (m, k + 1).
+
+    Notes
+    -----
+    With V_j = Z_j Psi Z_j' + sigma^2 I (rows scaled by sqrt(w_{i|j})) and
+    n_wj = sum_i w_{i|j} (n_j without survey weights), group j contributes
+    l_j = -w_j/2 [log|V_j| + (n_wj - n_j) log sigma^2 + r_j'V_j^{-1}r_j], so
+
+        dl_j/dPsi_ab = -w_j/2 [A_j - c_j c_j']_ab (x 2 off the diagonal),
+        dl_j/dsigma^2 = -w_j/2 [tr V_j^{-1} + (n_wj - n_j)/sigma^2 - r_j'V_j^{-2}r_j],
+
+    A_j = Z_j'V_j^{-1}Z_j = B_j'M_j^{-1}B_j / sigma^2 and c_j = Z_j'V_j^{-1}r_j =
+    B_j'M_j^{-1}Q_j'r_j / sigma^2 in the per-group QR basis (Z_j = Q_j B_j).
+    """
+    model = results.model
+    fit = results.fit_result
+    s2 = fit.scale
+    q, m = model.k_re, model.n_groups
+    parts = _group_parts(results)
+    g, Minv, B = parts["g"], parts["Minv"], parts["B"]
+    n_j = np.diff(np.append(model._starts, len(parts["r"]))).astype(float)
+    rw = parts["rw"]
+    n_wj = (np.add.reduceat(rw, model._starts) if model.weight_type == "survey" else n_j)
+    A = np.einsum("bam,bcm,cdm->adm", B, Minv, B) / s2                 # (q, q, m)
+    Mg = np.einsum("abm,bm->am", Minv, g)
+    c = np.einsum("bam,bm->am", B, Mg) / s2                           # (q, m)
+    D = A - c[:, None, :] * c[None, :, :]
+    rr, cc = model.re_design.vcomp_index()
+    sv = -0.5 * D[rr, cc] * np.where(rr == cc, 1.0, 2.0)[:, None]      # (k, m)
+    kept = parts["kept"]
+    tr_minv = np.einsum("kkm->km", Minv) if q else np.zeros((0, m))
+    tr_vinv = (n_j - np.sum(kept * (1.0 - tr_minv), axis=0)) / s2
+    Mg2 = np.einsum("abm,bm->am", Minv, Mg)
+    rv2r = (parts["ee"] + np.einsum("am,am->m", g, Mg2)) / s2 ** 2
+    ss = -0.5 * (tr_vinv + (n_wj - n_j) / s2 - rv2r)
+    out = np.vstack([sv, ss[None, :]]).T                               # (m, k + 1)
+    gw = model._group_weights()
+    return out if gw is None else out * gw[:, None]
+
+
+def sandwich_cov_vcomp(results: "HLMResults") -> np.ndarray:
+    """Binder's sandwich for (vcomp, sigma^2), clustered by group; ML fits only.
+
+    The bread is the inverse of the observed (pseudo-)information in
+    (vcomp, sigma^2) with beta at its estimate (a Richardson-extrapolated
+    Hessian of the deviance, as for the model-based ``cov_vcomp``), the meat
+    m/(m-1) sum_j s_j s_j' with s_j from :func:`vcomp_scores`.  Returns the
+    (k + 1) x (k + 1) matrix; the last row/column is sigma^2.
+    """
+    from .numdiff import hessian_richardson
+    from .results import vcomp_objective
+
+    fit = results.fit_result
+    if fit.reml:
+        raise ValueError("the sandwich of the variance components is for ML fits (the REML "
+                         "criterion has other score equations): fit(reml=False)")
+    model = results.model
+    rd = model.re_design
+    rr, cc = rd.vcomp_index()
+    dev = model.deviance_function(reml=False)
+    f = vcomp_objective(rd, fit.fe_params, lambda rest: (dev, 0.0))
+    x = np.append(fit.cov_re[rr, cc], fit.scale)
+    k1 = len(x)
+    try:
+        bread = np.linalg.inv(0.5 * hessian_richardson(f, x, d=0.01))
+    except (np.linalg.LinAlgError, ValueError):
+        return np.full((k1, k1), np.nan)
+    S = vcomp_scores(results)
+    m = S.shape[0]
+    return bread @ ((m / (m - 1.0)) * (S.T @ S)) @ bread

@@ -272,3 +272,46 @@ def test_survey_level2_scale_invariance(surv):
     np.testing.assert_allclose(b.theta, a.theta, rtol=1e-4, atol=1e-6)
     assert b.scale == pytest.approx(a.scale, rel=1e-6)
     np.testing.assert_allclose(b.bse_fe, a.bse_fe, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["unweighted", "precision", "survey"])
+def test_vcomp_scores_vanish_at_the_ml_estimates(surv, kind):
+    """The per-group scores in (vcomp, sigma^2) sum to zero at the (pseudo-)ML optimum,
+    and the analytic scores match a numerical derivative of the log-likelihood."""
+    from sm_hlm.weights import vcomp_scores
+    kw = {"unweighted": {}, "precision": {"weights": "w1"},
+          "survey": {"survey_weights": ["w1", "w2"]}}[kind]
+    res = HLM.from_formula(FORM, surv, **kw).fit(reml=False)._results
+    S = vcomp_scores(res)
+    total = S.sum(axis=0)
+    scale = np.sqrt((S ** 2).sum(axis=0))
+    np.testing.assert_array_less(np.abs(total), 1e-4 * scale)
+    # against -1/2 d(deviance)/d(vcomp, sigma^2) at a point off the optimum
+    from sm_hlm.results import vcomp_objective
+    rd = res.model.re_design
+    dev = res.model.deviance_function(reml=False)
+    f = vcomp_objective(rd, res.fit_result.fe_params, lambda rest: (dev, 0.0))
+    rr, cc = rd.vcomp_index()
+    x = np.append(res.fit_result.cov_re[rr, cc], res.scale) * 1.1
+    cov = rd.cov_from_vcomp(x[:-1])
+    res2 = res.model.results_at(rd.theta_from_cov(cov, x[-1]), reml=False,
+                                compute_vcomp_cov=False)._results
+    # results_at profiles beta and sigma^2: evaluate the scores at (beta, x) directly
+    import dataclasses
+    fit2 = dataclasses.replace(res2.fit_result, fe_params=res.fit_result.fe_params,
+                               cov_re=cov, scale=x[-1],
+                               theta=rd.theta_from_cov(cov, x[-1]))
+    res2.fit_result = fit2
+    analytic = vcomp_scores(res2).sum(axis=0)
+    h = 1e-5 * np.abs(x)
+    num = np.array([-(f(x + hi * e) - f(x - hi * e)) / (4 * hi) for hi, e in zip(h, np.eye(len(x)))])
+    np.testing.assert_allclose(analytic, num, rtol=1e-5, atol=1e-6)
+
+
+def test_survey_bse_re_is_sandwich(surv):
+    res = _survey(surv, "w1", "w2", scaling="size")
+    from sm_hlm.weights import sandwich_cov_vcomp
+    full = sandwich_cov_vcomp(res._results)
+    k = res.k_vcomp
+    np.testing.assert_allclose(res.bse_re, np.sqrt(np.diag(full[:k, :k])))
+    assert np.all(np.linalg.eigvalsh(full) > 0)
