@@ -351,13 +351,22 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         E = Wt.copy()
         for k in range(q):                                       # the tiny q dimension
             E -= Q[:, k:k + 1] * G[k].T[codes]
-        within = E.T @ E if gscale is None else (E * gscale).T @ (E * gscale)
+        if gscale is None:
+            within = E.T @ E
+            WtW = Wt.T @ Wt
+        else:
+            E *= gscale
+            within = E.T @ E
+            # W_j'W_j = E_j'E_j + G_j'G_j: the group-weighted W'W without another pass
+            Gw = G * np.sqrt(group_w)
+            Gf = Gw.transpose(1, 0, 2).reshape(p + 1, q * m)
+            WtW = within + Gf @ Gf.T
     else:
         ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
         Q, F, G = np.zeros((n, 0)), None, None
         within = None
-    Wg = Wt if gscale is None else Wt * gscale
-    WtW = Wg.T @ Wg
+        Wg = Wt if gscale is None else Wt * gscale
+        WtW = Wg.T @ Wg
     st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=WtW, nobs=n, k_fe=p,
                          within=WtW if within is None else within, root=F, proj=G,
                          group_weights=group_w, weight_nobs=weight_nobs, log_weight_sum=log_w)
