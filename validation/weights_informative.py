@@ -11,8 +11,9 @@ Stage 1 samples schools with probability pi_j proportional to exp(0.8 u_j)
 over-represented.  Stage 2 samples students within a school with probability
 pi_{i|j} = 0.1 + 0.4 * logistic(1.5 e_ij / sqrt(2)) (about 25%): students
 with positive errors are over-represented.  Both stages are informative, so
-the unweighted ML estimates of the intercept, sigma^2 (and tau^2) are
-biased.  The weights w_j = 1 / pi_j and w_{i|j} = 1 / pi_{i|j} are given to
+the unweighted ML estimates of the intercept and of sigma^2 are biased
+(tau^2 is not: selecting schools with probability proportional to
+exp(0.8 u_j) shifts the normal u_j's mean, not its variance).  The weights w_j = 1 / pi_j and w_{i|j} = 1 / pi_{i|j} are given to
 ``HLM(..., survey_weights=[w_{i|j}, w_j], weight_scaling=...)``.
 
 The table shows the population value, the mean (and Monte Carlo SE) of each
