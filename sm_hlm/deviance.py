@@ -42,6 +42,13 @@ with respect to the entries of Lambda is the matrix
 
 read at the free entries of Lambda (K_jx: the first p columns of K_j).
 
+**Weights.**  Precision weights scale the rows of X, Z and y by sqrt(w_i)
+and add -sum_i log w_i to both criteria (n stays the row count).  Survey
+weights (pseudo-likelihood) scale the rows by sqrt(w_{i|j}) and count group
+j's terms w_j times: A(theta) = sum_j w_j (E_j'E_j + G_j'M_j^{-1}G_j),
+log|L|^2 = sum_j w_j log|M_j|, and N_w = sum_j w_j sum_i w_{i|j} replaces n
+(:attr:`SufficientStats.group_weights`, ``weight_nobs``, ``log_weight_sum``).
+
 Only per-group statistics enter, so an evaluation costs O(m q^3 + m q^2 p +
 m q p^2) with m groups and never touches n x n matrices.
 """

@@ -503,7 +503,10 @@ class HLMResults(LikelihoodModelResults):
         return self.model.marginal_cov(group, self.fit_result.cov_re, self.scale)
 
     def loglike_dense(self) -> float:
-        """The ML log-likelihood at the estimates, group by group (slow oracle)."""
+        """The ML log-likelihood at the estimates, group by group (slow oracle; unweighted
+        models only)."""
+        if getattr(self.model, "weight_type", None) is not None:
+            raise NotImplementedError("loglike_dense is an oracle for unweighted models")
         if getattr(self.model, "_residual_kernel", None) is not None:
             from .residual_fit import loglike_dense
             return loglike_dense(self)
@@ -687,8 +690,8 @@ class HLMResults(LikelihoodModelResults):
         if not hasattr(self, "_cache"):
             self._cache = {}
         self._data_attr = list(getattr(self, "_data_attr", []))
-        self._data_in_cache = ["fittedvalues", "resid", "resid_scaled", "resid_pearson", "_fitted_array",
-                               "resid_normalized"]
+        self._data_in_cache = ["fittedvalues", "resid", "resid_scaled", "resid_pearson",
+                               "_fitted_array", "resid_normalized"]
         self._data_attr_model = ["exog_re", "groups", "group_codes", "_order", "data.frame",
                                  "data.row_labels", "data.exog_re", "data.groups", "row_index"]
         super().remove_data()

@@ -304,7 +304,8 @@ def test_vcomp_scores_vanish_at_the_ml_estimates(surv, kind):
     res2.fit_result = fit2
     analytic = vcomp_scores(res2).sum(axis=0)
     h = 1e-5 * np.abs(x)
-    num = np.array([-(f(x + hi * e) - f(x - hi * e)) / (4 * hi) for hi, e in zip(h, np.eye(len(x)))])
+    num = np.array([-(f(x + hi * e) - f(x - hi * e)) / (4 * hi)
+                    for hi, e in zip(h, np.eye(len(x)))])
     np.testing.assert_allclose(analytic, num, rtol=1e-5, atol=1e-6)
 
 
@@ -315,3 +316,16 @@ def test_survey_bse_re_is_sandwich(surv):
     k = res.k_vcomp
     np.testing.assert_allclose(res.bse_re, np.sqrt(np.diag(full[:k, :k])))
     assert np.all(np.linalg.eigvalsh(full) > 0)
+
+
+def test_weighted_results_pickle_and_refit(surv):
+    import pickle
+    res = _survey(surv, "w1", "w2", scaling="effective")
+    back = pickle.loads(pickle.dumps(res))
+    np.testing.assert_allclose(back.bse, res.bse)
+    assert back.model.weight_scaling == "effective"
+    # refit keeps the weights (same response: same estimates)
+    again = res.refit(surv["y"].to_numpy())
+    assert again.llf == pytest.approx(res.llf, abs=1e-6)
+    p = _fit("y ~ x + z + (1 | group)", load_csv("weights_prec.csv"), False, weights="w")
+    assert p.refit(p.model.endog).llf == pytest.approx(p.llf, abs=1e-6)

@@ -13,7 +13,8 @@ pi_{i|j} = 0.1 + 0.4 * logistic(1.5 e_ij / sqrt(2)) (about 25%): students
 with positive errors are over-represented.  Both stages are informative, so
 the unweighted ML estimates of the intercept and of sigma^2 are biased
 (tau^2 is not: selecting schools with probability proportional to
-exp(0.8 u_j) shifts the normal u_j's mean, not its variance).  The weights w_j = 1 / pi_j and w_{i|j} = 1 / pi_{i|j} are given to
+exp(0.8 u_j) shifts the normal u_j's mean, not its variance).  The weights
+w_j = 1 / pi_j and w_{i|j} = 1 / pi_{i|j} are given to
 ``HLM(..., survey_weights=[w_{i|j}, w_j], weight_scaling=...)``.
 
 The table shows the population value, the mean (and Monte Carlo SE) of each
@@ -42,7 +43,7 @@ def sample(rng: np.random.Generator) -> pd.DataFrame:
     take = rng.random(M) < pi_j
     schools = np.flatnonzero(take)
     rows = []
-    for j in schools:                        # a simulation of the design, not a hot path
+    for j in schools:              # simulating the design, not a hot path
         n = sizes[j]
         x = rng.normal(0.0, 1.0, n)
         e = rng.normal(0.0, np.sqrt(2.0), n)
