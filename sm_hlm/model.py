@@ -720,6 +720,9 @@ class HLM(LikelihoodModel):
                 raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
             maxeval = int(maxiter)
         if self._residual_kernel is not None:     # (theta, structure parameters) jointly
+            if cov_type != "model":
+                raise NotImplementedError("cov_type='sandwich' is not available with a "
+                                          "residual structure yet")
             if method != "bobyqa":
                 raise ValueError("a residual structure is fitted by method='bobyqa' only")
             from .residual_fit import fit_structured

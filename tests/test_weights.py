@@ -329,3 +329,63 @@ def test_weighted_results_pickle_and_refit(surv):
     assert again.llf == pytest.approx(res.llf, abs=1e-6)
     p = _fit("y ~ x + z + (1 | group)", load_csv("weights_prec.csv"), False, weights="w")
     assert p.refit(p.model.endog).llf == pytest.approx(p.llf, abs=1e-6)
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_precision_gradient_and_recomputed_loglik(reml):
+    d = load_csv("weights_prec.csv")
+    m = HLM.from_formula("y ~ x + z + (x | group)", d, weights="w")
+    dev = m.deviance_function(reml=reml)
+    th = np.array([0.9, 0.2, 0.4])
+    h = 1e-6
+    num = [(dev(th + h * e) - dev(th - h * e)) / (2 * h) for e in np.eye(3)]
+    np.testing.assert_allclose(dev.gradient(th), num, rtol=1e-5, atol=1e-6)
+    res = m.fit(reml=reml)
+    check = m.deviance_at_estimates(res.theta, res.fit_result.fe_params, res.scale, reml=reml)
+    assert -0.5 * check == pytest.approx(res.llf, abs=1e-8)
+
+
+def test_survey_scores_against_dense_groups(surv):
+    """Per-group scores (fixed effects and variance components) from the stable QR form
+    against dense V_j = Z_j Psi Z_j' + sigma^2 I built group by group (rows scaled)."""
+    from sm_hlm.weights import vcomp_scores
+    res = _survey(surv, "w1", "w2", scaling="size")._results
+    mod, fit = res.model, res.fit_result
+    w1, w2 = mod.survey.row, mod.survey.group
+    r_all = mod.endog - mod.exog @ fit.fe_params
+    S = vcomp_scores(res)
+    rr, cc = mod.re_design.vcomp_index()
+    fe_scores = []
+    for j in range(mod.n_groups):             # the dense oracle, group by group
+        idx = np.flatnonzero(mod.group_codes == j)
+        s = np.sqrt(w1[idx])
+        Z, X, r = mod.exog_re[idx] * s[:, None], mod.exog[idx] * s[:, None], r_all[idx] * s
+        V = Z @ fit.cov_re @ Z.T + fit.scale * np.eye(len(idx))
+        Vi = np.linalg.inv(V)
+        fe_scores.append(w2[j] * X.T @ Vi @ r)
+        expect = []
+        for a, b in zip(rr, cc):
+            E = np.zeros_like(fit.cov_re)
+            E[a, b] = E[b, a] = 1.0
+            dV = Z @ E @ Z.T
+            expect.append(-0.5 * (np.trace(Vi @ dV) - r @ Vi @ dV @ Vi @ r))
+        n_w = w1[idx].sum()
+        expect.append(-0.5 * (np.trace(Vi) + (n_w - len(idx)) / fit.scale - r @ Vi @ Vi @ r))
+        np.testing.assert_allclose(S[j], w2[j] * np.array(expect), rtol=1e-8, atol=1e-10)
+    U = np.array(fe_scores)
+    m = mod.n_groups
+    expect_cov = fit.cov_fe @ ((m / (m - 1)) * U.T @ U) @ fit.cov_fe
+    np.testing.assert_allclose(res.cov_fe_sandwich.to_numpy(), expect_cov, rtol=1e-8)
+
+
+def test_cov_type_checked(surv):
+    m = HLM.from_formula(FORM, surv)
+    with pytest.raises(ValueError, match="cov_type"):
+        m.fit(reml=False, cov_type="robust")
+    from sm_hlm.residual import AR1
+    d = surv.assign(t=surv.groupby("group").cumcount())
+    mr = HLM.from_formula("y ~ x + (1 | group)", d, residual=AR1(time="t"))
+    with pytest.raises(NotImplementedError, match="sandwich"):
+        mr.fit(reml=False, cov_type="sandwich")
+    with pytest.raises(NotImplementedError, match="residual structure"):
+        HLM.from_formula("y ~ x + (1 | group)", d, residual=AR1(time="t"), weights="w1")
