@@ -47,7 +47,8 @@ and add -sum_i log w_i to both criteria (n stays the row count).  Survey
 weights (pseudo-likelihood) scale the rows by sqrt(w_{i|j}) and count group
 j's terms w_j times: A(theta) = sum_j w_j (E_j'E_j + G_j'M_j^{-1}G_j),
 log|L|^2 = sum_j w_j log|M_j|, and N_w = sum_j w_j sum_i w_{i|j} replaces n
-(:attr:`SufficientStats.group_weights`, ``weight_nobs``, ``log_weight_sum``).
+(:attr:`SufficientStats.group_weights`, ``weight_nobs``, ``log_weight_sum``);
+in the gradient P_j and v_j carry the weight w_j (G_j -> sqrt(w_j) G_j) and c = N_w.
 
 Only per-group statistics enter, so an evaluation costs O(m q^3 + m q^2 p +
 m q p^2) with m groups and never touches n x n matrices.
