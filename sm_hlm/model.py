@@ -852,6 +852,9 @@ class HLM(LikelihoodModel):
         from .results import HLMResults, HLMResultsWrapper, build_fit
 
         rd = self.re_design
+        if reml and self.weight_type == "survey":
+            raise ValueError("REML is not defined with survey weights (pseudo-likelihood): "
+                             "results_at(theta, reml=False)")
         theta = np.asarray(theta, dtype=float)
         if theta.shape != (rd.n_theta,):
             raise ValueError(f"theta must have {rd.n_theta} entries {list(rd.theta_names)}")

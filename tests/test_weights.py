@@ -211,6 +211,8 @@ def test_survey_refusals(surv):
     m = HLM.from_formula(FORM, surv, survey_weights=["w1", "w2"])
     with pytest.raises(ValueError, match="REML is not defined with survey weights"):
         m.fit()
+    with pytest.raises(ValueError, match="REML is not defined with survey weights"):
+        m.results_at(np.array([1.0, 0.0, 0.5]))
     bad = surv.copy()
     g0 = bad["group"].iloc[0]
     bad.loc[bad.index[0], "w2"] = 7.0
