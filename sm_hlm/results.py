@@ -297,8 +297,9 @@ class HLMResults(LikelihoodModelResults):
 
     @cache_readonly
     def corr_fe(self) -> pd.DataFrame:
-        """Correlation of the fixed-effect estimates (lme4's summary)."""
-        c = self.fit_result.cov_fe
+        """Correlation of the fixed-effect estimates (lme4's summary; of the sandwich
+        covariance when ``cov_type == "sandwich"``)."""
+        c = self._cov_fe_used
         s = np.sqrt(np.diag(c))
         return pd.DataFrame(c / np.outer(s, s), index=self._fe_names, columns=self._fe_names)
 

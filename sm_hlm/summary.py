@@ -173,7 +173,8 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
         "Mean group size:": f"{sizes.mean():.1f}",
         "AIC:": f"{results.aic:.1f}",
         "BIC:": f"{results.bic:.1f}",
-        "Log-Likelihood:": f"{results.llf:.1f}",
+        ("Log-pseudo-likelihood:" if weight_type == "survey" else "Log-Likelihood:"):
+            f"{results.llf:.1f}",
         ("REML criterion:" if results.reml else "Deviance:"): f"{results.deviance:.1f}",
         "df.resid:": f"{int(results.df_resid)}",
         "Converged:": "Yes" if results.converged else "No",
