@@ -280,6 +280,13 @@ def compare(*fits: Any, names: Sequence[str] | None = None, refit: bool | None =
         raise ValueError(f"compare needs at least two fits, got {len(fits)}")
     labels = _names(len(fits), names)
     views = [_view(f, n) for f, n in zip(fits, labels)]
+    pseudo = [v.name for v in views
+              if getattr(getattr(v.result, "model", None), "weight_type", None) == "survey"]
+    if pseudo:
+        raise ValueError(f"{', '.join(pseudo)}: fitted with survey weights, a pseudo-likelihood; "
+                         "likelihood-ratio tests between pseudo-likelihood fits are not valid "
+                         "(the ratio is not chi-square). Use Wald tests with the sandwich "
+                         "covariance instead: results.wald_test(...) or wald_test_terms()")
     _check_same_data(views)
 
     any_reml = any(v.reml for v in views)

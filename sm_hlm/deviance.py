@@ -42,11 +42,20 @@ with respect to the entries of Lambda is the matrix
 
 read at the free entries of Lambda (K_jx: the first p columns of K_j).
 
+**Weights.**  Precision weights scale the rows of X, Z and y by sqrt(w_i)
+and add -sum_i log w_i to both criteria (n stays the row count).  Survey
+weights (pseudo-likelihood) scale the rows by sqrt(w_{i|j}) and count group
+j's terms w_j times: A(theta) = sum_j w_j (E_j'E_j + G_j'M_j^{-1}G_j),
+log|L|^2 = sum_j w_j log|M_j|, and N_w = sum_j w_j sum_i w_{i|j} replaces n
+(:attr:`SufficientStats.group_weights`, ``weight_nobs``, ``log_weight_sum``);
+in the gradient P_j and v_j carry the weight w_j (G_j -> sqrt(w_j) G_j) and c = N_w.
+
 Only per-group statistics enter, so an evaluation costs O(m q^3 + m q^2 p +
 m q p^2) with m groups and never touches n x n matrices.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +95,17 @@ class SufficientStats:
         F_j (F_j F_j' = Z_j'Z_j, lower) and G_j = F_j^{-1} Z_j'W_j from a QR
         decomposition of each group's rows (:func:`group_qr`); None: from a
         rank-revealing Cholesky of Z_j'Z_j (:func:`root_factors`).
+    group_weights : (m,) or None
+        Pseudo-likelihood weight w_j of each group: group j's terms of the
+        deviance (its part of ``within``, G_j'M_j^{-1}G_j and log|M_j|) count
+        w_j times.  ``within`` already holds the weights; ``proj`` does not
+        (the BLUPs do not depend on w_j).  None: every group once.
+    weight_nobs : float or None
+        N_w = sum_j w_j sum_i w_{i|j}, which replaces the row count in the
+        deviance under survey weights; None: ``nobs``.
+    log_weight_sum : float
+        sum_i log w_i of precision weights (rows already scaled by sqrt(w_i));
+        the deviance gains -sum_i log w_i.  0 without precision weights.
     """
 
     ZtZ: np.ndarray
@@ -96,10 +116,18 @@ class SufficientStats:
     within: np.ndarray | None = None
     root: np.ndarray | None = None
     proj: np.ndarray | None = None
+    group_weights: np.ndarray | None = None
+    weight_nobs: float | None = None
+    log_weight_sum: float = 0.0
 
     @property
     def q(self) -> int:
         return self.ZtZ.shape[0]
+
+    @property
+    def n_lik(self) -> float:
+        """The count multiplying log(sigma^2) in the deviance: N_w or ``nobs``."""
+        return float(self.nobs) if self.weight_nobs is None else float(self.weight_nobs)
 
 
 @dataclass(frozen=True)
@@ -251,7 +279,9 @@ def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.nda
 
 
 def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarray,
-                  z_blocks: list[tuple[int, int, bool]]
+                  z_blocks: list[tuple[int, int, bool]], *,
+                  precision_weights: np.ndarray | None = None,
+                  survey_weights: Sequence[np.ndarray] | None = None
                   ) -> tuple[SufficientStats, Reparametrization, np.ndarray]:
     """Sufficient statistics in centred and scaled coordinates, with the within part.
 
@@ -267,6 +297,12 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     z_blocks
         ``(start, stop, shift)`` per random-effects block of Z's columns;
         ``shift`` allows centring within the block (a correlated block).
+    precision_weights : (n,), optional
+        lme4's ``weights``: residual variance sigma^2 / w_i.
+    survey_weights : sequence of arrays, optional
+        Pseudo-likelihood weights, already scaled: ``[w_{i|j} (n,), w_j (m,)]``,
+        the rows' weights conditional on their group, then the groups'.
+        Exclusive with ``precision_weights``.
 
     Notes
     -----
@@ -278,7 +314,15 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     column, and scaled.  The within-group residual cross product
     sum_j E_j'E_j is computed from the rows, so that no difference of large
     cross products enters the deviance.
+
+    Weights scale the rows of X, y and Z by sqrt(w_i) (precision weights, or
+    the conditional w_{i|j}); the maps D and T are those of the unweighted
+    columns (any fixed column map is exact).  Group weights w_j multiply
+    each group's part of ``within`` (and of ``WtW``); G_j is kept unweighted
+    and :class:`ProfiledDeviance` weights G_j'M_j^{-1}G_j and log|M_j|.
     """
+    if precision_weights is not None and survey_weights is not None:
+        raise ValueError("precision weights and survey weights cannot be combined")
     n, p = X.shape
     W = np.column_stack([X, y])
     D = _column_map(W, [(0, p + 1, True)])
@@ -299,6 +343,25 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     Zt = Z @ T if q else Z
     m = len(starts)
     codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
+    row_w, group_w, weight_nobs, log_w = None, None, None, 0.0
+    if precision_weights is not None:
+        row_w = np.asarray(precision_weights, dtype=float)
+        log_w = float(np.log(row_w).sum())
+    elif survey_weights is not None:
+        if len(survey_weights) != 2:
+            raise NotImplementedError(
+                f"{len(survey_weights)} levels of survey weights given: this engine has one "
+                "grouping factor (two levels: rows, then groups)")
+        row_w = np.asarray(survey_weights[0], dtype=float)
+        group_w = np.asarray(survey_weights[1], dtype=float)
+        weight_nobs = float(group_w @ np.add.reduceat(row_w, starts)) if n else 0.0
+    if row_w is not None:
+        sw = np.sqrt(row_w)[:, None]
+        Wt = Wt * sw
+        if q:
+            Zt = Zt * sw
+    # rows of W scaled by sqrt(w_j) for the group-weighted cross products
+    gscale = None if group_w is None else np.sqrt(group_w)[codes][:, None]
     if q:
         Q, F, _ = group_qr(Zt, starts, codes)
         G = group_crossprod(Q, Wt, starts)                       # Q_j' W_j (q, r, m)
@@ -307,29 +370,44 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         E = Wt.copy()
         for k in range(q):                                       # the tiny q dimension
             E -= Q[:, k:k + 1] * G[k].T[codes]
-        within = E.T @ E
+        if gscale is None:
+            within = E.T @ E
+            WtW = Wt.T @ Wt
+        else:
+            E *= gscale
+            within = E.T @ E
+            # W_j'W_j = E_j'E_j + G_j'G_j: the group-weighted W'W without another pass
+            Gw = G * np.sqrt(group_w)
+            Gf = Gw.transpose(1, 0, 2).reshape(p + 1, q * m)
+            WtW = within + Gf @ Gf.T
     else:
         ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
         Q, F, G = np.zeros((n, 0)), None, None
-        within = Wt.T @ Wt
-    st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=Wt.T @ Wt, nobs=n, k_fe=p, within=within,
-                         root=F, proj=G)
+        within = None
+        Wg = Wt if gscale is None else Wt * gscale
+        WtW = Wg.T @ Wg
+    st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=WtW, nobs=n, k_fe=p,
+                         within=WtW if within is None else within, root=F, proj=G,
+                         group_weights=group_w, weight_nobs=weight_nobs, log_weight_sum=log_w)
     return st, Reparametrization(D, T), Q
 
 
 def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.ndarray | None,
-                       lam: np.ndarray) -> tuple[float, float]:
+                       lam: np.ndarray, *, group_weights: np.ndarray | None = None
+                       ) -> tuple[float, float]:
     """r'V^{-1}r and log|V| for row residuals ``r`` (sorted by group), V = I + Z Lambda Lambda' Z'.
 
     ``Q`` and ``F`` are the per-group QR factors of Z (:func:`group_qr`).
     Evaluated in the stable form: the within-group residuals of r on Z_j plus
-    g_j'M_j^{-1}g_j with g_j = Q_j'r_j, and log|V| = sum_j log|M_j|.
+    g_j'M_j^{-1}g_j with g_j = Q_j'r_j, and log|V| = sum_j log|M_j|.  With
+    ``group_weights`` w_j each group's two terms count w_j times (pseudo-likelihood).
     """
     q = Q.shape[1]
-    if not q:
-        return float(r @ r), 0.0
     n, m = len(r), len(starts)
     codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
+    rw = r if group_weights is None else r * np.sqrt(group_weights)[codes]
+    if not q:
+        return float(rw @ rw), 0.0
     g = group_crossprod(Q, r[:, None], starts)                  # (q, 1, m)
     e = r - np.einsum("ik,ki->i", Q, g[:, 0, :][:, codes])
     K = np.einsum("bam,bc->acm", F, lam)
@@ -337,8 +415,12 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
     M[np.arange(q), np.arange(q)] += 1.0
     L = batched_cholesky(M)
     H = batched_forward_solve(L, g)[:, 0, :]
-    logdet = 2.0 * float(np.log(L[np.arange(q), np.arange(q)]).sum())
-    return float(e @ e + np.sum(H * H)), logdet
+    logdets = 2.0 * np.log(L[np.arange(q), np.arange(q)]).sum(axis=0)     # (m,)
+    if group_weights is None:
+        return float(e @ e + np.sum(H * H)), float(logdets.sum())
+    ew = e * np.sqrt(group_weights)[codes]
+    return (float(ew @ ew + np.sum(H * H, axis=0) @ group_weights),
+            float(logdets @ group_weights))
 
 
 class ProfiledDeviance:
@@ -392,6 +474,14 @@ class ProfiledDeviance:
             F, G = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
         self._F = F                                   # (q, q, m), R_j = F_j'
         self._G = G                                   # (q, r, m)
+        # pseudo-likelihood group weights w_j (None: all 1): G_j'M_j^{-1}G_j and log|M_j|
+        # count w_j times, so the weighted terms use sqrt(w_j) G_j
+        wg = w.group_weights
+        self._wg = None if wg is None or not q else np.asarray(wg, dtype=float)
+        self._Gw = G if self._wg is None else G * np.sqrt(self._wg)
+        #: the count multiplying log(sigma^2) (N_w under survey weights) and sum log w_i
+        self._n = stats.n_lik
+        self._logw = float(stats.log_weight_sum)
         if w.within is not None:
             self._within = w.within
         else:
@@ -405,7 +495,7 @@ class ProfiledDeviance:
         self._use_pairs = bool(q) and r * r * len(self._pairs) * m <= _PAIR_PRODUCT_LIMIT
         self._calls = 0
         rp = self.reparam
-        n = stats.nobs
+        n = self._n
         # deviance(original) = deviance(working) + const
         self._const = (2.0 * (n - p) * rp.log_scale_y - 2.0 * rp.logdet_Dx if reml
                        else 2.0 * n * rp.log_scale_y)
@@ -413,7 +503,7 @@ class ProfiledDeviance:
     # ------------------------------------------------------------ kernels
     def _build_pair_products(self) -> None:
         r, m, q = self._p + 1, self._m, self._q
-        Gt = self._G.transpose(1, 0, 2)                            # (r, q, m)
+        Gt = self._Gw.transpose(1, 0, 2)                           # (r, q, m)
         S = np.empty((r, r, len(self._pairs), m))
         for k, (a, b) in enumerate(self._pairs):
             prod = Gt[:, None, a, :] * Gt[None, :, b, :]
@@ -453,33 +543,37 @@ class ProfiledDeviance:
         M = self._m_matrices(lam_t)
         if q == 1:
             det = M[0, 0]
-            logdet = float(np.log(det).sum())
+            logdet = self._wsum(np.log(det))
             Minv = (1.0 / det)[None, None, :]
         elif q == 2:
             det = M[0, 0] * M[1, 1] - M[0, 1] * M[0, 1]
-            logdet = float(np.log(det).sum())
+            logdet = self._wsum(np.log(det))
             Minv = np.empty_like(M)
             Minv[0, 0] = M[1, 1] / det
             Minv[1, 1] = M[0, 0] / det
             Minv[0, 1] = Minv[1, 0] = -M[0, 1] / det
         elif self._S is not None or need_inverse:
             L = batched_cholesky(M)
-            logdet = 2.0 * float(np.log(L[np.arange(q), np.arange(q)]).sum())
+            logdet = 2.0 * self._wsum(np.log(L[np.arange(q), np.arange(q)]).sum(axis=0))
             Li = batched_inverse_lower(L)
             Minv = np.einsum("kim,kjm->ijm", Li, Li)
         else:
             L = batched_cholesky(M)
-            logdet = 2.0 * float(np.log(L[np.arange(q), np.arange(q)]).sum())
-            H = batched_forward_solve(L, self._G)                  # (q, r, m)
+            logdet = 2.0 * self._wsum(np.log(L[np.arange(q), np.arange(q)]).sum(axis=0))
+            H = batched_forward_solve(L, self._Gw)                 # (q, r, m)
             Hf = H.transpose(1, 0, 2).reshape(r, q * m)
             return self._within + Hf @ Hf.T, logdet, None
         if self._S is not None:
             coef = Minv.reshape(q * q, m)[self._pair_flat]
             A = self._within + (self._S @ coef.reshape(-1)).reshape(r, r)
         else:
-            MG = np.einsum("abm,brm->arm", Minv, self._G)
-            A = self._within + np.einsum("asm,arm->sr", self._G, MG)
+            MG = np.einsum("abm,brm->arm", Minv, self._Gw)
+            A = self._within + np.einsum("asm,arm->sr", self._Gw, MG)
         return A, logdet, Minv
+
+    def _wsum(self, per_group: np.ndarray) -> float:
+        """sum_j w_j x_j (plain sum without group weights)."""
+        return float(per_group.sum() if self._wg is None else per_group @ self._wg)
 
     def _reduced(self, lam_t: np.ndarray):
         """Cholesky factor of A, r^2, log|L|^2, log|R_X|^2 (working coordinates) or None."""
@@ -497,12 +591,14 @@ class ProfiledDeviance:
         return R, pwrss, logdet_L, 2.0 * float(np.log(np.diag(R)[:p]).sum())
 
     def _profiled(self, pwrss: float, logdet_L: float, logdet_RX: float) -> float:
-        """The deviance in the coordinates its arguments are in (no constant)."""
-        n, p = self.stats.nobs, self.stats.k_fe
+        """The deviance in the coordinates its arguments are in (no reparametrisation
+        constant; with precision weights it includes -sum_i log w_i)."""
+        n, p = self._n, self.stats.k_fe
         if self.reml:
             dof = n - p
-            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + np.log(pwrss / dof)))
-        return float(logdet_L + n * (1.0 + LOG2PI + np.log(pwrss / n)))
+            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + np.log(pwrss / dof))
+                         - self._logw)
+        return float(logdet_L + n * (1.0 + LOG2PI + np.log(pwrss / n)) - self._logw)
 
     # ------------------------------------------------ parametrisations
     def _lambda_work_of_theta(self, theta: np.ndarray) -> np.ndarray:
@@ -629,12 +725,13 @@ class ProfiledDeviance:
         logdet_RX = 2.0 * float(np.log(np.diag(RX)).sum())
         beta = np.linalg.solve(RX.T, R[p, :p]) if p else np.zeros(0)
         u = np.append(-beta, 1.0)
-        F, G = self._F, self._G
-        P = np.einsum("abm,bcm,dcm->ad", F, Minv, F)               # sum_j R_j' M_j^-1 R_j
+        F, G = self._F, self._Gw
+        # sum_j w_j R_j' M_j^-1 R_j
+        P = np.einsum("abm,bcm,dcm->ad", F, Minv if self._wg is None else Minv * self._wg, F)
         MG = np.einsum("abm,brm->arm", Minv, G)                    # M_j^-1 G_j
         K = np.einsum("abm,brm->arm", F, MG)                       # R_j' M_j^-1 G_j  (q, r, m)
         v = np.einsum("arm,r->am", K, u)                           # (q, m)
-        dof = self.stats.nobs - p if self.reml else self.stats.nobs
+        dof = self._n - p if self.reml else self._n
         inner = P - (dof / pwrss) * (v @ v.T)
         if self.reml and p:
             Kx = K[:, :p, :].transpose(1, 0, 2).reshape(p, q * m)
@@ -715,8 +812,9 @@ class ProfiledDeviance:
         return self._profiled(t.pwrss, t.logdet_L, t.logdet_RX)
 
     def scale(self, t: DevianceTerms) -> float:
-        """The profiled sigma^2: r^2 / n (ML) or r^2 / (n - p) (REML)."""
-        n, p = self.stats.nobs, self.stats.k_fe
+        """The profiled sigma^2: r^2 / n (ML) or r^2 / (n - p) (REML); N_w for n
+        under survey weights."""
+        n, p = self._n, self.stats.k_fe
         return t.pwrss / (n - p if self.reml else n)
 
     def deviance_at(self, theta: np.ndarray, beta: np.ndarray, scale: float) -> float:
@@ -726,13 +824,14 @@ class ProfiledDeviance:
         parameters.  For REML ``beta`` is ignored (the criterion does not
         depend on it).
         """
-        n, p = self.stats.nobs, self.stats.k_fe
+        n, p = self._n, self.stats.k_fe
         t = self.terms(theta)
         if t is None:
             return np.inf
         if self.reml:
-            return t.logdet_L + t.logdet_RX + (n - p) * (LOG2PI + np.log(scale)) + t.pwrss / scale
+            return (t.logdet_L + t.logdet_RX + (n - p) * (LOG2PI + np.log(scale))
+                    + t.pwrss / scale - self._logw)
         # pwrss(beta) = r^2 + |R_X'(beta - beta_theta)|^2
         RX = t.R[:p, :p]
         pw = t.pwrss + float(np.sum((RX.T @ (np.asarray(beta) - t.beta)) ** 2))
-        return t.logdet_L + n * (LOG2PI + np.log(scale)) + pw / scale
+        return t.logdet_L + n * (LOG2PI + np.log(scale)) + pw / scale - self._logw

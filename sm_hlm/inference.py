@@ -57,6 +57,10 @@ _CS_EIG_TOL = 1e-12
 def _unwrap(results: Any, what: str = "this method") -> "HLMResults":
     """The HLMResults behind a statsmodels results wrapper (independent errors only)."""
     res = getattr(results, "_results", results)
+    if getattr(res.model, "weight_type", None) is not None:
+        raise NotImplementedError(
+            f"{what} is implemented for unweighted models only, not with "
+            f"{res.model.weight_type} weights (see results.cov_fe_sandwich for robust SEs)")
     if getattr(res.model, "_residual_kernel", None) is not None:
         raise NotImplementedError(
             f"{what} is implemented for independent residuals (V_j = Z_j Psi Z_j' + sigma^2 I) "

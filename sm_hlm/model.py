@@ -34,7 +34,6 @@ __all__ = ["HLM"]
 
 #: statsmodels MixedLM keywords of the model that sm_hlm does not support (yet), with advice
 _MIXEDLM_MODEL_KEYWORDS = {
-    "weights": "weights are not supported yet: the model would be fitted unweighted",
     "freq_weights": "frequency weights are not supported yet: replicate the rows instead",
     "var_weights": "variance weights are not supported yet",
     "vc_formula": "variance components on nested factors are not supported yet",
@@ -74,6 +73,40 @@ def _as_2d_frame(x: Any, default_prefix: str) -> pd.DataFrame | np.ndarray:
     return arr[:, None] if arr.ndim == 1 else arr
 
 
+def _weight_columns(data: pd.DataFrame, kwargs: dict[str, Any]
+                    ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Weight columns of ``from_formula``: names checked, arrays added as columns.
+
+    Returns the data (with array weights added under their role's name) and
+    ``{"weights": column, "survey0": column, ...}``.
+    """
+    out: dict[str, str] = {}
+    specs: list[tuple[str, Any, str]] = []
+    if kwargs.get("weights") is not None:
+        specs.append(("weights", kwargs["weights"], "weights"))
+    sw = kwargs.get("survey_weights")
+    if sw is not None:
+        if isinstance(sw, str) or not isinstance(sw, Sequence):
+            raise TypeError("survey_weights must be a list with one weight column (name or "
+                            "array) per level, level 1 first: e.g. ['w_student', 'w_school']")
+        specs += [(f"survey{k}", v, f"survey_weight_{k + 1}") for k, v in enumerate(sw)]
+    for role, v, default in specs:
+        if isinstance(v, str):
+            check_columns([v], data, what="weights")
+            out[role] = v
+        else:
+            arr = np.asarray(v)
+            if arr.ndim != 1 or len(arr) != len(data):
+                raise ValueError(f"{role} weights have shape {arr.shape} but data has "
+                                 f"{len(data)} rows")
+            name = str(getattr(v, "name", None) or default)
+            if name in data.columns:
+                name = f"__{name}__"
+            data = data.assign(**{name: arr})
+            out[role] = name
+    return data, out
+
+
 class HLM(LikelihoodModel):
     """Two-level hierarchical linear (linear mixed-effects) model.
 
@@ -101,6 +134,18 @@ class HLM(LikelihoodModel):
         products; independent errors by default.  With this constructor its
         variables are arrays aligned with the rows (``AR1(time=t)``);
         :meth:`from_formula` also accepts column names.
+    weights : array_like, shape (n,), optional
+        Precision weights (lme4's ``weights``): the residual variance of row
+        i is sigma^2 / w_i.  Finite and positive; NaN rows are dropped under
+        ``missing="drop"``.
+    survey_weights : sequence of two array_like, optional
+        Sampling weights by pseudo-maximum likelihood: the level-1 weights
+        (of each row, conditional on its group) then the level-2 weights
+        (constant within each group).  ML only; standard errors are the
+        sandwich estimator clustered by group (see :mod:`sm_hlm.weights`).
+    weight_scaling : {"size", "effective", "gk", "none"}
+        Scaling of the survey weights (Stata's ``pwscale``); default
+        ``"size"``: level-1 weights sum to the group's row count.
 
     Notes
     -----
@@ -118,7 +163,8 @@ class HLM(LikelihoodModel):
     def __init__(self, endog: Any, exog: Any, groups: Any, exog_re: Any = None, *,
                  re_terms: Sequence[RandomEffectsTerm] | None = None,
                  missing: str = "none", residual: Any = None, hasconst: bool | None = None,
-                 **kwargs: Any):
+                 weights: Any = None, survey_weights: Sequence[Any] | None = None,
+                 weight_scaling: str = "size", **kwargs: Any):
         if kwargs:
             raise TypeError(_unknown_keywords("HLM()", kwargs, _MIXEDLM_MODEL_KEYWORDS))
         if groups is None:
@@ -143,17 +189,42 @@ class HLM(LikelihoodModel):
         check_numeric_response(endog if hasattr(endog, "dtype") else np.asarray(endog), str(endog_name))
         index = getattr(endog, "index", None)
         from .residual import as_structure
+        from .weights import WEIGHT_SCALINGS, check_infinite
         residual = as_structure(residual)
         res_vals = {} if residual is None else {
             f"residual {role}": v for role, v in residual.values(n).items()}
+        if weights is not None and survey_weights is not None:
+            raise ValueError("give either precision weights (weights=) or survey weights "
+                             "(survey_weights=), not both")
+        if weight_scaling not in WEIGHT_SCALINGS:
+            raise ValueError(f"weight_scaling={weight_scaling!r}: use one of "
+                             f"{list(WEIGHT_SCALINGS)}")
+        w_vals: dict[str, Any] = {}
+        if weights is not None:
+            w_vals["weights"] = weights
+        if survey_weights is not None:
+            if isinstance(survey_weights, str) or not isinstance(survey_weights, Sequence):
+                raise TypeError("survey_weights must be a list of one weight array per level "
+                                "(level 1 first), e.g. [w_student, w_school]")
+            sw_names = [str(getattr(v, "name", None) or f"level {k + 1}")
+                        for k, v in enumerate(survey_weights)]
+            w_vals.update({f"survey weight {nm!r}": v
+                           for nm, v in zip(sw_names, survey_weights)})
+        for name, v in w_vals.items():
+            if len(v) != n:
+                raise ValueError(f"{name} has {len(v)} values but the response has {n} rows")
+            check_infinite(v, name)
         keep = handle_missing({str(endog_name): endog, "exog": exog, "groups": groups,
-                               "exog_re": exog_re, **res_vals}, missing, index=index)
+                               "exog_re": exog_re, **res_vals, **w_vals}, missing, index=index)
         self.n_dropped = 0 if keep is None else int((~keep).sum())
         if keep is not None:
             def take(a: Any) -> Any:
                 return a[keep] if isinstance(a, (pd.Series, pd.DataFrame)) else np.asarray(a)[keep]
             endog, exog, groups, exog_re = take(endog), take(exog), take(groups), take(exog_re)
             residual = residual.subset(keep) if residual is not None else None
+            weights = None if weights is None else take(weights)
+            survey_weights = (None if survey_weights is None
+                              else [take(v) for v in survey_weights])
             if len(endog) == 0:
                 raise ValueError("empty data: no rows left after dropping missing values")
         super().__init__(endog, exog, groups=groups, exog_re=exog_re, missing="none",
@@ -190,11 +261,14 @@ class HLM(LikelihoodModel):
         counts = np.bincount(codes, minlength=self.n_groups)
         self.group_sizes = pd.Series(counts, index=labels, name="nobs")
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+        self._set_weights(weights, survey_weights, weight_scaling)
         self._work, self._reparam, self._work_q = self._working_stats()
         self._check_identifiable()
         #: the residual structure (None: independent errors, the plain path)
         self.residual = None if residual is None or residual.is_independent else residual
         self._residual_kernel = None
+        if self.residual is not None and self.weight_type is not None:
+            raise NotImplementedError("weights with a residual structure are not supported yet")
         if self.residual is not None:
             from .whitening import ResidualKernel
             self._residual_kernel = ResidualKernel(self, self.residual)
@@ -216,6 +290,39 @@ class HLM(LikelihoodModel):
             d["fixed_design_info"] = unpickle_design(d["fixed_design_info"])
         self.__dict__.update(d)
 
+    # --------------------------------------------------------------- weights
+    def _set_weights(self, weights: Any, survey_weights: Sequence[Any] | None,
+                     scaling: str) -> None:
+        """Check the weights and keep them (see :mod:`sm_hlm.weights`)."""
+        from .weights import check_weights, survey_weights as make_survey
+        n = len(self.endog)
+        #: precision weights (n,) in row order, or None
+        self.weights = None if weights is None else check_weights(weights, "weights", n)
+        #: survey weights (:class:`sm_hlm.weights.SurveyWeights`), or None
+        self.survey = None
+        if survey_weights is not None:
+            names = [str(getattr(v, "name", None) or f"level {k + 1}")
+                     for k, v in enumerate(survey_weights)]
+            self.survey = make_survey([np.asarray(v) for v in survey_weights],
+                                      self.group_codes, self.group_labels, scaling=scaling,
+                                      names=names, group_name=self.group_name)
+        self.weight_scaling = scaling if self.survey is not None else None
+        #: None, "precision" or "survey"
+        self.weight_type = ("precision" if self.weights is not None else
+                            "survey" if self.survey is not None else None)
+
+    def _row_weights_sorted(self) -> np.ndarray | None:
+        """Row multipliers of the squared residuals (precision or scaled w_{i|j}), sorted."""
+        if self.weights is not None:
+            return self._sorted_rows(self.weights)
+        if self.survey is not None:
+            return self._sorted_rows(self.survey.row)
+        return None
+
+    def _group_weights(self) -> np.ndarray | None:
+        """Scaled group-level survey weights (m,), or None."""
+        return None if self.survey is None else self.survey.group
+
     # ------------------------------------------------------------------ data
     def _sorted_rows(self, a: np.ndarray) -> np.ndarray:
         return a if self._sorted else a[self._order]
@@ -230,9 +337,15 @@ class HLM(LikelihoodModel):
         y = self._sorted_rows(self.endog)
         W = np.column_stack([X, y])
         Z = self._sorted_rows(self.exog_re)
+        rw = self._row_weights_sorted()
+        if rw is not None:                      # rows scaled by sqrt(w) (group weights: _work)
+            W, Z = W * np.sqrt(rw)[:, None], Z * np.sqrt(rw)[:, None]
         ZtZ = group_crossprod(Z, Z, self._starts)
         ZtW = group_crossprod(Z, W, self._starts)
-        return SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=W.T @ W, nobs=len(y), k_fe=X.shape[1])
+        w = self._work
+        return SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=W.T @ W, nobs=len(y), k_fe=X.shape[1],
+                               group_weights=w.group_weights, weight_nobs=w.weight_nobs,
+                               log_weight_sum=w.log_weight_sum)
 
     def _working_stats(self):
         """The statistics in centred and scaled coordinates (see :mod:`sm_hlm.deviance`)."""
@@ -240,8 +353,12 @@ class HLM(LikelihoodModel):
         for t in self.re_design.terms:
             blocks.append((start, start + t.k, t.correlated and t.k > 1))
             start += t.k
+        rw = self._row_weights_sorted()
         return working_stats(self._sorted_rows(self.exog), self._sorted_rows(self.endog),
-                             self._sorted_rows(self.exog_re), self._starts, blocks)
+                             self._sorted_rows(self.exog_re), self._starts, blocks,
+                             precision_weights=rw if self.weight_type == "precision" else None,
+                             survey_weights=(None if self.survey is None
+                                             else [rw, self.survey.group]))
 
     def _aliased_columns(self) -> list[int]:
         """Columns of X that R's ``qr(X, tol = 1e-7)`` (lme4's rank check) finds aliased.
@@ -356,7 +473,10 @@ class HLM(LikelihoodModel):
         **kwargs
             Passed to the constructor, e.g. ``residual=AR1(time="wave")``,
             whose time/position/``by`` column names are looked up in
-            ``data`` (rows dropped for missing values there too).
+            ``data`` (rows dropped for missing values there too);
+            ``weights="w"`` (precision weights), ``survey_weights=["w1",
+            "w2"]`` and ``weight_scaling`` (see :class:`HLM`), as column
+            names or arrays aligned with ``data``.
 
         Returns
         -------
@@ -370,7 +490,8 @@ class HLM(LikelihoodModel):
         if drop_cols is not None:
             raise TypeError("HLM.from_formula() does not support drop_cols: name the terms in "
                             "the formula instead")
-        unknown = set(kwargs) - {"residual", "hasconst"}
+        unknown = set(kwargs) - {"residual", "hasconst", "weights", "survey_weights",
+                                 "weight_scaling"}
         if unknown:
             raise TypeError(_unknown_keywords("HLM.from_formula()",
                                               {k: kwargs[k] for k in unknown},
@@ -379,6 +500,7 @@ class HLM(LikelihoodModel):
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         if len(data) == 0:
             raise ValueError("empty data: the DataFrame has no rows")
+        data, weight_cols = _weight_columns(data, kwargs)
         if subset is not None:
             data = data.loc[subset]
         parsed = parse_formula(formula)
@@ -431,6 +553,10 @@ class HLM(LikelihoodModel):
             data = data.assign(**{parsed.response: data[parsed.response].astype(float)})
         cols = {c: data[c] for c in data_cols}
         cols[group_col] = data[group_col]
+        from .weights import check_infinite
+        for c in weight_cols.values():
+            check_infinite(data[c], f"weights {c!r}")
+            cols[c] = data[c]
         keep = handle_missing(cols, "raise" if missing == "none" else missing, index=data.index)
         frame = data if keep is None else data.loc[keep]
         if len(frame) == 0:
@@ -463,6 +589,11 @@ class HLM(LikelihoodModel):
         g.name = group_col
         if res_cols:
             kwargs["residual"] = resolve_structure(kwargs["residual"], frame)
+        if "weights" in weight_cols:
+            kwargs["weights"] = frame[weight_cols["weights"]].rename(weight_cols["weights"])
+        if "survey_weights" in kwargs:
+            kwargs["survey_weights"] = [frame[weight_cols[f"survey{k}"]]
+                                        for k in range(len(kwargs["survey_weights"]))]
         mod = cls(y, X, g, exog_re, re_terms=terms, missing="none", **kwargs)
         mod.n_dropped = 0 if keep is None else int((~keep).sum())
         mod.formula = formula
@@ -535,7 +666,7 @@ class HLM(LikelihoodModel):
     def fit(self, start_params: np.ndarray | None = None, reml: bool = True, *,
             method: str = "bobyqa", maxiter: int | None = None, maxeval: int = 100_000,
             ftol_abs: float | None = None, xtol_abs: float = 1e-8, disp: bool = False,
-            compute_vcomp_cov: bool = True, **kwargs: Any):
+            compute_vcomp_cov: bool = True, cov_type: str | None = None, **kwargs: Any):
         """Fit by REML (default, as lme4 and MixedLM) or ML.
 
         Parameters
@@ -563,6 +694,12 @@ class HLM(LikelihoodModel):
         compute_vcomp_cov
             Compute standard errors of the variance components from the
             observed information (a numerical Hessian).
+        cov_type
+            Covariance of the fixed effects behind ``bse``, ``cov_params()``
+            and the tests: ``"model"`` (lme4's vcov) or ``"sandwich"`` (Binder's
+            linearization estimator clustered by group,
+            :func:`sm_hlm.weights.sandwich_cov_fe`).  Default: ``"sandwich"``
+            with survey weights, ``"model"`` otherwise.
 
         Returns
         -------
@@ -584,6 +721,13 @@ class HLM(LikelihoodModel):
         if not isinstance(reml, (bool, np.bool_)):
             raise TypeError(f"reml must be True or False, got {reml!r}")
         reml = bool(reml)
+        if reml and self.weight_type == "survey":
+            raise ValueError("REML is not defined with survey weights (pseudo-likelihood): "
+                             "fit(reml=False) fits by pseudo-maximum likelihood")
+        if cov_type is None:
+            cov_type = "sandwich" if self.weight_type == "survey" else "model"
+        if cov_type not in ("model", "sandwich"):
+            raise ValueError(f"cov_type={cov_type!r}: use 'model' or 'sandwich'")
         if method not in ("bobyqa", "lbfgs"):
             raise ValueError(f"method={method!r} is not available: sm_hlm optimises the profiled "
                              "deviance with 'bobyqa' (BOBYQA then L-BFGS-B, the default) or "
@@ -593,6 +737,9 @@ class HLM(LikelihoodModel):
                 raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
             maxeval = int(maxiter)
         if self._residual_kernel is not None:     # (theta, structure parameters) jointly
+            if cov_type != "model":
+                raise NotImplementedError("cov_type='sandwich' is not available with a "
+                                          "residual structure yet")
             if method != "bobyqa":
                 raise ValueError("a residual structure is fitted by method='bobyqa' only")
             from .residual_fit import fit_structured
@@ -611,10 +758,16 @@ class HLM(LikelihoodModel):
             if np.any(sp < rd.theta_lower):
                 raise ValueError(f"start_params {sp} are below their lower bounds "
                                  f"{rd.theta_lower} (diagonal entries of theta are >= 0)")
-        record = minimize_deviance(dev, rd.theta_lower, start=sp, identity=rd.theta_start(),
+        opt_dev, c = self._optimization_deviance(dev)
+        record = minimize_deviance(opt_dev, rd.theta_lower, start=sp, identity=rd.theta_start(),
                                    ftol_abs=1e-8 if ftol_abs is None else ftol_abs,
                                    xtol_abs=xtol_abs, maxeval=maxeval, names=rd.theta_names,
                                    skip_bobyqa=method == "lbfgs")
+        if c != 1.0:       # back to the deviance of the weights as given
+            record = dataclasses.replace(
+                record, fun_start=dev(record.start), fun_end=dev(record.end),
+                gradient=c * record.gradient,
+                hessian=None if record.hessian is None else c * record.hessian)
         fit = build_fit(self, dev, record, reml=reml, compute_vcomp_cov=compute_vcomp_cov)
         fit = self._verified(fit, dev)
         if disp:
@@ -627,7 +780,30 @@ class HLM(LikelihoodModel):
                           "fit(method='lbfgs') or other start_params, check the data for "
                           "near-collinear columns, or simplify the random-effects structure",
                           ConvergenceWarning, stacklevel=2)
-        return HLMResultsWrapper(HLMResults(self, fit))
+        return HLMResultsWrapper(HLMResults(self, fit, cov_type=cov_type))
+
+    def _optimization_deviance(self, dev: ProfiledDeviance) -> tuple[ProfiledDeviance, float]:
+        """The deviance the optimiser sees, and c with deviance = c * that + constant.
+
+        Survey weights multiply the deviance by about c = N_w / n (the mean
+        total weight of a row), which can be in the hundreds with raw survey
+        weights; the stopping rules (absolute in the objective) would then be
+        c times stricter than without weights.  Dividing the group weights by c
+        divides the deviance by c up to a constant and leaves its minimiser
+        unchanged, so the optimiser works on that; the fit is built from
+        ``dev``.  Without survey weights: ``dev`` itself and 1.
+        """
+        w = self._work
+        if w.group_weights is None or w.weight_nobs is None:
+            return dev, 1.0
+        c = float(w.weight_nobs) / float(w.nobs)
+        if not (np.isfinite(c) and c > 0) or c == 1.0:
+            return dev, 1.0
+        norm = dataclasses.replace(w, group_weights=w.group_weights / c, within=w.within / c,
+                                   WtW=w.WtW / c, weight_nobs=w.weight_nobs / c)
+        rd = self.re_design
+        return ProfiledDeviance(norm, rd.lambda_, reml=dev.reml, work=norm,
+                                reparam=self._reparam, theta_index=rd.lambda_index), c
 
     def _verified(self, fit: Any, dev: ProfiledDeviance) -> Any:
         """The fit with its log-likelihood recomputed from the residuals at its estimates.
@@ -667,13 +843,19 @@ class HLM(LikelihoodModel):
         if dev is None:
             dev = self.deviance_function(reml=reml)
         r = self._sorted_rows(self.endog - self.exog @ np.asarray(beta, float))
+        rw = self._row_weights_sorted()
+        if rw is not None:
+            r = r * np.sqrt(rw)
         lam_t = self._reparam.Tinv @ self.re_design.lambda_(np.asarray(theta, float))
-        quad, logdet = residual_quadratic(r, self._work_q, self._starts, self._work.root, lam_t)
-        n, p = len(r), self.k_fe
+        quad, logdet = residual_quadratic(r, self._work_q, self._starts, self._work.root, lam_t,
+                                          group_weights=self._group_weights())
+        # N_w under survey weights; precision weights add -sum_i log w_i
+        n, p, logw = self._work.n_lik, self.k_fe, self._work.log_weight_sum
         if reml:
             t = dev.terms(theta)
-            return float(logdet + t.logdet_RX + (n - p) * (LOG2PI + np.log(scale)) + quad / scale)
-        return float(logdet + n * (LOG2PI + np.log(scale)) + quad / scale)
+            return float(logdet + t.logdet_RX + (n - p) * (LOG2PI + np.log(scale)) + quad / scale
+                         - logw)
+        return float(logdet + n * (LOG2PI + np.log(scale)) + quad / scale - logw)
 
     def results_at(self, theta: np.ndarray, *, reml: bool = True,
                    compute_vcomp_cov: bool = True):
@@ -687,6 +869,9 @@ class HLM(LikelihoodModel):
         from .results import HLMResults, HLMResultsWrapper, build_fit
 
         rd = self.re_design
+        if reml and self.weight_type == "survey":
+            raise ValueError("REML is not defined with survey weights (pseudo-likelihood): "
+                             "results_at(theta, reml=False)")
         theta = np.asarray(theta, dtype=float)
         if theta.shape != (rd.n_theta,):
             raise ValueError(f"theta must have {rd.n_theta} entries {list(rd.theta_names)}")

@@ -147,8 +147,13 @@ class HLMResults(LikelihoodModelResults):
     distribution (``use_t=False``), as statsmodels' MixedLM.
     """
 
-    def __init__(self, model: "HLM", fit: HLMFit):
+    def __init__(self, model: "HLM", fit: HLMFit, *, cov_type: str | None = None):
         self.fit_result = fit
+        weight_type = getattr(model, "weight_type", None)
+        #: "model" (lme4's vcov) or "sandwich" (clustered by group) for the fixed effects
+        self.cov_type = cov_type or ("sandwich" if weight_type == "survey" else "model")
+        #: None, "precision" or "survey" (pseudo-likelihood)
+        self.weight_type = weight_type
         params = np.concatenate([fit.fe_params, fit.vcomp])
         # normalized_cov_params is assembled on first use (see the property below)
         super().__init__(model, params, normalized_cov_params=None, scale=fit.scale)
@@ -193,8 +198,8 @@ class HLMResults(LikelihoodModelResults):
             fit = self.fit_result
             p, k = len(fit.fe_params), len(fit.vcomp)
             cov = np.zeros((p + k, p + k))
-            cov[:p, :p] = fit.cov_fe
-            cov[p:, p:] = self.cov_vcomp
+            cov[:p, :p] = self._cov_fe_used
+            cov[p:, p:] = self._cov_vcomp_used
             cached = cov / fit.scale
             self.__dict__["_normalized_cov_params"] = cached
         return cached
@@ -206,6 +211,34 @@ class HLMResults(LikelihoodModelResults):
             self.__dict__["_normalized_cov_params"] = value
 
     # ------------------------------------------------------------- scalars
+    @cache_readonly
+    def cov_fe_sandwich(self) -> pd.DataFrame:
+        """Binder's linearization covariance of the fixed effects, clustered by group
+        (:func:`sm_hlm.weights.sandwich_cov_fe`)."""
+        from .weights import sandwich_cov_fe
+        names = self._fe_names
+        return pd.DataFrame(sandwich_cov_fe(self), index=names, columns=names)
+
+    @cache_readonly
+    def cov_vcomp_sandwich(self) -> np.ndarray:
+        """Binder's sandwich covariance of the variance components (``vcomp`` order),
+        clustered by group (:func:`sm_hlm.weights.sandwich_cov_vcomp`; ML fits)."""
+        from .weights import sandwich_cov_vcomp
+        return sandwich_cov_vcomp(self)[:self.k_vcomp, :self.k_vcomp]
+
+    @property
+    def _cov_vcomp_used(self) -> np.ndarray:
+        """The sandwich for ML fits with cov_type="sandwich", else the model-based one."""
+        if self.cov_type == "sandwich" and not self.reml:
+            return self.cov_vcomp_sandwich
+        return self.cov_vcomp
+
+    @property
+    def _cov_fe_used(self) -> np.ndarray:
+        if self.cov_type == "sandwich":
+            return self.cov_fe_sandwich.to_numpy()
+        return self.fit_result.cov_fe
+
     @cache_readonly
     def llf(self) -> float:
         return self.fit_result.llf
@@ -234,7 +267,8 @@ class HLMResults(LikelihoodModelResults):
 
     @cache_readonly
     def bse_fe(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.fit_result.cov_fe)), index=self._fe_names,
+        """Standard errors of the fixed effects (of ``cov_type``'s covariance)."""
+        return pd.Series(np.sqrt(np.diag(self._cov_fe_used)), index=self._fe_names,
                          name="bse_fe")
 
     @cache_readonly
@@ -253,7 +287,7 @@ class HLMResults(LikelihoodModelResults):
 
     @cache_readonly
     def bse_re(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.cov_vcomp)),
+        return pd.Series(np.sqrt(np.diag(self._cov_vcomp_used)),
                          index=self.model.re_design.vcomp_names(), name="bse_re")
 
     @cache_readonly
@@ -263,8 +297,9 @@ class HLMResults(LikelihoodModelResults):
 
     @cache_readonly
     def corr_fe(self) -> pd.DataFrame:
-        """Correlation of the fixed-effect estimates (lme4's summary)."""
-        c = self.fit_result.cov_fe
+        """Correlation of the fixed-effect estimates (lme4's summary; of the sandwich
+        covariance when ``cov_type == "sandwich"``)."""
+        c = self._cov_fe_used
         s = np.sqrt(np.diag(c))
         return pd.DataFrame(c / np.outer(s, s), index=self._fe_names, columns=self._fe_names)
 
@@ -355,6 +390,15 @@ class HLMResults(LikelihoodModelResults):
     def resid(self) -> pd.Series | np.ndarray:
         """Conditional residuals y - X beta - Z b."""
         return self._wrap_rows(self.model.endog - self._fitted_array, "resid")
+
+    @cache_readonly
+    def resid_pearson(self) -> pd.Series | np.ndarray:
+        """Pearson residuals sqrt(w_i) (y - X beta - Z b) / sigma (lme4's
+        ``residuals(fit, type = "pearson", scaled = TRUE)``; w_i the precision
+        weights, 1 without them)."""
+        r = (self.model.endog - self._fitted_array) / np.sqrt(self.scale)
+        w = getattr(self.model, "weights", None)
+        return self._wrap_rows(r if w is None else r * np.sqrt(w), "resid_pearson")
 
     @cache_readonly
     def resid_scaled(self) -> pd.Series | np.ndarray:
@@ -460,7 +504,10 @@ class HLMResults(LikelihoodModelResults):
         return self.model.marginal_cov(group, self.fit_result.cov_re, self.scale)
 
     def loglike_dense(self) -> float:
-        """The ML log-likelihood at the estimates, group by group (slow oracle)."""
+        """The ML log-likelihood at the estimates, group by group (slow oracle; unweighted
+        models only)."""
+        if getattr(self.model, "weight_type", None) is not None:
+            raise NotImplementedError("loglike_dense is an oracle for unweighted models")
         if getattr(self.model, "_residual_kernel", None) is not None:
             from .residual_fit import loglike_dense
             return loglike_dense(self)
@@ -686,8 +733,8 @@ class HLMResults(LikelihoodModelResults):
         if not hasattr(self, "_cache"):
             self._cache = {}
         self._data_attr = list(getattr(self, "_data_attr", []))
-        self._data_in_cache = ["fittedvalues", "resid", "resid_scaled", "_fitted_array",
-                               "resid_normalized"]
+        self._data_in_cache = ["fittedvalues", "resid", "resid_scaled", "resid_pearson",
+                               "_fitted_array", "resid_normalized"]
         self._data_attr_model = ["exog_re", "groups", "group_codes", "_order", "data.frame",
                                  "data.row_labels", "data.exog_re", "data.groups", "row_index"]
         super().remove_data()

@@ -174,6 +174,9 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
     model = results.model
     smry = HLMSummary()
     crit = "REML" if results.reml else "maximum likelihood"
+    weight_type = getattr(model, "weight_type", None)
+    if weight_type == "survey":
+        crit = "maximum pseudo-likelihood (survey weights)"
     formula = getattr(model, "formula", None)
     smry.add_title(f"Linear mixed model fit by {crit}")
     sizes = model.group_sizes
@@ -188,13 +191,15 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
         "Mean group size:": f"{sizes.mean():.1f}",
         "AIC:": f"{results.aic:.1f}",
         "BIC:": f"{results.bic:.1f}",
-        "Log-Likelihood:": f"{results.llf:.1f}",
+        ("Log-pseudo-likelihood:" if weight_type == "survey" else "Log-Likelihood:"):
+            f"{results.llf:.1f}",
         ("REML criterion:" if results.reml else "Deviance:"): f"{results.deviance:.1f}",
         "df.resid:": f"{int(results.df_resid)}",
         "Converged:": "Yes" if results.converged else "No",
     }
     extra = _structure_info(results)
     info.update(extra)
+    info.update(_weight_info(results))
     smry.add_dict(info, ncols=2, title=f"Formula: {formula}" if formula else None)
     q = residual_quantiles(results).to_frame().T
     q.index = [""]
@@ -207,6 +212,11 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
     if cov_type is not None:
         smry.add_text(f"Fixed effects: cluster-robust ({cov_type}) standard errors, clusters = "
                       f"{model.group_name}")
+    elif getattr(results, "cov_type", "model") == "sandwich":
+        smry.add_text("Fixed effects: sandwich (linearization) standard errors clustered by "
+                      f"{model.group_name}" + (
+                          "; log-likelihood, AIC and BIC are of the pseudo-likelihood: compare "
+                          "models by Wald tests" if weight_type == "survey" else ""))
     if getattr(model, "levels", None) is not None:  # built by HLM.from_levels
         from .levels import add_level_tables
         add_level_tables(smry, results, ddf=ddf, float_format=float_format)
@@ -245,6 +255,20 @@ def correlation_table(results: "HLMResults", *, width: int = DEFAULT_WIDTH) -> p
         rows = [f"({i + 2}) {n}" for i, n in enumerate(names[1:])]
     cells.index, cells.columns = rows, cols
     return cells
+
+
+def _weight_info(results: "HLMResults") -> dict[str, str]:
+    """Lines naming the weights, their scaling and the standard errors."""
+    model = results.model
+    kind = getattr(model, "weight_type", None)
+    if kind is None:
+        return {}
+    se = ("sandwich (clustered)" if getattr(results, "cov_type", "model") == "sandwich"
+          else "model-based")
+    if kind == "precision":
+        return {"Weights:": "precision", "Std. errors:": se}
+    return {"Weights:": "survey (pseudo-likelihood)",
+            "Weight scaling:": str(model.weight_scaling), "Std. errors:": se}
 
 
 def _structure_info(results: "HLMResults") -> dict[str, str]:

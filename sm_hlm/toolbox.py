@@ -60,8 +60,12 @@ def model_with_fixed_columns(model: "HLM", keep: np.ndarray | None = None,
     with warnings.catch_warnings():
         # the warning about group-level variables was given with the original model
         warnings.simplefilter("ignore", Level2InRandomWarning)
+        survey = getattr(model, "survey", None)
         new = HLM(y, X, g, Z, re_terms=list(model.re_design.terms), missing="none",
-                  residual=model.residual)
+                  residual=model.residual, weights=getattr(model, "weights", None),
+                  survey_weights=None if survey is None else [
+                      pd.Series(a, name=nm) for a, nm in zip(survey.raw, survey.names)],
+                  weight_scaling=getattr(model, "weight_scaling", None) or "size")
     if keep is None:
         for a in _FORMULA_ATTRS:
             if hasattr(model, a):
@@ -154,7 +158,10 @@ def simulate(results: Any, nsim: int = 1, *, seed: Any = None,
             b = np.einsum("ab,mbs->mas", F, rng.standard_normal((m, q, nsim)))
         sims += np.einsum("iq,iqs->is", model.exog_re, b[model.group_codes])
     if getattr(model, "_residual_kernel", None) is None:
-        sims += np.sqrt(fit.scale) * rng.standard_normal((n, nsim))
+        # precision weights: residual variance sigma^2 / w_i
+        w = getattr(model, "weights", None)
+        sd = np.sqrt(fit.scale) if w is None else np.sqrt(fit.scale / w)[:, None]
+        sims += sd * rng.standard_normal((n, nsim))
     else:
         sims += _structured_errors(res, nsim, rng)
     labels = model.data.row_labels

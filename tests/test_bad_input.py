@@ -177,8 +177,8 @@ def test_unknown_model_keywords_are_errors(data):
     """No keyword is silently dropped: a weighted model must never be fitted unweighted."""
     from sm_hlm.formula.api import hlm
     d = data.assign(w=1.0)
-    with pytest.raises(TypeError, match="'weights' is not supported"):
-        sm_hlm.HLM.from_formula(F, d, weights="w")
+    # weights= is supported now (issue 9): it reaches the model
+    assert sm_hlm.HLM.from_formula(F, d, weights="w").weight_type == "precision"
     with pytest.raises(TypeError, match="'freq_weights' is not supported"):
         hlm(F, d, freq_weights=d.w)
     with pytest.raises(TypeError, match="'vc_formula' is not supported"):
