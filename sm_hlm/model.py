@@ -364,12 +364,18 @@ class HLM(LikelihoodModel):
         """Columns of X that R's ``qr(X, tol = 1e-7)`` (lme4's rank check) finds aliased.
 
         A column is aliased when the norm of its residual on the earlier
-        columns is below 1e-7 of its own norm.  A Cholesky of the normalised
+        columns is below 1e-7 of its own norm (columns centred when X has a
+        constant column, so that the answer does not depend on where a
+        predictor's zero is).  A Cholesky of the normalised
         cross product answers at once where every column is far from that line;
         otherwise a QR decomposition of the columns decides, as R does.
         """
-        p = self.k_fe
-        X = self._sorted_rows(self.exog)
+        X = np.array(self.exog, dtype=float)
+        const = (np.ptp(X, axis=0) == 0) & (X[0] != 0) if len(X) else np.zeros(0, bool)
+        if const.any():
+            # with an intercept, a shift of a column changes nothing: judge centred columns
+            # (the check is invariant under the reparametrisations the estimates are)
+            X[:, ~const] -= X[:, ~const].mean(axis=0)
         X = X / np.maximum(np.linalg.norm(X, axis=0), np.finfo(float).tiny)
         L, kept = sequential_rank_cholesky((X.T @ X)[:, :, None], tol=1e-10)
         if kept.all():
