@@ -255,3 +255,40 @@ def test_results_methods_reject_unknown_keywords(data):
             getattr(res, name)(banana=1)
         checked += 1
     assert checked >= 25
+
+
+def test_constant_response_is_a_clear_error(data):
+    d = data.assign(mscore=50.0)
+    with pytest.raises(sm_hlm.IdentificationError, match="'mscore' is constant"):
+        sm_hlm.HLM.from_formula(F, d)
+
+
+def test_response_constant_within_groups_is_a_clear_error(data):
+    # a random intercept fits such a response exactly: sigma^2 -> 0, the likelihood is unbounded
+    d = data.assign(mscore=data.groupby("school")["mscore"].transform("mean"))
+    with pytest.raises(sm_hlm.IdentificationError, match="fitted exactly within the groups"):
+        sm_hlm.HLM.from_formula("mscore ~ ses + (1 | school)", d)
+    # ... but not when every group's rows are all taken up by its random effects (bounded)
+    two = data.groupby("school").head(2)
+    two = two.assign(mscore=two.groupby("school")["mscore"].transform("mean") + two.ses)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sm_hlm.HLM.from_formula("mscore ~ ses + (ses || school)", two).fit(reml=False)
+    assert np.isfinite(res.llf)
+
+
+def test_near_collinear_columns_fit_as_lme4_does(data):
+    """R's qr(X, tol = 1e-7) rule: 1e-6 noise keeps the column (lme4 fits), an exact copy
+    is refused with the column named; a shift of the column changes neither."""
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=len(data))
+    for shift in (0.0, 1e5):
+        d = data.assign(ses=data.ses + shift, ses2=data.ses + shift + 1e-6 * noise)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sm_hlm.SingularFitWarning)
+            res = sm_hlm.HLM.from_formula("mscore ~ ses + ses2 + (1 | school)", d).fit(
+                reml=False)
+        assert res.converged and abs(res.llf - res.loglike_dense()) < 1e-6 * abs(res.llf)
+        d = data.assign(ses=data.ses + shift, ses2=data.ses + shift)
+        with pytest.raises(sm_hlm.IdentificationError, match=r"\['ses2'\]"):
+            sm_hlm.HLM.from_formula("mscore ~ ses + ses2 + (1 | school)", d)
