@@ -502,7 +502,7 @@ class ProfiledDeviance:
 
     # ------------------------------------------------------------ kernels
     def _build_pair_products(self) -> None:
-        r, m, q = self._p + 1, self._m, self._q
+        r, m = self._p + 1, self._m
         Gt = self._Gw.transpose(1, 0, 2)                           # (r, q, m)
         S = np.empty((r, r, len(self._pairs), m))
         for k, (a, b) in enumerate(self._pairs):

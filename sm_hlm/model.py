@@ -443,7 +443,8 @@ class HLM(LikelihoodModel):
                 "combinations of the columns before them (or constant); drop them")
         from .crosslevel import warn_level2_in_random
         # columns constant over all rows are intercepts, not group-level variables
-        varying = np.ptp(self.exog_re, axis=0) > 0 if len(self.exog_re) else np.zeros(q, bool)
+        varying = (np.ptp(self.exog_re, axis=0) > 0 if len(self.exog_re)
+                   else np.zeros(self.k_re, bool))
         re_cols = [c for c, v in zip(self.re_design.names, varying) if v]
         if re_cols:
             frame = pd.DataFrame(self.exog_re[:, varying], columns=re_cols)

@@ -29,10 +29,9 @@ comes from the stored cross products (no pass over the rows).  Hence
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from .blocked import BlockedDeviance
-from .solution import _modes, selected_inverse
+from .solution import _modes, factor_at, selected_inverse
 
 __all__ = ["deviance_gradient"]
 
@@ -46,12 +45,8 @@ def deviance_gradient(dev: BlockedDeviance, theta: np.ndarray) -> np.ndarray:
         When Omega(theta) is not positive definite.
     """
     st = dev.structure
-    f = dev.factor(theta)
-    if f is None:
-        raise ValueError("Omega(theta) is not positive definite at this theta")
+    f, R, beta = factor_at(dev, theta)
     K, J, p, r, N = st.K, st.J, st.k_fe, st.r, st.N_D
-    R = f.R(r)
-    beta = solve_triangular(R[:p, :p], R[p, :p], lower=True, trans="T") if p else np.zeros(0)
     u = _modes(st, f, beta)
     lams = f.lambdas
     b = [lams[k] @ u[k] for k in range(K)]

@@ -65,8 +65,9 @@ class Solution:
     pwrss: float
 
 
-def solve_at(dev: BlockedDeviance, theta: np.ndarray, *, condvar: bool = True) -> Solution:
-    """beta, sigma^2, cov(beta), conditional modes (and variances) at ``theta``.
+def factor_at(dev: BlockedDeviance, theta: np.ndarray
+              ) -> tuple[BlockedFactor, np.ndarray, np.ndarray]:
+    """The blocked factor at ``theta``, the factor R of the [X y] block and beta.
 
     Raises
     ------
@@ -77,10 +78,24 @@ def solve_at(dev: BlockedDeviance, theta: np.ndarray, *, condvar: bool = True) -
     f = dev.factor(theta)
     if f is None:
         raise ValueError("Omega(theta) is not positive definite at this theta")
-    n, p, r, K, J = st.nobs, st.k_fe, st.r, st.K, st.J
-    R = f.R(r)
+    p = st.k_fe
+    R = f.R(st.r)
+    beta = solve_triangular(R[:p, :p], R[p, :p], lower=True, trans="T") if p else np.zeros(0)
+    return f, R, beta
+
+
+def solve_at(dev: BlockedDeviance, theta: np.ndarray, *, condvar: bool = True) -> Solution:
+    """beta, sigma^2, cov(beta), conditional modes (and variances) at ``theta``.
+
+    Raises
+    ------
+    ValueError
+        When Omega(theta) is not positive definite.
+    """
+    st = dev.structure
+    f, R, beta = factor_at(dev, theta)
+    n, p, K, J = st.nobs, st.k_fe, st.K, st.J
     RX = R[:p, :p]
-    beta = solve_triangular(RX, R[p, :p], lower=True, trans="T") if p else np.zeros(0)
     scale = f.pwrss / (n - p if dev.reml else n)
     RXinv = solve_triangular(RX, np.eye(p), lower=True) if p else np.zeros((0, 0))
     cov_beta = scale * RXinv.T @ RXinv
