@@ -102,3 +102,38 @@ def test_loglik_is_dense_loglik_with_large_predictors(name):
     assert rb.llf == pytest.approx(rr.llf, abs=1e-6)
     np.testing.assert_allclose(rb.fittedvalues, rr.fittedvalues, rtol=1e-6)
     assert rb.converged and rr.converged
+
+
+def test_reml_with_a_predictor_around_1e5_is_exact():
+    """The fuzz case where lme4's REML criterion loses digits (x = 1e5 + N(0, 1)): sm_hlm's
+    REML log-likelihood is the one computed in 50-digit arithmetic at its estimates, and at
+    lme4's theta it is 1.3e-5 below lme4's printed value, which is lme4's rounding."""
+    mp = pytest.importorskip("mpmath")
+    from validation.fuzz.cases import get_case
+    mp.mp.dps = 50
+    d = get_case("large_pred_ri").data()
+    res = sm_hlm.HLM.from_formula("y ~ x + (1 | g)", d).fit(reml=True)
+
+    def reml_loglik(theta: float) -> float:
+        th = mp.mpf(theta)
+        xtvx, xtvy, ytvy, logdet = mp.matrix(2, 2), mp.matrix(2, 1), mp.mpf(0), mp.mpf(0)
+        for _, grp in d.groupby("g"):
+            nj = len(grp)
+            c = th ** 2 / (1 + nj * th ** 2)          # V_j^-1 = I - c 11'
+            logdet += mp.log(1 + nj * th ** 2)
+            cols = [[mp.mpf(1)] * nj, [mp.mpf(v) for v in grp.x]]
+            y = [mp.mpf(v) for v in grp.y]
+            sums, sy = [mp.fsum(col) for col in cols], mp.fsum(y)
+            for a in range(2):
+                for b in range(2):
+                    xtvx[a, b] += (mp.fsum(u * v for u, v in zip(cols[a], cols[b]))
+                                   - c * sums[a] * sums[b])
+                xtvy[a] += mp.fsum(u * v for u, v in zip(cols[a], y)) - c * sums[a] * sy
+            ytvy += mp.fsum(v * v for v in y) - c * sy * sy
+        n, p = len(d), 2
+        pw = ytvy - (xtvy.T * mp.lu_solve(xtvx, xtvy))[0]
+        dev = logdet + mp.log(mp.det(xtvx)) + (n - p) * (1 + mp.log(2 * mp.pi * pw / (n - p)))
+        return float(-dev / 2)
+
+    assert res.llf == pytest.approx(reml_loglik(res.theta[0]), abs=1e-9)
+    assert res.llf >= reml_loglik(0.9195344760398033)     # lme4's theta (fuzz_lme4.json)

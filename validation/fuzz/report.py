@@ -7,9 +7,7 @@ Run from the repository root (no R needed: the lme4 fits are the committed
     python -m validation.fuzz --category huge_ratio --limit 5 --json-out out.json
 
 For each fit (case x {ML, REML}) with d = sm_hlm's ``llf`` - lme4's logLik
-(default ``lmer`` control; where lme4's logLik is not the log-likelihood of its
-own estimates by more than 1e-8 relative, the oracle's value there) the report
-counts, by category and in total:
+(default ``lmer`` control) the report counts, by category and in total:
 
 - match: |d| <= 1e-6; better: d > 1e-6;
 - worse (warned): d < -1e-6 and sm_hlm raised a ConvergenceWarning;
@@ -100,30 +98,17 @@ class FitOutcome:
     # ---------------------------------------------------------- verdicts
     @property
     def diff(self) -> float | None:
-        """sm_hlm llf - lme4's logLik (default control).
-
-        Where lme4's reported logLik is not the log-likelihood of its own
-        estimates (it differs from the oracle there by more than 1e-8
-        relative: lme4's arithmetic lost digits, e.g. with predictors around
-        1e5), the oracle's value at lme4's estimates is the reference.
-        """
+        """sm_hlm llf - lme4 logLik (default control)."""
         if self.llf is None or self.lme4_logLik is None:
             return None
-        return self.llf - self.lme4_logLik - self._lme4_arithmetic_error
-
-    @property
-    def _lme4_arithmetic_error(self) -> float:
-        gap = self.oracle_lme4_gap
-        if gap is None or abs(gap) <= LLF_RTOL * max(1.0, abs(self.lme4_logLik or 0.0)):
-            return 0.0
-        return gap
+        return self.llf - self.lme4_logLik
 
     @property
     def diff_best(self) -> float | None:
-        """sm_hlm llf - the best lme4 logLik over its optimizers (corrected as ``diff``)."""
+        """sm_hlm llf - the best lme4 logLik over its optimizers."""
         if self.llf is None or self.lme4_best is None:
             return None
-        return self.llf - self.lme4_best + self._lme4_arithmetic_error
+        return self.llf - self.lme4_best
 
     @property
     def verdict(self) -> str:
