@@ -671,7 +671,7 @@ class HLM(LikelihoodModel):
 
     # -------------------------------------------------------------------- fit
     def fit(self, start_params: np.ndarray | None = None, reml: bool = True, *,
-            method: str = "bobyqa", maxiter: int | None = None, maxeval: int = 100_000,
+            method: str = "auto", maxiter: int | None = None, maxeval: int = 100_000,
             ftol_abs: float | None = None, xtol_abs: float = 1e-8, disp: bool = False,
             compute_vcomp_cov: bool = True, cov_type: str | None = None, **kwargs: Any):
         """Fit by REML (default, as lme4 and MixedLM) or ML.
@@ -687,9 +687,11 @@ class HLM(LikelihoodModel):
         reml
             REML when True, maximum likelihood when False (a bool).
         method
-            ``"bobyqa"``: BOBYQA (NLopt; lme4's default) polished by L-BFGS-B
-            with the analytic gradient; ``"lbfgs"``: L-BFGS-B alone.  With a
-            residual structure only ``"bobyqa"``.
+            ``"auto"`` (default): L-BFGS-B with the analytic gradient from the
+            data-based start, and BOBYQA (NLopt; lme4's default) only when the
+            convergence check fails there; ``"bobyqa"``: BOBYQA polished by
+            L-BFGS-B; ``"lbfgs"``: L-BFGS-B alone.  With a residual structure
+            ``"auto"`` and ``"bobyqa"`` are BOBYQA.
         maxiter
             statsmodels' name for the evaluation limit (``maxeval``).
         maxeval, ftol_abs, xtol_abs
@@ -735,10 +737,10 @@ class HLM(LikelihoodModel):
             cov_type = "sandwich" if self.weight_type == "survey" else "model"
         if cov_type not in ("model", "sandwich"):
             raise ValueError(f"cov_type={cov_type!r}: use 'model' or 'sandwich'")
-        if method not in ("bobyqa", "lbfgs"):
+        if method not in ("auto", "bobyqa", "lbfgs"):
             raise ValueError(f"method={method!r} is not available: sm_hlm optimises the profiled "
-                             "deviance with 'bobyqa' (BOBYQA then L-BFGS-B, the default) or "
-                             "'lbfgs' (L-BFGS-B with the analytic gradient)")
+                             "deviance with 'auto' (the default), 'bobyqa' (BOBYQA then "
+                             "L-BFGS-B) or 'lbfgs' (L-BFGS-B with the analytic gradient)")
         if maxiter is not None:
             if int(maxiter) < 1:
                 raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
@@ -747,8 +749,9 @@ class HLM(LikelihoodModel):
             if cov_type != "model":
                 raise NotImplementedError("cov_type='sandwich' is not available with a "
                                           "residual structure yet")
-            if method != "bobyqa":
-                raise ValueError("a residual structure is fitted by method='bobyqa' only")
+            if method == "lbfgs":
+                raise ValueError("a residual structure is fitted by BOBYQA: method='auto' or "
+                                 "'bobyqa'")
             from .residual_fit import fit_structured
             return fit_structured(self, start_params=start_params, reml=reml, maxeval=maxeval,
                                   ftol_abs=1e-12 if ftol_abs is None else ftol_abs,
@@ -769,7 +772,8 @@ class HLM(LikelihoodModel):
         record = minimize_deviance(opt_dev, rd.theta_lower, start=sp, identity=rd.theta_start(),
                                    ftol_abs=1e-8 if ftol_abs is None else ftol_abs,
                                    xtol_abs=xtol_abs, maxeval=maxeval, names=rd.theta_names,
-                                   skip_bobyqa=method == "lbfgs")
+                                   skip_bobyqa=method == "lbfgs",
+                                   gradient_first=method == "auto")
         if c != 1.0:       # back to the deviance of the weights as given
             record = dataclasses.replace(
                 record, fun_start=dev(record.start), fun_end=dev(record.end),

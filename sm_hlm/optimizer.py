@@ -205,8 +205,9 @@ def kkt_verdict(x: np.ndarray, g: np.ndarray, H: np.ndarray | None, lower: np.nd
     Notes
     -----
     A parameter on a bound whose gradient points out of the box (moving
-    inward would increase the objective) is held there; the others form the
-    free set F.  The test is scale-free: the Newton decrement
+    inward would increase the objective) is held there, unless the slope is
+    negligible and the curvature negative (then moving inward lowers the
+    objective: a failure); the others form the free set F.  The test is scale-free: the Newton decrement
     sqrt(g_F' H_FF^{-1} g_F), the square root of twice the decrease a
     Newton step would bring, must be at most ``tol`` (invariant to rescaling
     the parameters), and H_FF must be positive definite (a strict local
@@ -217,6 +218,15 @@ def kkt_verdict(x: np.ndarray, g: np.ndarray, H: np.ndarray | None, lower: np.nd
         return False, "the gradient is not finite at the end point"
     at_lo = (x - lower <= _BOUND_TOL) & (g >= 0)
     at_hi = (upper - x <= _BOUND_TOL) & (g <= 0)
+    if H is not None and np.all(np.isfinite(np.diag(H))):
+        # a bound where the slope vanishes (a variance at zero: the deviance is even in its
+        # factor) and the curvature is negative: moving inside lowers the objective
+        dh = np.diag(H)
+        rising = (at_lo | at_hi) & (dh < 0) & (np.abs(g) <= tol * np.sqrt(np.abs(dh)))
+        if rising.any():
+            return False, (f"parameter(s) {np.flatnonzero(rising).tolist()} on a bound with zero "
+                           "slope and negative curvature: the objective decreases into the "
+                           "interior (a saddle on the boundary)")
     free = ~(at_lo | at_hi)
     if not free.any():
         return True, "every parameter on a bound, the gradient points out of the box"
@@ -397,7 +407,8 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
                            *, ftol_abs: float = 1e-8, xtol_abs: float = 1e-8,
                            maxeval: int = 100_000, names: tuple[str, ...] = (),
                            restart_points: tuple[np.ndarray, ...] = (),
-                           tol: float = NEWTON_TOL, skip_bobyqa: bool = False) -> OptimizerRecord:
+                           tol: float = NEWTON_TOL, skip_bobyqa: bool = False,
+                           gradient_first: bool = False) -> OptimizerRecord:
     """BOBYQA, an L-BFGS-B polish with the analytic gradient, a verdict and restarts.
 
     Parameters
@@ -412,6 +423,9 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
         Newton-decrement tolerance of the verdict (:func:`kkt_verdict`).
     skip_bobyqa
         Use L-BFGS-B alone.
+    gradient_first
+        Start with L-BFGS-B alone (fast from a good start) and run BOBYQA
+        only when the verdict fails there.
 
     Notes
     -----
@@ -442,8 +456,8 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
               for lo, hi in zip(lower, upper)]
     notes: list[str] = []
 
-    def attempt(start: np.ndarray) -> tuple[np.ndarray, float, int]:
-        if skip_bobyqa:
+    def attempt(start: np.ndarray, bobyqa: bool | None = None) -> tuple[np.ndarray, float, int]:
+        if not (use_bobyqa if bobyqa is None else bobyqa):
             x1, f1, code = np.clip(start, lower, upper), obj(np.clip(start, lower, upper)), 1
         else:
             x1, f1, code = _bobyqa(obj, start, lower, upper, _steps(start, lower, upper, 0.25),
@@ -454,6 +468,7 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
             x1, f1 = np.clip(res.x, lower, upper), float(res.fun)
         return x1, f1, code
 
+    use_bobyqa = not (skip_bobyqa or gradient_first)
     x, f, code = attempt(x0)
     n_restarts = 0
     restart_points = tuple(np.asarray(r, dtype=float) for r in restart_points)
@@ -487,6 +502,17 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
     g = obj.grad(x)
     H = _hessian_from_gradient(obj.grad, x, lower, upper)
     ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
+    if not ok and gradient_first and not skip_bobyqa:
+        # the gradient path did not settle: BOBYQA from the start, then the polish
+        use_bobyqa = True
+        x2, f2, code2 = attempt(x0)
+        n_restarts += 1
+        if f2 < f:
+            x, f, code = x2, f2, code2
+            x, f = _snap_to_bounds(obj, x, f, lower, upper)
+            g = obj.grad(x)
+            H = _hessian_from_gradient(obj.grad, x, lower, upper)
+            ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
     if not ok:
         # a modified Newton polish: handles the ill-conditioning (variance ratios of 1e6)
         # and the saddle points that quasi-Newton and BOBYQA stop at
@@ -511,7 +537,8 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
     if code < 0 or code in (5, 6):
         notes.insert(0, f"BOBYQA stopped: {_NLOPT_MESSAGES.get(code, str(code))}")
     msg = "; ".join([("converged" if ok else "NOT converged") + f": {note}", *notes])
-    method = "L-BFGS-B" if skip_bobyqa else "BOBYQA (NLopt) + L-BFGS-B"
+    method = ("L-BFGS-B" if skip_bobyqa or not use_bobyqa
+              else "BOBYQA (NLopt) + L-BFGS-B")
     return OptimizerRecord(method, x0, x, f_start, f, obj.count, g, ok, msg,
                            names, H, n_restarts)
 
