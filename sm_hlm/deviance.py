@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .linalg import (batched_cholesky, batched_forward_solve, batched_inverse_lower,
-                     group_crossprod)
+from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_solve_T,
+                     batched_inverse_lower, group_crossprod)
 
 __all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
            "working_stats", "root_factors", "group_qr", "residual_quadratic"]
@@ -64,6 +64,10 @@ LOG2PI = float(np.log(2.0 * np.pi))
 #: Largest number of entries of the per-group pair products for the fast path: beyond it
 #: (many groups) the memory traffic of the pair products outweighs the saved numpy calls.
 _PAIR_PRODUCT_LIMIT = 1_000_000
+#: Groups per block of the blocked kernels (:meth:`ProfiledDeviance._blocked_system`): beyond
+#: this many groups an evaluation runs block by block so that every per-group temporary of a
+#: block stays in the CPU cache; the cost per group is then independent of m.
+_CHUNK_GROUPS = 4096
 #: A direction of Z_j whose squared residual after the earlier columns is below this
 #: fraction of its squared norm is aliased (only rounding is left of it).
 _ROOT_TOL = 1e-14
@@ -203,23 +207,29 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, codes: np.ndarray,
     """
     n, q = Z.shape
     m = len(starts)
-    Q = np.zeros((n, q))
+    counts = np.diff(np.append(starts, n))
+    Q = np.zeros((n, q), order="F")           # contiguous columns
     R = np.zeros((q, q, m))
     kept = np.zeros((q, m), dtype=bool)
+    buf = np.empty(n)
     for k in range(q):            # the tiny q dimension
-        v = Z[:, k].copy()
-        norm0 = np.sqrt(np.add.reduceat(v * v, starts))
+        v = np.array(Z[:, k], dtype=float)
+        np.multiply(v, v, out=buf)
+        norm0 = np.sqrt(np.add.reduceat(buf, starts))
         for _ in range(2):
             for i in range(k):
-                c = np.add.reduceat(Q[:, i] * v, starts)
-                v -= Q[:, i] * c[codes]
+                np.multiply(Q[:, i], v, out=buf)
+                c = np.add.reduceat(buf, starts)
+                np.multiply(Q[:, i], np.repeat(c, counts), out=buf)   # rows sorted by group
+                v -= buf
                 R[i, k] += c
-        nk = np.sqrt(np.add.reduceat(v * v, starts))
+        np.multiply(v, v, out=buf)
+        nk = np.sqrt(np.add.reduceat(buf, starts))
         ok = nk > tol * norm0
         kept[k] = ok
         R[k, k] = np.where(ok, nk, 0.0)
-        R[:k, k] = np.where(ok, R[:k, k], R[:k, k])
-        Q[:, k] = np.where(ok[codes], v / np.where(ok, nk, 1.0)[codes], 0.0)
+        np.multiply(v, np.repeat(np.where(ok, 1.0 / np.where(ok, nk, 1.0), 0.0), counts),
+                    out=Q[:, k])
     return Q, np.ascontiguousarray(R.transpose(1, 0, 2)), kept
 
 
@@ -278,11 +288,13 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     cross products enters the deviance.
     """
     n, p = X.shape
-    W = np.column_stack([X, y])
+    W = np.empty((n, p + 1), order="F")          # contiguous columns for the passes below
+    W[:, :p] = X
+    W[:, p] = y
     D = _column_map(W, [(0, p + 1, True)])
     if p and not any(np.all(X[:, i] == X[0, i]) and X[0, i] != 0 for i in range(p)):
         D = _column_map(W, [(0, p + 1, False)])
-    Wt = W @ D
+    Wt = (D.T @ W.T).T                            # W D with contiguous columns
     q = Z.shape[1]
     T = _column_map(Z, z_blocks) if q else np.eye(0)
     Zt = Z @ T if q else Z
@@ -293,10 +305,7 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         G = group_crossprod(Q, Wt, starts)                       # Q_j' W_j (q, r, m)
         ZtZ = np.einsum("akm,bkm->abm", F, F)                    # Z_j'Z_j = F_j F_j'
         ZtW = np.einsum("akm,krm->arm", F, G)                    # Z_j'W_j = F_j G_j
-        E = Wt.copy()
-        for k in range(q):                                       # the tiny q dimension
-            E -= Q[:, k:k + 1] * G[k].T[codes]
-        within = E.T @ E
+        within = _within_crossprod(Wt, Q, G, starts)
     else:
         ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
         Q, F, G = np.zeros((n, 0)), None, None
@@ -304,6 +313,25 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=Wt.T @ Wt, nobs=n, k_fe=p, within=within,
                          root=F, proj=G)
     return st, Reparametrization(D, T), Q
+
+
+def _within_crossprod(W: np.ndarray, Q: np.ndarray, G: np.ndarray,
+                      starts: np.ndarray) -> np.ndarray:
+    """sum_j E_j'E_j with E_j = W_j - Q_j G_j (rows sorted by group), from the rows.
+
+    Column by column with one reused buffer, the group values spread to the rows
+    by :func:`numpy.repeat` (rows are sorted by group).
+    """
+    n, r = W.shape
+    counts = np.diff(np.append(starts, n))
+    E = np.empty((n, r), order="F")
+    buf = np.empty(n)
+    for c in range(r):
+        E[:, c] = W[:, c]
+        for k in range(Q.shape[1]):                              # the tiny q dimension
+            np.multiply(Q[:, k], np.repeat(G[k, c], counts), out=buf)
+            E[:, c] -= buf
+    return E.T @ E
 
 
 def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.ndarray | None,
@@ -318,16 +346,15 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
     if not q:
         return float(r @ r), 0.0
     n, m = len(r), len(starts)
-    codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
     g = group_crossprod(Q, r[:, None], starts)                  # (q, 1, m)
-    e = r - np.einsum("ik,ki->i", Q, g[:, 0, :][:, codes])
+    e2 = float(_within_crossprod(r[:, None], Q, g, starts)[0, 0])
     K = np.einsum("bam,bc->acm", F, lam)
     M = np.einsum("acm,bcm->abm", K, K)
     M[np.arange(q), np.arange(q)] += 1.0
     L = batched_cholesky(M)
     H = batched_forward_solve(L, g)[:, 0, :]
     logdet = 2.0 * float(np.log(L[np.arange(q), np.arange(q)]).sum())
-    return float(e @ e + np.sum(H * H)), logdet
+    return e2 + float(np.sum(H * H)), logdet
 
 
 class ProfiledDeviance:
@@ -437,6 +464,9 @@ class ProfiledDeviance:
         if not q:
             return self._within.copy(), 0.0, None
         self._calls += 1
+        if m > _CHUNK_GROUPS and not need_inverse:
+            A, logdet = self._blocked_system(lam_t)
+            return A, logdet, None
         if self._S is None and self._use_pairs and self._calls >= 2:
             self._build_pair_products()
         M = self._m_matrices(lam_t)
@@ -469,6 +499,73 @@ class ProfiledDeviance:
             MG = np.einsum("abm,brm->arm", Minv, self._G)
             A = self._within + np.einsum("asm,arm->sr", self._G, MG)
         return A, logdet, Minv
+
+    # ------------------------------------------------ blocked kernels (many groups)
+    def _blocks(self) -> list[slice]:
+        m = self._m
+        return [slice(a, min(a + _CHUNK_GROUPS, m)) for a in range(0, m, _CHUNK_GROUPS)]
+
+    def _transposed_proj(self) -> np.ndarray:
+        """G in the (r, q, m) layout of :func:`~sm_hlm.linalg.batched_forward_solve_T`."""
+        if getattr(self, "_Gt", None) is None:
+            self._Gt = np.ascontiguousarray(self._G.transpose(1, 0, 2))
+        return self._Gt
+
+    def _block_factor(self, lam_t: np.ndarray, sl: slice) -> np.ndarray:
+        """Lower Cholesky factors L_j of M_j = I + R_j Lambda~ Lambda~' R_j' for one block."""
+        q = self._q
+        K = np.einsum("bam,bc->acm", self._F[:, :, sl], lam_t)      # R_j Lambda~ (q, q, c)
+        M = np.einsum("acm,bcm->abm", K, K)
+        M[np.arange(q), np.arange(q)] += 1.0
+        return batched_cholesky(M)
+
+    def _blocked_system(self, lam_t: np.ndarray) -> tuple[np.ndarray, float]:
+        """A(theta) and log|L|^2, block by block over the groups.
+
+        Notes
+        -----
+        With L_j L_j' = M_j and H_j = L_j^{-1} G_j, A = sum_j E_j'E_j + sum_j H_j'H_j;
+        each block's H is one (r, q c) matrix, so its contribution is one matrix
+        product.  Every temporary has the size of one block, which keeps the
+        memory traffic per evaluation at one read of F and G.
+        """
+        q, r = self._q, self._p + 1
+        Gt = self._transposed_proj()
+        A = self._within.copy()
+        logdet = 0.0
+        diag = np.arange(q)
+        for sl in self._blocks():
+            L = self._block_factor(lam_t, sl)
+            logdet += 2.0 * float(np.log(L[diag, diag]).sum())
+            H = batched_forward_solve_T(L, Gt[:, :, sl])             # (r, q, c)
+            Hf = H.reshape(r, -1)
+            A += Hf @ Hf.T
+        return A, logdet
+
+    def _blocked_gradient_inner(self, lam_t: np.ndarray, RX: np.ndarray, u: np.ndarray,
+                                pwrss: float) -> np.ndarray:
+        """The bracket of the gradient (see the module notes), block by block.
+
+        With J_j = L_j^{-1} R_j and H_j = L_j^{-1} G_j: P_j = J_j'J_j,
+        K_j = J_j'H_j and v_j = J_j'(H_j u).
+        """
+        q, p = self._q, self._p
+        Gt = self._transposed_proj()
+        dof = self.stats.nobs - p if self.reml else self.stats.nobs
+        inner = np.zeros((q, q))
+        for sl in self._blocks():
+            L = self._block_factor(lam_t, sl)
+            Rj = np.ascontiguousarray(self._F[:, :, sl].transpose(1, 0, 2))   # R_j = F_j'
+            J = batched_forward_solve(L, Rj)                               # (q, q, c)
+            H = batched_forward_solve_T(L, Gt[:, :, sl])                   # (r, q, c)
+            h = np.einsum("rac,r->ac", H, u)                               # H_j u (q, c)
+            v = np.einsum("bac,bc->ac", J, h)                              # J_j' H_j u
+            inner += np.einsum("bac,bdc->ad", J, J) - (dof / pwrss) * (v @ v.T)
+            if self.reml and p:
+                Kx = np.einsum("bac,rbc->rac", J, H[:p])                   # K_jx' (p, q, c)
+                Y = np.linalg.solve(RX, Kx.reshape(p, -1)).reshape(p, q, -1)
+                inner -= np.einsum("pac,pbc->ab", Y, Y)
+        return inner
 
     def _reduced(self, lam_t: np.ndarray):
         """Cholesky factor of A, r^2, log|L|^2, log|R_X|^2 (working coordinates) or None."""
@@ -605,7 +702,8 @@ class ProfiledDeviance:
         q, p, m = self._q, self._p, self._m
         if not q:
             return None
-        A, logdet_L, Minv = self._system(lam_t, need_inverse=True)
+        blocked = m > _CHUNK_GROUPS
+        A, logdet_L, Minv = self._system(lam_t, need_inverse=not blocked)
         try:
             R = np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
@@ -617,6 +715,10 @@ class ProfiledDeviance:
         logdet_RX = 2.0 * float(np.log(np.diag(RX)).sum())
         beta = np.linalg.solve(RX.T, R[p, :p]) if p else np.zeros(0)
         u = np.append(-beta, 1.0)
+        if blocked:
+            inner = self._blocked_gradient_inner(lam_t, RX, u, pwrss)
+            dev = self._profiled(pwrss, logdet_L, logdet_RX) + self._const
+            return dev, 2.0 * inner @ lam_t
         F, G = self._F, self._G
         P = np.einsum("abm,bcm,dcm->ad", F, Minv, F)               # sum_j R_j' M_j^-1 R_j
         MG = np.einsum("abm,brm->arm", Minv, G)                    # M_j^-1 G_j
