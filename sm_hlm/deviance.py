@@ -67,7 +67,7 @@ _PAIR_PRODUCT_LIMIT = 1_000_000
 #: Groups per block of the blocked kernels (:meth:`ProfiledDeviance._blocked_system`): beyond
 #: this many groups an evaluation runs block by block so that every per-group temporary of a
 #: block stays in the CPU cache; the cost per group is then independent of m.
-_CHUNK_GROUPS = 4096
+_CHUNK_GROUPS = 8192
 #: A direction of Z_j whose squared residual after the earlier columns is below this
 #: fraction of its squared norm is aliased (only rounding is left of it).
 _ROOT_TOL = 1e-14
@@ -514,10 +514,38 @@ class ProfiledDeviance:
     def _block_factor(self, lam_t: np.ndarray, sl: slice) -> np.ndarray:
         """Lower Cholesky factors L_j of M_j = I + R_j Lambda~ Lambda~' R_j' for one block."""
         q = self._q
+        if q <= 2:
+            return self._block_factor_small(lam_t, sl)
         K = np.einsum("bam,bc->acm", self._F[:, :, sl], lam_t)      # R_j Lambda~ (q, q, c)
         M = np.einsum("acm,bcm->abm", K, K)
         M[np.arange(q), np.arange(q)] += 1.0
         return batched_cholesky(M)
+
+    def _block_factor_small(self, lam_t: np.ndarray, sl: slice) -> np.ndarray:
+        """Closed form of :meth:`_block_factor` for q <= 2.
+
+        With F_j = [[f0, 0], [f1, f2]] (R_j = F_j') and S = Lambda~ Lambda~':
+        M_00 = 1 + f0^2 s00 + 2 f0 f1 s01 + f1^2 s11, M_01 = f2 (f0 s01 + f1 s11),
+        M_11 = 1 + f2^2 s11, then the 2 x 2 Cholesky factor.
+        """
+        q = self._q
+        S = lam_t @ lam_t.T
+        F = self._F
+        f0 = F[0, 0, sl]
+        L = np.zeros((q, q, f0.shape[0]))
+        if q == 1:
+            L[0, 0] = np.sqrt(1.0 + S[0, 0] * f0 * f0)
+            return L
+        f1, f2 = F[1, 0, sl], F[1, 1, sl]
+        m00 = 1.0 + f0 * (S[0, 0] * f0 + 2.0 * S[0, 1] * f1) + S[1, 1] * f1 * f1
+        m01 = f2 * (S[0, 1] * f0 + S[1, 1] * f1)
+        m11 = 1.0 + S[1, 1] * f2 * f2
+        l00 = np.sqrt(m00)
+        l10 = m01 / l00
+        L[0, 0] = l00
+        L[1, 0] = l10
+        L[1, 1] = np.sqrt(m11 - l10 * l10)
+        return L
 
     def _blocked_system(self, lam_t: np.ndarray) -> tuple[np.ndarray, float]:
         """A(theta) and log|L|^2, block by block over the groups.
