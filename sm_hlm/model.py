@@ -359,7 +359,15 @@ class HLM(LikelihoodModel):
                                               {k: kwargs[k] for k in unknown},
                                               _MIXEDLM_MODEL_KEYWORDS))
         if not isinstance(data, pd.DataFrame):
-            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+            from .scale.dask import from_dask, is_dask_collection
+            if is_dask_collection(data):
+                if groups is not None or re_formula is not None or subset is not None:
+                    raise NotImplementedError("with Dask data give the random effects as "
+                                              "(expr | group) terms; groups=, re_formula= and "
+                                              "subset= are for pandas data")
+                return from_dask(formula, data, missing="raise" if missing == "none" else missing,
+                                 **kwargs)
+            raise TypeError(f"data must be a pandas or Dask DataFrame, got {type(data).__name__}")
         if len(data) == 0:
             raise ValueError("empty data: the DataFrame has no rows")
         if subset is not None:
