@@ -558,6 +558,8 @@ class ProfiledDeviance:
         memory traffic per evaluation at one read of F and G.
         """
         q, r = self._q, self._p + 1
+        if q <= 2:
+            return self._blocked_system_small(lam_t)
         Gt = self._transposed_proj()
         A = self._within.copy()
         logdet = 0.0
@@ -567,6 +569,63 @@ class ProfiledDeviance:
             logdet += 2.0 * float(np.log(L[diag, diag]).sum())
             H = batched_forward_solve_T(L, Gt[:, :, sl])             # (r, q, c)
             Hf = H.reshape(r, -1)
+            A += Hf @ Hf.T
+        return A, logdet
+
+    def _blocked_system_small(self, lam_t: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`_blocked_system` for q <= 2 in closed form, with reused block buffers.
+
+        Notes
+        -----
+        With the per-group products P = (f0^2, f0 f1, f1^2, f0 f2, f1 f2, f2^2) of
+        F_j = [[f0, 0], [f1, f2]] (precomputed once) and S = Lambda~ Lambda~', the
+        entries of M_j - I are one (3, 6) x (6, c) product per block:
+        M_00 - 1 = s00 P0 + 2 s01 P1 + s11 P2, M_01 = s01 P3 + s11 P4,
+        M_11 - 1 = s11 P5.  Then H_j0 = G_j0 / l00, H_j1 = (G_j1 - l10 H_j0) / l11
+        with l00 = sqrt(M_00), l10 = M_01 / l00, l11^2 = det M_j / M_00.
+        """
+        q, r, m = self._q, self._p + 1, self._m
+        S = lam_t @ lam_t.T
+        if getattr(self, "_Fprod", None) is None:
+            F = self._F
+            if q == 1:
+                self._Fprod = (F[0, 0] * F[0, 0])[None, :]
+            else:
+                f0, f1, f2 = F[0, 0], F[1, 0], F[1, 1]
+                self._Fprod = np.ascontiguousarray(
+                    np.stack([f0 * f0, f0 * f1, f1 * f1, f0 * f2, f1 * f2, f2 * f2]))
+        if q == 1:
+            C = np.array([[S[0, 0]]])
+        else:
+            C = np.array([[S[0, 0], 2.0 * S[0, 1], S[1, 1], 0.0, 0.0, 0.0],
+                          [0.0, 0.0, 0.0, S[0, 1], S[1, 1], 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, S[1, 1]]])
+        Gt, P = self._transposed_proj(), self._Fprod
+        A = self._within.copy()
+        logdet = 0.0
+        cmax = min(_CHUNK_GROUPS, m)
+        H = np.empty((r, q, cmax))
+        for a in range(0, m, cmax):
+            sl = slice(a, min(a + cmax, m))
+            k = sl.stop - a
+            Mb = C @ P[:, sl]                                    # M_j - I (3, k) or (1, k)
+            Mb[0] += 1.0
+            Hb = H[:, :, :k]
+            if q == 1:
+                logdet += float(np.log(Mb[0]).sum())
+                np.multiply(Gt[:, 0, sl], 1.0 / np.sqrt(Mb[0]), out=Hb[:, 0])
+            else:
+                Mb[2] += 1.0
+                det = Mb[0] * Mb[2] - Mb[1] * Mb[1]
+                logdet += float(np.log(det).sum())
+                i00 = 1.0 / np.sqrt(Mb[0])
+                l10 = Mb[1] * i00
+                i11 = np.sqrt(Mb[0] / det)
+                np.multiply(Gt[:, 0, sl], i00, out=Hb[:, 0])
+                np.multiply(Hb[:, 0], l10, out=Hb[:, 1])
+                np.subtract(Gt[:, 1, sl], Hb[:, 1], out=Hb[:, 1])
+                Hb[:, 1] *= i11
+            Hf = Hb.reshape(r, q * k)
             A += Hf @ Hf.T
         return A, logdet
 

@@ -345,7 +345,9 @@ class HLM(LikelihoodModel):
         -------
         HLM
         """
-        from patsy import EvalEnvironment, dmatrices, dmatrix
+        from patsy import EvalEnvironment
+
+        from .formula.fast import dmatrices_fast, dmatrix_fast
 
         if args:
             raise TypeError(f"HLM.from_formula() got {len(args)} unexpected positional "
@@ -426,8 +428,7 @@ class HLM(LikelihoodModel):
         frame = data if keep is None else data.loc[keep]
         if len(frame) == 0:
             raise ValueError("empty data: no rows left after dropping missing values")
-        y, X = dmatrices(parsed.fixed_formula, frame, return_type="dataframe",
-                         NA_action="raise", eval_env=env)
+        y, X = dmatrices_fast(parsed.fixed_formula, frame, eval_env=env)
         if y.shape[1] != 1:
             raise TypeError(f"the response {parsed.response!r} must be a single numeric column, "
                             f"patsy made {y.shape[1]} columns {list(y.columns)}")
@@ -435,7 +436,7 @@ class HLM(LikelihoodModel):
         terms: list[RandomEffectsTerm] = []
         blocks = []
         for s in specs:
-            Zs = dmatrix(s.expr, frame, return_type="dataframe", NA_action="raise", eval_env=env)
+            Zs = dmatrix_fast(s.expr, frame, eval_env=env)
             if Zs.shape[1] == 0:
                 raise ValueError(f"random-effects term {s} has no columns")
             if s.correlated:
