@@ -301,11 +301,9 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     m = len(starts)
     codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
     if q:
-        Q, F, _ = group_qr(Zt, starts, codes)
-        G = group_crossprod(Q, Wt, starts)                       # Q_j' W_j (q, r, m)
+        Q, F, G, within = _qr_statistics(Zt, Wt, starts)         # G_j = Q_j' W_j (q, r, m)
         ZtZ = np.einsum("akm,bkm->abm", F, F)                    # Z_j'Z_j = F_j F_j'
         ZtW = np.einsum("akm,krm->arm", F, G)                    # Z_j'W_j = F_j G_j
-        within = _within_crossprod(Wt, Q, G, starts)
     else:
         ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
         Q, F, G = np.zeros((n, 0)), None, None
@@ -313,6 +311,45 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=Wt.T @ Wt, nobs=n, k_fe=p, within=within,
                          root=F, proj=G)
     return st, Reparametrization(D, T), Q
+
+
+#: Rows per block of :func:`_qr_statistics` (blocks end at group boundaries).
+_ROW_BLOCK = 1 << 16
+
+
+def _qr_statistics(Z: np.ndarray, W: np.ndarray, starts: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Q, F (:func:`group_qr`), G = Q_j'W_j and sum_j E_j'E_j, block by block of rows.
+
+    The same computations as :func:`group_qr`, :func:`~sm_hlm.linalg.group_crossprod`
+    and :func:`_within_crossprod` on blocks of whole groups of about
+    ``_ROW_BLOCK`` rows, so that every row-sized temporary stays in the CPU cache.
+    """
+    n, q = Z.shape
+    m, r = len(starts), W.shape[1]
+    bounds = np.unique(np.append(starts[np.searchsorted(starts, np.arange(0, n, _ROW_BLOCK))],
+                                 n))
+    if len(bounds) <= 2:                       # one block
+        codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
+        Q, F, _ = group_qr(Z, starts, codes)
+        G = group_crossprod(Q, W, starts)
+        return Q, F, G, _within_crossprod(W, Q, G, starts)
+    Q = np.empty((n, q), order="F")
+    F = np.empty((q, q, m))
+    G = np.empty((q, r, m))
+    within = np.zeros((r, r))
+    g_lo = np.searchsorted(starts, bounds)     # first group of each block
+    for a, b, ga, gb in zip(bounds[:-1], bounds[1:], g_lo[:-1], g_lo[1:]):
+        st = starts[ga:gb] - a
+        codes = np.repeat(np.arange(gb - ga), np.diff(np.append(st, b - a)))
+        Qb, Fb, _ = group_qr(Z[a:b], st, codes)
+        Wb = W[a:b]
+        Gb = group_crossprod(Qb, Wb, st)
+        Q[a:b] = Qb
+        F[:, :, ga:gb] = Fb
+        G[:, :, ga:gb] = Gb
+        within += _within_crossprod(Wb, Qb, Gb, st)
+    return Q, F, G, within
 
 
 def _within_crossprod(W: np.ndarray, Q: np.ndarray, G: np.ndarray,
