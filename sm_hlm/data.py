@@ -21,6 +21,21 @@ __all__ = ["factorize_sorted", "nonfinite_rows", "handle_missing", "formula_vari
 
 def _bad_mask(values: object) -> np.ndarray:
     """Rows that are missing (None/NaN/NaT) or infinite."""
+    # numpy-backed numeric data: one vectorised pass (the general path below is slow at 10^7 rows)
+    arr = None
+    if isinstance(values, np.ndarray):
+        arr = values
+    elif isinstance(values, pd.Series) and isinstance(values.dtype, np.dtype):
+        arr = values.to_numpy()
+    elif (isinstance(values, pd.DataFrame) and values.shape[1]
+          and all(isinstance(t, np.dtype) for t in values.dtypes)
+          and len({t for t in values.dtypes}) == 1):
+        arr = values.to_numpy()
+    if arr is not None and arr.dtype.kind in "iub":
+        return np.zeros(len(arr), dtype=bool)
+    if arr is not None and arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        return bad if bad.ndim == 1 else bad.reshape(len(arr), -1).any(axis=1)
     s = values if isinstance(values, (pd.Series, pd.DataFrame)) else pd.DataFrame(np.asarray(values))
     if isinstance(s, pd.Series):
         s = s.to_frame()
