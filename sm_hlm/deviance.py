@@ -235,11 +235,12 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, codes: np.ndarray,
 
 def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.ndarray:
     """Upper-triangular map centring (within blocks that hold a constant column) and scaling."""
-    k = cols.shape[1]
+    n, k = cols.shape
     D = np.eye(k)
+    buf = np.empty(n)
     for start, stop, shift in blocks:
         const = [i for i in range(start, stop)
-                 if cols.shape[0] and np.all(cols[:, i] == cols[0, i]) and cols[0, i] != 0]
+                 if n and cols[0, i] != 0 and cols[:, i].min() == cols[:, i].max()]
         j0 = const[0] if (shift and const) else None
         if j0 is not None:
             D[j0, j0] = 1.0 / cols[0, j0]
@@ -249,9 +250,11 @@ def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.nda
             x = cols[:, i]
             if j0 is not None and i > j0:
                 mu = float(x.mean())
-                s = float(np.sqrt(np.mean((x - mu) ** 2)))
+                np.subtract(x, mu, out=buf)
+                s = float(np.sqrt(np.dot(buf, buf) / n))
             else:
-                mu, s = 0.0, float(np.sqrt(np.mean(x ** 2)))
+                np.copyto(buf, x)
+                mu, s = 0.0, float(np.sqrt(np.dot(buf, buf) / n))
             if not (np.isfinite(s) and s > 0):
                 continue
             D[i, i] = 1.0 / s

@@ -42,7 +42,7 @@ def _numeric_columns(info: Any, frame: pd.DataFrame) -> np.ndarray | None:
         cols.append(vals)
     if len(cols) != len(info.column_names):
         return None
-    out = np.empty((len(frame), len(cols)), order="C")
+    out = np.empty((len(frame), len(cols)), order="F")       # pandas' own block layout
     for i, v in enumerate(cols):
         out[:, i] = v
     return out
