@@ -27,9 +27,14 @@ def frame() -> pd.DataFrame:
 def test_same_as_patsy(frame: pd.DataFrame, formula: str) -> None:
     env = EvalEnvironment.capture(0)
     y0, X0 = dmatrices(formula, frame, return_type="dataframe", NA_action="raise", eval_env=env)
-    y1, X1 = dmatrices_fast(formula, frame, eval_env=env)
-    pd.testing.assert_frame_equal(X1, X0)
-    pd.testing.assert_frame_equal(y1, y0)
+    for _ in range(2):                                     # the second from the cache
+        y1, X1 = dmatrices_fast(formula, frame, eval_env=env)
+        pd.testing.assert_frame_equal(X1, X0)
+        pd.testing.assert_frame_equal(y1, y0)
+    # the same formula once the column is categorical: patsy's coding, not a cached numeric one
+    fc = frame.assign(k=frame["k"].astype(str))
+    yc, Xc = dmatrices(formula, fc, return_type="dataframe", NA_action="raise", eval_env=env)
+    pd.testing.assert_frame_equal(dmatrices_fast(formula, fc, eval_env=env)[1], Xc)
     assert X1.design_info.column_names == X0.design_info.column_names
     rhs = formula.split("~")[1]
     Z0 = dmatrix(rhs, frame, return_type="dataframe", NA_action="raise", eval_env=env)

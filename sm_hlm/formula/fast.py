@@ -19,6 +19,20 @@ __all__ = ["dmatrices_fast", "dmatrix_fast"]
 
 #: rows handed to patsy to build the DesignInfo on the direct path
 _HEAD = 8
+#: DesignInfos of the direct path by (formula, column names and dtypes): with numeric
+#: columns only they depend on nothing else, so a repeated formula skips patsy entirely
+_CACHE: dict[tuple, tuple] = {}
+_CACHE_SIZE = 64
+
+
+def _key(kind: str, formula: str, frame: pd.DataFrame) -> tuple:
+    return (kind, formula, tuple(map(str, frame.columns)), tuple(map(str, frame.dtypes)))
+
+
+def _remember(key: tuple, infos: tuple) -> None:
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = infos
 
 
 def _numeric_columns(info: Any, frame: pd.DataFrame) -> np.ndarray | None:
@@ -60,13 +74,17 @@ def dmatrices_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> tuple
     from patsy import dmatrices
 
     if len(frame) > 4 * _HEAD:
-        y, X = dmatrices(formula, frame.iloc[:_HEAD], return_type="dataframe",
-                         NA_action="raise", eval_env=eval_env)
-        yv = _numeric_columns(y.design_info, frame)
-        Xv = _numeric_columns(X.design_info, frame) if yv is not None else None
+        key = _key("dmatrices", formula, frame)
+        infos = _CACHE.get(key)
+        if infos is None:
+            y, X = dmatrices(formula, frame.iloc[:_HEAD], return_type="dataframe",
+                             NA_action="raise", eval_env=eval_env)
+            infos = (y.design_info, X.design_info)
+        yv = _numeric_columns(infos[0], frame)
+        Xv = _numeric_columns(infos[1], frame) if yv is not None else None
         if Xv is not None:
-            return (_frame(yv, y.design_info, frame.index),
-                    _frame(Xv, X.design_info, frame.index))
+            _remember(key, infos)
+            return _frame(yv, infos[0], frame.index), _frame(Xv, infos[1], frame.index)
     return dmatrices(formula, frame, return_type="dataframe", NA_action="raise",
                      eval_env=eval_env)
 
@@ -76,10 +94,14 @@ def dmatrix_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> pd.Data
     from patsy import dmatrix
 
     if len(frame) > 4 * _HEAD:
-        Z = dmatrix(formula, frame.iloc[:_HEAD], return_type="dataframe", NA_action="raise",
-                    eval_env=eval_env)
-        Zv = _numeric_columns(Z.design_info, frame)
+        key = _key("dmatrix", formula, frame)
+        infos = _CACHE.get(key)
+        if infos is None:
+            infos = (dmatrix(formula, frame.iloc[:_HEAD], return_type="dataframe",
+                             NA_action="raise", eval_env=eval_env).design_info,)
+        Zv = _numeric_columns(infos[0], frame)
         if Zv is not None:
-            return _frame(Zv, Z.design_info, frame.index)
+            _remember(key, infos)
+            return _frame(Zv, infos[0], frame.index)
     return dmatrix(formula, frame, return_type="dataframe", NA_action="raise",
                    eval_env=eval_env)
