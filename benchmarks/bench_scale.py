@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             del df
         table = pd.DataFrame(rows)
         print(f"BLAS: {blas}")
-        print(markdown_table(table.fillna("")))
+        print(markdown_table(table.astype(object).where(table.notna(), "")))
         if args.per_eval:
             ev = []
             for m in (1_000, 10_000, 100_000, 1_000_000):

@@ -669,6 +669,71 @@ class ProfiledDeviance:
             A += Hf @ Hf.T
         return A, logdet
 
+    def _small_factor_rows(self, S: np.ndarray, sl: slice):
+        """Closed-form l00, l10, l11 (None for q = 1) of L_j for the groups in ``sl``."""
+        F = self._F
+        f0 = F[0, 0, sl]
+        if self._q == 1:
+            return np.sqrt(1.0 + S[0, 0] * f0 * f0), None, None
+        f1, f2 = F[1, 0, sl], F[1, 1, sl]
+        m00 = 1.0 + f0 * (S[0, 0] * f0 + 2.0 * S[0, 1] * f1) + S[1, 1] * f1 * f1
+        m01 = f2 * (S[0, 1] * f0 + S[1, 1] * f1)
+        m11 = 1.0 + S[1, 1] * f2 * f2
+        l00 = np.sqrt(m00)
+        l10 = m01 / l00
+        return l00, l10, np.sqrt(m11 - l10 * l10)
+
+    def _blocked_gradient_small(self, lam_t: np.ndarray, RX: np.ndarray, u: np.ndarray,
+                                pwrss: float) -> np.ndarray:
+        """:meth:`_blocked_gradient_inner` for q <= 2 in closed form.
+
+        Notes
+        -----
+        J_j = L_j^{-1} R_j with R_j = [[f0, f1], [0, f2]]: J00 = f0 / l00,
+        J01 = f1 / l00, J10 = -l10 J00 / l11, J11 = (f2 - l10 J01) / l11; h_j = L_j^{-1}
+        (G_j u) by the same forward substitution; v_j = J_j' h_j.
+        """
+        q, p, r = self._q, self._p, self._p + 1
+        S = lam_t @ lam_t.T
+        Gt = self._transposed_proj()
+        F = self._F
+        dof = self.stats.nobs - p if self.reml else self.stats.nobs
+        reml_x = self.reml and p
+        RXinv = np.linalg.inv(RX) if reml_x else None
+        inner = np.zeros((q, q))
+        for sl in self._blocks():
+            k = sl.stop - sl.start
+            l00, l10, l11 = self._small_factor_rows(S, sl)
+            g = (u @ Gt[:, :, sl].reshape(r, q * k)).reshape(q, k)      # G_j u
+            J00 = F[0, 0, sl] / l00
+            h0 = g[0] / l00
+            if q == 1:
+                v = (J00 * h0)[None, :]
+                inner[0, 0] += float(J00 @ J00)
+                Kx = (J00 * (Gt[:p, 0, sl] / l00))[:, None, :] if reml_x else None
+            else:
+                J01 = F[1, 0, sl] / l00
+                J10 = -l10 * J00 / l11
+                J11 = (F[1, 1, sl] - l10 * J01) / l11
+                h1 = (g[1] - l10 * h0) / l11
+                v = np.stack([J00 * h0 + J10 * h1, J01 * h0 + J11 * h1])
+                inner[0, 0] += float(J00 @ J00 + J10 @ J10)
+                inner[0, 1] += float(J00 @ J01 + J10 @ J11)
+                inner[1, 1] += float(J01 @ J01 + J11 @ J11)
+                if reml_x:
+                    H0 = Gt[:p, 0, sl] / l00
+                    H1 = (Gt[:p, 1, sl] - l10 * H0) / l11
+                    Kx = np.stack([J00 * H0 + J10 * H1, J01 * H0 + J11 * H1], axis=1)
+            inner -= (dof / pwrss) * (v @ v.T)
+            if reml_x:
+                Y = (RXinv @ Kx.reshape(p, q * k)).reshape(p, q, k)
+                Yf = Y.transpose(1, 0, 2).reshape(q, p * k)
+                inner -= Yf @ Yf.T
+        if q == 2:
+            # P was accumulated in the upper triangle only; v v' and Y'Y are symmetric
+            inner[1, 0] = inner[0, 1]
+        return inner
+
     def _blocked_gradient_inner(self, lam_t: np.ndarray, RX: np.ndarray, u: np.ndarray,
                                 pwrss: float) -> np.ndarray:
         """The bracket of the gradient (see the module notes), block by block.
@@ -677,6 +742,8 @@ class ProfiledDeviance:
         K_j = J_j'H_j and v_j = J_j'(H_j u).
         """
         q, p = self._q, self._p
+        if q <= 2:
+            return self._blocked_gradient_small(lam_t, RX, u, pwrss)
         Gt = self._transposed_proj()
         dof = self.stats.nobs - p if self.reml else self.stats.nobs
         inner = np.zeros((q, q))
