@@ -199,8 +199,13 @@ class ChunkDesign:
         if len(prep) == 0:
             r = np.zeros(0)
             return r, np.zeros((0, self.k_fe)), np.zeros((0, self.q)), r, dropped
-        y, X = build_design_matrices([self.y_info, self.x_info], prep, NA_action="raise")
-        Zs = build_design_matrices(self.z_infos, prep, NA_action="raise")
+        from ..formula.fast import _numeric_columns
+        direct = [_numeric_columns(i, prep) for i in (self.y_info, self.x_info, *self.z_infos)]
+        if all(d is not None for d in direct):          # numeric columns: numpy, as patsy
+            y, X, Zs = direct[0], direct[1], direct[2:]
+        else:
+            y, X = build_design_matrices([self.y_info, self.x_info], prep, NA_action="raise")
+            Zs = build_design_matrices(self.z_infos, prep, NA_action="raise")
         Z = np.column_stack([np.asarray(z) for z in Zs]) if Zs else np.zeros((len(prep), 0))
         return (np.asarray(y, float)[:, 0], np.asarray(X, float), np.asarray(Z, float),
                 prep[self.group].to_numpy(), dropped)
