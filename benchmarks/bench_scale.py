@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parquet", action="store_true")
     ap.add_argument("--per-eval", action="store_true")
     ap.add_argument("--lme4", action="store_true")
+    ap.add_argument("--dask-parquet", default=None,
+                    help="a parquet directory of NELS-shaped data to fit on a LocalCluster")
+    ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
     rows = []
     with threadpool_limits(1):
@@ -100,6 +103,26 @@ def main(argv: list[str] | None = None) -> int:
                              "groups": r3.n_groups, "wall s": round(w, 2), "cpu s": round(c, 2),
                              "peak GB": round(peak_gb(), 2), "logLik": round(r3.llf, 4)})
             del df
+        if args.dask_parquet:
+            import dask.dataframe as dd
+            from distributed import Client, LocalCluster
+
+            def worker_peak() -> float:
+                return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+            with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                              dashboard_address=None, memory_limit="6GB") as cl, \
+                    Client(cl) as client:
+                base = peak_gb()
+                ddf = dd.read_parquet(args.dask_parquet, split_row_groups=True)
+                w, c, r4 = timed(lambda: HLM.from_formula(FORMULA, ddf).fit(reml=False), 1)
+                wpk = max(client.run(worker_peak).values())
+                rows.append({"what": f"Dask LocalCluster({args.workers}) {args.dask_parquet}",
+                             "rows": int(r4.nobs), "groups": r4.n_groups, "wall s": round(w, 1),
+                             "cpu s (client)": round(c, 1),
+                             "peak GB": f"client {peak_gb():.2f} (before {base:.2f}), "
+                                        f"worker {wpk:.2f}",
+                             "logLik": round(r4.llf, 4)})
         table = pd.DataFrame(rows)
         print(f"BLAS: {blas}")
         print(markdown_table(table.astype(object).where(table.notna(), "")))

@@ -150,7 +150,10 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
         raise TypeError(f"from_dask() got unexpected keyword argument(s) {bad}")
     if int(split_every) < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every!r}")
-    sample = data.head(1000, npartitions=-1)
+    # the design is built from the first partition's rows (more partitions only if it is tiny)
+    sample = data.head(1000, npartitions=1, compute=True)
+    if len(sample) < 50 and data.npartitions > 1:
+        sample = data.head(1000, npartitions=min(data.npartitions, 16), compute=True)
     from ..data import formula_variables
     from ..formula.parse import parse_formula
     parsed = parse_formula(formula)
