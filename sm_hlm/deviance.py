@@ -453,6 +453,7 @@ class ProfiledDeviance:
         else:
             Gf = G.transpose(1, 0, 2).reshape(p + 1, q * m)
             self._within = w.WtW - Gf @ Gf.T
+            self._Gt = Gf.reshape(p + 1, q, m)       # the blocked kernels' layout, reused
         self._pairs = [(a, b) for a in range(q) for b in range(a, q)]
         self._pair_flat = np.array([a * q + b for a, b in self._pairs], dtype=int)
         self._S: np.ndarray | None = None

@@ -333,21 +333,23 @@ def combine_partials(parts: list[Partial]) -> Partial:
 def stats_from_partial(design: ChunkDesign, part: Partial) -> tuple[SufficientStats, pd.Index]:
     """Working-coordinate :class:`~sm_hlm.deviance.SufficientStats` (within derived)."""
     frame = part.groups
-    try:
-        frame = frame.sort_index()
+    try:                                   # groups in sorted order (as the in-memory model)
+        order = np.argsort(frame.index.to_numpy(), kind="stable")
     except TypeError:                      # labels that cannot be ordered keep their order
-        pass
+        order = np.arange(len(frame))
     q, p = design.q, design.k_fe
     m = len(frame)
     ZtZ = np.empty((q, q, m))
     ZtW = np.empty((q, p + 1, m))
-    for a in range(q):
+    for a in range(q):                     # column by column: no sorted copy of the frame
         for b in range(a, q):
-            ZtZ[a, b] = ZtZ[b, a] = frame[f"zz{a}_{b}"].to_numpy()
+            np.take(frame[f"zz{a}_{b}"].to_numpy(), order, out=ZtZ[a, b])
+            if b != a:
+                ZtZ[b, a] = ZtZ[a, b]
         for c in range(p + 1):
-            ZtW[a, c] = frame[f"zw{a}_{c}"].to_numpy()
+            np.take(frame[f"zw{a}_{c}"].to_numpy(), order, out=ZtW[a, c])
     st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=part.WtW, nobs=part.n, k_fe=p, within=None)
-    return st, frame.index
+    return st, frame.index[order]
 
 
 # ------------------------------------------------------------------ the model
