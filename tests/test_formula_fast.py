@@ -22,6 +22,7 @@ def frame() -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("formula", ["y ~ x", "y ~ x * k", "y ~ 0 + x + x:k", "y ~ x + c",
+                                     "y ~ x + C(c, Treatment('w'))",
                                      "y ~ b + x", "y ~ np.exp(x) + k", "y ~ I(x ** 2) + x",
                                      "k ~ x"])
 def test_same_as_patsy(frame: pd.DataFrame, formula: str) -> None:
@@ -54,3 +55,11 @@ def test_model_from_direct_path_predicts_and_pickles(frame: pd.DataFrame,
     res2 = pickle.loads(pickle.dumps(res))
     np.testing.assert_allclose(np.asarray(res2.predict(new)), np.asarray(ref.predict(new)),
                                rtol=1e-12)
+
+
+def test_level_missing_from_head_falls_back_to_patsy(frame: pd.DataFrame) -> None:
+    f = frame.assign(c=np.where(np.arange(len(frame)) < 50, "u", frame["c"]))
+    env = EvalEnvironment.capture(0)
+    formula = "y ~ x + C(c, Treatment('w'))"                # 'w' only after the first rows
+    X0 = dmatrices(formula, f, return_type="dataframe", NA_action="raise", eval_env=env)[1]
+    pd.testing.assert_frame_equal(dmatrices_fast(formula, f, eval_env=env)[1], X0)

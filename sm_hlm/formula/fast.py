@@ -77,10 +77,13 @@ def dmatrices_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> tuple
         key = _key("dmatrices", formula, frame)
         infos = _CACHE.get(key)
         if infos is None:
-            y, X = dmatrices(formula, frame.iloc[:_HEAD], return_type="dataframe",
-                             NA_action="raise", eval_env=eval_env)
-            infos = (y.design_info, X.design_info)
-        yv = _numeric_columns(infos[0], frame)
+            try:        # the head may lack a level the formula names: patsy on all rows then
+                y, X = dmatrices(formula, frame.iloc[:_HEAD], return_type="dataframe",
+                                 NA_action="raise", eval_env=eval_env)
+                infos = (y.design_info, X.design_info)
+            except Exception:
+                infos = (None, None)
+        yv = _numeric_columns(infos[0], frame) if infos[0] is not None else None
         Xv = _numeric_columns(infos[1], frame) if yv is not None else None
         if Xv is not None:
             _remember(key, infos)
@@ -97,9 +100,12 @@ def dmatrix_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> pd.Data
         key = _key("dmatrix", formula, frame)
         infos = _CACHE.get(key)
         if infos is None:
-            infos = (dmatrix(formula, frame.iloc[:_HEAD], return_type="dataframe",
-                             NA_action="raise", eval_env=eval_env).design_info,)
-        Zv = _numeric_columns(infos[0], frame)
+            try:
+                infos = (dmatrix(formula, frame.iloc[:_HEAD], return_type="dataframe",
+                                 NA_action="raise", eval_env=eval_env).design_info,)
+            except Exception:
+                infos = (None,)
+        Zv = _numeric_columns(infos[0], frame) if infos[0] is not None else None
         if Zv is not None:
             _remember(key, infos)
             return _frame(Zv, infos[0], frame.index)
