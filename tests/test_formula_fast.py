@@ -63,3 +63,15 @@ def test_level_missing_from_head_falls_back_to_patsy(frame: pd.DataFrame) -> Non
     formula = "y ~ x + C(c, Treatment('w'))"                # 'w' only after the first rows
     X0 = dmatrices(formula, f, return_type="dataframe", NA_action="raise", eval_env=env)[1]
     pd.testing.assert_frame_equal(dmatrices_fast(formula, f, eval_env=env)[1], X0)
+
+
+@pytest.mark.parametrize("values", [[3, 3, 5, 7, 7, 7], [5, 3, 3], [1, 2, 2, 9], [0],
+                                    np.array([2, 1, 1], dtype=np.uint8)])
+def test_factorize_sorted_integer_path(values) -> None:
+    from sm_hlm.data import factorize_sorted
+    s = pd.Series(values, name="g")
+    codes, labels = factorize_sorted(s)
+    c2, l2 = pd.factorize(s, sort=True)
+    np.testing.assert_array_equal(codes, c2)
+    np.testing.assert_array_equal(np.asarray(labels), np.asarray(l2))
+    assert labels.name == "g"
