@@ -302,7 +302,6 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     T = _column_map(Z, z_blocks) if q else np.eye(0)
     Zt = Z @ T if q else Z
     m = len(starts)
-    codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
     if q:
         Q, F, G, within = _qr_statistics(Zt, Wt, starts)         # G_j = Q_j' W_j (q, r, m)
         ZtZ = np.einsum("akm,bkm->abm", F, F)                    # Z_j'Z_j = F_j F_j'
