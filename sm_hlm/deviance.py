@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .linalg import (batched_cholesky, batched_forward_solve, batched_inverse_lower,
-                     group_crossprod)
+from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_solve_T,
+                     batched_inverse_lower, group_crossprod)
 
 __all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
            "working_stats", "root_factors", "group_qr", "residual_quadratic"]
@@ -73,6 +73,10 @@ LOG2PI = float(np.log(2.0 * np.pi))
 #: Largest number of entries of the per-group pair products for the fast path: beyond it
 #: (many groups) the memory traffic of the pair products outweighs the saved numpy calls.
 _PAIR_PRODUCT_LIMIT = 1_000_000
+#: Groups per block of the blocked kernels (:meth:`ProfiledDeviance._blocked_system`): beyond
+#: this many groups an evaluation runs block by block so that every per-group temporary of a
+#: block stays in the CPU cache; the cost per group is then independent of m.
+_CHUNK_GROUPS = 8192
 #: A direction of Z_j whose squared residual after the earlier columns is below this
 #: fraction of its squared norm is aliased (only rounding is left of it).
 _ROOT_TOL = 1e-14
@@ -231,33 +235,40 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, codes: np.ndarray,
     """
     n, q = Z.shape
     m = len(starts)
-    Q = np.zeros((n, q))
+    counts = np.diff(np.append(starts, n))
+    Q = np.zeros((n, q), order="F")           # contiguous columns
     R = np.zeros((q, q, m))
     kept = np.zeros((q, m), dtype=bool)
+    buf = np.empty(n)
     for k in range(q):            # the tiny q dimension
-        v = Z[:, k].copy()
-        norm0 = np.sqrt(np.add.reduceat(v * v, starts))
+        v = np.array(Z[:, k], dtype=float)
+        np.multiply(v, v, out=buf)
+        norm0 = np.sqrt(np.add.reduceat(buf, starts))
         for _ in range(2):
             for i in range(k):
-                c = np.add.reduceat(Q[:, i] * v, starts)
-                v -= Q[:, i] * c[codes]
+                np.multiply(Q[:, i], v, out=buf)
+                c = np.add.reduceat(buf, starts)
+                np.multiply(Q[:, i], np.repeat(c, counts), out=buf)   # rows sorted by group
+                v -= buf
                 R[i, k] += c
-        nk = np.sqrt(np.add.reduceat(v * v, starts))
+        np.multiply(v, v, out=buf)
+        nk = np.sqrt(np.add.reduceat(buf, starts))
         ok = nk > tol * norm0
         kept[k] = ok
         R[k, k] = np.where(ok, nk, 0.0)
-        R[:k, k] = np.where(ok, R[:k, k], R[:k, k])
-        Q[:, k] = np.where(ok[codes], v / np.where(ok, nk, 1.0)[codes], 0.0)
+        np.multiply(v, np.repeat(np.where(ok, 1.0 / np.where(ok, nk, 1.0), 0.0), counts),
+                    out=Q[:, k])
     return Q, np.ascontiguousarray(R.transpose(1, 0, 2)), kept
 
 
 def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.ndarray:
     """Upper-triangular map centring (within blocks that hold a constant column) and scaling."""
-    k = cols.shape[1]
+    n, k = cols.shape
     D = np.eye(k)
+    buf = np.empty(n)
     for start, stop, shift in blocks:
         const = [i for i in range(start, stop)
-                 if cols.shape[0] and np.all(cols[:, i] == cols[0, i]) and cols[0, i] != 0]
+                 if n and cols[0, i] != 0 and cols[:, i].min() == cols[:, i].max()]
         j0 = const[0] if (shift and const) else None
         if j0 is not None:
             D[j0, j0] = 1.0 / cols[0, j0]
@@ -267,9 +278,11 @@ def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.nda
             x = cols[:, i]
             if j0 is not None and i > j0:
                 mu = float(x.mean())
-                s = float(np.sqrt(np.mean((x - mu) ** 2)))
+                np.subtract(x, mu, out=buf)
+                s = float(np.sqrt(np.dot(buf, buf) / n))
             else:
-                mu, s = 0.0, float(np.sqrt(np.mean(x ** 2)))
+                np.copyto(buf, x)
+                mu, s = 0.0, float(np.sqrt(np.dot(buf, buf) / n))
             if not (np.isfinite(s) and s > 0):
                 continue
             D[i, i] = 1.0 / s
@@ -324,25 +337,27 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     if precision_weights is not None and survey_weights is not None:
         raise ValueError("precision weights and survey weights cannot be combined")
     n, p = X.shape
-    W = np.column_stack([X, y])
+    W = np.empty((n, p + 1), order="F")          # contiguous columns for the passes below
+    W[:, :p] = X
+    W[:, p] = y
     D = _column_map(W, [(0, p + 1, True)])
     if p and not any(np.all(X[:, i] == X[0, i]) and X[0, i] != 0 for i in range(p)):
         D = _column_map(W, [(0, p + 1, False)])
-    Wt = W @ D
+    Wt = (D.T @ W.T).T                            # W D with contiguous columns
     # then orthonormalise the columns (one step of Cholesky QR): W~'W~ = I up to rounding,
     # so that near-collinear predictors do not cost digits in A(theta) and its factor
     try:
         U = np.linalg.cholesky(Wt.T @ Wt).T                      # upper, W~'W~ = U'U
         Dq = D @ np.linalg.inv(U)                                 # still upper triangular
         if np.all(np.isfinite(Dq)):
-            D, Wt = Dq, W @ Dq
+            D, Wt = Dq, (Dq.T @ W.T).T
     except np.linalg.LinAlgError:
         pass                            # aliased columns: the model's rank check reports them
     q = Z.shape[1]
     T = _column_map(Z, z_blocks) if q else np.eye(0)
     Zt = Z @ T if q else Z
     m = len(starts)
-    codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
+    counts = np.diff(np.append(starts, n))
     row_w, group_w, weight_nobs, log_w = None, None, None, 0.0
     if precision_weights is not None:
         row_w = np.asarray(precision_weights, dtype=float)
@@ -361,23 +376,18 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         if q:
             Zt = Zt * sw
     # rows of W scaled by sqrt(w_j) for the group-weighted cross products
-    gscale = None if group_w is None else np.sqrt(group_w)[codes][:, None]
+    gscale = None if group_w is None else np.repeat(np.sqrt(group_w), counts)[:, None]
     if q:
-        Q, F, _ = group_qr(Zt, starts, codes)
-        G = group_crossprod(Q, Wt, starts)                       # Q_j' W_j (q, r, m)
+        Q, F, G, within = _qr_statistics(Zt, Wt, starts)         # G_j = Q_j' W_j (q, r, m)
         ZtZ = np.einsum("akm,bkm->abm", F, F)                    # Z_j'Z_j = F_j F_j'
         ZtW = np.einsum("akm,krm->arm", F, G)                    # Z_j'W_j = F_j G_j
-        E = Wt.copy()
-        for k in range(q):                                       # the tiny q dimension
-            E -= Q[:, k:k + 1] * G[k].T[codes]
         if gscale is None:
-            within = E.T @ E
             WtW = Wt.T @ Wt
         else:
-            E *= gscale
-            within = E.T @ E
-            # W_j'W_j = E_j'E_j + G_j'G_j: the group-weighted W'W without another pass
+            # sum_j w_j E_j'E_j: the rows of group j scaled by sqrt(w_j), G_j likewise
             Gw = G * np.sqrt(group_w)
+            within = _within_crossprod(Wt * gscale, Q, Gw, starts)
+            # W_j'W_j = E_j'E_j + G_j'G_j: the group-weighted W'W without another pass
             Gf = Gw.transpose(1, 0, 2).reshape(p + 1, q * m)
             WtW = within + Gf @ Gf.T
     else:
@@ -392,6 +402,64 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     return st, Reparametrization(D, T), Q
 
 
+#: Rows per block of :func:`_qr_statistics` (blocks end at group boundaries).
+_ROW_BLOCK = 1 << 16
+
+
+def _qr_statistics(Z: np.ndarray, W: np.ndarray, starts: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Q, F (:func:`group_qr`), G = Q_j'W_j and sum_j E_j'E_j, block by block of rows.
+
+    The same computations as :func:`group_qr`, :func:`~sm_hlm.linalg.group_crossprod`
+    and :func:`_within_crossprod` on blocks of whole groups of about
+    ``_ROW_BLOCK`` rows, so that every row-sized temporary stays in the CPU cache.
+    """
+    n, q = Z.shape
+    m, r = len(starts), W.shape[1]
+    bounds = np.unique(np.append(starts[np.searchsorted(starts, np.arange(0, n, _ROW_BLOCK))],
+                                 n))
+    if len(bounds) <= 2:                       # one block
+        codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
+        Q, F, _ = group_qr(Z, starts, codes)
+        G = group_crossprod(Q, W, starts)
+        return Q, F, G, _within_crossprod(W, Q, G, starts)
+    Q = np.empty((n, q), order="F")
+    F = np.empty((q, q, m))
+    G = np.empty((q, r, m))
+    within = np.zeros((r, r))
+    g_lo = np.searchsorted(starts, bounds)     # first group of each block
+    for a, b, ga, gb in zip(bounds[:-1], bounds[1:], g_lo[:-1], g_lo[1:]):
+        st = starts[ga:gb] - a
+        codes = np.repeat(np.arange(gb - ga), np.diff(np.append(st, b - a)))
+        Qb, Fb, _ = group_qr(Z[a:b], st, codes)
+        Wb = W[a:b]
+        Gb = group_crossprod(Qb, Wb, st)
+        Q[a:b] = Qb
+        F[:, :, ga:gb] = Fb
+        G[:, :, ga:gb] = Gb
+        within += _within_crossprod(Wb, Qb, Gb, st)
+    return Q, F, G, within
+
+
+def _within_crossprod(W: np.ndarray, Q: np.ndarray, G: np.ndarray,
+                      starts: np.ndarray) -> np.ndarray:
+    """sum_j E_j'E_j with E_j = W_j - Q_j G_j (rows sorted by group), from the rows.
+
+    Column by column with one reused buffer, the group values spread to the rows
+    by :func:`numpy.repeat` (rows are sorted by group).
+    """
+    n, r = W.shape
+    counts = np.diff(np.append(starts, n))
+    E = np.empty((n, r), order="F")
+    buf = np.empty(n)
+    for c in range(r):
+        E[:, c] = W[:, c]
+        for k in range(Q.shape[1]):                              # the tiny q dimension
+            np.multiply(Q[:, k], np.repeat(G[k, c], counts), out=buf)
+            E[:, c] -= buf
+    return E.T @ E
+
+
 def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.ndarray | None,
                        lam: np.ndarray, *, group_weights: np.ndarray | None = None
                        ) -> tuple[float, float]:
@@ -403,13 +471,18 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
     ``group_weights`` w_j each group's two terms count w_j times (pseudo-likelihood).
     """
     q = Q.shape[1]
-    n, m = len(r), len(starts)
-    codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
-    rw = r if group_weights is None else r * np.sqrt(group_weights)[codes]
+    n = len(r)
+    counts = np.diff(np.append(starts, n))
+    sw = None if group_weights is None else np.repeat(np.sqrt(group_weights), counts)
     if not q:
+        rw = r if sw is None else r * sw
         return float(rw @ rw), 0.0
     g = group_crossprod(Q, r[:, None], starts)                  # (q, 1, m)
-    e = r - np.einsum("ik,ki->i", Q, g[:, 0, :][:, codes])
+    if sw is None:
+        e2 = float(_within_crossprod(r[:, None], Q, g, starts)[0, 0])
+    else:
+        e2 = float(_within_crossprod((r * sw)[:, None], Q, g * np.sqrt(group_weights),
+                                     starts)[0, 0])
     K = np.einsum("bam,bc->acm", F, lam)
     M = np.einsum("acm,bcm->abm", K, K)
     M[np.arange(q), np.arange(q)] += 1.0
@@ -417,9 +490,8 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
     H = batched_forward_solve(L, g)[:, 0, :]
     logdets = 2.0 * np.log(L[np.arange(q), np.arange(q)]).sum(axis=0)     # (m,)
     if group_weights is None:
-        return float(e @ e + np.sum(H * H)), float(logdets.sum())
-    ew = e * np.sqrt(group_weights)[codes]
-    return (float(ew @ ew + np.sum(H * H, axis=0) @ group_weights),
+        return e2 + float(np.sum(H * H)), float(logdets.sum())
+    return (e2 + float(np.sum(H * H, axis=0) @ group_weights),
             float(logdets @ group_weights))
 
 
@@ -487,6 +559,7 @@ class ProfiledDeviance:
         else:
             Gf = G.transpose(1, 0, 2).reshape(p + 1, q * m)
             self._within = w.WtW - Gf @ Gf.T
+            self._Gt = Gf.reshape(p + 1, q, m)       # the blocked kernels' layout, reused
         self._pairs = [(a, b) for a in range(q) for b in range(a, q)]
         self._pair_flat = np.array([a * q + b for a, b in self._pairs], dtype=int)
         self._S: np.ndarray | None = None
@@ -538,6 +611,9 @@ class ProfiledDeviance:
         if not q:
             return self._within.copy(), 0.0, None
         self._calls += 1
+        if m > _CHUNK_GROUPS and not need_inverse and self._wg is None:
+            A, logdet = self._blocked_system(lam_t)
+            return A, logdet, None
         if self._S is None and self._use_pairs and self._calls >= 2:
             self._build_pair_products()
         M = self._m_matrices(lam_t)
@@ -574,6 +650,227 @@ class ProfiledDeviance:
     def _wsum(self, per_group: np.ndarray) -> float:
         """sum_j w_j x_j (plain sum without group weights)."""
         return float(per_group.sum() if self._wg is None else per_group @ self._wg)
+
+    # ------------------------------------------------ blocked kernels (many groups)
+    def _blocks(self) -> list[slice]:
+        m = self._m
+        return [slice(a, min(a + _CHUNK_GROUPS, m)) for a in range(0, m, _CHUNK_GROUPS)]
+
+    def _transposed_proj(self) -> np.ndarray:
+        """G in the (r, q, m) layout of :func:`~sm_hlm.linalg.batched_forward_solve_T`."""
+        if getattr(self, "_Gt", None) is None:
+            self._Gt = np.ascontiguousarray(self._G.transpose(1, 0, 2))
+        return self._Gt
+
+    def _block_factor(self, lam_t: np.ndarray, sl: slice) -> np.ndarray:
+        """Lower Cholesky factors L_j of M_j = I + R_j Lambda~ Lambda~' R_j' for one block."""
+        q = self._q
+        if q <= 2:
+            return self._block_factor_small(lam_t, sl)
+        K = np.einsum("bam,bc->acm", self._F[:, :, sl], lam_t)      # R_j Lambda~ (q, q, c)
+        M = np.einsum("acm,bcm->abm", K, K)
+        M[np.arange(q), np.arange(q)] += 1.0
+        return batched_cholesky(M)
+
+    def _block_factor_small(self, lam_t: np.ndarray, sl: slice) -> np.ndarray:
+        """Closed form of :meth:`_block_factor` for q <= 2.
+
+        With F_j = [[f0, 0], [f1, f2]] (R_j = F_j') and S = Lambda~ Lambda~':
+        M_00 = 1 + f0^2 s00 + 2 f0 f1 s01 + f1^2 s11, M_01 = f2 (f0 s01 + f1 s11),
+        M_11 = 1 + f2^2 s11, then the 2 x 2 Cholesky factor.
+        """
+        q = self._q
+        S = lam_t @ lam_t.T
+        F = self._F
+        f0 = F[0, 0, sl]
+        L = np.zeros((q, q, f0.shape[0]))
+        if q == 1:
+            L[0, 0] = np.sqrt(1.0 + S[0, 0] * f0 * f0)
+            return L
+        f1, f2 = F[1, 0, sl], F[1, 1, sl]
+        m00 = 1.0 + f0 * (S[0, 0] * f0 + 2.0 * S[0, 1] * f1) + S[1, 1] * f1 * f1
+        m01 = f2 * (S[0, 1] * f0 + S[1, 1] * f1)
+        m11 = 1.0 + S[1, 1] * f2 * f2
+        l00 = np.sqrt(m00)
+        l10 = m01 / l00
+        L[0, 0] = l00
+        L[1, 0] = l10
+        L[1, 1] = np.sqrt(m11 - l10 * l10)
+        return L
+
+    def _blocked_system(self, lam_t: np.ndarray) -> tuple[np.ndarray, float]:
+        """A(theta) and log|L|^2, block by block over the groups.
+
+        Notes
+        -----
+        With L_j L_j' = M_j and H_j = L_j^{-1} G_j, A = sum_j E_j'E_j + sum_j H_j'H_j;
+        each block's H is one (r, q c) matrix, so its contribution is one matrix
+        product.  Every temporary has the size of one block, which keeps the
+        memory traffic per evaluation at one read of F and G.
+        """
+        q, r = self._q, self._p + 1
+        if q <= 2:
+            return self._blocked_system_small(lam_t)
+        Gt = self._transposed_proj()
+        A = self._within.copy()
+        logdet = 0.0
+        diag = np.arange(q)
+        for sl in self._blocks():
+            L = self._block_factor(lam_t, sl)
+            logdet += 2.0 * float(np.log(L[diag, diag]).sum())
+            H = batched_forward_solve_T(L, Gt[:, :, sl])             # (r, q, c)
+            Hf = H.reshape(r, -1)
+            A += Hf @ Hf.T
+        return A, logdet
+
+    def _blocked_system_small(self, lam_t: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`_blocked_system` for q <= 2 in closed form, with reused block buffers.
+
+        Notes
+        -----
+        With the per-group products P = (f0^2, f0 f1, f1^2, f0 f2, f1 f2, f2^2) of
+        F_j = [[f0, 0], [f1, f2]] (precomputed once) and S = Lambda~ Lambda~', the
+        entries of M_j - I are one (3, 6) x (6, c) product per block:
+        M_00 - 1 = s00 P0 + 2 s01 P1 + s11 P2, M_01 = s01 P3 + s11 P4,
+        M_11 - 1 = s11 P5.  Then H_j0 = G_j0 / l00, H_j1 = (G_j1 - l10 H_j0) / l11
+        with l00 = sqrt(M_00), l10 = M_01 / l00, l11^2 = det M_j / M_00.
+        """
+        q, r, m = self._q, self._p + 1, self._m
+        S = lam_t @ lam_t.T
+        if getattr(self, "_Fprod", None) is None:
+            F = self._F
+            if q == 1:
+                self._Fprod = (F[0, 0] * F[0, 0])[None, :]
+            else:
+                f0, f1, f2 = F[0, 0], F[1, 0], F[1, 1]
+                self._Fprod = np.ascontiguousarray(
+                    np.stack([f0 * f0, f0 * f1, f1 * f1, f0 * f2, f1 * f2, f2 * f2]))
+        if q == 1:
+            C = np.array([[S[0, 0]]])
+        else:
+            C = np.array([[S[0, 0], 2.0 * S[0, 1], S[1, 1], 0.0, 0.0, 0.0],
+                          [0.0, 0.0, 0.0, S[0, 1], S[1, 1], 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, S[1, 1]]])
+        Gt, P = self._transposed_proj(), self._Fprod
+        A = self._within.copy()
+        logdet = 0.0
+        cmax = min(_CHUNK_GROUPS, m)
+        H = np.empty((r, q, cmax))
+        for a in range(0, m, cmax):
+            sl = slice(a, min(a + cmax, m))
+            k = sl.stop - a
+            Mb = C @ P[:, sl]                                    # M_j - I (3, k) or (1, k)
+            Mb[0] += 1.0
+            Hb = H[:, :, :k]
+            if q == 1:
+                logdet += float(np.log(Mb[0]).sum())
+                np.multiply(Gt[:, 0, sl], 1.0 / np.sqrt(Mb[0]), out=Hb[:, 0])
+            else:
+                Mb[2] += 1.0
+                det = Mb[0] * Mb[2] - Mb[1] * Mb[1]
+                logdet += float(np.log(det).sum())
+                i00 = 1.0 / np.sqrt(Mb[0])
+                l10 = Mb[1] * i00
+                i11 = np.sqrt(Mb[0] / det)
+                np.multiply(Gt[:, 0, sl], i00, out=Hb[:, 0])
+                np.multiply(Hb[:, 0], l10, out=Hb[:, 1])
+                np.subtract(Gt[:, 1, sl], Hb[:, 1], out=Hb[:, 1])
+                Hb[:, 1] *= i11
+            Hf = Hb.reshape(r, q * k)
+            A += Hf @ Hf.T
+        return A, logdet
+
+    def _small_factor_rows(self, S: np.ndarray, sl: slice):
+        """Closed-form l00, l10, l11 (None for q = 1) of L_j for the groups in ``sl``."""
+        F = self._F
+        f0 = F[0, 0, sl]
+        if self._q == 1:
+            return np.sqrt(1.0 + S[0, 0] * f0 * f0), None, None
+        f1, f2 = F[1, 0, sl], F[1, 1, sl]
+        m00 = 1.0 + f0 * (S[0, 0] * f0 + 2.0 * S[0, 1] * f1) + S[1, 1] * f1 * f1
+        m01 = f2 * (S[0, 1] * f0 + S[1, 1] * f1)
+        m11 = 1.0 + S[1, 1] * f2 * f2
+        l00 = np.sqrt(m00)
+        l10 = m01 / l00
+        return l00, l10, np.sqrt(m11 - l10 * l10)
+
+    def _blocked_gradient_small(self, lam_t: np.ndarray, RX: np.ndarray, u: np.ndarray,
+                                pwrss: float) -> np.ndarray:
+        """:meth:`_blocked_gradient_inner` for q <= 2 in closed form.
+
+        Notes
+        -----
+        J_j = L_j^{-1} R_j with R_j = [[f0, f1], [0, f2]]: J00 = f0 / l00,
+        J01 = f1 / l00, J10 = -l10 J00 / l11, J11 = (f2 - l10 J01) / l11; h_j = L_j^{-1}
+        (G_j u) by the same forward substitution; v_j = J_j' h_j.
+        """
+        q, p, r = self._q, self._p, self._p + 1
+        S = lam_t @ lam_t.T
+        Gt = self._transposed_proj()
+        F = self._F
+        dof = self.stats.nobs - p if self.reml else self.stats.nobs
+        reml_x = self.reml and p
+        RXinv = np.linalg.inv(RX) if reml_x else None
+        inner = np.zeros((q, q))
+        for sl in self._blocks():
+            k = sl.stop - sl.start
+            l00, l10, l11 = self._small_factor_rows(S, sl)
+            g = (u @ Gt[:, :, sl].reshape(r, q * k)).reshape(q, k)      # G_j u
+            J00 = F[0, 0, sl] / l00
+            h0 = g[0] / l00
+            if q == 1:
+                v = (J00 * h0)[None, :]
+                inner[0, 0] += float(J00 @ J00)
+                Kx = (J00 * (Gt[:p, 0, sl] / l00))[:, None, :] if reml_x else None
+            else:
+                J01 = F[1, 0, sl] / l00
+                J10 = -l10 * J00 / l11
+                J11 = (F[1, 1, sl] - l10 * J01) / l11
+                h1 = (g[1] - l10 * h0) / l11
+                v = np.stack([J00 * h0 + J10 * h1, J01 * h0 + J11 * h1])
+                inner[0, 0] += float(J00 @ J00 + J10 @ J10)
+                inner[0, 1] += float(J00 @ J01 + J10 @ J11)
+                inner[1, 1] += float(J01 @ J01 + J11 @ J11)
+                if reml_x:
+                    H0 = Gt[:p, 0, sl] / l00
+                    H1 = (Gt[:p, 1, sl] - l10 * H0) / l11
+                    Kx = np.stack([J00 * H0 + J10 * H1, J01 * H0 + J11 * H1], axis=1)
+            inner -= (dof / pwrss) * (v @ v.T)
+            if reml_x:
+                Y = (RXinv @ Kx.reshape(p, q * k)).reshape(p, q, k)
+                Yf = Y.transpose(1, 0, 2).reshape(q, p * k)
+                inner -= Yf @ Yf.T
+        if q == 2:
+            # P was accumulated in the upper triangle only; v v' and Y'Y are symmetric
+            inner[1, 0] = inner[0, 1]
+        return inner
+
+    def _blocked_gradient_inner(self, lam_t: np.ndarray, RX: np.ndarray, u: np.ndarray,
+                                pwrss: float) -> np.ndarray:
+        """The bracket of the gradient (see the module notes), block by block.
+
+        With J_j = L_j^{-1} R_j and H_j = L_j^{-1} G_j: P_j = J_j'J_j,
+        K_j = J_j'H_j and v_j = J_j'(H_j u).
+        """
+        q, p = self._q, self._p
+        if q <= 2:
+            return self._blocked_gradient_small(lam_t, RX, u, pwrss)
+        Gt = self._transposed_proj()
+        dof = self.stats.nobs - p if self.reml else self.stats.nobs
+        inner = np.zeros((q, q))
+        for sl in self._blocks():
+            L = self._block_factor(lam_t, sl)
+            Rj = np.ascontiguousarray(self._F[:, :, sl].transpose(1, 0, 2))   # R_j = F_j'
+            J = batched_forward_solve(L, Rj)                               # (q, q, c)
+            H = batched_forward_solve_T(L, Gt[:, :, sl])                   # (r, q, c)
+            h = np.einsum("rac,r->ac", H, u)                               # H_j u (q, c)
+            v = np.einsum("bac,bc->ac", J, h)                              # J_j' H_j u
+            inner += np.einsum("bac,bdc->ad", J, J) - (dof / pwrss) * (v @ v.T)
+            if self.reml and p:
+                Kx = np.einsum("bac,rbc->rac", J, H[:p])                   # K_jx' (p, q, c)
+                Y = np.linalg.solve(RX, Kx.reshape(p, -1)).reshape(p, q, -1)
+                inner -= np.einsum("pac,pbc->ab", Y, Y)
+        return inner
 
     def _reduced(self, lam_t: np.ndarray):
         """Cholesky factor of A, r^2, log|L|^2, log|R_X|^2 (working coordinates) or None."""
@@ -713,7 +1010,8 @@ class ProfiledDeviance:
         q, p, m = self._q, self._p, self._m
         if not q:
             return None
-        A, logdet_L, Minv = self._system(lam_t, need_inverse=True)
+        blocked = m > _CHUNK_GROUPS and self._wg is None     # the blocked kernels are unweighted
+        A, logdet_L, Minv = self._system(lam_t, need_inverse=not blocked)
         try:
             R = np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
@@ -725,6 +1023,10 @@ class ProfiledDeviance:
         logdet_RX = 2.0 * float(np.log(np.diag(RX)).sum())
         beta = np.linalg.solve(RX.T, R[p, :p]) if p else np.zeros(0)
         u = np.append(-beta, 1.0)
+        if blocked:
+            inner = self._blocked_gradient_inner(lam_t, RX, u, pwrss)
+            dev = self._profiled(pwrss, logdet_L, logdet_RX) + self._const
+            return dev, 2.0 * inner @ lam_t
         F, G = self._F, self._Gw
         # sum_j w_j R_j' M_j^-1 R_j
         P = np.einsum("abm,bcm,dcm->ad", F, Minv if self._wg is None else Minv * self._wg, F)

@@ -139,8 +139,21 @@ def group_crossprod(A: np.ndarray, B: np.ndarray, starts: np.ndarray) -> np.ndar
     n, a = A.shape
     b = B.shape[1]
     out = np.empty((a, b, len(starts)))
+    if n == 0 or not len(starts):
+        out[...] = 0.0
+        return out
+    # one contiguous column at a time (a 1-d reduceat is several times faster than a 2-d
+    # one along axis 0), the row products in one reused buffer
+    Af = [np.ascontiguousarray(A[:, k]) for k in range(a)]
+    Bf = Af if B is A else [np.ascontiguousarray(B[:, c]) for c in range(b)]
+    buf = np.empty(n)
     for k in range(a):
-        out[k] = np.add.reduceat(A[:, k:k + 1] * B, starts, axis=0).T
+        for c in range(b):
+            if B is A and c < k:
+                out[k, c] = out[c, k]
+                continue
+            np.multiply(Af[k], Bf[c], out=buf)
+            out[k, c] = np.add.reduceat(buf, starts)
     return out
 
 

@@ -489,7 +489,9 @@ class HLM(LikelihoodModel):
         -------
         HLM
         """
-        from patsy import EvalEnvironment, dmatrices, dmatrix
+        from patsy import EvalEnvironment
+
+        from .formula.fast import dmatrices_fast, dmatrix_fast
 
         if args:
             raise TypeError(f"HLM.from_formula() got {len(args)} unexpected positional "
@@ -504,7 +506,15 @@ class HLM(LikelihoodModel):
                                               {k: kwargs[k] for k in unknown},
                                               _MIXEDLM_MODEL_KEYWORDS))
         if not isinstance(data, pd.DataFrame):
-            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+            from .scale.dask import from_dask, is_dask_collection
+            if is_dask_collection(data):
+                if groups is not None or re_formula is not None or subset is not None:
+                    raise NotImplementedError("with Dask data give the random effects as "
+                                              "(expr | group) terms; groups=, re_formula= and "
+                                              "subset= are for pandas data")
+                return from_dask(formula, data, missing="raise" if missing == "none" else missing,
+                                 **kwargs)
+            raise TypeError(f"data must be a pandas or Dask DataFrame, got {type(data).__name__}")
         if len(data) == 0:
             raise ValueError("empty data: the DataFrame has no rows")
         data, weight_cols = _weight_columns(data, kwargs)
@@ -568,8 +578,7 @@ class HLM(LikelihoodModel):
         frame = data if keep is None else data.loc[keep]
         if len(frame) == 0:
             raise ValueError("empty data: no rows left after dropping missing values")
-        y, X = dmatrices(parsed.fixed_formula, frame, return_type="dataframe",
-                         NA_action="raise", eval_env=env)
+        y, X = dmatrices_fast(parsed.fixed_formula, frame, eval_env=env)
         if y.shape[1] != 1:
             raise TypeError(f"the response {parsed.response!r} must be a single numeric column, "
                             f"patsy made {y.shape[1]} columns {list(y.columns)}")
@@ -577,7 +586,7 @@ class HLM(LikelihoodModel):
         terms: list[RandomEffectsTerm] = []
         blocks = []
         for s in specs:
-            Zs = dmatrix(s.expr, frame, return_type="dataframe", NA_action="raise", eval_env=env)
+            Zs = dmatrix_fast(s.expr, frame, eval_env=env)
             if Zs.shape[1] == 0:
                 raise ValueError(f"random-effects term {s} has no columns")
             if s.correlated:

@@ -1,0 +1,150 @@
+"""Speed at scale: 10^6 and 10^7 rows in memory, Dask, parquet, cost per evaluation vs m.
+
+    python -m benchmarks.bench_scale [--sizes 6 7] [--dask] [--parquet] [--per-eval] [--lme4]
+
+NELS-shaped data (``simulate_nels``, ~19 rows per school), ``mscore ~ flp*ses +
+(ses|school)`` by ML.  Each row of the table: wall time (median of ``--reps``), CPU
+time of this process and its peak resident memory (``ru_maxrss``, a high-water
+mark over the whole run, so later rows inherit earlier peaks).  BLAS is pinned to
+one thread with threadpoolctl (the machine is shared: CPU time is the steadier
+figure).  lme4 (through Rscript) runs on the same data at 10^6 rows with
+``--lme4`` when R is installed.  ``--per-eval`` times one deviance evaluation
+and one gradient against the number of groups m.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from sm_hlm import HLM
+from sm_hlm.simulate import simulate_nels
+
+from .bench_core import lme4_time
+from .common import markdown_table
+
+FORMULA = "mscore ~ flp*ses + (ses|school)"
+ROWS_PER_SCHOOL = 19.0
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def timed(fn, reps: int):
+    walls, cpus, out = [], [], None
+    for _ in range(reps):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return float(np.median(walls)), float(np.median(cpus)), out
+
+
+def nels(rows: float) -> pd.DataFrame:
+    return simulate_nels(n_schools=int(round(rows / ROWS_PER_SCHOOL)), seed=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="*", default=[6, 7])
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--dask", action="store_true")
+    ap.add_argument("--parquet", action="store_true")
+    ap.add_argument("--per-eval", action="store_true")
+    ap.add_argument("--lme4", action="store_true")
+    ap.add_argument("--dask-parquet", default=None,
+                    help="a parquet directory of NELS-shaped data to fit on a LocalCluster")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    rows = []
+    with threadpool_limits(1):
+        blas = ", ".join(f"{i['internal_api']} x{i['num_threads']}" for i in threadpool_info())
+        for e in args.sizes:
+            df = nels(10 ** e)
+            w, c, res = timed(lambda: HLM.from_formula(FORMULA, df).fit(reml=False), args.reps)
+            rows.append({"what": f"in memory 10^{e}", "rows": len(df),
+                         "groups": df["school"].nunique(), "wall s": round(w, 2),
+                         "cpu s": round(c, 2), "peak GB": round(peak_gb(), 2),
+                         "logLik": round(res.llf, 4)})
+            if args.lme4 and e <= 6:
+                t = lme4_time(df, 1)
+                if t is not None:
+                    rows.append({"what": f"lme4 10^{e}", "rows": len(df),
+                                 "groups": df["school"].nunique(), "wall s": round(t, 2)})
+            if args.dask:
+                import dask.dataframe as dd
+                from distributed import Client, LocalCluster
+                with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cl, Client(cl):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        dd.from_pandas(df, npartitions=max(2, len(df) // 1_000_000)) \
+                            .to_parquet(tmp)
+                        w, c, r2 = timed(lambda: HLM.from_formula(
+                            FORMULA, dd.read_parquet(tmp)).fit(reml=False), 1)
+                rows.append({"what": f"Dask LocalCluster(2) parquet 10^{e}", "rows": len(df),
+                             "groups": r2.n_groups, "wall s": round(w, 2),
+                             "cpu s (client)": round(c, 2), "peak GB": round(peak_gb(), 2),
+                             "logLik": round(r2.llf, 4)})
+            if args.parquet:
+                from sm_hlm.scale import from_parquet
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "d.parquet"
+                    df.to_parquet(path, row_group_size=1_000_000)
+                    w, c, r3 = timed(lambda: from_parquet(FORMULA, path, progress=False)
+                                     .fit(reml=False), 1)
+                rows.append({"what": f"parquet batches 10^{e}", "rows": len(df),
+                             "groups": r3.n_groups, "wall s": round(w, 2), "cpu s": round(c, 2),
+                             "peak GB": round(peak_gb(), 2), "logLik": round(r3.llf, 4)})
+            del df
+        if args.dask_parquet:
+            import dask.dataframe as dd
+            from distributed import Client, LocalCluster
+
+            def worker_peak() -> float:
+                return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+            with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                              dashboard_address=None, memory_limit="6GB") as cl, \
+                    Client(cl) as client:
+                base = peak_gb()
+                ddf = dd.read_parquet(args.dask_parquet, split_row_groups=True)
+                w, c, r4 = timed(lambda: HLM.from_formula(FORMULA, ddf).fit(reml=False), 1)
+                wpk = max(client.run(worker_peak).values())
+                rows.append({"what": f"Dask LocalCluster({args.workers}) {args.dask_parquet}",
+                             "rows": int(r4.nobs), "groups": r4.n_groups, "wall s": round(w, 1),
+                             "cpu s (client)": round(c, 1),
+                             "peak GB": f"client {peak_gb():.2f} (before {base:.2f}), "
+                                        f"worker {wpk:.2f}",
+                             "logLik": round(r4.llf, 4)})
+        table = pd.DataFrame(rows)
+        print(f"BLAS: {blas}")
+        print(markdown_table(table.astype(object).where(table.notna(), "")))
+        if args.per_eval:
+            ev = []
+            for m in (1_000, 10_000, 100_000, 1_000_000):
+                df = simulate_nels(n_schools=m, seed=2)
+                mod = HLM.from_formula(FORMULA, df)
+                dev = mod.deviance_function(reml=False)
+                th = dev.moment_start()
+                dev.work_deviance(th)
+                k = max(3, int(2e6 // m))
+                w, c, _ = timed(lambda: [dev.work_deviance(th) for _ in range(k)], 1)
+                wg, cg, _ = timed(lambda: [dev.work_gradient(th) for _ in range(k)], 1)
+                ev.append({"groups m": m, "deviance ms": round(1e3 * w / k, 3),
+                           "ns per group": round(1e9 * c / k / m, 1),
+                           "gradient ms": round(1e3 * wg / k, 3),
+                           "gradient ns per group": round(1e9 * cg / k / m, 1)})
+                del df, mod, dev
+            print(markdown_table(pd.DataFrame(ev)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,26 @@
+"""Fits from summed per-group statistics: data beyond memory.
+
+Only per-group sufficient statistics (Z_j'Z_j, Z_j'[X_j y_j]) and W'W enter the
+profiled deviance, and they add up over chunks of rows.  This package computes
+them chunk by chunk and fits on the client:
+
+* :mod:`sm_hlm.scale.stats` -- the fixed design of every chunk, the two passes
+  (moments for the working coordinates, then the statistics) and the model
+  fitted from the summed statistics (:class:`SummedHLM`);
+* :mod:`sm_hlm.scale.dask` -- the same passes on a Dask DataFrame (workers
+  compute, a tree reduction sums the partial statistics of groups spread over
+  partitions); ``HLM.from_formula(formula, data=dask_dataframe)`` lands here;
+* :mod:`sm_hlm.scale.parquet` -- out of core on one machine from a parquet file
+  or directory (pyarrow record batches, a tqdm progress bar).
+"""
+from __future__ import annotations
+
+from .stats import ChunkDesign, SummedHLM, SummedHLMResults
+
+__all__ = ["ChunkDesign", "SummedHLM", "SummedHLMResults", "from_parquet"]
+
+
+def from_parquet(*args, **kwargs) -> SummedHLM:
+    """See :func:`sm_hlm.scale.parquet.from_parquet`."""
+    from .parquet import from_parquet as _fp
+    return _fp(*args, **kwargs)
