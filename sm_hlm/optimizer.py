@@ -521,6 +521,14 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
             notes.append(f"a Newton polish improved the objective by {f - f2:.3g}")
             x, f, g, H = x2, f2, g2, H2
             ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
+    if ok:
+        # a last Newton step or two: quadratic convergence makes the optimum exact to
+        # far below the verdict's tolerance at the cost of a few gradients
+        x2, f2, g2, H2 = _newton_polish(obj, x, f, lower, upper, tol=tol * 1e-3, max_iter=2)
+        if f2 < f:
+            ok2, note2 = kkt_verdict(x2, g2, H2, lower, upper, tol=tol)
+            if ok2:
+                x, f, g, H, note = x2, f2, g2, H2, note2
     if not ok:
         for start in (*restart_points, x):
             x2, f2, code2 = attempt(np.asarray(start, dtype=float))

@@ -402,7 +402,7 @@ class SummedHLM:
                                 reparam=self._reparam, theta_index=rd.lambda_index)
 
     def fit(self, start_params: np.ndarray | None = None, reml: bool = True, *,
-            method: str = "bobyqa", maxeval: int = 100_000, ftol_abs: float = 1e-8,
+            method: str = "auto", maxeval: int = 100_000, ftol_abs: float = 1e-8,
             xtol_abs: float = 1e-8) -> "SummedHLMResults":
         """Fit by REML (default) or ML, as :meth:`sm_hlm.HLM.fit`."""
         import warnings
@@ -415,14 +415,15 @@ class SummedHLM:
         require_nlopt()
         if not isinstance(reml, (bool, np.bool_)):
             raise TypeError(f"reml must be True or False, got {reml!r}")
-        if method not in ("bobyqa", "lbfgs"):
-            raise ValueError(f"method={method!r} is not available ('bobyqa' or 'lbfgs')")
+        if method not in ("auto", "bobyqa", "lbfgs"):
+            raise ValueError(f"method={method!r} is not available ('auto', 'bobyqa' or 'lbfgs')")
         dev = self.deviance_function(reml=bool(reml))
         rd = self.re_design
         sp = None if start_params is None else np.asarray(start_params, float)
         record = minimize_deviance(dev, rd.theta_lower, start=sp, identity=rd.theta_start(),
                                    ftol_abs=ftol_abs, xtol_abs=xtol_abs, maxeval=maxeval,
-                                   names=rd.theta_names, skip_bobyqa=method == "lbfgs")
+                                   names=rd.theta_names, skip_bobyqa=method == "lbfgs",
+                                   gradient_first=method == "auto")
         fit = build_fit(self, dev, record, reml=bool(reml), compute_vcomp_cov=False)
         if fit.singular_terms:
             warnings.warn("boundary (singular) fit: " + "; ".join(fit.singular_terms),
