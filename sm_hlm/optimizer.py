@@ -472,37 +472,53 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
     x, f, code = attempt(x0)
     n_restarts = 0
     restart_points = tuple(np.asarray(r, dtype=float) for r in restart_points)
-    # restarts from interior points after a stop on a bound: the Cholesky parametrisation has
-    # spurious boundary minima (a zero diagonal), so a boundary stop is checked from the point
-    # with its boundary coordinates moved inside, from the point with every bounded coordinate
-    # at least 1 (a well-conditioned interior point near it) and from the restart points
-    tried = 0
-    while tried < 4:
-        on_bound = (x - lower <= _BOUND_TOL) & np.isfinite(lower)
-        if not on_bound.any():
-            break
-        bounded = np.isfinite(lower)
-        starts = [np.where(on_bound, lower + 1.0, x),
-                  np.where(bounded, np.maximum(x, lower + 1.0), x),
-                  *restart_points]
-        improved = False
-        for start in starts:
-            x2, f2, code2 = attempt(np.asarray(start, dtype=float))
-            n_restarts += 1
-            tried += 1
-            if f2 < f - 1e-9:
-                notes.append(f"a restart from an interior point improved the objective by "
-                             f"{f - f2:.3g}")
-                x, f, code = x2, f2, code2
-                improved = True
+    def boundary_restarts(x: np.ndarray, f: float, code: int, n_restarts: int):
+        """Restarts from interior points after a stop on a bound, keeping the best.
+
+        The Cholesky parametrisation has spurious boundary minima (a zero
+        diagonal), so a boundary stop is checked from the point with its
+        boundary coordinates moved inside, from the point with every bounded
+        coordinate at least 1 and from the restart points.
+        """
+        tried = 0
+        while tried < 4:
+            on_bound = (x - lower <= _BOUND_TOL) & np.isfinite(lower)
+            if not on_bound.any():
                 break
-        if not improved:
-            break
+            bounded = np.isfinite(lower)
+            starts = [np.where(on_bound, lower + 1.0, x),
+                      np.where(bounded, np.maximum(x, lower + 1.0), x),
+                      *restart_points]
+            improved = False
+            for start in starts:
+                x2, f2, code2 = attempt(np.asarray(start, dtype=float))
+                n_restarts += 1
+                tried += 1
+                if f2 < f - 1e-9:
+                    notes.append(f"a restart from an interior point improved the objective by "
+                                 f"{f - f2:.3g}")
+                    x, f, code = x2, f2, code2
+                    improved = True
+                    break
+            if not improved:
+                break
+        return x, f, code, n_restarts
+
+    x, f, code, n_restarts = boundary_restarts(x, f, code, n_restarts)
+    if gradient_first and not skip_bobyqa and np.any((x - lower <= _BOUND_TOL) & np.isfinite(lower)):
+        # a singular fit found by the gradient path: BOBYQA (and its boundary restarts) too,
+        # since gradient steps from the interior can stop on a spurious boundary minimum
+        use_bobyqa = True
+        x2, f2, code2 = attempt(x0)
+        x2, f2, code2, n_restarts = boundary_restarts(x2, f2, code2, n_restarts + 1)
+        if f2 < f - 1e-9:
+            notes.append(f"BOBYQA improved on the gradient path's boundary fit by {f - f2:.3g}")
+            x, f, code = x2, f2, code2
     x, f = _snap_to_bounds(obj, x, f, lower, upper)
     g = obj.grad(x)
     H = _hessian_from_gradient(obj.grad, x, lower, upper)
     ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
-    if not ok and gradient_first and not skip_bobyqa:
+    if not ok and gradient_first and not skip_bobyqa and not use_bobyqa:
         # the gradient path did not settle: BOBYQA from the start, then the polish
         use_bobyqa = True
         x2, f2, code2 = attempt(x0)
