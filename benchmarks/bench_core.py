@@ -27,22 +27,12 @@ import pandas as pd
 
 import sm_hlm
 
-from .common import fmt_time, markdown_table
+from .common import fmt_time, markdown_table, median_time
 from sm_hlm.simulate import simulate_nels
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMULA = "mscore ~ flp + ses + flp*ses + (ses | school)"
 MARK_START, MARK_END = "<!-- bench:core:start -->", "<!-- bench:core:end -->"
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def lme4_time(data: pd.DataFrame, reps: int) -> float | None:

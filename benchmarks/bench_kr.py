@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +34,10 @@ import sm_hlm
 from sm_hlm.kenward_roger import kenward_roger
 from sm_hlm.simulate import simulate_nels
 
-from .common import fmt_time, markdown_table
+from .common import fmt_time, markdown_table, median_time
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMULA = "mscore ~ flp*ses + (ses | school)"
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def pbkrtest_time(data: pd.DataFrame, reps: int) -> tuple[float | None, np.ndarray | None]:

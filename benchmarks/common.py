@@ -1,9 +1,24 @@
 """Helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+import numpy as np
 import pandas as pd
 
-__all__ = ["fmt_time", "markdown_table"]
+__all__ = ["fmt_time", "markdown_table", "median_time"]
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    """Median wall time of ``reps`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
 
 def markdown_table(df: pd.DataFrame) -> str:
