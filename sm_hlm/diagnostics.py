@@ -15,7 +15,7 @@
   random-effects design (what the per-group OLS estimates estimate).
 
 All per-group quantities are computed for every group at once with the
-q-major batched kernels of :mod:`sm_hlm.linalg`; nothing loops over groups.
+q-major batched kernels of :mod:`sm_hlm.engine.linalg`; nothing loops over groups.
 
 Every function reads only ``results.model`` and ``results.fit_result``'s
 ``fe_params``, ``cov_re`` and ``scale`` (and ``blups`` for
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .linalg import (ALIAS_TOL, batched_back_solve, batched_cholesky, batched_forward_solve,
+from .engine.linalg import (ALIAS_TOL, batched_back_solve, batched_cholesky, batched_forward_solve,
                      batched_inverse_lower, sequential_rank_cholesky)
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .linalg import (ALIAS_TOL, batched_back_solve, batched_cholesky, batched_forward_solve,
+from .engine.linalg import (ALIAS_TOL, batched_back_solve, batched_cholesky, batched_forward_solve,
                      group_crossprod, sequential_rank_cholesky)
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["group_ols", "group_ols_summary", "marginal_cov", "marginal_loglike_dense"]
 
-_ALIAS_TOL = ALIAS_TOL   # see sm_hlm.linalg.ALIAS_TOL
+_ALIAS_TOL = ALIAS_TOL   # see sm_hlm.engine.linalg.ALIAS_TOL
 
 
 def group_ols(model: "HLM", *, exog: str = "re") -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from .crosslevel import _group_means
-from .linalg import ALIAS_TOL, sequential_rank_cholesky
+from .engine.linalg import ALIAS_TOL, sequential_rank_cholesky
 
 if TYPE_CHECKING:
     from .results import HLMResults

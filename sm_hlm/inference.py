@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .numdiff import hessian_richardson, jacobian_richardson
-from .deviance import LOG2PI, ProfiledDeviance, SufficientStats
-from .linalg import group_crossprod
-from .optimizer import minimize_bobyqa, minimize_deviance
+from .engine.numdiff import hessian_richardson, jacobian_richardson
+from .engine.deviance import LOG2PI, ProfiledDeviance, SufficientStats
+from .engine.linalg import group_crossprod
+from .engine.optimizer import minimize_bobyqa, minimize_deviance
 
 if TYPE_CHECKING:
     from .model import HLM

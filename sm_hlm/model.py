@@ -22,12 +22,12 @@ from . import groupwise
 from .data import (check_columns, check_numeric_response, factorize_sorted, formula_variables,
                    handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
-from .deviance import ProfiledDeviance, SufficientStats, working_stats
+from .engine.deviance import ProfiledDeviance, SufficientStats, working_stats
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from ._compat import require_nlopt
 from .formula.parse import RandomTermSpec, parse_formula
-from .linalg import group_crossprod, sequential_rank_cholesky
-from .optimizer import minimize_deviance
+from .engine.linalg import group_crossprod, sequential_rank_cholesky
+from .engine.optimizer import minimize_deviance
 
 __all__ = ["HLM"]
 
@@ -153,7 +153,7 @@ class HLM(LikelihoodModel):
     (R_j = I by default).  Writing Psi = sigma^2 Lambda Lambda' (Lambda lower
     triangular, block diagonal over terms), the optimiser works on the free
     entries theta of Lambda (and the residual structure's parameters); beta
-    and sigma^2 are profiled out (see :mod:`sm_hlm.deviance` and
+    and sigma^2 are profiled out (see :mod:`sm_hlm.engine.deviance` and
     :mod:`sm_hlm.whitening`).  Estimates match lme4's ``lmer`` (and nlme's
     ``lme``/``gls`` with a residual structure).
     """
@@ -348,7 +348,7 @@ class HLM(LikelihoodModel):
                                log_weight_sum=w.log_weight_sum)
 
     def _working_stats(self):
-        """The statistics in centred and scaled coordinates (see :mod:`sm_hlm.deviance`)."""
+        """The statistics in centred and scaled coordinates (see :mod:`sm_hlm.engine.deviance`)."""
         blocks, start = [], 0
         for t in self.re_design.terms:
             blocks.append((start, start + t.k, t.correlated and t.k > 1))
@@ -639,7 +639,7 @@ class HLM(LikelihoodModel):
     # ------------------------------------------------------------ likelihood
     def deviance_function(self, *, reml: bool = True,
                           residual_free: np.ndarray | None = None) -> ProfiledDeviance:
-        """The profiled deviance of theta (see :mod:`sm_hlm.deviance`).
+        """The profiled deviance of theta (see :mod:`sm_hlm.engine.deviance`).
 
         With a residual structure the deviance depends on the structure's
         parameters too: pass ``residual_free`` (e.g. ``results.fit_result.
@@ -727,7 +727,7 @@ class HLM(LikelihoodModel):
         -----
         ``converged`` is True only when a scale-free, boundary-aware test of
         the first- and second-order conditions holds at the end point
-        (:func:`sm_hlm.optimizer.kkt_verdict`); otherwise a ConvergenceWarning
+        (:func:`sm_hlm.engine.optimizer.kkt_verdict`); otherwise a ConvergenceWarning
         says what failed.  The reported log-likelihood is recomputed from the
         residuals at the reported estimates before it is returned.
         """
@@ -853,12 +853,12 @@ class HLM(LikelihoodModel):
         Notes
         -----
         With r = y - X beta, the quadratic form r'V^{-1}r is evaluated group
-        by group in the stable form of :mod:`sm_hlm.deviance` (within-group
+        by group in the stable form of :mod:`sm_hlm.engine.deviance` (within-group
         residuals of r on Z_j plus the projections weighted by M_j^{-1}), and
         log|V| = sum_j log|I + Lambda' Z_j'Z_j Lambda|.  For REML, log|X'V^{-1}X|
         is added and beta should be the GLS estimate.
         """
-        from .deviance import LOG2PI, residual_quadratic
+        from .engine.deviance import LOG2PI, residual_quadratic
 
         if dev is None:
             dev = self.deviance_function(reml=reml)
@@ -885,7 +885,7 @@ class HLM(LikelihoodModel):
         to evaluate the estimator at another program's optimum (e.g. lme4's
         ``getME(fit, "theta")``) or along a profile.
         """
-        from .optimizer import OptimizerRecord
+        from .engine.optimizer import OptimizerRecord
         from .results import HLMResults, HLMResultsWrapper, build_fit
 
         rd = self.re_design

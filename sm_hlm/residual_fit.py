@@ -28,8 +28,8 @@ from scipy import stats
 
 from .exceptions import ConvergenceWarning, SingularFitWarning
 from .groupwise import _group_rows
-from .numdiff import jacobian_richardson
-from .optimizer import minimize_bobyqa
+from .engine.numdiff import jacobian_richardson
+from .engine.optimizer import minimize_bobyqa
 from .residual import external_stacklevel
 from .results import HLMResults, HLMResultsWrapper, build_fit, vcomp_objective
 

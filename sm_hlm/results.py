@@ -10,8 +10,8 @@ import statsmodels.base.wrapper as wrap
 from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
 from ._compat import cache_readonly
 
-from .deviance import ProfiledDeviance
-from .optimizer import OptimizerRecord
+from .engine.deviance import ProfiledDeviance
+from .engine.optimizer import OptimizerRecord
 
 if TYPE_CHECKING:
     from .model import HLM
@@ -92,7 +92,7 @@ def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re
     estimate (ML) or integrated out (REML), by Richardson-extrapolated
     central differences (plain ones are noisy on a deviance of order 1e4+).
     """
-    from .numdiff import hessian_richardson
+    from .engine.numdiff import hessian_richardson
 
     rd = model.re_design
     r, c = rd.vcomp_index()

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .linalg import batched_cholesky, batched_inverse_lower, group_crossprod
+from .engine.linalg import batched_cholesky, batched_inverse_lower, group_crossprod
 
 if TYPE_CHECKING:
     from .results import HLMResults
@@ -191,7 +191,7 @@ def sandwich_cov_fe(results: "HLMResults") -> np.ndarray:
         cov = H^{-1} (m / (m - 1)) sum_g s_g s_g' H^{-1},
 
     H^{-1} being minus lme4's model-based ``vcov``.  V_g^{-1} is applied in the
-    stable form of :mod:`sm_hlm.deviance`: with Z_g = Q_g R_g (per-group QR),
+    stable form of :mod:`sm_hlm.engine.deviance`: with Z_g = Q_g R_g (per-group QR),
     V_g^{-1} = I - Q_g Q_g' + Q_g M_g^{-1} Q_g' (relative to sigma^2).
     """
     model = results.model
@@ -305,7 +305,7 @@ def sandwich_cov_vcomp(results: "HLMResults") -> np.ndarray:
     m/(m-1) sum_j s_j s_j' with s_j from :func:`vcomp_scores`.  Returns the
     (k + 1) x (k + 1) matrix; the last row/column is sigma^2.
     """
-    from .numdiff import hessian_richardson
+    from .engine.numdiff import hessian_richardson
     from .results import vcomp_objective
 
     fit = results.fit_result

@@ -9,7 +9,7 @@ independent homoscedastic errors, and
     log|V_j| = log|R_j| + log|I + Lambda' Z_j' R_j^{-1} Z_j Lambda| + n_j log sigma^2.
 
 So the profiled ML/REML deviance of (theta, structure parameters) is the
-deviance of :mod:`sm_hlm.deviance` on the whitened sufficient statistics plus
+deviance of :mod:`sm_hlm.engine.deviance` on the whitened sufficient statistics plus
 log|R| = sum_j log|R_j|.  R_j = S_j C_j S_j: rows are first divided by their SD
 ratio, then decorrelated:
 
@@ -42,9 +42,9 @@ import pandas as pd
 from scipy import sparse
 
 from .data import factorize_sorted
-from .deviance import ProfiledDeviance, SufficientStats
+from .engine.deviance import ProfiledDeviance, SufficientStats
 from .exceptions import IdentificationError
-from .linalg import group_crossprod
+from .engine.linalg import group_crossprod
 from .residual import (ResidualIdentificationWarning, ResidualIndex, ResidualStructure,
                        StartContext, _fmt_level, external_stacklevel)
 

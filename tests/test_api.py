@@ -216,7 +216,7 @@ def test_no_random_effects_is_ols(data):
 def test_variance_component_standard_errors_match_dense_information():
     """bse_re: inverse observed information, checked with the notes' dense likelihood."""
     from sm_hlm.groupwise import marginal_loglike_dense
-    from sm_hlm.numdiff import hessian_richardson
+    from sm_hlm.engine.numdiff import hessian_richardson
     from sm_hlm.simulate import simulate_mixed
 
     d = simulate_mixed(n_groups=40, mean_group_size=8, fe_params={"Intercept": 1.0, "x": 0.5},

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sm_hlm
-from sm_hlm.numdiff import jacobian_richardson
+from sm_hlm.engine.numdiff import jacobian_richardson
 from sm_hlm.simulate import simulate_mixed
 
 CASES = {

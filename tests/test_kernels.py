@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sm_hlm
-from sm_hlm import linalg
-from sm_hlm.deviance import LOG2PI
+from sm_hlm.engine import linalg
+from sm_hlm.engine.deviance import LOG2PI
 from sm_hlm.simulate import simulate_mixed
 
 
@@ -152,7 +152,7 @@ def test_sequential_rank_cholesky_factor_of_kept_columns():
 
 
 def test_optimizer_record_end_point_matches_its_value():
-    from sm_hlm.optimizer import minimize_bobyqa
+    from sm_hlm.engine.optimizer import minimize_bobyqa
 
     rec = minimize_bobyqa(lambda x: float((x[0] - 1) ** 2 + 10 * (x[1] + 0.5) ** 2),
                           np.array([3.0, 3.0]), np.array([-np.inf, -np.inf]))

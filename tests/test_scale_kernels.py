@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import sm_hlm.deviance as deviance
+import sm_hlm.engine.deviance as deviance
 from sm_hlm import HLM
 from sm_hlm.simulate import simulate_mixed
 

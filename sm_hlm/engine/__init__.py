@@ -1,8 +1,8 @@
 """The mixed-model engine for any number of grouping factors.
 
 A layer below the model and results: it imports only numpy, scipy,
-threadpoolctl, :mod:`sm_hlm.linalg` and (in :func:`fit_theta`)
-:mod:`sm_hlm.optimizer`.
+threadpoolctl, :mod:`sm_hlm.engine.linalg` and (in :func:`fit_theta`)
+:mod:`sm_hlm.engine.optimizer`.
 
 Usage::
 

@@ -18,7 +18,7 @@ The last p + 1 rows of D's factor hold R = [[R_X, 0], [r', r_yy]] with
 R_X R_X' = X'V^{-1}X and r_yy^2 = r^2(theta), the penalised residual sum of
 squares, V = I + Z Lambda Lambda' Z'.  With log|L|^2 = 2 sum log diag over
 all random-effects blocks (= log|Lambda'Z'Z Lambda + I| = log|V|), the
-profiled deviances are those of :mod:`sm_hlm.deviance`:
+profiled deviances are those of :mod:`sm_hlm.engine.deviance`:
 
     ML:   log|L|^2 + n (1 + log(2 pi r^2 / n))
     REML: log|L|^2 + log|R_X|^2 + (n - p)(1 + log(2 pi r^2 / (n - p))).
@@ -32,7 +32,7 @@ import numpy as np
 from scipy.linalg import lapack
 from threadpoolctl import ThreadpoolController
 
-from ..linalg import batched_cholesky, batched_forward_solve_T, batched_inverse_lower
+from .linalg import batched_cholesky, batched_forward_solve_T, batched_inverse_lower
 from .structure import BlockedStructure
 from .terms import RETerm, ThetaLayout
 

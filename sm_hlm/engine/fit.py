@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..optimizer import OptimizerRecord, minimize_bobyqa
+from .optimizer import OptimizerRecord, minimize_bobyqa
 from .blocked import BlockedDeviance
 from .terms import RETerm
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from ..linalg import batched_back_solve, batched_inverse_lower
+from .linalg import batched_back_solve, batched_inverse_lower
 from .blocked import BlockedDeviance, BlockedFactor
 
 __all__ = ["Solution", "solve_at"]

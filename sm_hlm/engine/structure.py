@@ -41,7 +41,7 @@ untouched by earlier columns, that update is linear in
 G_c = Lambda_0 M_c^{-1} Lambda_0' (M_c = Lambda_0' Z_c'Z_c Lambda_0 + I), so it
 is stored as one sparse matrix P with P @ vec(G) the update before the
 Lambda_i, Lambda_k transforms (the pair-product idea of
-:mod:`sm_hlm.deviance`): no symbolic work and no gathers per evaluation.  No
+:mod:`sm_hlm.engine.deviance`): no symbolic work and no gathers per evaluation.  No
 fill-in happens outside these patterns: a level of a BD column lies inside
 one level of each later BD term.
 

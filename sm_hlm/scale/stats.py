@@ -7,17 +7,17 @@ Two passes over the data, each a map over chunks followed by a sum:
 1. **Moments** of the columns of W = [X y] and Z (count, mean, centred sum of
    squares combined by Chan's parallel formula, minimum and maximum), which
    give the exact centring and scaling maps D and T of the working
-   coordinates (:class:`sm_hlm.deviance.Reparametrization`).
+   coordinates (:class:`sm_hlm.engine.deviance.Reparametrization`).
 2. **Statistics** in the working coordinates W~ = W D, Z~ = Z T: per group
    Z~_j'Z~_j and Z~_j'W~_j (partial sums of a group spread over several chunks
    add up), and W~'W~.
 
 On the client the per-group roots F_j (F_j F_j' = Z~_j'Z~_j) and G_j =
 F_j^{-1} Z~_j'W~_j come from a rank-revealing Cholesky
-(:func:`sm_hlm.deviance.root_factors`) and the within-group part as
+(:func:`sm_hlm.engine.deviance.root_factors`) and the within-group part as
 sum_j E_j'E_j = W~'W~ - sum_j G_j'G_j.  In exact arithmetic this is the
 in-memory estimator; numerically it is less stable than the in-memory row QR
-(:func:`sm_hlm.deviance.group_qr`): the difference W~'W~ - sum_j G_j'G_j loses
+(:func:`sm_hlm.engine.deviance.group_qr`): the difference W~'W~ - sum_j G_j'G_j loses
 the digits the between-group part shares with the total, and the Cholesky of
 Z_j'Z_j squares the condition number of nearly collinear Z columns.  Working
 in centred and scaled coordinates keeps the loss small for ordinary data
@@ -37,10 +37,10 @@ import pandas as pd
 
 from ..data import formula_variables
 from ..design import RandomEffectsDesign, RandomEffectsTerm
-from ..deviance import ProfiledDeviance, Reparametrization, SufficientStats
+from ..engine.deviance import ProfiledDeviance, Reparametrization, SufficientStats
 from ..exceptions import IdentificationError
 from ..formula.parse import RandomTermSpec, parse_formula
-from ..linalg import sequential_rank_cholesky
+from ..engine.linalg import sequential_rank_cholesky
 
 __all__ = ["ChunkDesign", "Moments", "Partial", "SummedHLM", "SummedHLMResults",
            "combine_moments", "combine_partials", "working_maps"]
@@ -254,7 +254,7 @@ def chunk_moments(design: ChunkDesign, chunk: pd.DataFrame) -> Moments:
 
 
 def _map_from_moments(mom: Moments, sel: slice, blocks: list[tuple[int, int, bool]]) -> np.ndarray:
-    """The centring and scaling map of :func:`sm_hlm.deviance.working_stats`, from moments."""
+    """The centring and scaling map of :func:`sm_hlm.engine.deviance.working_stats`, from moments."""
     mean, m2, lo, hi = mom.mean[sel], mom.m2[sel], mom.lo[sel], mom.hi[sel]
     n = mom.n
     D = np.eye(len(mean))
@@ -331,7 +331,7 @@ def combine_partials(parts: list[Partial]) -> Partial:
 
 
 def stats_from_partial(design: ChunkDesign, part: Partial) -> tuple[SufficientStats, pd.Index]:
-    """Working-coordinate :class:`~sm_hlm.deviance.SufficientStats` (within derived)."""
+    """Working-coordinate :class:`~sm_hlm.engine.deviance.SufficientStats` (within derived)."""
     frame = part.groups
     try:                                   # groups in sorted order (as the in-memory model)
         order = np.argsort(frame.index.to_numpy(), kind="stable")
@@ -409,7 +409,7 @@ class SummedHLM:
 
         from .._compat import require_nlopt
         from ..exceptions import ConvergenceWarning, SingularFitWarning
-        from ..optimizer import minimize_deviance
+        from ..engine.optimizer import minimize_deviance
         from ..results import build_fit
 
         require_nlopt()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ._compat import require_nlopt
+from .._compat import require_nlopt
 
 __all__ = ["OptimizerRecord", "minimize_bobyqa", "minimize_with_gradient", "minimize_deviance",
            "numerical_gradient", "kkt_verdict", "NEWTON_TOL"]
@@ -571,9 +571,9 @@ def minimize_deviance(dev, lower: np.ndarray, *, start: np.ndarray | None = None
                       identity: np.ndarray | None = None, **options) -> OptimizerRecord:
     """Minimise a profiled deviance over theta in its working coordinates.
 
-    ``dev`` is a :class:`sm_hlm.deviance.ProfiledDeviance` built with
+    ``dev`` is a :class:`sm_hlm.engine.deviance.ProfiledDeviance` built with
     ``theta_index``.  The optimiser runs on theta~ (centred and scaled
-    coordinates, :meth:`~sm_hlm.deviance.ProfiledDeviance.work_deviance`)
+    coordinates, :meth:`~sm_hlm.engine.deviance.ProfiledDeviance.work_deviance`)
     from ``start`` (original theta; the data's moments when None), with
     lme4's ``identity`` start as a restart point; the record is mapped back
     to theta (start, end and gradient; the Hessian stays in the working

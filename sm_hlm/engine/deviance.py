@@ -410,7 +410,7 @@ def _qr_statistics(Z: np.ndarray, W: np.ndarray, starts: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Q, F (:func:`group_qr`), G = Q_j'W_j and sum_j E_j'E_j, block by block of rows.
 
-    The same computations as :func:`group_qr`, :func:`~sm_hlm.linalg.group_crossprod`
+    The same computations as :func:`group_qr`, :func:`~sm_hlm.engine.linalg.group_crossprod`
     and :func:`_within_crossprod` on blocks of whole groups of about
     ``_ROW_BLOCK`` rows, so that every row-sized temporary stays in the CPU cache.
     """
@@ -657,7 +657,7 @@ class ProfiledDeviance:
         return [slice(a, min(a + _CHUNK_GROUPS, m)) for a in range(0, m, _CHUNK_GROUPS)]
 
     def _transposed_proj(self) -> np.ndarray:
-        """G in the (r, q, m) layout of :func:`~sm_hlm.linalg.batched_forward_solve_T`."""
+        """G in the (r, q, m) layout of :func:`~sm_hlm.engine.linalg.batched_forward_solve_T`."""
         if getattr(self, "_Gt", None) is None:
             self._Gt = np.ascontiguousarray(self._G.transpose(1, 0, 2))
         return self._Gt
