@@ -673,29 +673,14 @@ class ProfiledDeviance:
         return batched_cholesky(M)
 
     def _block_factor_small(self, lam_t: np.ndarray, sl: slice) -> np.ndarray:
-        """Closed form of :meth:`_block_factor` for q <= 2.
-
-        With F_j = [[f0, 0], [f1, f2]] (R_j = F_j') and S = Lambda~ Lambda~':
-        M_00 = 1 + f0^2 s00 + 2 f0 f1 s01 + f1^2 s11, M_01 = f2 (f0 s01 + f1 s11),
-        M_11 = 1 + f2^2 s11, then the 2 x 2 Cholesky factor.
-        """
+        """Closed form of :meth:`_block_factor` for q <= 2 (:meth:`_small_factor_rows`)."""
         q = self._q
-        S = lam_t @ lam_t.T
-        F = self._F
-        f0 = F[0, 0, sl]
-        L = np.zeros((q, q, f0.shape[0]))
-        if q == 1:
-            L[0, 0] = np.sqrt(1.0 + S[0, 0] * f0 * f0)
-            return L
-        f1, f2 = F[1, 0, sl], F[1, 1, sl]
-        m00 = 1.0 + f0 * (S[0, 0] * f0 + 2.0 * S[0, 1] * f1) + S[1, 1] * f1 * f1
-        m01 = f2 * (S[0, 1] * f0 + S[1, 1] * f1)
-        m11 = 1.0 + S[1, 1] * f2 * f2
-        l00 = np.sqrt(m00)
-        l10 = m01 / l00
+        l00, l10, l11 = self._small_factor_rows(lam_t @ lam_t.T, sl)
+        L = np.zeros((q, q, l00.shape[0]))
         L[0, 0] = l00
-        L[1, 0] = l10
-        L[1, 1] = np.sqrt(m11 - l10 * l10)
+        if q == 2:
+            L[1, 0] = l10
+            L[1, 1] = l11
         return L
 
     def _blocked_system(self, lam_t: np.ndarray) -> tuple[np.ndarray, float]:
@@ -781,7 +766,12 @@ class ProfiledDeviance:
         return A, logdet
 
     def _small_factor_rows(self, S: np.ndarray, sl: slice):
-        """Closed-form l00, l10, l11 (None for q = 1) of L_j for the groups in ``sl``."""
+        """Closed-form l00, l10, l11 (None for q = 1) of L_j for the groups in ``sl``.
+
+        With F_j = [[f0, 0], [f1, f2]] (R_j = F_j') and S = Lambda~ Lambda~':
+        M_00 = 1 + f0^2 s00 + 2 f0 f1 s01 + f1^2 s11, M_01 = f2 (f0 s01 + f1 s11),
+        M_11 = 1 + f2^2 s11, then the 2 x 2 Cholesky factor.
+        """
         F = self._F
         f0 = F[0, 0, sl]
         if self._q == 1:

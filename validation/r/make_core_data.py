@@ -48,13 +48,18 @@ CASES: dict[str, dict] = {
 }
 
 
-def main() -> None:
+def write_cases(cases: dict) -> None:
+    """Simulate each case with :func:`simulate_mixed` and write ``data/<name>.csv``."""
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    for name, kwargs in CASES.items():
+    for name, kwargs in cases.items():
         df = simulate_mixed(**kwargs, group_col="group", response="y")
         path = DATA_DIR / f"{name}.csv"
         df.to_csv(path, index=False, float_format="%.17g")
         print(f"{path}: {len(df)} rows, {df['group'].nunique()} groups")
+
+
+def main() -> None:
+    write_cases(CASES)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@ singular and Kenward-Roger's algebra must not invert it.  Written with
 """
 from __future__ import annotations
 
-from pathlib import Path
+from .make_core_data import write_cases
 
-from sm_hlm.simulate import simulate_mixed
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
 
 CASES: dict[str, dict] = {
     "kr_singular": dict(
@@ -28,12 +25,7 @@ CASES: dict[str, dict] = {
 
 
 def main() -> None:
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    for name, kwargs in CASES.items():
-        df = simulate_mixed(**kwargs, group_col="group", response="y")
-        path = DATA_DIR / f"{name}.csv"
-        df.to_csv(path, index=False, float_format="%.17g")
-        print(f"{path}: {len(df)} rows, {df['group'].nunique()} groups")
+    write_cases(CASES)
 
 
 if __name__ == "__main__":
