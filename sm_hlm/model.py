@@ -26,42 +26,11 @@ from .engine.deviance import ProfiledDeviance, SufficientStats, working_stats
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from ._compat import require_nlopt
 from .formula.parse import RandomTermSpec, parse_formula
-from .engine.linalg import group_crossprod, sequential_rank_cholesky
+from .engine.linalg import aliased_columns, group_crossprod, sequential_rank_cholesky
 from .engine.optimizer import minimize_deviance
+from .keywords import _MIXEDLM_FIT_KEYWORDS, _MIXEDLM_MODEL_KEYWORDS, _unknown_keywords
 
 __all__ = ["HLM"]
-
-
-#: statsmodels MixedLM keywords of the model that sm_hlm does not support (yet), with advice
-_MIXEDLM_MODEL_KEYWORDS = {
-    "freq_weights": "frequency weights are not supported yet: replicate the rows instead",
-    "var_weights": "variance weights are not supported yet",
-    "vc_formula": "variance components on nested factors are not supported yet",
-    "exog_vc": "variance components on nested factors are not supported yet",
-    "use_sqrt": "sm_hlm always optimises the relative covariance factor (lme4's theta)",
-}
-#: statsmodels (MixedLM) keywords of fit() that sm_hlm does not support
-_MIXEDLM_FIT_KEYWORDS = {
-    "niter_sa": "sm_hlm has no steepest-ascent phase: it optimises the profiled deviance",
-    "do_cg": "use method='lbfgs' for a gradient-only fit",
-    "fe_pen": "penalised fixed effects are not supported",
-    "cov_pen": "penalised covariances are not supported",
-    "free": "constrained covariance patterns: use (x || g) or separate terms",
-    "full_output": "the optimiser record is always kept (results.optimizer)",
-    "callback": "callbacks are not supported",
-    "retall": "the optimiser record is always kept (results.optimizer)",
-}
-
-
-def _unknown_keywords(where: str, kwargs: dict[str, Any], known: dict[str, str]) -> str:
-    """The TypeError message for keywords that are not used."""
-    parts = []
-    for k in sorted(kwargs):
-        if k in known:
-            parts.append(f"the statsmodels keyword {k!r} is not supported by sm_hlm: {known[k]}")
-        else:
-            parts.append(f"unexpected keyword argument {k!r}")
-    return f"{where} got " + "; ".join(parts)
 
 
 def _as_2d_frame(x: Any, default_prefix: str) -> pd.DataFrame | np.ndarray:
@@ -370,19 +339,7 @@ class HLM(LikelihoodModel):
         cross product answers at once where every column is far from that line;
         otherwise a QR decomposition of the columns decides, as R does.
         """
-        X = np.array(self.exog, dtype=float)
-        const = (np.ptp(X, axis=0) == 0) & (X[0] != 0) if len(X) else np.zeros(0, bool)
-        if const.any():
-            # with an intercept, a shift of a column changes nothing: judge centred columns
-            # (the check is invariant under the reparametrisations the estimates are)
-            X[:, ~const] -= X[:, ~const].mean(axis=0)
-        X = X / np.maximum(np.linalg.norm(X, axis=0), np.finfo(float).tiny)
-        L, kept = sequential_rank_cholesky((X.T @ X)[:, :, None], tol=1e-10)
-        if kept.all():
-            return []
-        R = np.linalg.qr(X, mode="r")
-        norms = np.linalg.norm(X, axis=0)
-        return [int(i) for i in np.flatnonzero(np.abs(np.diag(R)) < 1e-7 * norms)]
+        return aliased_columns(self.exog)
 
     def _check_identifiable(self) -> None:
         """lme4's checks of levels and observations per term, and the response.
@@ -456,8 +413,8 @@ class HLM(LikelihoodModel):
     @classmethod
     def from_formula(cls, formula: str, data: pd.DataFrame, subset: Any = None,
                      drop_cols: Any = None, *args: Any, groups: Any = None,
-                     re_formula: str | None = None, missing: str = "drop",
-                     eval_env: int = 0, **kwargs: Any) -> "HLM":
+                     re_formula: str | None = None, vc_formula: dict[str, str] | None = None,
+                     missing: str = "drop", eval_env: int = 0, **kwargs: Any) -> Any:
         """Create a model from an lme4- or statsmodels-style formula.
 
         Parameters
@@ -474,6 +431,10 @@ class HLM(LikelihoodModel):
         re_formula
             Random-effects design (``"~ x"``; ``"1"`` by default, ``"0"`` for
             none) when the formula has no bar term.
+        vc_formula
+            statsmodels' nested variance components with ``groups``:
+            ``{"klass": "0 + C(klass)"}`` is ``(1 | group:klass)`` (a
+            :class:`~sm_hlm.multilevel.MultilevelHLM`).
         missing
             ``"drop"`` (default, as statsmodels' formulas) drops rows with
             NaN/inf in the variables used and warns how many; ``"raise"``.
@@ -487,7 +448,10 @@ class HLM(LikelihoodModel):
 
         Returns
         -------
-        HLM
+        HLM, or :class:`sm_hlm.multilevel.MultilevelHLM` when the formula has
+        more than one grouping factor (``(1 | school) + (1 | school:klass)``,
+        ``(x | school/klass)``, crossed ``(1 | subj) + (1 | item)``), an
+        interaction right of a bar, or ``vc_formula``.
         """
         from patsy import EvalEnvironment
 
@@ -517,10 +481,16 @@ class HLM(LikelihoodModel):
             raise TypeError(f"data must be a pandas or Dask DataFrame, got {type(data).__name__}")
         if len(data) == 0:
             raise ValueError("empty data: the DataFrame has no rows")
+        parsed = parse_formula(formula)
+        if (vc_formula is not None or len({s.group for s in parsed.random}) > 1
+                or any(len(s.columns) > 1 for s in parsed.random)):
+            from .multilevel import MultilevelHLM
+            return MultilevelHLM.from_formula(formula, data, subset, groups=groups,
+                                              re_formula=re_formula, vc_formula=vc_formula,
+                                              missing=missing, eval_env=eval_env + 1, **kwargs)
         data, weight_cols = _weight_columns(data, kwargs)
         if subset is not None:
             data = data.loc[subset]
-        parsed = parse_formula(formula)
         specs = list(parsed.random)
         env = EvalEnvironment.capture(eval_env + 1)
         env_names = set().union(*[set(ns) for ns in env._namespaces]) | {

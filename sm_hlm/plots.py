@@ -84,9 +84,20 @@ def caterpillar(results: "HLMResults", *, term: str | Sequence[str] | None = Non
     conditional covariance of the BLUP (lme4's ``condVar``), which ignores
     the uncertainty of beta and of the variance components.
     """
+    re = results.ranef()
+    se = np.sqrt(np.einsum("kkm->mk", results.fit_result.blup_cov))
+    se = pd.DataFrame(se, index=re.index, columns=list(re.columns))
+    return draw_caterpillar(re, se, results.model.group_name, term=term, alpha=alpha,
+                            sort=sort, ax=ax)
+
+
+def draw_caterpillar(re: pd.DataFrame, se: pd.DataFrame, group: str, *,
+                     term: str | Sequence[str] | None = None, alpha: float = 0.05,
+                     sort: bool = True, ax: Any = None) -> Any:
+    """The caterpillar plot of conditional modes ``re`` with conditional SDs ``se``
+    (one row per level of ``group``, one column per effect); see :func:`caterpillar`."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    re = results.ranef()
     names = list(re.columns)
     if not names:
         raise ValueError("the model has no random effects to plot")
@@ -94,14 +105,11 @@ def caterpillar(results: "HLMResults", *, term: str | Sequence[str] | None = Non
     unknown = [t for t in terms if t not in names]
     if unknown:
         raise KeyError(f"unknown random effect(s) {unknown}; the model has {names}")
-    se = np.sqrt(np.einsum("kkm->mk", results.fit_result.blup_cov))
-    se = pd.DataFrame(se, index=re.index, columns=names)
     z = stats.norm.ppf(1 - alpha / 2)
     m = len(re)
     height = min(max(3.0, 0.12 * m + 1.0), 12.0)
     fig, axs = _axes_list(ax, len(terms), ncols=len(terms),
                           figsize=(3.2 * len(terms) + 1.0, height))
-    group = results.model.group_name
     for a, t in zip(axs, terms):
         vals, half = re[t].to_numpy(), z * se[t].to_numpy()
         order = np.argsort(vals, kind="stable") if sort else np.arange(m)
@@ -123,6 +131,7 @@ def caterpillar(results: "HLMResults", *, term: str | Sequence[str] | None = Non
     if ax is None:
         fig.tight_layout()
     return fig
+
 
 
 # ---------------------------------------------------------------- shrinkage

@@ -181,9 +181,13 @@ def test_unknown_model_keywords_are_errors(data):
     assert sm_hlm.HLM.from_formula(F, d, weights="w").weight_type == "precision"
     with pytest.raises(TypeError, match="'freq_weights' is not supported"):
         hlm(F, d, freq_weights=d.w)
-    with pytest.raises(TypeError, match="'vc_formula' is not supported"):
+    # vc_formula is read (issue 8): a component constant within each school is confounded
+    with pytest.raises(sm_hlm.IdentificationError, match="'school' and 'school:flp' are "
+                       "completely confounded"):
         sm_hlm.HLM.from_formula("mscore ~ ses", d, groups="school",
                                 vc_formula={"c": "0 + C(flp)"})
+    with pytest.raises(TypeError, match="'vc_formula' is not supported"):
+        sm_hlm.HLM(d.mscore, np.ones((len(d), 1)), d.school, vc_formula={"c": "0 + C(flp)"})
     with pytest.raises(TypeError, match="unexpected keyword argument 'banana'"):
         hlm(F, d, banana=3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'banana'"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "aliased_columns",
     "batched_cholesky",
     "batched_forward_solve",
     "batched_forward_solve_T",
@@ -199,3 +200,28 @@ def sequential_rank_cholesky(M: np.ndarray, tol: float = ALIAS_TOL) -> tuple[np.
             num = M[j + 1:, j] - (np.einsum("ikm,km->im", L[j + 1:, :j], L[j, :j]) if j else 0.0)
             L[j + 1:, j] = np.where(ok, num / d, 0.0)
     return L, kept
+
+
+def aliased_columns(exog: np.ndarray) -> list[int]:
+    """Columns of X that R's ``qr(X, tol = 1e-7)`` (lme4's rank check) finds aliased.
+
+    A column is aliased when the norm of its residual on the earlier
+    columns is below 1e-7 of its own norm (columns centred when X has a
+    constant column, so that the answer does not depend on where a
+    predictor's zero is).  A Cholesky of the normalised cross product
+    answers at once where every column is far from that line; otherwise a
+    QR decomposition of the columns decides, as R does.
+    """
+    X = np.array(exog, dtype=float)
+    const = (np.ptp(X, axis=0) == 0) & (X[0] != 0) if len(X) else np.zeros(0, bool)
+    if const.any():
+        # with an intercept, a shift of a column changes nothing: judge centred columns
+        # (the check is invariant under the reparametrisations the estimates are)
+        X[:, ~const] -= X[:, ~const].mean(axis=0)
+    X = X / np.maximum(np.linalg.norm(X, axis=0), np.finfo(float).tiny)
+    L, kept = sequential_rank_cholesky((X.T @ X)[:, :, None], tol=1e-10)
+    if kept.all():
+        return []
+    R = np.linalg.qr(X, mode="r")
+    norms = np.linalg.norm(X, axis=0)
+    return [int(i) for i in np.flatnonzero(np.abs(np.diag(R)) < 1e-7 * norms)]

@@ -67,6 +67,13 @@ class RETerm:
         Names of the S columns of ``z``.
     correlated
         Lambda_k lower triangular (``(x | g)``) or diagonal (``(x || g)``).
+    levels
+        Labels of the levels (for results), optional.
+    blocks
+        Sizes of the diagonal blocks of a block-diagonal Lambda_k, each block
+        lower triangular: several bar terms on one factor, e.g.
+        ``(1 + x | g) + (0 + w | g)`` is one term with ``blocks=(2, 1)``.
+        None: one block (``correlated``) or all blocks of size 1.
 
     Notes
     -----
@@ -83,6 +90,7 @@ class RETerm:
     names: tuple[str, ...]
     correlated: bool = True
     levels: np.ndarray | None = field(default=None, repr=False)
+    blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         refs = np.asarray(self.refs)
@@ -110,6 +118,12 @@ class RETerm:
         object.__setattr__(self, "z", np.ascontiguousarray(z))
         object.__setattr__(self, "n_levels", m)
         object.__setattr__(self, "names", tuple(self.names))
+        if self.blocks is not None:
+            blocks = tuple(int(b) for b in self.blocks)
+            if any(b < 1 for b in blocks) or sum(blocks) != z.shape[1]:
+                raise ValueError(f"factor {self.factor!r}: blocks {blocks} must be positive "
+                                 f"sizes adding up to the {z.shape[1]} columns of z")
+            object.__setattr__(self, "blocks", blocks)
 
     @property
     def S(self) -> int:
@@ -117,14 +131,24 @@ class RETerm:
         return self.z.shape[1]
 
     @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """Sizes of the diagonal blocks of Lambda_k."""
+        if self.blocks is not None:
+            return self.blocks
+        return (self.S,) if self.correlated else (1,) * self.S
+
+    @property
     def n_theta(self) -> int:
-        return self.S * (self.S + 1) // 2 if self.correlated else self.S
+        return sum(b * (b + 1) // 2 for b in self.block_sizes)
 
     def theta_index(self) -> list[tuple[int, int]]:
-        """(row, column) of each theta entry in Lambda_k: column-major lower triangle."""
-        if not self.correlated:
-            return [(i, i) for i in range(self.S)]
-        return [(i, j) for j in range(self.S) for i in range(j, self.S)]
+        """(row, column) of each theta entry in Lambda_k: column-major lower
+        triangle of each diagonal block, block by block."""
+        out, o = [], 0
+        for b in self.block_sizes:
+            out += [(o + i, o + j) for j in range(b) for i in range(j, b)]
+            o += b
+        return out
 
     def theta_names(self) -> list[str]:
         out = []
@@ -134,7 +158,15 @@ class RETerm:
         return out
 
     def label(self) -> str:
-        return f"({' + '.join(self.names)} {'|' if self.correlated else '||'} {self.factor})"
+        sizes = self.block_sizes
+        if len(sizes) == 1 or all(b == 1 for b in sizes):
+            bar = "|" if len(sizes) == 1 and self.correlated or self.S == 1 else "||"
+            return f"({' + '.join(self.names)} {bar} {self.factor})"
+        parts, o = [], 0
+        for b in sizes:
+            parts.append(f"({' + '.join(self.names[o:o + b])} | {self.factor})")
+            o += b
+        return " + ".join(parts)
 
 
 class ThetaLayout:

@@ -37,18 +37,28 @@ class RandomTermSpec:
         The left of the bar as a patsy right-hand side, e.g. ``"1 + ses"``
         or ``"0 + ses"``.
     group
-        Name of the grouping column.
+        Name of the grouping factor: a column name, or ``"a:b"`` for the
+        interaction of columns (lme4's ``(x | a:b)``; ``(x | a/b)`` gives
+        two terms, on ``a`` and on ``a:b``).
     correlated
         False for lme4's ``||`` (independent variances, no covariances).
+    columns
+        The data columns whose interaction is the factor (``(group,)`` for a
+        plain column).
     """
 
     expr: str
     group: str
     correlated: bool = True
+    columns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.columns is None:
+            object.__setattr__(self, "columns", (self.group,))
 
     def __str__(self) -> str:
         bar = "|" if self.correlated else "||"
-        return f"({self.expr} {bar} {quote_name(self.group)})"
+        return f"({self.expr} {bar} {':'.join(quote_name(c) for c in self.columns)})"
 
 
 @dataclass(frozen=True)
@@ -139,18 +149,29 @@ def _parse_bar(inner: str, formula: str) -> list[RandomTermSpec]:
         raise FormulaSyntaxError(
             f"random-effects term ({inner}) in {formula!r} names no grouping column "
             "right of the bar")
-    if "/" in group or ":" in group:
-        raise NotImplementedError(
-            f"nested grouping factors ({inner}) are not supported yet; create the "
-            "interaction column explicitly and use one grouping factor")
-    quoted = _QUOTED.match(group)
-    if quoted:                      # (1 | Q('sch id')): a column name with spaces etc.
-        group = quoted.group("name")
-    elif not _IDENT.match(group):
-        raise FormulaSyntaxError(
-            f"grouping factor {group!r} in ({inner}) must be a column name; quote a name "
-            "that is not a Python name as Q('name')")
-    return [RandomTermSpec(expr=expr, group=group, correlated=(width == 1))]
+    nest = split_top_level(group, "/")
+    if any(not part for part in nest):
+        raise FormulaSyntaxError(f"empty grouping factor in ({inner}) of {formula!r}")
+    out: list[RandomTermSpec] = []
+    outer: list[str] = []
+    for part in nest:           # (x | a/b/c) = (x | a) + (x | a:b) + (x | a:b:c)
+        cols = []
+        for piece in split_top_level(part, ":"):
+            quoted = _QUOTED.match(piece)
+            if quoted:          # (1 | Q('sch id')): a column name with spaces etc.
+                cols.append(quoted.group("name"))
+            elif _IDENT.match(piece):
+                cols.append(piece)
+            else:
+                raise FormulaSyntaxError(
+                    f"grouping factor {piece!r} in ({inner}) must be a column name, an "
+                    "interaction a:b of column names or a nesting a/b; quote a name that is "
+                    "not a Python name as Q('name')")
+        outer = outer + [c for c in cols if c not in outer]
+        columns = tuple(outer)
+        out.append(RandomTermSpec(expr=expr, group=":".join(columns), correlated=(width == 1),
+                                  columns=columns))
+    return out
 
 
 def parse_formula(formula: str) -> ParsedFormula:

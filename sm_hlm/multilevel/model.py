@@ -1,0 +1,696 @@
+"""Linear mixed models with any number of grouping factors, nested or crossed.
+
+    y = X beta + sum_k Z_k b_k + e,   b_k[l] ~ N(0, Psi_k),   e ~ N(0, sigma^2 I),
+
+one term k per grouping factor (several bar terms on one factor share its
+term, with a block-diagonal Psi_k).  The profiled ML/REML deviance over
+theta (the free entries of Lambda_k, Psi_k = sigma^2 Lambda_k Lambda_k') is
+the blocked Cholesky of :mod:`sm_hlm.engine.blocked`; beta and sigma^2 are
+profiled out.  :class:`MultilevelHLM` is what :meth:`sm_hlm.HLM.from_formula`
+returns for a formula with more than one grouping factor (or an interaction
+``a:b``/nesting ``a/b`` right of a bar).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from statsmodels.base.model import LikelihoodModel
+
+from .._compat import require_nlopt
+from ..data import check_columns, check_numeric_response, formula_variables, handle_missing
+from ..engine.blocked import BlockedDeviance
+from ..engine.deviance import LOG2PI
+from ..engine.gradient import deviance_gradient
+from ..engine.linalg import aliased_columns
+from ..engine.optimizer import OptimizerRecord, minimize_with_gradient
+from ..engine.solution import solve_at
+from ..engine.terms import RETerm, ThetaLayout
+from ..exceptions import ConvergenceWarning, FormulaSyntaxError, IdentificationError, SingularFitWarning
+from ..formula.parse import RandomTermSpec, parse_formula
+from ..keywords import _MIXEDLM_FIT_KEYWORDS, _MIXEDLM_MODEL_KEYWORDS, _unknown_keywords
+from .factors import GroupingFactor, check_factors, factor_from_columns, factor_from_labels, nesting_chain
+
+__all__ = ["MultilevelHLM", "MultilevelFit", "specs_from_vc_formula"]
+
+#: relative agreement required between the optimiser's objective and the
+#: log-likelihood recomputed at the reported estimates
+_VERIFY_RTOL = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class MultilevelFit:
+    """Everything estimated by one fit (original units); results read only this.
+
+    Attributes
+    ----------
+    reml : bool
+    theta : ndarray               free entries of the Lambda_k (terms in model order)
+    fe_params, cov_fe : ndarray   beta and scale * (X'V^-1 X)^-1
+    scale : float                 sigma^2
+    cov_re : list of ndarray      Psi_k per term
+    blups : list of ndarray       conditional modes b_k, (levels, S_k) per term
+    blup_cov : list of ndarray    conditional covariances, (levels, S_k, S_k) per term
+    llf : float                   log-likelihood (-REML criterion / 2), recomputed at the estimates
+    optimizer : OptimizerRecord   theta in the model's units
+    singular_terms : tuple of str
+    """
+
+    reml: bool
+    theta: np.ndarray
+    fe_params: np.ndarray
+    cov_fe: np.ndarray
+    scale: float
+    cov_re: list
+    blups: list
+    blup_cov: list
+    llf: float
+    optimizer: OptimizerRecord
+    singular_terms: tuple[str, ...]
+
+
+def specs_from_vc_formula(group: str, vc_formula: Mapping[str, str]) -> list[RandomTermSpec]:
+    """statsmodels' nested variance components as lme4 terms.
+
+    ``vc_formula={"klass": "0 + C(klass)"}`` with ``groups="school"`` is a
+    variance component of the classes within each school:
+    ``(1 | school:klass)``; ``"0 + C(klass):x"`` (or ``"0 + x:C(klass)"``)
+    is ``(0 + x | school:klass)``.
+
+    Raises
+    ------
+    FormulaSyntaxError
+        For a variance-component formula of another form.
+    """
+    import re
+
+    if not isinstance(vc_formula, Mapping):
+        raise TypeError("vc_formula must be a dict {name: '0 + C(column)'}, got "
+                        f"{type(vc_formula).__name__}")
+    out = []
+    cat = re.compile(r"^C\(\s*(?P<col>[A-Za-z_.][A-Za-z0-9_.]*)\s*\)$")
+    for name, f in vc_formula.items():
+        rhs = str(f).strip().lstrip("~").strip()
+        terms = [t.strip() for t in rhs.split("+")]
+        if len(terms) != 2 or terms[0] not in ("0", "-1"):
+            raise FormulaSyntaxError(
+                f"vc_formula[{name!r}] = {f!r}: sm_hlm reads variance components of the form "
+                "'0 + C(inner)' or '0 + C(inner):x' (a variance of the inner units within each "
+                "group); write other structures as (expr | outer:inner) terms")
+        factors = [p.strip() for p in terms[1].split(":")]
+        cats = [p for p in factors if cat.match(p)]
+        rest = [p for p in factors if not cat.match(p)]
+        if len(cats) != 1:
+            raise FormulaSyntaxError(
+                f"vc_formula[{name!r}] = {f!r} must name exactly one categorical C(inner)")
+        col = cat.match(cats[0]).group("col")
+        expr = "1" if not rest else "0 + " + ":".join(rest)
+        out.append(RandomTermSpec(expr=expr, group=f"{group}:{col}", columns=(group, col)))
+    return out
+
+
+def _as_frame(x: Any, prefix: str) -> pd.DataFrame:
+    if isinstance(x, pd.DataFrame):
+        return x
+    if isinstance(x, pd.Series):
+        return x.to_frame()
+    a = np.asarray(x, dtype=float)
+    a = a[:, None] if a.ndim == 1 else a
+    return pd.DataFrame(a, columns=[f"{prefix}{i}" for i in range(a.shape[1])])
+
+
+class MultilevelHLM(LikelihoodModel):
+    """Linear mixed model with several grouping factors (nested or crossed).
+
+    Parameters
+    ----------
+    endog : array_like, shape (n,)
+        The response.
+    exog : array_like, shape (n, p)
+        Fixed-effects design (with a constant column for an intercept).
+    groups : DataFrame or dict of array_like
+        One column of labels per grouping factor, named by the factor
+        (an interaction factor such as ``"school:klass"`` holds the combined
+        labels; see :meth:`from_formula`).
+    exog_re : dict, optional
+        ``{factor: (n, S) array or DataFrame}``: the random-effects design of
+        each factor (a random intercept for a factor not given).
+    re_blocks : dict, optional
+        ``{factor: (sizes...)}``: Psi_k block diagonal with blocks of these
+        sizes (several independent bar terms on the factor); one
+        unstructured block by default.
+    missing : {"none", "raise", "drop"}
+        NaN/inf handling, as :class:`sm_hlm.HLM`.
+
+    Notes
+    -----
+    Marginally y ~ N(X beta, V) with V = sum_k Z_k (I (x) Psi_k) Z_k' + sigma^2 I.
+    The optimiser sees only theta (Psi_k = sigma^2 Lambda_k Lambda_k'); beta
+    and sigma^2 are profiled out, in centred and scaled working coordinates
+    of X, y and each Z_k (mapped back exactly).  Nested factors keep their
+    blocks of the Cholesky factor block diagonal; crossed factors get
+    sparse or dense off-diagonal blocks (see :mod:`sm_hlm.engine.structure`).
+    """
+
+    def __init__(self, endog: Any, exog: Any, groups: Any, exog_re: Mapping[str, Any] | None = None,
+                 *, re_blocks: Mapping[str, Sequence[int]] | None = None, missing: str = "none",
+                 hasconst: bool | None = None, **kwargs: Any):
+        if kwargs:
+            raise TypeError(_unknown_keywords("MultilevelHLM()", kwargs, _MIXEDLM_MODEL_KEYWORDS))
+        n = len(endog)
+        if n == 0:
+            raise ValueError("empty data: the response has no rows")
+        if isinstance(groups, Mapping):
+            groups = pd.DataFrame({str(k): np.asarray(v) for k, v in groups.items()})
+        if not isinstance(groups, pd.DataFrame) or groups.shape[1] == 0:
+            raise TypeError("groups must be a DataFrame (or dict) with one column of labels per "
+                            "grouping factor")
+        exog = _as_frame(exog, "x")
+        exog_re = dict(exog_re or {})
+        unknown = sorted(set(exog_re) - set(map(str, groups.columns)))
+        if unknown:
+            raise ValueError(f"exog_re names factor(s) {unknown} that are not columns of groups "
+                             f"{list(map(str, groups.columns))}")
+        re_frames = {}
+        for name in map(str, groups.columns):
+            z = exog_re.get(name)
+            re_frames[name] = (pd.DataFrame({"Intercept": np.ones(n)}) if z is None
+                               else _as_frame(z, "z"))
+        lengths = {"endog": n, "exog": len(exog), "groups": len(groups),
+                   **{f"exog_re[{k!r}]": len(v) for k, v in re_frames.items()}}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"inputs differ in length: {lengths}")
+        endog_name = str(getattr(endog, "name", None) or "endog")
+        check_numeric_response(endog if hasattr(endog, "dtype") else np.asarray(endog), endog_name)
+        index = getattr(endog, "index", None)
+        cols: dict[str, Any] = {endog_name: endog, "exog": exog}
+        cols.update({f"grouping factor {c!r}": groups[c] for c in groups.columns})
+        cols.update({f"exog_re[{k!r}]": v for k, v in re_frames.items()})
+        keep = handle_missing(_coerce_missing(cols), missing, index=index)
+        self.n_dropped = 0 if keep is None else int((~keep).sum())
+        if keep is not None:
+            def take(a: Any) -> Any:
+                return (a[keep] if isinstance(a, (pd.Series, pd.DataFrame))
+                        else np.asarray(a)[keep])
+            endog, exog, groups = take(endog), take(exog), take(groups)
+            re_frames = {k: take(v) for k, v in re_frames.items()}
+            if len(endog) == 0:
+                raise ValueError("empty data: no rows left after dropping missing values")
+        super().__init__(endog, exog, missing="none", hasconst=hasconst)
+        self.exog = np.asarray(self.exog, dtype=float)
+        self.endog = np.asarray(self.endog, dtype=float)
+        self.nobs = float(len(self.endog))
+        self.k_fe = self.exog.shape[1]
+        self.df_model = self.k_fe - 1 if self.k_constant else self.k_fe
+        self.df_resid = self.nobs - self.k_fe
+        # factors: given columns hold labels (an interaction's combined labels)
+        fac_cols = getattr(self, "_factor_columns", {})
+        self.factors: dict[str, GroupingFactor] = {}
+        for c in groups.columns:
+            name = str(c)
+            vals = groups[c]
+            if isinstance(vals.dtype, pd.CategoricalDtype):
+                cat = vals.cat.remove_unused_categories()
+                codes = cat.cat.codes.to_numpy().astype(np.intp)
+                labels = pd.Index(cat.cat.categories)
+                self.factors[name] = GroupingFactor(name, codes, labels,
+                                                    fac_cols.get(name, (name,)))
+            else:
+                self.factors[name] = factor_from_labels(name, vals.to_numpy(),
+                                                        fac_cols.get(name, (name,)))
+        self._factor_columns = {k: f.columns for k, f in self.factors.items()}
+        re_blocks = dict(re_blocks or {})
+        terms = []
+        for name, f in self.factors.items():
+            z = re_frames[name]
+            names = tuple(str(c) for c in z.columns)
+            dup = sorted({nm for nm in names if names.count(nm) > 1})
+            if dup:
+                raise ValueError(f"random-effects column(s) {dup} appear more than once for "
+                                 f"factor {name!r}; each column of Z may appear once per factor")
+            if z.shape[1] == 0:
+                raise ValueError(f"factor {name!r} has no random-effects columns")
+            blocks = re_blocks.get(name)
+            terms.append(RETerm(name, f.codes, f.n_levels, np.asarray(z, dtype=float), names,
+                                True, np.asarray(f.labels),
+                                None if blocks is None else tuple(blocks)))
+        self.re_terms: tuple[RETerm, ...] = tuple(terms)
+        self.layout = ThetaLayout(self.re_terms)
+        self.nesting = nesting_chain([self.factors[t.factor] for t in self.re_terms])
+        self.data.param_names = list(self.exog_names) + self.vcomp_names()
+        self._check_identifiable()
+
+    # ------------------------------------------------------------ structure
+    @property
+    def factor_names(self) -> list[str]:
+        """The grouping factors, innermost (most levels) first as lme4 prints them."""
+        return [t.factor for t in sorted(self.re_terms, key=lambda t: -t.n_levels)]
+
+    @property
+    def n_groups(self) -> dict[str, int]:
+        """Levels of each grouping factor (lme4's ``ngrps``)."""
+        return {k: self.factors[k].n_levels for k in self.factor_names}
+
+    @property
+    def is_nested(self) -> bool:
+        """Whether the factors form one nesting chain (a hierarchy)."""
+        return self.nesting is not None
+
+    @property
+    def outermost_factor(self) -> str | None:
+        """The factor every other factor is nested in (None for crossed designs)."""
+        if self.nesting is None:
+            return None
+        return self.re_terms[self.nesting[0]].factor
+
+    def vcomp_names(self) -> list[str]:
+        """Names of the free entries of each Psi_k, lower triangle row by row."""
+        out = []
+        for t in self.re_terms:
+            free = np.zeros((t.S, t.S), dtype=bool)
+            for i, j in t.theta_index():
+                free[i, j] = True
+            for i in range(t.S):
+                for j in range(i + 1):
+                    if free[i, j]:
+                        out.append(f"Var({t.names[i]} | {t.factor})" if i == j
+                                   else f"Cov({t.names[j]}, {t.names[i]} | {t.factor})")
+        return out
+
+    def _vcomp_index(self, t: RETerm) -> tuple[np.ndarray, np.ndarray]:
+        free = np.zeros((t.S, t.S), dtype=bool)
+        for i, j in t.theta_index():
+            free[i, j] = True
+        r, c = np.nonzero(np.tril(free))
+        order = np.lexsort((c, r))
+        return r[order], c[order]
+
+    def _check_identifiable(self) -> None:
+        n, p = len(self.endog), self.k_fe
+        check_factors(self.factors, self.re_terms, n)
+        if n <= p:
+            raise IdentificationError(f"{n} observations for {p} fixed effects")
+        y = self.endog
+        if np.all(y == y[0]):
+            raise IdentificationError(
+                f"the response {self.endog_names!r} is constant (every value is {y[0]:g}): "
+                "there is no variation to model")
+        aliased = aliased_columns(self.exog)
+        if aliased:
+            names = [self.exog_names[i] for i in aliased]
+            raise IdentificationError(
+                f"the fixed-effects design is rank deficient: column(s) {names} are linear "
+                "combinations of the columns before them (or constant); drop them")
+
+    # --------------------------------------------------------------- formula
+    @classmethod
+    def from_formula(cls, formula: str, data: pd.DataFrame, subset: Any = None,
+                     drop_cols: Any = None, *args: Any, groups: Any = None,
+                     re_formula: str | None = None, vc_formula: Mapping[str, str] | None = None,
+                     missing: str = "drop", eval_env: int = 0, **kwargs: Any
+                     ) -> "MultilevelHLM":
+        """A model from an lme4 formula with several grouping factors.
+
+        ``"y ~ x + (x | school) + (1 | school:klass)"``, ``"y ~ x + (x | school/klass)"``,
+        crossed ``"y ~ cond + (1 | subj) + (1 | item)"``; or statsmodels'
+        ``"y ~ x"`` with ``groups="school"``, ``re_formula`` and
+        ``vc_formula={"klass": "0 + C(klass)"}`` (``(1 | school:klass)``).
+        Rows with NaN in any variable used, grouping columns included, are
+        dropped with a warning (``missing="drop"``) or raise (``"raise"``).
+        """
+        from patsy import EvalEnvironment
+
+        from ..formula.fast import dmatrices_fast, dmatrix_fast
+
+        if args:
+            raise TypeError(f"from_formula() got {len(args)} unexpected positional argument(s); "
+                            "pass options by keyword")
+        if drop_cols is not None:
+            raise TypeError("from_formula() does not support drop_cols: name the terms in the "
+                            "formula instead")
+        if "residual" in kwargs and kwargs["residual"] is not None:
+            raise NotImplementedError(
+                "residual structures with several grouping factors are not supported yet: "
+                "fit the structure with one grouping factor (the unit of the repeated "
+                "measures), or drop the residual= option")
+        for w in ("weights", "survey_weights"):
+            if kwargs.get(w) is not None:
+                raise NotImplementedError(
+                    f"{w}= with several grouping factors is not supported yet (two-level "
+                    "models take weights)")
+        kwargs = {k: v for k, v in kwargs.items()
+                  if k not in ("residual", "weights", "survey_weights", "weight_scaling")
+                  or k == "weight_scaling" and v != "size"}
+        unknown = set(kwargs) - {"hasconst"}
+        if unknown:
+            raise TypeError(_unknown_keywords("HLM.from_formula()", {k: kwargs[k] for k in unknown},
+                                              _MIXEDLM_MODEL_KEYWORDS))
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__} (Dask "
+                            "data takes one grouping factor)")
+        if len(data) == 0:
+            raise ValueError("empty data: the DataFrame has no rows")
+        if subset is not None:
+            data = data.loc[subset]
+        parsed = parse_formula(formula)
+        specs = list(parsed.random)
+        if specs:
+            if re_formula is not None or vc_formula is not None:
+                raise ValueError("give random effects either as (expr | group) terms in the "
+                                 "formula or with groups=/re_formula=/vc_formula=, not both")
+            if groups is not None:
+                raise ValueError(f"groups={groups!r} given with (expr | group) terms: name the "
+                                 "grouping factors in the formula only")
+        else:
+            if not isinstance(groups, str):
+                raise TypeError("groups must be a column name when vc_formula is used")
+            rf = "1" if re_formula is None else re_formula.strip().lstrip("~").strip()
+            if rf not in ("0", "-1"):
+                specs.append(RandomTermSpec(expr=rf, group=groups))
+            specs += specs_from_vc_formula(groups, vc_formula or {})
+        env = EvalEnvironment.capture(eval_env + 1)
+        env_names = set().union(*[set(ns) for ns in env._namespaces]) | {
+            "C", "I", "Q", "center", "standardize", "scale", "Treatment", "Sum", "Poly", "np"}
+        group_cols = list(dict.fromkeys(c for s in specs for c in s.columns))
+        check_columns(group_cols, data, what="grouping factor")
+        used = formula_variables(parsed.fixed_formula)
+        for s in specs:
+            used |= formula_variables(s.expr)
+        check_columns(used, data, env_names)
+        if parsed.response in data.columns:
+            check_numeric_response(data[parsed.response], parsed.response)
+            if pd.api.types.is_bool_dtype(data[parsed.response]):
+                data = data.assign(**{parsed.response: data[parsed.response].astype(float)})
+        cols = {c: data[c] for c in data.columns if c in used}
+        cols.update({f"grouping factor {c!r}": data[c] for c in group_cols})
+        keep = handle_missing(_coerce_missing(cols), "raise" if missing == "none" else missing,
+                              index=data.index)
+        frame = data if keep is None else data.loc[keep]
+        if len(frame) == 0:
+            raise ValueError("empty data: no rows left after dropping missing values")
+        y, X = dmatrices_fast(parsed.fixed_formula, frame, eval_env=env)
+        if y.shape[1] != 1:
+            raise TypeError(f"the response {parsed.response!r} must be a single numeric column, "
+                            f"patsy made {y.shape[1]} columns {list(y.columns)}")
+        y = y.iloc[:, 0]
+        # one term per factor: its bar terms' columns side by side, one block each
+        by_factor: dict[str, list[tuple[RandomTermSpec, pd.DataFrame]]] = {}
+        for s in specs:
+            Zs = dmatrix_fast(s.expr, frame, eval_env=env)
+            if Zs.shape[1] == 0:
+                raise ValueError(f"random-effects term {s} has no columns")
+            by_factor.setdefault(s.group, []).append((s, Zs))
+        gframe, exog_re, blocks, fac_cols, re_info = {}, {}, {}, {}, {}
+        for name, items in by_factor.items():
+            cols_ = items[0][0].columns
+            f = factor_from_columns(frame, cols_)
+            gframe[name] = pd.Categorical.from_codes(f.codes, categories=f.labels)
+            fac_cols[name] = cols_
+            exog_re[name] = pd.concat([z for _, z in items], axis=1)
+            sizes: list[int] = []
+            for s, z in items:
+                sizes += [z.shape[1]] if s.correlated else [1] * z.shape[1]
+            blocks[name] = tuple(sizes)
+            re_info[name] = [(s, z.design_info) for s, z in items]
+        g = pd.DataFrame(gframe, index=frame.index)
+        mod = cls.__new__(cls)
+        mod._factor_columns = fac_cols
+        mod.__init__(y, X, g, exog_re, re_blocks=blocks, missing="none", **kwargs)
+        mod.n_dropped = 0 if keep is None else int((~keep).sum())
+        mod.formula = formula
+        mod.parsed_formula = parsed
+        mod.fixed_design_info = X.design_info
+        mod.re_specs = tuple(specs)
+        mod.re_design_infos = re_info
+        mod.data.frame = data
+        mod.row_index = frame.index
+        return mod
+
+    # ------------------------------------------------------- working coordinates
+    @property
+    def _working(self) -> tuple[np.ndarray, np.ndarray, list[RETerm], np.ndarray, np.ndarray,
+                                float, list[np.ndarray]]:
+        """X M, (y - shift)/s_y, the terms with scaled Z, M, shift, s_y, the Z scales.
+
+        Non-constant columns of X are centred (when X has a constant column)
+        and scaled to unit SD; y likewise; each Z column scaled to unit RMS.
+        """
+        cached = self.__dict__.get("_working_cache")
+        if cached is not None:
+            return cached
+        X, y = self.exog, self.endog
+        p = X.shape[1]
+        const = ((np.ptp(X, axis=0) == 0) & (X[0] != 0)) if p else np.zeros(0, bool)
+        M = np.eye(p)
+        mu = X.mean(axis=0) if p else np.zeros(0)
+        sd = X.std(axis=0) if p else np.zeros(0)
+        sd = np.where(sd > 0, sd, 1.0)
+        has_const = bool(const.any())
+        c0 = int(np.flatnonzero(const)[0]) if has_const else -1
+        for k in range(p):
+            if const[k]:
+                continue
+            M[k, k] = 1.0 / sd[k]
+            if has_const:
+                M[c0, k] = -mu[k] / sd[k] / X[0, c0]
+        Xw = X @ M
+        shift = np.zeros(len(y))
+        ybar = float(y.mean()) if has_const else 0.0
+        sy = float(np.std(y - ybar)) if has_const else float(np.sqrt(np.mean(y * y)))
+        sy = sy if sy > 0 else 1.0
+        if has_const:
+            shift = np.zeros(p)
+            shift[c0] = ybar / X[0, c0]
+        else:
+            shift = np.zeros(p)
+        yw = (y - ybar) / sy
+        zscale, wterms = [], []
+        for t in self.re_terms:
+            s = np.sqrt(np.mean(t.z * t.z, axis=0))
+            s = np.where(s > 0, s, 1.0)
+            zscale.append(s)
+            wterms.append(dataclasses.replace(t, z=t.z / s))
+        out = (Xw, yw, wterms, M, shift, sy, zscale)
+        self.__dict__["_working_cache"] = out
+        return out
+
+    def _theta_scale(self) -> np.ndarray:
+        """theta = scale * theta~: Lambda_k = T_k Lambda~_k with T_k = diag(1 / zscale)."""
+        zs = self._working[6]
+        out = []
+        for t, s in zip(self.re_terms, zs):
+            out += [1.0 / s[i] for i, _ in t.theta_index()]
+        return np.asarray(out)
+
+    def deviance_function(self, *, reml: bool = True) -> BlockedDeviance:
+        """The profiled deviance of theta~ in working coordinates (see :meth:`fit`)."""
+        Xw, yw, wterms = self._working[:3]
+        return BlockedDeviance(wterms, Xw, yw, reml=reml)
+
+    def _deviance_constant(self, reml: bool) -> float:
+        """deviance(original units) - deviance(working units) at the same theta."""
+        M, sy = self._working[3], self._working[5]
+        n, p = len(self.endog), self.k_fe
+        if reml:
+            return float(2 * (n - p) * np.log(sy) - 2 * np.sum(np.log(np.abs(np.diag(M)))))
+        return float(2 * n * np.log(sy))
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, start_params: np.ndarray | None = None, reml: bool = True, *,
+            method: str = "auto", maxiter: int | None = None, maxeval: int = 100_000,
+            ftol_abs: float = 1e-8, xtol_abs: float = 1e-8, disp: bool = False,
+            compute_vcomp_cov: bool = True, **kwargs: Any):
+        """Fit by REML (default) or ML.
+
+        Parameters
+        ----------
+        start_params
+            theta to start from (lme4's identity start when omitted).
+        reml
+            REML when True, maximum likelihood when False.
+        method
+            ``"auto"``: L-BFGS-B with the analytic gradient, BOBYQA when the
+            convergence check fails or the fit is singular; ``"bobyqa"``:
+            BOBYQA then L-BFGS-B; ``"lbfgs"``: L-BFGS-B alone.
+        maxiter
+            statsmodels' name for ``maxeval``.
+        maxeval, ftol_abs, xtol_abs
+            BOBYQA's stopping rules.
+        disp
+            Print the optimiser record.
+        compute_vcomp_cov
+            Standard errors of the variance components (numerical Hessian,
+            computed when first needed).
+
+        Returns
+        -------
+        MultilevelResultsWrapper
+
+        Notes
+        -----
+        ``converged`` comes from the boundary-aware first- and second-order
+        check of :func:`sm_hlm.engine.optimizer.kkt_verdict`; the reported
+        log-likelihood is recomputed in the original units from the
+        residuals y - X beta at the reported theta, beta and sigma^2, and a
+        disagreement with the optimiser's objective beyond 1e-8 relative
+        marks the fit as not converged.
+        """
+        from .results import MultilevelResults, MultilevelResultsWrapper
+
+        if kwargs:
+            raise TypeError(_unknown_keywords("fit()", kwargs, _MIXEDLM_FIT_KEYWORDS))
+        require_nlopt()
+        if not isinstance(reml, (bool, np.bool_)):
+            raise TypeError(f"reml must be True or False, got {reml!r}")
+        reml = bool(reml)
+        if method not in ("auto", "bobyqa", "lbfgs"):
+            raise ValueError(f"method={method!r} is not available: use 'auto' (the default), "
+                             "'bobyqa' or 'lbfgs'")
+        if maxiter is not None:
+            if int(maxiter) < 1:
+                raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
+            maxeval = int(maxiter)
+        lay = self.layout
+        tscale = self._theta_scale()
+        dev = self.deviance_function(reml=reml)
+        x0 = lay.start()
+        if start_params is not None:
+            sp = np.asarray(start_params, dtype=float)
+            if sp.shape != (lay.n_theta,):
+                raise ValueError(f"start_params must have {lay.n_theta} entries {list(lay.names)}")
+            if np.any(sp < lay.lower):
+                raise ValueError(f"start_params {sp} are below their lower bounds {lay.lower} "
+                                 "(diagonal entries of theta are >= 0)")
+            x0 = sp / tscale
+
+        def fun_grad(th: np.ndarray) -> tuple[float, np.ndarray]:
+            f = dev(th)
+            if not np.isfinite(f):
+                return f, np.zeros_like(th)
+            return f, deviance_gradient(dev, th)
+
+        rec = minimize_with_gradient(dev, fun_grad, x0, lay.lower, ftol_abs=ftol_abs,
+                                     xtol_abs=xtol_abs, maxeval=maxeval, names=lay.names,
+                                     restart_points=(lay.start(),),
+                                     skip_bobyqa=method == "lbfgs",
+                                     gradient_first=method == "auto")
+        const = self._deviance_constant(reml)
+        rec = dataclasses.replace(
+            rec, start=rec.start * tscale, end=rec.end * tscale,
+            fun_start=rec.fun_start + const, fun_end=rec.fun_end + const,
+            gradient=rec.gradient / tscale,
+            hessian=None if rec.hessian is None else rec.hessian / np.outer(tscale, tscale))
+        fit = self._build_fit(dev, rec, reml=reml)
+        if disp:
+            print(fit.optimizer)
+        if fit.singular_terms:
+            warnings.warn("boundary (singular) fit: " + "; ".join(fit.singular_terms),
+                          SingularFitWarning, stacklevel=2)
+        if not fit.optimizer.converged:
+            warnings.warn(f"the optimiser did not converge: {fit.optimizer.message}. Try "
+                          "fit(method='bobyqa') or other start_params, or simplify the "
+                          "random-effects structure", ConvergenceWarning, stacklevel=2)
+        return MultilevelResultsWrapper(MultilevelResults(self, fit,
+                                                          compute_vcomp_cov=compute_vcomp_cov))
+
+    def results_at(self, theta: np.ndarray, *, reml: bool = True):
+        """Results at a given theta (e.g. lme4's optimum), without optimising."""
+        from .results import MultilevelResults, MultilevelResultsWrapper
+
+        lay = self.layout
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != (lay.n_theta,):
+            raise ValueError(f"theta must have {lay.n_theta} entries {list(lay.names)}")
+        if np.any(theta < lay.lower):
+            raise ValueError(f"theta {theta} is below its lower bounds {lay.lower}")
+        dev = self.deviance_function(reml=reml)
+        tw = theta / self._theta_scale()
+        f = dev(tw) + self._deviance_constant(reml)
+        rec = OptimizerRecord("fixed theta", theta, theta, f, f, 1, np.full(len(theta), np.nan),
+                              True, "theta given, not optimised", lay.names)
+        return MultilevelResultsWrapper(MultilevelResults(self, self._build_fit(dev, rec,
+                                                                                reml=reml)))
+
+    def _build_fit(self, dev: BlockedDeviance, rec: OptimizerRecord, *, reml: bool
+                   ) -> MultilevelFit:
+        """Estimates at ``rec.end`` mapped to original units, with the verified logLik."""
+        Xw, yw, wterms, M, shift, sy, zscale = self._working
+        theta = rec.end
+        sol = solve_at(dev, theta / self._theta_scale(), condvar=True)
+        beta = sy * (M @ sol.beta) + shift
+        cov_fe = sy * sy * (M @ sol.cov_beta @ M.T)
+        scale = sy * sy * sol.scale
+        lams = self.layout.lambdas(theta)
+        cov_re = [scale * lam @ lam.T for lam in lams]
+        blups, bcov = [], []
+        for k, s in enumerate(zscale):
+            Tinv = 1.0 / s
+            blups.append(sy * sol.b[k] * Tinv)
+            bcov.append(sy * sy * sol.condvar[k] * np.outer(Tinv, Tinv))
+        singular = []
+        for t, lam in zip(self.re_terms, lams):
+            d = np.abs(np.diag(lam))
+            if np.any(d < 1e-4):
+                bad = [t.names[i] for i in np.flatnonzero(d < 1e-4)]
+                singular.append(f"{t.label()}: {', '.join(bad)} (factor {t.factor!r})")
+        llf_opt = -0.5 * rec.fun_end
+        check = -0.5 * self.deviance_at_estimates(theta, beta, scale, reml=reml)
+        if not abs(check - llf_opt) <= _VERIFY_RTOL * max(1.0, abs(check)):
+            rec = dataclasses.replace(rec, converged=False, message=(
+                f"{rec.message}; the objective at the end point ({llf_opt:.10g}) differs from "
+                f"the log-likelihood recomputed at the reported estimates ({check:.10g}): "
+                "numerical trouble in the profiled deviance"))
+        return MultilevelFit(reml, theta, beta, cov_fe, scale, cov_re, blups, bcov, check, rec,
+                             tuple(singular))
+
+    def deviance_at_estimates(self, theta: np.ndarray, beta: np.ndarray, scale: float, *,
+                              reml: bool) -> float:
+        """-2 log-likelihood (REML criterion) at theta, beta and sigma^2, original units.
+
+        Notes
+        -----
+        With r = y - X beta, r'V^{-1}r / sigma^2 = min_u |r - Z Lambda u|^2 + |u|^2
+        (divided by sigma^2) and log|V / sigma^2| = log|Lambda'Z'Z Lambda + I|,
+        both from a factorization of the random-effects block alone on r;
+        REML adds log|X'V^{-1}X / sigma^2| - p log(2 pi sigma^2).
+        """
+        r = self.endog - self.exog @ np.asarray(beta, dtype=float)
+        n, p = len(r), self.k_fe
+        d0 = BlockedDeviance(self.re_terms, np.zeros((n, 0)), r, reml=False)
+        f0 = d0.factor(np.asarray(theta, dtype=float))
+        if f0 is None:
+            return np.inf
+        out = f0.logdet_L + n * (LOG2PI + np.log(scale)) + f0.pwrss / scale
+        if reml:
+            full = BlockedDeviance(self.re_terms, self.exog, self.endog, reml=True)
+            ff = full.factor(np.asarray(theta, dtype=float))
+            if ff is None:
+                return np.inf
+            out += ff.logdet_RX - p * (LOG2PI + np.log(scale))
+        return float(out)
+
+    def loglike(self, params: np.ndarray, *, reml: bool = False) -> float:
+        """Log-likelihood at ``params`` = (beta, theta, sigma^2)."""
+        params = np.asarray(params, dtype=float)
+        p, k = self.k_fe, self.layout.n_theta
+        if params.shape != (p + k + 1,):
+            raise ValueError(f"params must hold beta ({p}), theta ({k}) and sigma^2 (1)")
+        return -0.5 * self.deviance_at_estimates(params[p:p + k], params[:p], params[-1],
+                                                 reml=reml)
+
+
+def _coerce_missing(cols: Mapping[str, Any]) -> dict[str, Any]:
+    """Grouping columns of any dtype: NaN/None marks a missing label (the others are
+    checked for NaN and inf as usual)."""
+    out: dict[str, Any] = {}
+    for k, v in cols.items():
+        if k.startswith("grouping factor"):
+            s = v if isinstance(v, pd.Series) else pd.Series(np.asarray(v, dtype=object))
+            out[k] = np.where(s.isna().to_numpy(), np.nan, 0.0)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,420 @@
+"""Results of a multilevel (several grouping factors) fit, per factor in lme4's layout."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import statsmodels.base.wrapper as wrap
+from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
+
+from .._compat import cache_readonly
+from ..engine.blocked import BlockedDeviance
+from ..engine.deviance import LOG2PI
+from .model import MultilevelFit
+
+if TYPE_CHECKING:
+    from .model import MultilevelHLM
+
+__all__ = ["MultilevelResults", "MultilevelResultsWrapper"]
+
+
+class MultilevelResults(LikelihoodModelResults):
+    """Results of :meth:`sm_hlm.multilevel.MultilevelHLM.fit`.
+
+    ``params`` holds the fixed effects followed by the free entries of every
+    factor's random-effects covariance (``Var(x | school)``,
+    ``Cov(Intercept, x | school:klass)``); ``cov_params()`` is block
+    diagonal: lme4's vcov for the fixed effects and the inverse observed
+    information of the variance components.  Per-factor outputs are dicts
+    keyed by factor, innermost first as lme4 prints them; with one factor
+    ``cov_re`` is a DataFrame as for :class:`sm_hlm.HLMResults`.
+    """
+
+    def __init__(self, model: "MultilevelHLM", fit: MultilevelFit, *,
+                 compute_vcomp_cov: bool = True):
+        self.fit_result = fit
+        self._compute_vcomp_cov = bool(compute_vcomp_cov)
+        vcomp = np.concatenate([c[model._vcomp_index(t)] for t, c in
+                                zip(model.re_terms, fit.cov_re)]) if model.re_terms else np.zeros(0)
+        self._vcomp_values = vcomp
+        params = np.concatenate([fit.fe_params, vcomp])
+        super().__init__(model, params, normalized_cov_params=None, scale=fit.scale)
+        p = len(fit.fe_params)
+        self.use_t = False
+        self.reml = fit.reml
+        self.method = "REML" if fit.reml else "ML"
+        self.cov_type = "model"
+        self.k_fe = p
+        self.k_vcomp = len(vcomp)
+        self.nobs = model.nobs
+        self.n_groups = model.n_groups
+        self.optimizer = fit.optimizer
+        self.converged = fit.optimizer.converged
+        self.theta = fit.theta
+        self.singular_terms = list(fit.singular_terms)
+        self.singular = bool(fit.singular_terms)
+        #: parameters as lme4 counts them (beta, theta, sigma)
+        self.n_params = p + model.layout.n_theta + 1
+        self.df_resid = model.nobs - self.n_params
+        self.df_modelwc = self.n_params
+
+    # ------------------------------------------------- parameter covariance
+    @property
+    def normalized_cov_params(self) -> np.ndarray:
+        """cov_params() / scale: lme4's vcov and :attr:`cov_vcomp`, block diagonal."""
+        cached = self.__dict__.get("_normalized_cov_params")
+        if cached is None:
+            p, k = self.k_fe, self.k_vcomp
+            cov = np.zeros((p + k, p + k))
+            cov[:p, :p] = self.fit_result.cov_fe
+            cov[p:, p:] = self.cov_vcomp
+            cached = cov / self.fit_result.scale
+            self.__dict__["_normalized_cov_params"] = cached
+        return cached
+
+    @normalized_cov_params.setter
+    def normalized_cov_params(self, value: Any) -> None:
+        if value is not None:
+            self.__dict__["_normalized_cov_params"] = value
+
+    def _vcomp_deviance(self):
+        """The deviance as a function of (vcomp, sigma^2), beta fixed (ML) or
+        integrated out (REML); NaN where Psi is not positive semi-definite."""
+        model, fit = self.model, self.fit_result
+        terms = model.re_terms
+        n, p = len(model.endog), model.k_fe
+        r = model.endog - model.exog @ fit.fe_params
+        d_r = BlockedDeviance(terms, np.zeros((n, 0)), r, reml=False)
+        d_full = BlockedDeviance(terms, model.exog, model.endog, reml=True) if fit.reml else None
+        idx = [model._vcomp_index(t) for t in terms]
+        sizes = [len(i[0]) for i in idx]
+
+        def theta_of(v: np.ndarray, s: float) -> np.ndarray:
+            out, pos = [], 0
+            for t, (rr, cc), k in zip(terms, idx, sizes):
+                cov = np.zeros((t.S, t.S))
+                cov[rr, cc] = v[pos:pos + k]
+                cov[cc, rr] = v[pos:pos + k]
+                pos += k
+                lam = np.zeros_like(cov)
+                o = 0
+                for b in t.block_sizes:
+                    sl = slice(o, o + b)
+                    lam[sl, sl] = np.linalg.cholesky(cov[sl, sl] / s)
+                    o += b
+                out += [lam[i, j] for i, j in t.theta_index()]
+            return np.asarray(out)
+
+        def f(x: np.ndarray) -> float:
+            s = x[-1]
+            if s <= 0:
+                return np.nan
+            try:
+                th = theta_of(x[:-1], s)
+            except np.linalg.LinAlgError:
+                return np.nan
+            if fit.reml:
+                ff = d_full.factor(th)
+                if ff is None:
+                    return np.nan
+                return float((n - p) * (LOG2PI + np.log(s)) + ff.logdet_L + ff.logdet_RX
+                             + ff.pwrss / s)
+            fr = d_r.factor(th)
+            if fr is None:
+                return np.nan
+            return float(n * (LOG2PI + np.log(s)) + fr.logdet_L + fr.pwrss / s)
+
+        return f
+
+    @cache_readonly
+    def cov_vcomp(self) -> np.ndarray:
+        """Inverse observed information of the variance components (``vcomp`` order).
+
+        A Richardson-extrapolated numerical Hessian of the deviance in
+        (vcomp, sigma^2) at the estimates; NaN at a singular fit or when
+        ``fit(compute_vcomp_cov=False)``... is asked for explicitly.
+        """
+        from ..engine.numdiff import hessian_richardson
+
+        k = self.k_vcomp
+        if k == 0:
+            return np.zeros((0, 0))
+        if self.singular:
+            return np.full((k, k), np.nan)
+        x = np.append(self._vcomp_values, self.fit_result.scale)
+        try:
+            H = hessian_richardson(self._vcomp_deviance(), x, d=0.01)
+            cov = np.linalg.inv(0.5 * H)
+        except (np.linalg.LinAlgError, ValueError):
+            return np.full((k, k), np.nan)
+        if not np.all(np.isfinite(cov)):
+            return np.full((k, k), np.nan)
+        return cov[:k, :k]
+
+    # ------------------------------------------------------------- scalars
+    @cache_readonly
+    def llf(self) -> float:
+        return self.fit_result.llf
+
+    @cache_readonly
+    def deviance(self) -> float:
+        """-2 log-likelihood (ML) or the REML criterion (REML)."""
+        return -2.0 * self.llf
+
+    @cache_readonly
+    def aic(self) -> float:
+        return self.deviance + 2.0 * self.n_params
+
+    @cache_readonly
+    def bic(self) -> float:
+        return self.deviance + np.log(self.nobs) * self.n_params
+
+    # -------------------------------------------------------- fixed effects
+    @property
+    def _fe_names(self) -> list[str]:
+        return list(self.model.exog_names)
+
+    @cache_readonly
+    def fe_params(self) -> pd.Series:
+        return pd.Series(self.fit_result.fe_params, index=self._fe_names, name="fe_params")
+
+    @cache_readonly
+    def bse_fe(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.fit_result.cov_fe)), index=self._fe_names,
+                         name="bse_fe")
+
+    @cache_readonly
+    def cov_fe(self) -> pd.DataFrame:
+        """lme4's ``vcov``: sigma^2 (X'V^-1X)^-1."""
+        return pd.DataFrame(self.fit_result.cov_fe, index=self._fe_names, columns=self._fe_names)
+
+    @cache_readonly
+    def corr_fe(self) -> pd.DataFrame:
+        c = self.fit_result.cov_fe
+        s = np.sqrt(np.diag(c))
+        return pd.DataFrame(c / np.outer(s, s), index=self._fe_names, columns=self._fe_names)
+
+    @cache_readonly
+    def pvalues(self) -> np.ndarray:
+        """Normal p-values of the fixed effects; NaN for the variance components
+        (a Wald test of a variance is a boundary test)."""
+        p = np.array(LikelihoodModelResults.pvalues.func(self), dtype=float)
+        p[self.k_fe:] = np.nan
+        return p
+
+    @cache_readonly
+    def bse_re(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.cov_vcomp)), index=self.model.vcomp_names(),
+                         name="bse_re")
+
+    # ------------------------------------------------------ random effects
+    def _term_of(self) -> dict[str, int]:
+        return {t.factor: k for k, t in enumerate(self.model.re_terms)}
+
+    @cache_readonly
+    def cov_re(self) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        """Psi_k, labelled: ``{factor: DataFrame}`` (a DataFrame with one factor)."""
+        out = {}
+        pos = self._term_of()
+        for f in self.model.factor_names:
+            t = self.model.re_terms[pos[f]]
+            out[f] = pd.DataFrame(self.fit_result.cov_re[pos[f]], index=list(t.names),
+                                  columns=list(t.names))
+        return next(iter(out.values())) if len(out) == 1 else out
+
+    @cache_readonly
+    def vcomp(self) -> pd.Series:
+        return pd.Series(self._vcomp_values, index=self.model.vcomp_names(), name="vcomp")
+
+    def ranef(self, *, cond_var: bool = False) -> dict[str, pd.DataFrame]:
+        """Conditional modes per factor, ``{factor: DataFrame}`` (lme4's ``ranef``).
+
+        With ``cond_var=True`` the columns ``condvar(<effect>)`` and
+        ``condsd(<effect>)`` follow (lme4's ``condVar = TRUE``: the diagonal
+        of each level's conditional covariance, :attr:`random_effects_cov`).
+        """
+        out = {}
+        pos = self._term_of()
+        for f in self.model.factor_names:
+            k = pos[f]
+            t = self.model.re_terms[k]
+            df = pd.DataFrame(self.fit_result.blups[k], index=self.model.factors[f].labels,
+                              columns=list(t.names))
+            df.index.name = f
+            if cond_var:
+                var = np.diagonal(self.fit_result.blup_cov[k], axis1=1, axis2=2)
+                for i, n in enumerate(t.names):
+                    df[f"condvar({n})"] = var[:, i]
+                for i, n in enumerate(t.names):
+                    df[f"condsd({n})"] = np.sqrt(var[:, i])
+            out[f] = df
+        return out
+
+    @cache_readonly
+    def random_effects(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes per factor: ``{factor: DataFrame}`` (one row per level)."""
+        return self.ranef()
+
+    @cache_readonly
+    def random_effects_cov(self) -> dict[str, dict[Any, pd.DataFrame]]:
+        """Conditional covariance of each level's effects, ``{factor: {level: DataFrame}}``."""
+        out = {}
+        pos = self._term_of()
+        for f in self.model.factor_names:
+            k = pos[f]
+            names = list(self.model.re_terms[k].names)
+            bc = self.fit_result.blup_cov[k]
+            out[f] = {g: pd.DataFrame(bc[j], index=names, columns=names)
+                      for j, g in enumerate(self.model.factors[f].labels)}
+        return out
+
+    @cache_readonly
+    def group_coefficients(self) -> dict[str, pd.DataFrame]:
+        """Fixed effects plus each factor's conditional modes (lme4's ``coef``)."""
+        fe = self.fe_params
+        out = {}
+        for f, re in self.ranef().items():
+            df = pd.DataFrame(np.tile(fe.to_numpy(), (len(re), 1)), index=re.index,
+                              columns=fe.index)
+            for c in re.columns:
+                df[c] = df[c] + re[c] if c in df.columns else re[c]
+            out[f] = df
+        return out
+
+    # --------------------------------------------------- fitted, residuals
+    def _random_part(self) -> np.ndarray:
+        out = np.zeros(len(self.model.endog))
+        for t, b in zip(self.model.re_terms, self.fit_result.blups):
+            out += np.einsum("ij,ij->i", t.z, b[t.refs])
+        return out
+
+    def _wrap_rows(self, values: np.ndarray, name: str) -> pd.Series | np.ndarray:
+        idx = getattr(self.model, "row_index", None)
+        return pd.Series(values, index=idx, name=name) if idx is not None else values
+
+    @cache_readonly
+    def fittedvalues(self) -> pd.Series | np.ndarray:
+        """Conditional fitted values X beta + sum_k Z_k b_k."""
+        return self._wrap_rows(self.model.exog @ self.fit_result.fe_params + self._random_part(),
+                               "fitted")
+
+    @cache_readonly
+    def resid(self) -> pd.Series | np.ndarray:
+        """Conditional residuals y - fitted."""
+        return self._wrap_rows(self.model.endog - np.asarray(self.fittedvalues), "resid")
+
+    @cache_readonly
+    def resid_scaled(self) -> pd.Series | np.ndarray:
+        """Residuals divided by sigma (lme4's scaled residuals)."""
+        return self._wrap_rows(np.asarray(self.resid) / np.sqrt(self.scale), "resid_scaled")
+
+    def predict(self, exog: Any = None, *, groups: Any = None, exog_re: Any = None,
+                random: bool = True, missing: str = "raise") -> pd.Series | np.ndarray:
+        """Predictions for the fitted rows or new data.
+
+        Parameters
+        ----------
+        exog
+            None (the fitted rows), a DataFrame of new data for a formula
+            model, or a fixed-effects design array (with ``groups`` and
+            ``exog_re`` as in the constructor).
+        random
+            Add each row's conditional modes.  A level not seen in the fit
+            contributes zero for its factor only: a new class in a known
+            school gets the school's effect.  ``random=False`` needs no
+            grouping columns.
+        missing
+            ``"raise"`` (default) or ``"nan"``: NaN for new rows with a
+            missing value in a variable used.
+        """
+        from .prediction import predict_multilevel
+        return predict_multilevel(self, exog, groups=groups, exog_re=exog_re, random=random,
+                                  missing=missing)
+
+    # ------------------------------------------------------ decompositions
+    def icc(self) -> pd.DataFrame:
+        """The variance decomposition of the random intercepts, per level.
+
+        ``variance``: the intercept variance of each factor and the residual
+        variance; ``share``: its share of their sum (the HLM3 decomposition);
+        ``icc``: for nested factors, the correlation of two rows that share
+        the factor's level (its variance plus those of the factors it is
+        nested in, over the total); for crossed factors the share.
+
+        Notes
+        -----
+        Random slopes make the decomposition depend on the covariates; as in
+        the HLM software only the intercept variances enter here.
+        """
+        model = self.model
+        pos = self._term_of()
+        rows = {}
+        for f in model.factor_names:
+            t = model.re_terms[pos[f]]
+            name = next((n for n in t.names if n in ("Intercept", "(Intercept)")), None)
+            if name is None:
+                continue
+            i = t.names.index(name)
+            rows[f] = self.fit_result.cov_re[pos[f]][i, i]
+        if not rows:
+            raise ValueError("no random intercepts: the variance decomposition needs at least "
+                             "one (1 | factor) term")
+        total = sum(rows.values()) + self.scale
+        var = pd.Series({**rows, "Residual": self.scale}, name="variance")
+        out = pd.DataFrame({"variance": var, "share": var / total})
+        icc = {}
+        if model.nesting is not None:
+            chain = [model.re_terms[k].factor for k in model.nesting]    # outer -> inner
+            acc = 0.0
+            for f in chain:
+                acc += rows.get(f, 0.0)
+                if f in rows:
+                    icc[f] = acc / total
+        else:
+            icc = {f: v / total for f, v in rows.items()}
+        out["icc"] = pd.Series(icc)
+        return out
+
+    # ------------------------------------------------------------- summary
+    def summary(self, *, alpha: float = 0.05, float_format: str = "%.4f",
+                correlation: bool | None = None):
+        """An lme4-style summary as a statsmodels ``summary2.Summary``: every factor in
+        the random-effects table and ``groups: a:b, m1; a, m2`` after the number of rows."""
+        from .summary import make_multilevel_summary
+        return make_multilevel_summary(self, alpha=alpha, float_format=float_format,
+                                       correlation=correlation)
+
+    summary2 = summary
+
+    def plot_caterpillar(self, factor: str | None = None, **kwargs: Any) -> Any:
+        """Caterpillar plots of the conditional modes with conditional-SD intervals.
+
+        One Figure for ``factor``; ``{factor: Figure}`` for every factor when
+        ``factor`` is None.  ``kwargs`` as :func:`sm_hlm.plots.caterpillar`
+        (``term``, ``alpha``, ``sort``, ``ax``).
+        """
+        from ..plots import draw_caterpillar
+        names = self.model.factor_names
+        if factor is not None and factor not in names:
+            raise KeyError(f"no grouping factor {factor!r}; the model has {names}")
+        figs = {}
+        for f, df in self.ranef(cond_var=True).items():
+            if factor is not None and f != factor:
+                continue
+            effects = [c for c in df.columns if not c.startswith("cond")]
+            se = df[[f"condsd({c})" for c in effects]]
+            se.columns = effects
+            figs[f] = draw_caterpillar(df[effects], se, f, **kwargs)
+        return figs[factor] if factor is not None else figs
+
+
+class MultilevelResultsWrapper(LikelihoodResultsWrapper):
+    _attrs: dict[str, str] = {"bse": "columns", "params": "columns", "tvalues": "columns",
+                              "pvalues": "columns"}
+    _wrap_attrs = wrap.union_dicts(LikelihoodResultsWrapper._wrap_attrs, _attrs)
+    _methods: dict[str, str] = {}
+    _wrap_methods = wrap.union_dicts(LikelihoodResultsWrapper._wrap_methods, _methods)
+
+
+wrap.populate_wrapper(MultilevelResultsWrapper, MultilevelResults)

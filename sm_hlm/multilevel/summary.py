@@ -1,0 +1,101 @@
+"""lme4-style summaries of multilevel fits (every factor, ``groups: a:b, m; a, k``)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..summary import CORRELATION_MAX, HLMSummary, correlation_table
+
+if TYPE_CHECKING:
+    from .results import MultilevelResults
+
+__all__ = ["make_multilevel_summary", "random_effects_table", "groups_line"]
+
+
+def random_effects_table(results: "MultilevelResults") -> pd.DataFrame:
+    """Variance, SD and correlations of every factor's effects, then the residual."""
+    model = results.model
+    pos = {t.factor: k for k, t in enumerate(model.re_terms)}
+    rows = []
+    for f in model.factor_names:
+        k = pos[f]
+        t = model.re_terms[k]
+        cov = results.fit_result.cov_re[k]
+        sd = np.sqrt(np.diag(cov))
+        den = np.outer(sd, sd)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.where(den > 0, cov / np.where(den > 0, den, 1.0), np.nan)
+        # correlations only within a block (several bar terms on one factor are independent)
+        block = np.repeat(np.arange(len(t.block_sizes)), t.block_sizes)
+        for i, name in enumerate(t.names):
+            row = {"Groups": f if i == 0 else "", "Name": name, "Variance": cov[i, i],
+                   "Std.Dev.": sd[i]}
+            for j in range(i):
+                row[f"Corr.{j + 1}"] = corr[i, j] if block[i] == block[j] else np.nan
+            rows.append(row)
+    rows.append({"Groups": "Residual", "Name": "", "Variance": results.scale,
+                 "Std.Dev.": np.sqrt(results.scale)})
+    df = pd.DataFrame(rows)
+    corr_cols = sorted(c for c in df.columns if c.startswith("Corr."))
+    return df[["Groups", "Name", "Variance", "Std.Dev."] + corr_cols]
+
+
+def groups_line(results: "MultilevelResults") -> str:
+    """lme4's ``Number of obs: 7230, groups: schoolid:childid, 1721; schoolid, 60``."""
+    ng = results.model.n_groups
+    return (f"Number of obs: {int(results.nobs)}, groups: "
+            + "; ".join(f"{k}, {v}" for k, v in ng.items()))
+
+
+def make_multilevel_summary(results: "MultilevelResults", *, alpha: float = 0.05,
+                            float_format: str = "%.4f", correlation: bool | None = None):
+    """Fit criteria, scaled residuals, random effects of every factor, fixed effects
+    (z tests), the correlation of the fixed effects and any convergence or singular-fit
+    message, as lme4's ``summary.merMod``."""
+    model = results.model
+    smry = HLMSummary()
+    smry.add_title(f"Linear mixed model fit by {'REML' if results.reml else 'maximum likelihood'}")
+    info = {
+        "Model:": "HLM (multilevel)",
+        "Dependent Variable:": str(model.endog_names),
+        "Method:": results.method,
+        "No. Observations:": f"{int(results.nobs)}",
+        **{f"No. Groups ({k}):": f"{v}" for k, v in model.n_groups.items()},
+        "Design:": ("nested" if model.is_nested else "crossed"),
+        "AIC:": f"{results.aic:.1f}",
+        "BIC:": f"{results.bic:.1f}",
+        "Log-Likelihood:": f"{results.llf:.1f}",
+        ("REML criterion:" if results.reml else "Deviance:"): f"{results.deviance:.1f}",
+        "df.resid:": f"{int(results.df_resid)}",
+        "Converged:": "Yes" if results.converged else "No",
+    }
+    formula = getattr(model, "formula", None)
+    smry.add_dict(info, ncols=2, title=f"Formula: {formula}" if formula else None)
+    r = np.asarray(results.resid_scaled)
+    q = pd.DataFrame([np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])],
+                     columns=["Min", "1Q", "Median", "3Q", "Max"], index=[""])
+    smry.add_df(q, float_format="%.4f", title="Scaled residuals:")
+    re_tab = random_effects_table(results)
+    re_tab = re_tab.astype(object).where(re_tab.notna(), "")
+    smry.add_df(re_tab, index=False, float_format="%.4f", title="Random effects:")
+    smry.add_text(groups_line(results))
+    est, se = results.fe_params, results.bse_fe
+    z = est / se
+    crit = stats.norm.ppf(1 - alpha / 2)
+    fe = pd.DataFrame({"Coef.": est, "Std.Err.": se, "z": z, "P>|z|": 2 * stats.norm.sf(np.abs(z)),
+                       f"[{alpha / 2:g}": est - crit * se, f"{1 - alpha / 2:g}]": est + crit * se})
+    smry.add_df(fe, float_format=float_format, title="Fixed effects:")
+    show = model.k_fe <= CORRELATION_MAX if correlation is None else bool(correlation)
+    if model.k_fe > 1 and show:
+        smry.add_df(correlation_table(results), title="Correlation of fixed effects:")
+    elif model.k_fe > 1 and correlation is None:
+        smry.add_text(f"Correlation matrix not shown by default, as p = {model.k_fe} > "
+                      f"{CORRELATION_MAX}; use summary(correlation=True) or results.corr_fe.")
+    if results.singular:
+        smry.add_text("boundary (singular) fit: " + "; ".join(results.singular_terms))
+    if not results.converged:
+        smry.add_text(f"Convergence warning: {results.optimizer.message}")
+    return smry
