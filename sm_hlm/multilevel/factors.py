@@ -72,18 +72,24 @@ def factor_from_columns(data: pd.DataFrame, columns: Sequence[str]) -> GroupingF
         return factor_from_labels(name, data[columns[0]].to_numpy(), columns)
     parts = [factorize_sorted(data[c].to_numpy()) for c in columns]
     key = np.zeros(len(data), dtype=np.int64)
+    total = 1
     for codes, labels in parts:
+        if total * max(len(labels), 1) >= 2 ** 62:       # keep the mixed-radix key in int64
+            key = pd.factorize(key, sort=True)[0].astype(np.int64)
+            total = int(key.max()) + 1
         key = key * len(labels) + np.asarray(codes, dtype=np.int64)
-        key = pd.factorize(key, sort=True)[0].astype(np.int64) if len(labels) > 1 else key
-    combos, codes = np.unique(key, return_inverse=True)
-    # the label of each combination: the first row of each level gives the parts
-    first = np.zeros(len(combos), dtype=np.intp)
-    first[codes[::-1]] = np.arange(len(codes))[::-1]
+        total *= max(len(labels), 1)
+    # hashing, then sorting only the distinct keys: levels in the order of the columns' labels
+    codes, combos = pd.factorize(key, sort=True)
+    codes = np.asarray(codes, dtype=np.intp)
+    # the label of each combination from its first row
+    first = np.empty(len(combos), dtype=np.intp)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
     pieces = [np.asarray(labels)[np.asarray(c)[first]].astype(str) for c, labels in parts]
     lab = pieces[0]
     for piece in pieces[1:]:
         lab = np.char.add(np.char.add(lab, ":"), piece)
-    return GroupingFactor(name, codes.astype(np.intp).ravel(), pd.Index(lab.tolist()), columns)
+    return GroupingFactor(name, codes, pd.Index(lab.tolist()), columns)
 
 
 def nesting_chain(factors: Sequence[GroupingFactor]) -> list[int] | None:

@@ -27,7 +27,8 @@ from ..engine.blocked import BlockedDeviance
 from ..engine.deviance import LOG2PI
 from ..engine.gradient import deviance_gradient
 from ..engine.linalg import aliased_columns
-from ..engine.optimizer import OptimizerRecord, minimize_with_gradient
+from ..engine.optimizer import (OptimizerRecord, minimize_bobyqa, minimize_with_gradient,
+                                numerical_gradient)
 from ..engine.solution import solve_at
 from ..engine.terms import RETerm, ThetaLayout
 from ..exceptions import ConvergenceWarning, FormulaSyntaxError, IdentificationError, SingularFitWarning
@@ -40,6 +41,10 @@ __all__ = ["MultilevelHLM", "MultilevelFit", "specs_from_vc_formula"]
 #: relative agreement required between the optimiser's objective and the
 #: log-likelihood recomputed at the reported estimates
 _VERIFY_RTOL = 1e-8
+#: size of the dense (filled-in) block of crossed factors above which ``fit(method="auto")``
+#: optimises with BOBYQA rather than with the analytic gradient (whose selected inversion
+#: of that block costs ~10 deviance evaluations on InstEval's 1,142)
+_DENSE_GRADIENT_MAX = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,9 +219,12 @@ class MultilevelHLM(LikelihoodModel):
             name = str(c)
             vals = groups[c]
             if isinstance(vals.dtype, pd.CategoricalDtype):
-                cat = vals.cat.remove_unused_categories()
-                codes = cat.cat.codes.to_numpy().astype(np.intp)
-                labels = pd.Index(cat.cat.categories)
+                codes = vals.cat.codes.to_numpy().astype(np.intp)
+                labels = pd.Index(vals.cat.categories)
+                used = np.bincount(codes, minlength=len(labels)) > 0
+                if not used.all():                        # drop levels without rows
+                    codes = (np.cumsum(used) - 1)[codes].astype(np.intp)
+                    labels = labels[used]
                 self.factors[name] = GroupingFactor(name, codes, labels,
                                                     fac_cols.get(name, (name,)))
             else:
@@ -513,9 +521,13 @@ class MultilevelHLM(LikelihoodModel):
         reml
             REML when True, maximum likelihood when False.
         method
-            ``"auto"``: L-BFGS-B with the analytic gradient, BOBYQA when the
-            convergence check fails or the fit is singular; ``"bobyqa"``:
-            BOBYQA then L-BFGS-B; ``"lbfgs"``: L-BFGS-B alone.
+            ``"auto"``: for nested factors L-BFGS-B with the analytic
+            gradient, BOBYQA when the convergence check fails or the fit is
+            singular; for crossed factors BOBYQA with a finite-difference
+            verdict (the analytic gradient needs the inverse of the filled-in
+            block), re-examined with boundary restarts when singular.
+            ``"bobyqa"``: BOBYQA then L-BFGS-B with the analytic gradient;
+            ``"lbfgs"``: L-BFGS-B alone.
         maxiter
             statsmodels' name for ``maxeval``.
         maxeval, ftol_abs, xtol_abs
@@ -573,11 +585,35 @@ class MultilevelHLM(LikelihoodModel):
                 return f, np.zeros_like(th)
             return f, deviance_gradient(dev, th)
 
-        rec = minimize_with_gradient(dev, fun_grad, x0, lay.lower, ftol_abs=ftol_abs,
-                                     xtol_abs=xtol_abs, maxeval=maxeval, names=lay.names,
-                                     restart_points=(lay.start(),),
-                                     skip_bobyqa=method == "lbfgs",
-                                     gradient_first=method == "auto")
+        def fun_numgrad(th: np.ndarray) -> tuple[float, np.ndarray]:
+            f = dev(th)
+            if not np.isfinite(f):
+                return f, np.zeros_like(th)
+            return f, numerical_gradient(dev, th, lay.lower)[0]
+
+        # crossed factors with a large filled-in block: see the comment below
+        crossed = dev.structure.J < dev.structure.K and dev.structure.N_D > _DENSE_GRADIENT_MAX
+        if method == "auto" and crossed:
+            # crossed factors: the analytic gradient needs the selected inverse of the
+            # filled-in dense block (~10 deviances on InstEval); BOBYQA with a numerical
+            # verdict is cheaper, and a singular end point is re-examined with boundary
+            # restarts (minimize_with_gradient, finite-difference gradient)
+            rec = minimize_bobyqa(dev, x0, lay.lower, ftol_abs=ftol_abs, xtol_abs=xtol_abs,
+                                  maxeval=maxeval, names=lay.names)
+            if not rec.converged or np.any(rec.end - lay.lower <= 1e-6):
+                rec2 = minimize_with_gradient(dev, fun_numgrad, x0, lay.lower, ftol_abs=ftol_abs,
+                                              xtol_abs=xtol_abs, maxeval=maxeval,
+                                              names=lay.names, restart_points=(lay.start(),))
+                n = rec.n_evals + rec2.n_evals
+                better = rec2 if rec2.fun_end < rec.fun_end - 1e-9 or (
+                    rec2.converged and not rec.converged) else rec
+                rec = dataclasses.replace(better, n_evals=n)
+        else:
+            rec = minimize_with_gradient(dev, fun_grad, x0, lay.lower, ftol_abs=ftol_abs,
+                                         xtol_abs=xtol_abs, maxeval=maxeval, names=lay.names,
+                                         restart_points=(lay.start(),),
+                                         skip_bobyqa=method == "lbfgs",
+                                         gradient_first=method == "auto")
         const = self._deviance_constant(reml)
         rec = dataclasses.replace(
             rec, start=rec.start * tscale, end=rec.end * tscale,
