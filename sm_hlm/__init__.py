@@ -11,6 +11,7 @@ from .exceptions import (ConvergenceWarning, DroppedRowsWarning, FormulaSyntaxEr
                          IdentificationError, MissingDataError, SingularFitWarning)
 from .model import HLM
 from .results import HLMResults
+from .multilevel import MultilevelHLM, MultilevelResults
 from .compare import RefitMLWarning, compare, summary_table
 from .levels import LevelSpecError
 from .residual import (AR1, ContinuousAR1, Exchangeable, Heteroscedastic, Independence,
@@ -21,6 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "HLM",
     "HLMResults",
+    "MultilevelHLM",
+    "MultilevelResults",
     "compare",
     "summary_table",
     "RefitMLWarning",
