@@ -90,9 +90,13 @@ def test_conditional_modes_against_lme4(fitted):
         got = df.loc[[_label(df.index, lev) for lev in ref["levels"]], names].to_numpy()
         scale = max(1.0, float(np.max(np.abs(vals))))
         np.testing.assert_allclose(got, vals, atol=2e-3 * scale, err_msg=f"{name} {factor}")
-        cv = case["condvar"][factor][0]
-        cov = np.asarray(cv["cov"], dtype=float).reshape(len(ref["levels"]), len(names), -1)
-        var = np.diagonal(cov, axis1=1, axis2=2)
+        parts = {}                 # lme4 keeps (x || g) as one term per column
+        for cv in case["condvar"][factor]:
+            k = len(cv["names"])
+            cov = np.asarray(cv["cov"], dtype=float).reshape(len(ref["levels"]), k, k)
+            for i, n in enumerate(cv["names"]):
+                parts[n if n != "(Intercept)" else "Intercept"] = cov[:, i, i]
+        var = np.column_stack([parts[n] for n in names])
         got_var = df.loc[[_label(df.index, lev) for lev in ref["levels"]],
                          [f"condvar({n})" for n in names]].to_numpy()
         np.testing.assert_allclose(got_var, var, rtol=5e-3, err_msg=f"{name} {factor} condvar")
