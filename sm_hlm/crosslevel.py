@@ -57,6 +57,8 @@ __all__ = [
 #: A column label, or a list of column labels.
 Columns = Union[Hashable, Sequence[Hashable]]
 #: A column name of ``data`` or one group id per row.
+#: a column label, one group id per row, or a list of column labels ``[outer, inner]`` for
+#: the units of ``inner`` within ``outer`` (class within school: lme4's ``school:klass``)
 Groups = Union[Hashable, Sequence[Any], np.ndarray, pd.Series, pd.Index]
 
 _BUILTIN_FUNCS = ("mean", "sum", "median", "std", "min", "max", "count")
@@ -178,6 +180,21 @@ def _single_column(data: pd.DataFrame, column: Any, *, func: str) -> pd.Series:
 def _resolve_groups(data: pd.DataFrame, groups: Groups) -> _Grouping:
     """Turn ``groups`` into integer codes 0..G-1 (one per row) and the group ids."""
     n = len(data)
+    if (isinstance(groups, (list, tuple)) and 0 < len(groups) < n
+            and all(_is_label(g) and g in data.columns for g in groups)):
+        # [outer, inner]: the units of the innermost column within the outer ones
+        # (class within school), as lme4's school:klass
+        for g in groups:
+            col = _get_column(data, g, what="groups column")
+            if col.isna().any():
+                raise ValueError(f"groups column {g!r} has missing group ids in "
+                                 f"{int(col.isna().sum())} of {n} rows")
+        from .multilevel.factors import factor_from_columns
+        f = factor_from_columns(data, [str(g) for g in groups] if all(
+            isinstance(g, str) for g in groups) else list(groups))
+        name = ":".join(map(str, groups))
+        return _Grouping(f.codes, pd.Index(f.labels, name=name), name,
+                         f"groups {name!r} (the interaction of {list(groups)})")
     if _is_label(groups):
         series = _get_column(data, groups, what="groups column")
         label: Hashable | None = groups
@@ -329,7 +346,8 @@ def group_aggregate(
     column
         Column label, or list of labels (then a DataFrame is returned).
     groups
-        Group column name in ``data``, or one group id per row.
+        Group column name in ``data``, one group id per row, or ``[outer, inner]``
+        column names for the units of ``inner`` within ``outer`` (class within school).
     func
         ``"mean"``, ``"sum"``, ``"median"``, ``"std"`` (sample SD, ``ddof=1``
         like R's ``sd``), ``"min"``, ``"max"``, ``"count"`` (number of

@@ -601,7 +601,16 @@ class HLM(LikelihoodModel):
         is ``mscore ~ 1 + flp + ses + flp:ses + (1 + ses | school)``.  The model
         keeps the specification in ``model.levels``; see
         :func:`sm_hlm.levels.from_levels` for every option.
+
+        Three levels: ``groups=["school", "klass"]`` (outer first), ``level3=
+        {level-2 coefficient: "~ school predictors"}`` and ``random={"klass":
+        [...], "school": [...]}`` (see :func:`sm_hlm.multilevel.levels.from_levels3`).
         """
+        if not isinstance(groups, str) or "level3" in kwargs:
+            from .multilevel.levels import from_levels3
+            return from_levels3(cls, level1=level1, level2=level2,
+                                level3=kwargs.pop("level3", None), groups=groups,
+                                random=random, data=data, eval_env=eval_env + 1, **kwargs)
         from .levels import from_levels
         return from_levels(cls, level1=level1, level2=level2, groups=groups, random=random,
                            data=data, eval_env=eval_env + 1, **kwargs)

@@ -296,3 +296,59 @@ def test_nan_in_a_grouping_column_drops_rows(pastes):
     assert m.nobs == 58
     with pytest.raises(sm_hlm.MissingDataError, match="cask"):
         HLM.from_formula("strength ~ 1 + (1 | batch/cask)", d, missing="raise")
+
+
+# ------------------------------------------------------- three-level specification
+def test_from_levels_three_levels_composes_the_hlm3_model(three):
+    df, _ = three
+    m = HLM.from_levels(level1="y ~ x", level2={"Intercept": "~ tq"},
+                        level3={"Intercept": "~ sector", "x": "~ sector"},
+                        groups=["school", "klass"],
+                        random={"klass": ["Intercept", "x"], "school": ["Intercept", "x"]},
+                        data=df)
+    assert isinstance(m, MultilevelHLM)
+    assert m.formula == ("y ~ 1 + sector + tq + x + sector:x + (1 + x | school:klass) + "
+                         "(1 + x | school)")
+    r = m.fit(reml=False)
+    same = HLM.from_formula(m.formula, df).fit(reml=False)
+    assert r.llf == pytest.approx(same.llf, abs=1e-9)
+    eq = r.level_equations()
+    assert set(eq) == {"beta(Intercept; Intercept)", "beta(Intercept; tq)",
+                       "beta(x; Intercept)"}
+    tab = eq["beta(x; Intercept)"]
+    assert list(tab.index) == ["Intercept", "sector"]
+    assert tab.loc["sector", "Coef."] == pytest.approx(r.fe_params["sector:x"])
+    assert "Level-3 equation of beta(x; Intercept)" in r.summary().as_text()
+
+
+def test_from_levels_three_levels_checks_each_level(three):
+    df, _ = three
+    from sm_hlm.crosslevel import Level2Error
+    from sm_hlm.levels import LevelSpecError
+    with pytest.raises(Level2Error, match="'x' must be constant within each unit of school"):
+        HLM.from_levels(level1="y ~ 1", level3={"Intercept": "~ x"},
+                        groups=["school", "klass"], data=df)
+    with pytest.raises(Level2Error, match="'x' must be constant within each unit of "
+                       "school:klass"):
+        HLM.from_levels(level1="y ~ 1", level2={"Intercept": "~ x"},
+                        groups=["school", "klass"], data=df)
+    with pytest.raises(LevelSpecError, match="not a level-2 coefficient"):
+        HLM.from_levels(level1="y ~ x", level3={"w": "~ sector"},
+                        groups=["school", "klass"], data=df)
+    with pytest.raises(TypeError, match=r"\[outer, inner\]"):
+        HLM.from_levels(level1="y ~ x", groups=["school"], level3={}, data=df)
+
+
+def test_crosslevel_aggregates_at_any_level(three):
+    df, _ = three
+    from sm_hlm import crosslevel
+    cls_mean = crosslevel.group_aggregate(df, "x", ["school", "klass"], broadcast=True)
+    expect = df.groupby(["school", "klass"]).x.transform("mean")
+    np.testing.assert_allclose(np.asarray(cls_mean), expect.to_numpy(), rtol=1e-12)
+    centred = crosslevel.center(df, "x", groups=["school", "klass"])
+    np.testing.assert_allclose(np.asarray(centred), (df.x - expect).to_numpy(), atol=1e-12)
+    school = crosslevel.group_aggregate(df, "x", "school")
+    assert len(school) == df.school.nunique()
+    per_class = crosslevel.group_aggregate(df, "x", ["school", "klass"])
+    assert len(per_class) == df.groupby(["school", "klass"]).ngroups
+    assert per_class.index.name == "school:klass"

@@ -376,6 +376,12 @@ class MultilevelResults(LikelihoodModelResults):
         out["icc"] = pd.Series(icc)
         return out
 
+    def level_equations(self) -> dict[str, pd.DataFrame]:
+        """Gamma tables of a three-level model built by ``HLM.from_levels`` (one per
+        level-2 coefficient; see :func:`sm_hlm.multilevel.levels.level_equations3`)."""
+        from .levels import level_equations3
+        return level_equations3(self)
+
     # ------------------------------------------------------------- summary
     def summary(self, *, alpha: float = 0.05, float_format: str = "%.4f",
                 correlation: bool | None = None):

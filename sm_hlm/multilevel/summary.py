@@ -88,6 +88,11 @@ def make_multilevel_summary(results: "MultilevelResults", *, alpha: float = 0.05
     fe = pd.DataFrame({"Coef.": est, "Std.Err.": se, "z": z, "P>|z|": 2 * stats.norm.sf(np.abs(z)),
                        f"[{alpha / 2:g}": est - crit * se, f"{1 - alpha / 2:g}]": est + crit * se})
     smry.add_df(fe, float_format=float_format, title="Fixed effects:")
+    from .levels import ThreeLevelSpec, level_equations3
+    if isinstance(getattr(model, "levels", None), ThreeLevelSpec):
+        for name, tab in level_equations3(results).items():
+            smry.add_df(tab.drop(columns="fixed effect"), float_format=float_format,
+                        title=f"Level-3 equation of {name}:")
     show = model.k_fe <= CORRELATION_MAX if correlation is None else bool(correlation)
     if model.k_fe > 1 and show:
         smry.add_df(correlation_table(results), title="Correlation of fixed effects:")
