@@ -494,6 +494,38 @@ class MultilevelHLM(LikelihoodModel):
             out += [1.0 / s[i] for i, _ in t.theta_index()]
         return np.asarray(out)
 
+    def moment_start(self) -> np.ndarray:
+        """A start for theta~ (working coordinates) from one-way moments per factor.
+
+        For each factor: OLS residuals r of y on X, then sigma_b^2 = var of
+        the level means of r minus the mean of sigma_w^2 / n_l (sigma_w^2 the
+        pooled within-level variance); the intercept's diagonal entry starts at
+        sqrt(sigma_b^2 / sigma_w^2), floored at 0.1; the other entries as
+        lme4's identity.  With several factors each one-way estimate also holds
+        the other factors' variance, which only makes the start generous.
+        """
+        Xw, yw, wterms = self._working[:3]
+        beta = np.linalg.lstsq(Xw, yw, rcond=None)[0] if Xw.shape[1] else np.zeros(0)
+        r = yw - Xw @ beta
+        x0 = self.layout.start()
+        for k, t in enumerate(wterms):
+            icpt = [i for i in range(t.S) if np.all(t.z[:, i] == t.z[0, i])]
+            if not icpt:
+                continue
+            n_l = np.bincount(t.refs, minlength=t.n_levels).astype(float)
+            mean_l = np.bincount(t.refs, weights=r, minlength=t.n_levels) / n_l
+            ss_w = float(np.sum((r - mean_l[t.refs]) ** 2))
+            df_w = len(r) - t.n_levels
+            if df_w <= 0 or ss_w <= 0:
+                continue
+            s2w = ss_w / df_w
+            s2b = float(np.var(mean_l)) - float(np.mean(s2w / n_l))
+            ratio = np.sqrt(max(s2b / s2w, 0.01)) / abs(t.z[0, icpt[0]])
+            i = icpt[0]
+            pos = self.layout.offsets[k] + t.theta_index().index((i, i))
+            x0[pos] = ratio
+        return x0
+
     def deviance_function(self, *, reml: bool = True) -> BlockedDeviance:
         """The profiled deviance of theta~ in working coordinates (see :meth:`fit`)."""
         Xw, yw, wterms = self._working[:3]
@@ -569,7 +601,7 @@ class MultilevelHLM(LikelihoodModel):
         lay = self.layout
         tscale = self._theta_scale()
         dev = self.deviance_function(reml=reml)
-        x0 = lay.start()
+        x0 = self.moment_start()
         if start_params is not None:
             sp = np.asarray(start_params, dtype=float)
             if sp.shape != (lay.n_theta,):
