@@ -352,3 +352,20 @@ def test_crosslevel_aggregates_at_any_level(three):
     per_class = crosslevel.group_aggregate(df, "x", ["school", "klass"])
     assert len(per_class) == df.groupby(["school", "klass"]).ngroups
     assert per_class.index.name == "school:klass"
+
+
+def test_reliability_per_level(three):
+    df, r = three
+    rel = r.reliability()
+    assert list(rel.index) == ["school:klass", "school"]
+    assert ((rel["reliability"] > 0) & (rel["reliability"] < 1)).all()
+    # one factor: the mean of the two-level engine's per-group reliabilities
+    one = HLM.from_formula("y ~ x + (1 | school)", df).fit()
+    multi = MultilevelHLM.from_formula("y ~ x + (1 | school)", df).fit()
+    assert multi.reliability().loc["school", "reliability"] == pytest.approx(
+        one.reliability()["Intercept"].mean(), rel=1e-5)
+    crossed = simulate_crossed(n_subj=20, n_item=15, p_obs=0.9, cov_subj=[[0.5, 0], [0, 0.1]],
+                               cov_item=[[0.3, 0], [0, 0.1]], seed=2)
+    rc = HLM.from_formula("y ~ cond + (1 | subj) + (1 | item)", crossed).fit()
+    with pytest.raises(NotImplementedError, match="crossed"):
+        rc.reliability()

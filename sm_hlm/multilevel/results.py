@@ -382,6 +382,59 @@ class MultilevelResults(LikelihoodModelResults):
         from .levels import level_equations3
         return level_equations3(self)
 
+    def reliability(self) -> pd.DataFrame:
+        """Reliability of each level's unit means (random intercepts), as HLM3 reports it.
+
+        For a nested model with factors from innermost (level 2) to outermost:
+        at the innermost factor, unit j's lambda_j = tau_2 / (tau_2 + sigma^2 / n_j);
+        one level up, unit k's mean has the sampling variance
+        v_k = 1 / sum_j 1 / (tau_2 + sigma^2 / n_jk) over its inner units, and
+        lambda_k = tau_3 / (tau_3 + v_k); and so on outwards.  Returns a
+        DataFrame indexed by factor: the mean reliability over units and the
+        number of units (only factors with a random intercept; slopes are not
+        included).
+
+        Raises
+        ------
+        NotImplementedError
+            For crossed factors, where the unit means of one factor mix the
+            other factor's effects.
+        """
+        model = self.model
+        if model.nesting is None:
+            raise NotImplementedError("reliability() is defined for nested factors; with "
+                                      "crossed factors a unit mean mixes the other factor's "
+                                      "effects (use ranef(cond_var=True) for each level's "
+                                      "conditional variances)")
+        chain = [model.re_terms[k] for k in model.nesting][::-1]       # inner -> outer
+        rows = {}
+        var = None          # sampling variance of each unit mean at the previous level
+        prev_codes = None
+        for t in chain:
+            k = self._term_of()[t.factor]
+            name = next((n for n in t.names if n in ("Intercept", "(Intercept)")), None)
+            tau = (self.fit_result.cov_re[k][t.names.index(name), t.names.index(name)]
+                   if name is not None else None)
+            if var is None:
+                n = np.bincount(t.refs, minlength=t.n_levels).astype(float)
+                v = self.scale / n
+            else:
+                # units of the previous (inner) factor within each unit of this one
+                parent = np.zeros(len(var), dtype=np.intp)
+                parent[prev_codes] = t.refs
+                prec = np.bincount(parent, weights=1.0 / var, minlength=t.n_levels)
+                v = 1.0 / prec
+            if tau is not None:
+                lam = tau / (tau + v)
+                rows[t.factor] = {"reliability": float(np.mean(lam)), "units": t.n_levels}
+                var = tau + v
+            else:
+                var = v
+            prev_codes = t.refs
+        if not rows:
+            raise ValueError("no random intercepts: reliability needs a (1 | factor) term")
+        return pd.DataFrame(rows).T.astype({"units": int})
+
     # ------------------------------------------------------------- summary
     def summary(self, *, alpha: float = 0.05, float_format: str = "%.4f",
                 correlation: bool | None = None):
