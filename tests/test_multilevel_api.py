@@ -369,3 +369,26 @@ def test_reliability_per_level(three):
     rc = HLM.from_formula("y ~ cond + (1 | subj) + (1 | item)", crossed).fit()
     with pytest.raises(NotImplementedError, match="crossed"):
         rc.reliability()
+
+
+def test_pickle_round_trip_keeps_predictions(three, tmp_path):
+    import pickle
+    df, r = three
+    new = df.iloc[:5].assign(klass=[1, 999, 2, 3, 998])
+    before = r.predict(new)
+    r2 = pickle.loads(pickle.dumps(r))
+    pd.testing.assert_series_equal(r2.predict(new), before)
+    r.save(tmp_path / "fit.pkl")
+    r3 = sm_hlm.MultilevelResults.load(tmp_path / "fit.pkl")
+    pd.testing.assert_series_equal(r3.predict(new), before)
+    assert r3.llf == r.llf
+
+
+def test_singular_fit_names_the_factor():
+    df = simulate_hierarchy(names=["school", "klass"], n_top=30, mean_children=[3, 8],
+                            cov_re={"school": [[1.0, 0.0], [0.0, 1e-12]],
+                                    "klass": [[1e-12, 0.0], [0.0, 1e-12]]}, seed=3)
+    with pytest.warns(sm_hlm.SingularFitWarning, match="factor 'school:klass'"):
+        r = HLM.from_formula("y ~ x + tq + (1 | school) + (1 | school:klass)", df).fit()
+    assert r.singular and "school:klass" in r.singular_terms[0]
+    assert "boundary (singular) fit" in r.summary().as_text()

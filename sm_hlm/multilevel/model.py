@@ -252,6 +252,30 @@ class MultilevelHLM(LikelihoodModel):
         self.data.param_names = list(self.exog_names) + self.vcomp_names()
         self._check_identifiable()
 
+    # ------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """patsy's DesignInfo does not pickle: designs are stored as their plain
+        description (:mod:`sm_hlm.formula.pickling`) and rebuilt on load."""
+        from ..formula.pickling import pickle_design
+        d = dict(self.__dict__)
+        d.pop("_working_cache", None)
+        if "fixed_design_info" in d:
+            d["fixed_design_info"] = pickle_design(d["fixed_design_info"])
+        if "re_design_infos" in d:
+            d["re_design_infos"] = {k: [(s, pickle_design(i)) for s, i in v]
+                                    for k, v in d["re_design_infos"].items()}
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        from ..formula.pickling import unpickle_design
+        d = dict(d)
+        if "fixed_design_info" in d:
+            d["fixed_design_info"] = unpickle_design(d["fixed_design_info"])
+        if "re_design_infos" in d:
+            d["re_design_infos"] = {k: [(s, unpickle_design(i)) for s, i in v]
+                                    for k, v in d["re_design_infos"].items()}
+        self.__dict__.update(d)
+
     # ------------------------------------------------------------ structure
     @property
     def factor_names(self) -> list[str]:
