@@ -34,6 +34,7 @@ from ..engine.terms import RETerm, ThetaLayout
 from ..exceptions import ConvergenceWarning, FormulaSyntaxError, IdentificationError, SingularFitWarning
 from ..formula.parse import RandomTermSpec, parse_formula
 from ..keywords import _MIXEDLM_FIT_KEYWORDS, _MIXEDLM_MODEL_KEYWORDS, _unknown_keywords
+from .fit import MultilevelFit
 from .factors import GroupingFactor, check_factors, factor_from_columns, factor_from_labels, nesting_chain
 
 __all__ = ["MultilevelHLM", "MultilevelFit", "specs_from_vc_formula"]
@@ -45,37 +46,6 @@ _VERIFY_RTOL = 1e-8
 #: optimises with BOBYQA rather than with the analytic gradient (whose selected inversion
 #: of that block costs ~10 deviance evaluations on InstEval's 1,142)
 _DENSE_GRADIENT_MAX = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class MultilevelFit:
-    """Everything estimated by one fit (original units); results read only this.
-
-    Attributes
-    ----------
-    reml : bool
-    theta : ndarray               free entries of the Lambda_k (terms in model order)
-    fe_params, cov_fe : ndarray   beta and scale * (X'V^-1 X)^-1
-    scale : float                 sigma^2
-    cov_re : list of ndarray      Psi_k per term
-    blups : list of ndarray       conditional modes b_k, (levels, S_k) per term
-    blup_cov : list of ndarray    conditional covariances, (levels, S_k, S_k) per term
-    llf : float                   log-likelihood (-REML criterion / 2), recomputed at the estimates
-    optimizer : OptimizerRecord   theta in the model's units
-    singular_terms : tuple of str
-    """
-
-    reml: bool
-    theta: np.ndarray
-    fe_params: np.ndarray
-    cov_fe: np.ndarray
-    scale: float
-    cov_re: list
-    blups: list
-    blup_cov: list
-    llf: float
-    optimizer: OptimizerRecord
-    singular_terms: tuple[str, ...]
 
 
 def specs_from_vc_formula(group: str, vc_formula: Mapping[str, str]) -> list[RandomTermSpec]:

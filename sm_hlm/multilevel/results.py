@@ -11,7 +11,7 @@ from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrap
 from .._compat import cache_readonly
 from ..engine.blocked import BlockedDeviance
 from ..engine.deviance import LOG2PI
-from .model import MultilevelFit
+from .fit import MultilevelFit
 
 if TYPE_CHECKING:
     from .model import MultilevelHLM
