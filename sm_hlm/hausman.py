@@ -244,7 +244,7 @@ def _mundlak(res: "HLMResults", idx: list[int], Xbar: np.ndarray, wnames: list[s
              cov_type: str, notes: list[str]) -> HausmanResult:
     from .cluster_tests import wald_test_robust
     from .inference import cov_robust
-    from .model import HLM
+    HLM = type(res.model)     # the model's own class (no import of the model layer)
 
     model = res.model
     mnames = [f"mean({nm})" for nm in wnames]

@@ -44,7 +44,7 @@ def model_with_fixed_columns(model: "HLM", keep: np.ndarray | None = None,
     designs for new data) is carried over when all columns are kept.
     """
     from .crosslevel import Level2InRandomWarning
-    from .model import HLM
+    HLM = type(model)        # the model's own class (no import of the model layer)
 
     if model.exog is None:
         raise ValueError("the data were removed (remove_data()): refitting needs them")

@@ -392,3 +392,19 @@ def test_singular_fit_names_the_factor():
         r = HLM.from_formula("y ~ x + tq + (1 | school) + (1 | school:klass)", df).fit()
     assert r.singular and "school:klass" in r.singular_terms[0]
     assert "boundary (singular) fit" in r.summary().as_text()
+
+
+def test_with_response_equals_a_fresh_structure(fitted):
+    """The shared symbolic analysis with a new response gives the fresh factor's numbers
+    (nested, crossed, and the linear-mode updates of crossed column 0)."""
+    from sm_hlm.engine.blocked import BlockedDeviance
+    name, case, res = fitted
+    model = res.model
+    Xw, _, wterms = model._working[:3]
+    rng = np.random.default_rng(0)
+    y2 = rng.normal(size=len(model.endog))
+    for reml in (False, True):
+        base = model.deviance_function(reml=reml)
+        fresh = BlockedDeviance(wterms, Xw, y2, reml=reml)
+        th = res.theta / model._theta_scale() * 1.1
+        assert base.with_response(Xw, y2)(th) == pytest.approx(fresh(th), rel=1e-12), name

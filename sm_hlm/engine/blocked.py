@@ -134,6 +134,17 @@ class BlockedDeviance:
         self.n_evals = 0
         self._work: np.ndarray | None = None
 
+    def with_response(self, exog: np.ndarray, endog: np.ndarray) -> "BlockedDeviance":
+        """The same deviance (terms, theta, symbolic analysis) for new [X y] data of the
+        same shape (see :meth:`BlockedStructure.with_response`)."""
+        import copy
+
+        new = copy.copy(self)
+        new.structure = self.structure.with_response(exog, endog)
+        new.n_evals = 0
+        new._work = None
+        return new
+
     # ------------------------------------------------------------------ numeric factor
     def _sorted_lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
         lams = self.layout.lambdas(theta)

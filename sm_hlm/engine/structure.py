@@ -55,6 +55,8 @@ memory, and a MemoryError names the factors.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -307,6 +309,42 @@ class BlockedStructure:
         self.d_fill_pos = np.concatenate(fill_pos)
         dt = np.arange(self.d_terms)
         self.d_term_diag = dt * self.N_D + dt
+
+    def with_response(self, exog: np.ndarray, endog: np.ndarray) -> "BlockedStructure":
+        """The same structure for another response and the same number of X columns.
+
+        Only the cross products that involve [X y] are recomputed (W'W and
+        W'Z_k); the random-effects cross products, patterns and update plans
+        are shared.  Used to evaluate quadratic forms of residuals, e.g. the
+        log-likelihood at given estimates.
+        """
+        import copy
+
+        X = np.asarray(exog, dtype=float)
+        y = np.asarray(endog, dtype=float).ravel()
+        if X.shape != (self.nobs, self.k_fe) or len(y) != self.nobs:
+            raise ValueError(f"exog must have shape {(self.nobs, self.k_fe)} and endog "
+                             f"{self.nobs} rows")
+        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+            raise ValueError("exog and endog must be finite")
+        new = copy.copy(self)
+        W = np.column_stack([X, y])
+        K = self.K
+        new.WtW = W.T @ W
+        new.A_off = dict(self.A_off)
+        for j, t in enumerate(self.terms):
+            new.A_off[(K, j)] = self._crossprod(W, t.z, self.refs[j], t.n_levels)
+        new.A_stack = [np.concatenate([new.A_off[(i, j)] for i, _ in rows], axis=0)
+                       for j, rows in enumerate(self.stack_rows)]
+        # linear-mode update groups hold products of cross products: redo those with [X y]
+        new.updates = [list(gs) for gs in self.updates]
+        for j, gs in enumerate(new.updates):
+            for idx, g in enumerate(gs):
+                if g.mode == "linear" and K in (g.i, g.k):
+                    g2 = dataclasses.replace(g, mode="direct", P=None, lin_flat=None)
+                    new._choose_mode(g2, j)
+                    gs[idx] = g2
+        return new
 
     def _crossed_pairs(self, j: int) -> list[tuple[int, int]]:
         """(k, i), i >= k > j, of the updates of column j that involve a dense-block term."""

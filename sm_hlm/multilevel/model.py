@@ -521,9 +521,19 @@ class MultilevelHLM(LikelihoodModel):
         return x0
 
     def deviance_function(self, *, reml: bool = True) -> BlockedDeviance:
-        """The profiled deviance of theta~ in working coordinates (see :meth:`fit`)."""
-        Xw, yw, wterms = self._working[:3]
-        return BlockedDeviance(wterms, Xw, yw, reml=reml)
+        """The profiled deviance of theta~ in working coordinates (see :meth:`fit`).
+
+        The symbolic analysis (cross products, patterns) is done once per model
+        and shared by the ML and REML objectives.
+        """
+        base = self.__dict__.get("_blocked_cache")
+        if base is None:
+            Xw, yw, wterms = self._working[:3]
+            base = BlockedDeviance(wterms, Xw, yw, reml=False)
+            self.__dict__["_blocked_cache"] = base
+        dev = base.with_response(self._working[0], self._working[1])
+        dev.reml = bool(reml)
+        return dev
 
     def _deviance_constant(self, reml: bool) -> float:
         """deviance(original units) - deviance(working units) at the same theta."""
@@ -715,24 +725,27 @@ class MultilevelHLM(LikelihoodModel):
 
         Notes
         -----
-        With r = y - X beta, r'V^{-1}r / sigma^2 = min_u |r - Z Lambda u|^2 + |u|^2
-        (divided by sigma^2) and log|V / sigma^2| = log|Lambda'Z'Z Lambda + I|,
-        both from a factorization of the random-effects block alone on r;
-        REML adds log|X'V^{-1}X / sigma^2| - p log(2 pi sigma^2).
+        With r = y - X beta (original units, from the rows), the blocked factor
+        of [Z Lambda, X, r] (cross products recomputed from r in the working
+        units, r / s_y) gives r'V^{-1}r = r_yy^2 + |r_Xy|^2 (the last row of the
+        factor of the [X r] block, no refit of beta) and
+        log|V / sigma^2| = log|Lambda'Z'Z Lambda + I|; REML adds
+        log|X'V^{-1}X / sigma^2| - p log(2 pi sigma^2).
         """
+        theta = np.asarray(theta, dtype=float)
         r = self.endog - self.exog @ np.asarray(beta, dtype=float)
         n, p = len(r), self.k_fe
-        d0 = BlockedDeviance(self.re_terms, np.zeros((n, 0)), r, reml=False)
-        f0 = d0.factor(np.asarray(theta, dtype=float))
-        if f0 is None:
+        Xw, sy, M = self._working[0], self._working[5], self._working[3]
+        base = self.deviance_function(reml=False)
+        f = base.with_response(Xw, r / sy).factor(theta / self._theta_scale())
+        if f is None:
             return np.inf
-        out = f0.logdet_L + n * (LOG2PI + np.log(scale)) + f0.pwrss / scale
+        R = f.R(p + 1)
+        quad_w = float(R[p, p] ** 2 + R[p, :p] @ R[p, :p])
+        out = f.logdet_L + n * (LOG2PI + np.log(scale)) + sy * sy * quad_w / scale
         if reml:
-            full = BlockedDeviance(self.re_terms, self.exog, self.endog, reml=True)
-            ff = full.factor(np.asarray(theta, dtype=float))
-            if ff is None:
-                return np.inf
-            out += ff.logdet_RX - p * (LOG2PI + np.log(scale))
+            logdet_rx = f.logdet_RX - 2.0 * float(np.sum(np.log(np.abs(np.diag(M)))))
+            out += logdet_rx - p * (LOG2PI + np.log(scale))
         return float(out)
 
     def loglike(self, params: np.ndarray, *, reml: bool = False) -> float:
