@@ -328,7 +328,7 @@ class BlockedStructure:
         if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
             raise ValueError("exog and endog must be finite")
         new = copy.copy(self)
-        W = np.column_stack([X, y])
+        W = np.asfortranarray(np.column_stack([X, y]))      # contiguous columns for bincount
         K = self.K
         new.WtW = W.T @ W
         new.A_off = dict(self.A_off)

@@ -531,7 +531,11 @@ class MultilevelHLM(LikelihoodModel):
             Xw, yw, wterms = self._working[:3]
             base = BlockedDeviance(wterms, Xw, yw, reml=False)
             self.__dict__["_blocked_cache"] = base
-        dev = base.with_response(self._working[0], self._working[1])
+        import copy
+
+        dev = copy.copy(base)          # shares the structure; its own buffer and counter
+        dev._work = None
+        dev.n_evals = 0
         dev.reml = bool(reml)
         return dev
 
