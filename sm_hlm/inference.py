@@ -683,6 +683,13 @@ def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) ->
 
     When the profile does not reach the cut-off before a bound (0 for an SD,
     -1 or 1 for a correlation) the bound is reported, as lme4 does.
+
+    With a residual structure the structure's parameters (natural scale:
+    Phi, Rho, correlations, SD ratios) are profiled too, between the random-
+    effect parameters and sigma; the deviance is the whitened one plus
+    log|R|, every other parameter (including the structure's) is re-optimised
+    at each point, and a structure parameter's range is its natural one
+    (e.g. (-1, 1) for Phi, (0, inf) for an SD ratio).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")

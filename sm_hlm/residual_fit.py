@@ -313,7 +313,12 @@ def padded_residual_cov(results: "HLMResults", *,
     k = int(sizes.max())
     inside = np.arange(k)[None, :] < sizes[:, None]                      # (m, k)
     rows = np.where(inside, kern.order[np.minimum(starts[:, None] + np.arange(k), n - 1)], 0)
-    key = kern.key.astype(np.intp) if kern.kind == "dense" else kern.key
+    if kern.kind == "dense":
+        key = kern.key.astype(np.intp)
+    elif kern.kind == "identity":       # uncorrelated rows: a distinct key per row
+        key = np.arange(n, dtype=float)
+    else:
+        key = kern.key
     by = kern.by_codes
     pair = inside[:, :, None] & inside[:, None, :]
     ra = np.broadcast_to(rows[:, :, None], pair.shape)[pair]
