@@ -984,7 +984,8 @@ def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool =
     alpha : float
         Default 1 - level of :meth:`BootstrapResult.conf_int`.
     chunk : int
-        Replicates whose cross products are formed together.
+        Replicates whose cross products are formed together (independent
+        errors; with a residual structure each replicate has its own kernel).
 
     Returns
     -------

@@ -11,16 +11,18 @@ validation/r/make_residual_data.py; R is not run here):
 * Satterthwaite df: an independent R computation of lmerTest's recipe in
   nlme's own parametrisation (numDeriv Hessian of a dense per-subject
   deviance built from nlme's structure objects, numDeriv Jacobian of
-  cov(beta)).  Compared at nlme's estimates to 1e-6 relative and at our own
-  optimum to 1e-4 (the estimates differ by ~1e-6 and the df depend on them).
+  cov(beta)).  Compared at nlme's estimates to 1e-6 relative (5e-5 where nlme
+  stops short of stationarity, see the test) and at our own optimum to 1e-4
+  (observed <= 4.9e-5; the estimates differ by ~1e-6 and the df depend on them).
   emmeans' Satterthwaite df are cruder (nlme's fdHess apVar; for lme a
   regression on jittered refits): checked loosely, see the test.
 * CR2: clubSandwich::vcovCR / coef_test / Wald_test evaluated at nlme's
   estimates, compared with ours evaluated at the same parameters, to 1e-8
-  relative.
+  relative (observed <= 1e-13; gls ML df see the test).
 * Profile intervals: nlme refits with the correlation parameter fixed
   (corAR1(value, fixed = TRUE)), with y - v x_k as the response, or with
-  sigma fixed (gls), and uniroot on the deviance rise; to 1e-5 relative.
+  sigma fixed (gls), and uniroot on the deviance rise; to 1e-7 relative
+  (observed <= 1.1e-9).
   Parameters nlme cannot fix (random-effect SDs, SD ratios) are checked by
   the defining property: an independent minimisation of the deviance at the
   interval ends gives the chi^2_1(0.95) rise.
@@ -148,7 +150,14 @@ def test_satterthwaite_matches_r_at_nlme_estimates(case):
     st = ref()[case]["satterthwaite"]
     tab = inf.satterthwaite(at_nlme(case))
     np.testing.assert_allclose(tab["Std. Error"], st["se"], rtol=1e-8)
-    np.testing.assert_allclose(tab["df"], st["df"], rtol=1e-6)
+    # The df are invariant to the parametrisation of the variance parameters only where
+    # the deviance is stationary.  nlme stops the ARH(1), random-slope and varIdent fits
+    # with a gradient of up to 5e-3, 1e-2 and 3e-3 in our parameters (sigma, theta, log SD
+    # ratios vs nlme's log sigma, log-Cholesky pd and log ratios), which moves the df by
+    # O(1e-5) (observed 2.3e-5, 3.0e-5, 3.5e-6; ours do not move with the step size of the
+    # numerical derivatives); elsewhere observed <= 1.3e-7.
+    tol = 5e-5 if case.startswith(("gls_ar1h", "lme_slope", "lme_ri_het")) else 1e-6
+    np.testing.assert_allclose(tab["df"], st["df"], rtol=tol)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -174,6 +183,8 @@ def test_satterthwaite_close_to_emmeans(case):
     tab = fitted(case).satterthwaite()
     if case.startswith("gls") and case.endswith("_ML"):
         pytest.skip("emmeans mixes nlme's rss/(N - p) vcov with the ML sigma for gls ML")
+    if np.all(np.isnan(em)):
+        pytest.skip("emmeans gave no df (its jittered lme refits failed; see the R log)")
     tol = 0.05 if case.startswith("gls") else 0.10
     np.testing.assert_allclose(tab["df"], em, rtol=tol)
 
@@ -257,13 +268,13 @@ def test_profile_matches_nlme_refits(case):
     names = ref()[case]["params"]["fixef_names"]
     for ours, theirs in zip(res.model.exog_names, names):
         np.testing.assert_allclose(ci.loc[ours].iloc[:2].to_numpy(float), pr[theirs],
-                                   rtol=1e-5, err_msg=ours)
+                                   rtol=1e-7, err_msg=ours)
     corr = res.model._residual_kernel.param_names[0]
-    np.testing.assert_allclose(ci.loc[corr].iloc[:2].to_numpy(float), pr["corr"], rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(ci.loc[corr].iloc[:2].to_numpy(float), pr["corr"], rtol=1e-7,
+                               atol=1e-9)
     if "sigma" in pr:
         np.testing.assert_allclose(ci.loc["sigma"].iloc[:2].to_numpy(float), pr["sigma"],
-                                   rtol=1e-5)
+                                   rtol=1e-7)
 
 
 def _ml_deviance(res, theta, u, sigma) -> float:
@@ -379,13 +390,16 @@ def test_bootstrap_replicate_equals_full_refit(case):
             r = HLM.from_formula(FORMULA, data, groups="subject", re_formula=rf,
                                  residual=structure()).fit(reml=res.reml, start_params=start)
         row = boot.replicates.iloc[b]
-        np.testing.assert_allclose(row[list(res.model.exog_names)], r.fe_params, rtol=1e-7,
-                                   atol=1e-9)
-        np.testing.assert_allclose(row["sigma"], math.sqrt(r.scale), rtol=1e-7)
+        # the two responses agree to rounding (1.8e-15 observed), so BOBYQA's paths from
+        # the same start may part and stop within its tolerances (observed <= 1.8e-6 on
+        # the flat REML surface of the random-slope model)
+        np.testing.assert_allclose(row[list(res.model.exog_names)], r.fe_params, rtol=1e-5,
+                                   atol=1e-8)
+        np.testing.assert_allclose(row["sigma"], math.sqrt(r.scale), rtol=1e-5)
         nat = r.residual_params
-        np.testing.assert_allclose(row[list(nat.index)], nat, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(row[list(nat.index)], nat, rtol=1e-5, atol=1e-7)
         vc = res.model.re_design.vcomp_names()
-        np.testing.assert_allclose(row[vc], r.fit_result.vcomp, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(row[vc], r.fit_result.vcomp, rtol=1e-5, atol=2e-6)
     assert boot.n_failed == 0
 
 
@@ -412,7 +426,7 @@ def test_bootstrap_structured_spread_is_sensible():
     assert boot.n_failed == 0
     fe = list(res.model.exog_names)
     np.testing.assert_allclose(boot.bse[fe], res.bse_fe, rtol=0.3)
-    se_phi = res.residual_param_table().loc["Phi", "Std.Err."]
+    se_phi = res.residual_table().loc["Phi", "Std.Err."]
     np.testing.assert_allclose(boot.bse["Phi"], se_phi, rtol=0.35)
     ci = boot.conf_int()
     est = boot.estimates
