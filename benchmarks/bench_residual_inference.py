@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_residual_inference [--reps 3] [--boot 10]
 
+(random effects by subject; results in benchmarks/RESULTS_residual_inference.md)
+
 On the nlme reference panels (validation/r/data/panel_*.csv, 1,300-1,550
 rows, 250-300 subjects, 6 waves) the table gives, per model, the median wall
 time of the fit, ``satterthwaite()`` (Hessian of the deviance in all variance
@@ -32,10 +34,10 @@ MODELS = {
     "gls + CAR1": ("panel_car1.csv", "0", lambda: ContinuousAR1(time="time")),
     "gls + Exchangeable": ("panel_cs.csv", "0", lambda: Exchangeable()),
     "gls + Unstructured": ("panel_un.csv", "0", lambda: Unstructured(position="wave")),
-    "(1 | s) + AR1": ("panel_ri_ar1.csv", "1", lambda: AR1(time="wave")),
-    "(wave | s) + AR1": ("panel_slope_ar1.csv", "~ wave", lambda: AR1(time="wave")),
-    "(1 | s) + Heteroscedastic": ("panel_ri_ar1.csv", "1",
-                                  lambda: Heteroscedastic(by="wave")),
+    "intercept + AR1": ("panel_ri_ar1.csv", "1", lambda: AR1(time="wave")),
+    "intercept, slope + AR1": ("panel_slope_ar1.csv", "~ wave", lambda: AR1(time="wave")),
+    "intercept + Heteroscedastic": ("panel_ri_ar1.csv", "1",
+                                    lambda: Heteroscedastic(by="wave")),
 }
 
 
@@ -69,7 +71,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res.bootstrap(args.boot, seed=1, progress=False)
         t_boot = (time.perf_counter() - t0) / args.boot
-        rows.append({"model": name, "rows": model.nobs, "fit (ML)": fmt_time(t_fit),
+        rows.append({"model": name, "rows": int(model.nobs), "fit (ML)": fmt_time(t_fit),
                      "satterthwaite": fmt_time(t_satt), "CR2 vcov": fmt_time(t_cr2),
                      "CR2 coef_test": fmt_time(t_ct), "profile (1 beta)": fmt_time(t_prof),
                      "bootstrap / replicate": fmt_time(t_boot)})
