@@ -46,7 +46,8 @@
 #   mode (numDeriv Jacobian of varBeta, A = nlme's apVar from fdHess; vcov with the
 #   N / (N - p) factor for ML); for lme emmeans only has "appx-satterthwaite", which
 #   estimates dC/dpar by regressing refits on jittered responses (random; set.seed(1)).
-#   Both are approximate: looser tolerances in the tests.
+#   Both are approximate: looser tolerances in the tests.  On lme_slope_ar1 emmeans stops
+#   with "Unable to estimate Satterthwaite parameters" (null entries in the JSON).
 # * `cr2`: clubSandwich::vcovCR(fit, cluster = subject, type = "CR2") and "CR0",
 #   coef_test(fit, vcov = "CR2", test = "Satterthwaite") (SE, df_Satt),
 #   Wald_test(fit, constraints = constrain_zero(c(2, 4)), vcov = "CR2", test = "HTZ").
