@@ -100,7 +100,7 @@ def coef_test_robust(results: Any, cov_type: str = "CR2") -> pd.DataFrame:
     tr(P^2) = sum_j d_j^2 - 2 sum_j d_j h_j'M h_j + tr(M S M S),
     all computed group by group.  CR1's scalar factor cancels in the df.
     """
-    res = _unwrap(results, "coef_test_robust()")
+    res = _unwrap(results, "coef_test_robust()", structured=True)
     kind = _kind(cov_type)
     names = list(res.model.exog_names)
     p = len(names)
@@ -162,7 +162,7 @@ def wald_test_robust(results: Any, L: Any, rhs: Any = 0.0, *, cov_type: str = "C
     The m x m sums reduce to per-group terms and traces of p x p matrices
     M S^{st}, S^{st} = sum_j h_js h_jt'.
     """
-    res = _unwrap(results, "wald_test_robust()")
+    res = _unwrap(results, "wald_test_robust()", structured=True)
     kind = _kind(cov_type)
     key = str(test)
     if key not in ("HTZ", "chi-sq"):

@@ -54,18 +54,98 @@ _HESS_EIG_TOL = 1e-8
 _CS_EIG_TOL = 1e-12
 
 
-def _unwrap(results: Any, what: str = "this method") -> "HLMResults":
-    """The HLMResults behind a statsmodels results wrapper (independent errors only)."""
+def _unwrap(results: Any, what: str = "this method", *,
+            structured: bool = False) -> "HLMResults":
+    """The HLMResults behind a statsmodels results wrapper.
+
+    Weighted fits are refused; so are fits with a residual structure unless
+    the caller handles them (``structured=True``).
+    """
     res = getattr(results, "_results", results)
     if getattr(res.model, "weight_type", None) is not None:
         raise NotImplementedError(
             f"{what} is implemented for unweighted models only, not with "
             f"{res.model.weight_type} weights (see results.cov_fe_sandwich for robust SEs)")
-    if getattr(res.model, "_residual_kernel", None) is not None:
+    if not structured and getattr(res.model, "_residual_kernel", None) is not None:
         raise NotImplementedError(
             f"{what} is implemented for independent residuals (V_j = Z_j Psi Z_j' + sigma^2 I) "
             "only, not for models with a residual structure")
     return res
+
+
+# =====================================================================
+# the deviance and cov(beta) in all variance parameters
+# =====================================================================
+
+class _VarparFunctions:
+    """The deviance and cov(beta) as functions of varpar = (theta, u, sigma).
+
+    theta: the relative covariance factor of the random effects; u: the
+    residual structure's parameters on the optimiser's unconstrained scale
+    (absent for independent errors); sigma: the residual SD (of the
+    reference level of a variance covariate).  beta is profiled out.  With
+    a structure, the deviance is that of the whitened data plus log|R|
+    (:mod:`sm_hlm.whitening`).
+    """
+
+    def __init__(self, model: "HLM", reml: bool):
+        self.model = model
+        self.reml = bool(reml)
+        self.kern = getattr(model, "_residual_kernel", None)
+        self.nt = model.re_design.n_theta
+        self.nr = 0 if self.kern is None else self.kern.n_params
+        self._dev = None if self.kern is not None else model.deviance_function(reml=self.reml)
+
+    def point(self, res: "HLMResults") -> np.ndarray:
+        fit = res.fit_result
+        parts = [np.asarray(fit.theta, float)]
+        if self.kern is not None:
+            parts.append(np.asarray(fit.residual_free, float))
+        parts.append([math.sqrt(fit.scale)])
+        return np.concatenate(parts)
+
+    def names(self) -> tuple[str, ...]:
+        rd = self.model.re_design
+        res_names = tuple(f"residual.{n}" for n in self.kern.param_names) if self.kern else ()
+        return tuple(rd.theta_names) + res_names + ("sigma",)
+
+    def stats(self, u: np.ndarray) -> tuple[SufficientStats, float] | None:
+        """Whitened sufficient statistics and log|R| at ``u`` (None if not PD)."""
+        if not np.all(np.isfinite(u)):
+            return None
+        with np.errstate(all="ignore"):
+            try:
+                return self.kern.stats(np.asarray(u, float))
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                return None
+
+    def deviance_fn(self, u: np.ndarray | None) -> tuple[ProfiledDeviance, float] | None:
+        """The profiled deviance of theta at ``u`` and log|R| (None if not PD)."""
+        if self.kern is None:
+            return self._dev, 0.0
+        st = self.stats(u)
+        if st is None:
+            return None
+        return ProfiledDeviance(st[0], self.kern.lambda_, reml=self.reml), st[1]
+
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        x = np.asarray(x, float)
+        return x[:self.nt], x[self.nt:self.nt + self.nr], float(x[-1])
+
+    def deviance(self, x: np.ndarray) -> float:
+        theta, u, sigma = self.split(x)
+        dv = self.deviance_fn(u)
+        if dv is None:
+            return np.nan
+        return _varpar_deviance(dv[0], np.append(theta, sigma)) + dv[1]
+
+    def cov_fe(self, x: np.ndarray) -> np.ndarray:
+        theta, u, sigma = self.split(x)
+        dv = self.deviance_fn(u)
+        if dv is None:
+            p = self.model.k_fe
+            return np.full((p, p), np.nan)
+        return _varpar_cov_fe(dv[0], np.append(theta, sigma))
 
 
 # =====================================================================
@@ -109,28 +189,32 @@ def _varpar_cov_fe(dev: ProfiledDeviance, x: np.ndarray) -> np.ndarray:
 
 
 def _satterthwaite_state(results: Any) -> _SatterthwaiteState:
-    res = _unwrap(results, "Satterthwaite df")
+    res = _unwrap(results, "Satterthwaite df", structured=True)
     cached = getattr(res, "_sm_hlm_satterthwaite", None)
     if cached is not None:
         return cached
     model = res.model
     fit = res.fit_result
-    dev = model.deviance_function(reml=bool(fit.reml))
-    x0 = np.append(np.asarray(fit.theta, float), math.sqrt(fit.scale))
-    H = hessian_richardson(lambda x: _varpar_deviance(dev, x), x0)
+    vf = _VarparFunctions(model, reml=bool(fit.reml))
+    x0 = vf.point(res)
+    H = hessian_richardson(vf.deviance, x0)
+    if not np.all(np.isfinite(H)):
+        raise RuntimeError("the Hessian of the deviance in the variance parameters "
+                           f"{list(vf.names())} is not finite at the estimates (a parameter at "
+                           "the edge of its range?): Satterthwaite df are not available")
     evals, evecs = np.linalg.eigh(H)
     if np.any(evals < -_HESS_EIG_TOL):
-        warnings.warn("the Hessian of the deviance in (theta, sigma) has negative eigenvalue(s) "
-                      f"{evals[evals < -_HESS_EIG_TOL]}: the fit may not have converged; "
-                      "Satterthwaite df may be unreliable", RuntimeWarning, stacklevel=3)
+        warnings.warn("the Hessian of the deviance in the variance parameters has negative "
+                      f"eigenvalue(s) {evals[evals < -_HESS_EIG_TOL]}: the fit may not have "
+                      "converged; Satterthwaite df may be unreliable", RuntimeWarning,
+                      stacklevel=3)
     pos = evals > _HESS_EIG_TOL
     Hinv = (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
-    jac = jacobian_richardson(lambda x: _varpar_cov_fe(dev, x), x0)   # (p, p, k)
-    rd = model.re_design
+    jac = jacobian_richardson(vf.cov_fe, x0)   # (p, p, k)
     state = _SatterthwaiteState(
         varpar=x0, vcov_varpar=2.0 * Hinv, jac=np.moveaxis(jac, -1, 0),
         cov_fe=np.asarray(fit.cov_fe, float), beta=np.asarray(fit.fe_params, float),
-        names=tuple(rd.theta_names) + ("sigma",), hessian_eigenvalues=evals)
+        names=vf.names(), hessian_eigenvalues=evals)
     try:
         object.__setattr__(res, "_sm_hlm_satterthwaite", state)
     except (AttributeError, TypeError):  # pragma: no cover - exotic results objects
@@ -181,8 +265,17 @@ def satterthwaite(results: Any) -> pd.DataFrame:
     inverted on its eigenvalues above 1e-8 (a Moore-Penrose inverse, as
     lmerTest).  The df are invariant to the parametrisation of the variance
     parameters at an interior optimum.
+
+    With a residual structure e_j ~ N(0, sigma^2 R_j(phi)) the variance
+    parameters are varpar = (theta, u, sigma), u the structure's parameters
+    on the optimiser's unconstrained scale (``fit_result.residual_free``),
+    and D is the deviance of the whitened data plus log|R| (the fit's own
+    ML or REML criterion); H is then the Hessian in all of them and g the
+    gradient of L C L' in all of them (lmerTest's recipe with the structure
+    parameters added, as nlme's ``apVar`` covers the correlation and
+    variance-function parameters).
     """
-    res = _unwrap(results, "satterthwaite()")
+    res = _unwrap(results, "satterthwaite()", structured=True)
     state = _satterthwaite_state(res)
     p = len(state.beta)
     names = list(res.model.exog_names)
@@ -250,7 +343,7 @@ def contest(results: Any, L: Any, rhs: Any = 0.0, *, joint: bool = True,
         return kenward_roger(results, L, rhs, joint=joint)
     if key != "satterthwaite":
         raise ValueError(f"ddf must be 'satterthwaite' or 'kenward-roger', got {ddf!r}")
-    res = _unwrap(results, "contest()")
+    res = _unwrap(results, "contest()", structured=True)
     state = _satterthwaite_state(res)
     p = len(state.beta)
     Lm = np.atleast_2d(np.asarray(L, dtype=float))
@@ -303,12 +396,15 @@ def profile_parameter_names(model: "HLM") -> pd.DataFrame:
     -------
     DataFrame
         Index: readable labels, in lme4's order (the random-effect SDs and
-        correlations in theta order, ``sigma``, then the fixed effects):
+        correlations in theta order, the residual structure's parameters on
+        their natural scale, e.g. ``Phi`` or ``SD ratio(wave=1)``, if any,
+        ``sigma``, then the fixed effects):
         ``sd(Intercept|school)``, ``cor(Intercept,ses|school)``,
         ``sd(ses|school)``, ``sigma``, ``Intercept``, ``ses``...  Columns
         ``lme4`` (lme4's ``oldNames = TRUE`` names: ``.sig01``, ``.sig02``,
-        ..., ``.sigma``, ``(Intercept)``, ...) and ``kind`` (``"sd"``,
-        ``"cor"``, ``"sigma"``, ``"beta"``).
+        ..., ``.sigma``, ``(Intercept)``, ...; a structure parameter keeps its
+        name) and ``kind`` (``"sd"``, ``"cor"``, ``"residual"``, ``"sigma"``,
+        ``"beta"``).
     """
     rd = model.re_design
     labels, lme4, kinds = [], [], []
@@ -323,6 +419,12 @@ def profile_parameter_names(model: "HLM") -> pd.DataFrame:
                 labels.append(f"cor({term.names[j]},{term.names[i]}|{term.group})")
                 kinds.append("cor")
             lme4.append(f".sig{k:02d}")
+    kern = getattr(model, "_residual_kernel", None)
+    if kern is not None:
+        for name in kern.param_names:
+            labels.append(name)
+            lme4.append(name)         # no lme4 counterpart: the structure's own name
+            kinds.append("residual")
     labels.append("sigma")
     lme4.append(".sigma")
     kinds.append("sigma")
@@ -458,6 +560,30 @@ def _ml_deviance_sv(dev: ProfiledDeviance, rd: Any, sv: np.ndarray) -> float:
     return out if np.isfinite(out) else np.inf
 
 
+def _ml_deviance_sv_structured(vf: _VarparFunctions, rd: Any, sv: np.ndarray) -> float:
+    """As :func:`_ml_deviance_sv` with a residual structure: sv = (sd/cor..., phi..., sigma),
+    phi the structure's natural parameters; ``vf`` holds ML functions."""
+    kern = vf.kern
+    sigma = float(sv[-1])
+    if not sigma > 0:
+        return np.inf
+    ns = len(sv) - 1 - vf.nr
+    nat = np.asarray(sv[ns:-1], float)
+    lo, hi = kern.structure.natural_bounds(kern.info)
+    if np.any(nat <= lo) or np.any(nat >= hi):
+        return np.inf
+    theta = _theta_from_sdcor(rd, sv[:ns], sigma)
+    if theta is None:
+        return np.inf
+    try:
+        with np.errstate(all="ignore"):
+            u = kern.structure.to_free(nat, kern.info)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+        return np.inf
+    out = vf.deviance(np.concatenate([theta, u, [sigma]]))
+    return out if np.isfinite(out) else np.inf
+
+
 def _reduced_stats(stats_: SufficientStats, k: int, value: float) -> SufficientStats:
     """Sufficient statistics with beta_k fixed at ``value`` (x_k moved to an offset)."""
     p = stats_.k_fe
@@ -557,36 +683,75 @@ def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) ->
 
     When the profile does not reach the cut-off before a bound (0 for an SD,
     -1 or 1 for a correlation) the bound is reported, as lme4 does.
+
+    With a residual structure the structure's parameters (natural scale:
+    Phi, Rho, correlations, SD ratios) are profiled too, between the random-
+    effect parameters and sigma; the deviance is the whitened one plus
+    log|R|, every other parameter (including the structure's) is re-optimised
+    at each point, and a structure parameter's range is its natural one
+    (e.g. (-1, 1) for Phi, (0, inf) for an SD ratio).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    res = _unwrap(results, "conf_int_profile()")
+    res = _unwrap(results, "conf_int_profile()", structured=True)
     model = res.model
     rd = model.re_design
+    kern = getattr(model, "_residual_kernel", None)
     names = profile_parameter_names(model)
     sel = _select(names, which)
     target = float(stats.norm.ppf(1 - alpha / 2))
-    dev = model.deviance_function(reml=False)
-    # the ML optimum, polished with tight tolerances
-    theta0 = np.asarray(res.fit_result.theta, float)
-    if res.reml:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            theta0 = np.asarray(model.fit(reml=False, compute_vcomp_cov=False).theta, float)
-    rec = minimize_bobyqa(dev, theta0, rd.theta_lower, ftol_abs=1e-12, xtol_abs=1e-10,
-                          initial_step=0.05)
-    theta_hat = rec.end if rec.fun_end <= dev(theta0) else theta0
-    base = float(dev(theta_hat))
-    t_hat = dev.terms(theta_hat)
+    p = model.k_fe
+    kinds = list(names["kind"])
+    lo_name, hi_name = _perc_labels(alpha)
+    if kern is None:
+        dev = model.deviance_function(reml=False)
+        # the ML optimum, polished with tight tolerances
+        theta0 = np.asarray(res.fit_result.theta, float)
+        if res.reml:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theta0 = np.asarray(model.fit(reml=False, compute_vcomp_cov=False).theta, float)
+        rec = minimize_bobyqa(dev, theta0, rd.theta_lower, ftol_abs=1e-12, xtol_abs=1e-10,
+                              initial_step=0.05)
+        theta_hat = rec.end if rec.fun_end <= dev(theta0) else theta0
+        base = float(dev(theta_hat))
+        t_hat = dev.terms(theta_hat)
+        nat_hat = np.zeros(0)
+
+        def dev_sv(sv: np.ndarray) -> float:
+            return _ml_deviance_sv(dev, rd, sv)
+    else:
+        vf = _VarparFunctions(model, reml=False)
+        nt = rd.n_theta
+        f_ml = kern.objective(nt, reml=False)
+        lower_x = np.concatenate([rd.theta_lower, kern.free_lower])
+        upper_x = np.concatenate([np.full(nt, np.inf), kern.free_upper])
+        ml = res
+        if res.reml:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ml = _unwrap(model.fit(reml=False, compute_vcomp_cov=False),
+                             structured=True)
+        x0 = np.concatenate([ml.fit_result.theta, ml.fit_result.residual_free])
+        rec = minimize_bobyqa(f_ml, x0, lower_x, upper_x, ftol_abs=1e-12, xtol_abs=1e-10,
+                              initial_step=0.05)
+        x_hat = rec.end if rec.fun_end <= f_ml(x0) else x0
+        theta_hat, u_hat = x_hat[:nt], x_hat[nt:]
+        base = float(f_ml(x_hat))
+        dv = vf.deviance_fn(u_hat)
+        dev = dv[0]
+        t_hat = dev.terms(theta_hat)
+        nat_hat = kern.natural(u_hat)
+
+        def dev_sv(sv: np.ndarray) -> float:
+            return _ml_deviance_sv_structured(vf, rd, sv)
     if t_hat is None:
         raise RuntimeError("the ML deviance is not defined at the ML estimates")
     sigma_hat = math.sqrt(dev.scale(t_hat))
     beta_hat = t_hat.beta
-    sv_hat = np.append(_sdcor_from_theta(rd, theta_hat, sigma_hat), sigma_hat)
-    p = model.k_fe
+    sv_hat = np.concatenate([_sdcor_from_theta(rd, theta_hat, sigma_hat), nat_hat,
+                             [sigma_hat]])
     n_vp = len(sv_hat)
-    kinds = list(names["kind"])
-    lo_name, hi_name = _perc_labels(alpha)
 
     # approximate standard errors (for the first steps only)
     RXi = np.linalg.inv(t_hat.R[:p, :p])
@@ -594,15 +759,25 @@ def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) ->
     se_sv = np.full(n_vp, np.nan)
     try:
         with np.errstate(invalid="ignore", divide="ignore"):
-            H = hessian_richardson(lambda s: _ml_deviance_sv(dev, rd, s), sv_hat, d=0.01)
+            H = hessian_richardson(dev_sv, sv_hat, d=0.01)
             cov = 2.0 * np.linalg.inv(H)
             se_sv = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
     except (np.linalg.LinAlgError, ValueError):
         pass
 
-    lower = np.array([0.0 if k in ("sd", "sigma") else -1.0 for k in kinds[:n_vp]])
-    upper = np.array([np.inf if k in ("sd", "sigma") else 1.0 for k in kinds[:n_vp]])
-    scale_sv = np.where(np.array(kinds[:n_vp]) == "cor", 1.0, np.maximum(sv_hat, 1e-3 * sigma_hat))
+    kinds_vp = np.array(kinds[:n_vp])
+    lower = np.where(np.isin(kinds_vp, ("sd", "sigma")), 0.0, -1.0)
+    upper = np.where(np.isin(kinds_vp, ("sd", "sigma")), np.inf, 1.0)
+    bounded = kinds_vp == "cor"
+    if kern is not None:
+        # the structure's natural range (open): nudged inside, where the deviance is finite
+        nlo, nhi = kern.structure.natural_bounds(kern.info)
+        span = np.where(np.isfinite(nhi - nlo), nhi - nlo, 1.0)
+        res_ix = np.flatnonzero(kinds_vp == "residual")
+        lower[res_ix] = nlo + 1e-9 * span
+        upper[res_ix] = np.where(np.isfinite(nhi), nhi - 1e-9 * span, np.inf)
+        bounded[res_ix] = np.isfinite(nhi)
+    scale_sv = np.where(bounded, 1.0, np.maximum(np.abs(sv_hat), 1e-3 * sigma_hat))
 
     def vp_fun(w: int) -> Callable[[float, np.ndarray], tuple[float, np.ndarray]]:
         others = [i for i in range(n_vp) if i != w]
@@ -615,7 +790,7 @@ def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) ->
                 sv = np.empty(n_vp)
                 sv[w] = v
                 sv[others] = u * scale_sv[others]
-                return _ml_deviance_sv(dev, rd, sv)
+                return dev_sv(sv)
             x0 = np.clip(start, lo, hi)
             r = minimize_bobyqa(obj, x0, lo, hi, ftol_abs=1e-11, xtol_abs=1e-9,
                                 initial_step=0.05)
@@ -623,6 +798,21 @@ def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) ->
         return fun
 
     def fe_fun(k: int) -> Callable[[float, np.ndarray], tuple[float, np.ndarray]]:
+        if kern is not None:
+            def fun_s(v: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+                def obj(x: np.ndarray) -> float:
+                    st = vf.stats(x[nt:])
+                    if st is None:
+                        return np.inf
+                    dk = ProfiledDeviance(_reduced_stats(st[0], k, v), kern.lambda_,
+                                          reml=False)
+                    out = dk(x[:nt]) + st[1]
+                    return out if np.isfinite(out) else np.inf
+                r = minimize_bobyqa(obj, np.clip(start, lower_x, upper_x), lower_x, upper_x,
+                                    ftol_abs=1e-11, xtol_abs=1e-9, initial_step=0.05)
+                return r.fun_end, r.end
+            return fun_s
+
         def fun(v: float, start: np.ndarray) -> tuple[float, np.ndarray]:
             dk = ProfiledDeviance(_reduced_stats(model._stats, k, v), rd.lambda_, reml=False,
                                   theta_index=rd.lambda_index)
@@ -643,7 +833,8 @@ def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) ->
             bounds = (lower[i], upper[i])
         else:
             k = i - n_vp
-            prof = _Profiler(fe_fun(k), float(beta_hat[k]), theta_hat, base)
+            start = theta_hat if kern is None else x_hat
+            prof = _Profiler(fe_fun(k), float(beta_hat[k]), start, base)
             est = float(beta_hat[k])
             step = float(se_beta[k])
             bounds = (-np.inf, np.inf)
@@ -766,11 +957,13 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _param_row(rd: Any, theta: np.ndarray, beta: np.ndarray, scale: float) -> np.ndarray:
+def _param_row(rd: Any, theta: np.ndarray, beta: np.ndarray, scale: float,
+               nat: np.ndarray | None = None) -> np.ndarray:
     sigma = math.sqrt(scale)
     cov = rd.cov_re(theta, scale)
     r, c = rd.vcomp_index()
-    return np.concatenate([beta, _sdcor_from_theta(rd, theta, sigma), [sigma], cov[r, c]])
+    nat_ = np.zeros(0) if nat is None else np.asarray(nat, float)
+    return np.concatenate([beta, _sdcor_from_theta(rd, theta, sigma), nat_, [sigma], cov[r, c]])
 
 
 def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool = True,
@@ -791,7 +984,8 @@ def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool =
     alpha : float
         Default 1 - level of :meth:`BootstrapResult.conf_int`.
     chunk : int
-        Replicates whose cross products are formed together.
+        Replicates whose cross products are formed together (independent
+        errors; with a residual structure each replicate has its own kernel).
 
     Returns
     -------
@@ -808,17 +1002,29 @@ def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool =
     between replicates (Z_j'Z_j, Z_j'X_j and X'X are reused): they are
     formed for a chunk of replicates at once, and each replicate's profiled
     deviance is minimised by BOBYQA from theta_hat.
+
+    With a residual structure e_j ~ N(0, sigma^2 R_j(phi)): each replicate
+    draws u_j ~ N(0, I_q) and then z_j ~ N(0, I_k) for every group (k the
+    largest group size; the draws beyond a group's n_j are unused), and sets
+    e_j = L_j z_j with L_j the Cholesky factor of sigma_hat^2 R_j(phi_hat)
+    (rows in time/position order).  The whitened statistics depend on phi,
+    so each replicate gets the kernel of its own response
+    (:meth:`sm_hlm.whitening.ResidualKernel.with_endog`) and (theta, u) are
+    refitted jointly by BOBYQA from the estimates, as ``fit()`` does.  The
+    replicates then also hold the structure's parameters (natural scale).
     """
     if n < 1:
         raise ValueError(f"n must be a positive number of replicates, got {n}")
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of replicates, got {chunk}")
-    res = _unwrap(results, "bootstrap()")
+    res = _unwrap(results, "bootstrap()", structured=True)
     model = res.model
     fit = res.fit_result
     rd = model.re_design
     reml = bool(fit.reml)
     rng = np.random.default_rng(seed)
+    if getattr(model, "_residual_kernel", None) is not None:
+        return _bootstrap_structured(res, n, rng, progress=progress, alpha=alpha, seed=seed)
     st = model._stats
     p, q, m = model.k_fe, rd.q, model.n_groups
     order = model._order
@@ -881,6 +1087,67 @@ def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool =
                            reml=reml)
 
 
+def _bootstrap_structured(res: "HLMResults", n: int, rng: np.random.Generator, *,
+                          progress: bool, alpha: float, seed: int | None) -> BootstrapResult:
+    """The parametric bootstrap of a fit with a residual structure (see :func:`bootstrap`)."""
+    from .residual_fit import padded_residual_cov
+
+    model = res.model
+    fit = res.fit_result
+    rd = model.re_design
+    kern = model._residual_kernel
+    reml = bool(fit.reml)
+    nt, q, m = rd.n_theta, rd.q, model.n_groups
+    theta0 = np.asarray(fit.theta, float)
+    u0 = np.asarray(fit.residual_free, float)
+    x0 = np.concatenate([theta0, u0])
+    lower = np.concatenate([rd.theta_lower, kern.free_lower])
+    upper = np.concatenate([np.full(nt, np.inf), kern.free_upper])
+    sigma = math.sqrt(fit.scale)
+    lam = rd.lambda_(theta0)
+    mu = model.exog @ np.asarray(fit.fe_params, float)                  # caller's order
+    Z, codes = model.exog_re, model.group_codes
+    rows, inside, S = padded_residual_cov(res)
+    Lr = np.linalg.cholesky(S)                                           # (m, k, k)
+    k = rows.shape[1]
+    names = profile_parameter_names(model)
+    n_vp = int((names["kind"] != "beta").sum())
+    columns = list(model.exog_names) + list(names.index[:n_vp]) + rd.vcomp_names()
+    out = np.full((n, len(columns)), np.nan)
+    n_failed = n_nonconv = 0
+    bar = _Progress(n, progress)
+    try:
+        for b in range(n):
+            ub = rng.standard_normal((m, q))
+            zb = rng.standard_normal((m, k))
+            y = mu.copy()
+            if q:
+                y += np.einsum("ij,ij->i", Z, (sigma * (ub @ lam.T))[codes])
+            e = np.einsum("mab,mb->ma", Lr, zb)
+            y[rows[inside]] += e[inside]
+            try:
+                kb = kern.with_endog(y)
+                rec = minimize_bobyqa(kb.objective(nt, reml=reml), x0, lower, upper,
+                                      ftol_abs=1e-12, xtol_abs=1e-8)
+                dev_b, _ = kb.deviance(rec.end[nt:], reml=reml)
+                t = dev_b.terms(rec.end[:nt])
+                if t is None or not np.isfinite(rec.fun_end):
+                    raise FloatingPointError("deviance not finite at the refit")
+                out[b] = _param_row(rd, rec.end[:nt], t.beta, dev_b.scale(t),
+                                    kern.natural(rec.end[nt:]))
+                n_nonconv += int(not rec.converged)
+            except (FloatingPointError, np.linalg.LinAlgError, ValueError, RuntimeError):
+                n_failed += 1
+            bar.update()
+    finally:
+        bar.close()
+    est = pd.Series(_param_row(rd, theta0, np.asarray(fit.fe_params, float), fit.scale,
+                               kern.natural(u0)), index=columns, name="estimate")
+    return BootstrapResult(replicates=pd.DataFrame(out, columns=columns), estimates=est,
+                           n_failed=n_failed, n_nonconverged=n_nonconv, alpha=alpha, seed=seed,
+                           reml=reml)
+
+
 # =====================================================================
 # cluster-robust covariance (clubSandwich's vcovCR for lmerMod)
 # =====================================================================
@@ -903,11 +1170,32 @@ def _cluster_components(res: "HLMResults", kind: str) -> np.ndarray:
 def _cluster_pieces(res: "HLMResults", kind: str) -> tuple[np.ndarray, np.ndarray,
                                                           np.ndarray | None, np.ndarray,
                                                           np.ndarray]:
-    """Per-group pieces in an orthonormal basis Q_j of span[Z_j X_j] (see cov_robust).
+    """Per-group pieces in a basis Q_j of the group's rows (see cov_robust).
 
     Returns Q_j'X_j (m, r0, p), Q_j'W_j Q_j, the CR2 adjustment Q_j'A_j Q_j
-    (None for CR0), Q_j'e_j (m, r0) and Q_j'V_j Q_j (m, r0, r0).
+    (None for CR0), Q_j'e_j (m, r0) and Q_j'V_j Q_j (m, r0, r0).  Q_j is an
+    orthonormal basis of span[Z_j X_j] for independent errors, the
+    (padded) identity with a residual structure.
     """
+    if getattr(res.model, "_residual_kernel", None) is not None:
+        PX, Qe, VS = _structured_basis(res)
+    else:
+        PX, Qe, VS = _span_basis(res)
+    WS = np.linalg.inv(VS)
+    if kind == "CR2":
+        M = np.asarray(res.fit_result.cov_fe, float) / res.fit_result.scale  # relative
+        Vh = _sym_power(VS, 0.5, 0.0)
+        HS = PX @ M @ np.swapaxes(PX, 1, 2)
+        B = Vh @ (VS - HS) @ Vh
+        B = 0.5 * (B + np.swapaxes(B, 1, 2))
+        A = Vh @ _sym_power(B, -0.5, _CS_EIG_TOL) @ Vh
+    else:
+        A = None
+    return PX, WS, A, Qe, VS
+
+
+def _span_basis(res: "HLMResults") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q_j'X_j, Q_j'e_j and Q_j'V_j Q_j in an orthonormal basis Q_j of span[Z_j X_j]."""
     model = res.model
     fit = res.fit_result
     rd = model.re_design
@@ -936,19 +1224,31 @@ def _cluster_pieces(res: "HLMResults", kind: str) -> tuple[np.ndarray, np.ndarra
     PZ, PX = P[:, :, :q], P[:, :, q:]
     lam = rd.lambda_(np.asarray(fit.theta, float))
     PZL = PZ @ lam
-    eye = np.eye(r0)
-    VS = eye + PZL @ np.swapaxes(PZL, 1, 2)                   # Q'V_j Q (identity off span)
-    WS = np.linalg.inv(VS)
-    if kind == "CR2":
-        M = np.asarray(fit.cov_fe, float) / fit.scale        # (X'V^-1 X)^-1, relative
-        Vh = _sym_power(VS, 0.5, 0.0)
-        HS = PX @ M @ np.swapaxes(PX, 1, 2)
-        B = Vh @ (VS - HS) @ Vh
-        B = 0.5 * (B + np.swapaxes(B, 1, 2))
-        A = Vh @ _sym_power(B, -0.5, _CS_EIG_TOL) @ Vh
-    else:
-        A = None
-    return PX, WS, A, Qe, VS
+    VS = np.eye(r0) + PZL @ np.swapaxes(PZL, 1, 2)           # Q'V_j Q (identity off span)
+    return PX, Qe, VS
+
+
+def _structured_basis(res: "HLMResults") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """X_j, e_j and V_j / sigma^2 = R_j + Z_j Lambda Lambda' Z_j', padded to the largest group.
+
+    The padding has zero rows of X_j and e_j and the identity in V_j, so it
+    adds nothing to any sum over the groups.
+    """
+    from .residual_fit import padded_residual_cov
+
+    model = res.model
+    fit = res.fit_result
+    rows, inside, R = padded_residual_cov(res, scale=1.0)
+    mask = inside[:, :, None]
+    PX = np.where(mask, model.exog[rows], 0.0)                                   # (m, k, p)
+    e = model.endog - model.exog @ np.asarray(fit.fe_params, float)
+    Qe = np.where(inside, e[rows], 0.0)                                          # (m, k)
+    VS = R
+    if model.k_re:
+        ZL = np.where(mask, model.exog_re[rows], 0.0) @ model.re_design.lambda_(
+            np.asarray(fit.theta, float))
+        VS = VS + ZL @ np.swapaxes(ZL, 1, 2)
+    return PX, Qe, VS
 
 
 def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.DataFrame:
@@ -1004,11 +1304,20 @@ def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.Dat
 
     Everything is batched over the groups from per-group cross products of
     [Z X y].
+
+    With a residual structure the working model is the fitted one,
+    V_j = Z_j Lambda Lambda' Z_j' + R_j (relative to sigma^2; clubSandwich's
+    target and weights for an ``lme`` or ``gls`` fit with correlation and
+    variance structures).  V_j is then not the identity off span[Z_j X_j],
+    and since A_j is not invariant to whitening by R_j, the same formulas
+    are evaluated on each group's n_j x n_j matrices, padded to the largest
+    group and batched over the groups (m k^2 numbers for groups of at most
+    k rows).
     """
     key = str(kind).upper()
     if key not in ("CR0", "CR1", "CR2"):
         raise ValueError(f"kind must be one of ['CR0', 'CR1', 'CR2'], got {kind!r}")
-    res = _unwrap(results, "cov_robust()")
+    res = _unwrap(results, "cov_robust()", structured=True)
     model = res.model
     m = model.n_groups
     if m < 2:

@@ -629,9 +629,8 @@ class HLM(LikelihoodModel):
             if residual_free is None:
                 raise NotImplementedError(
                     f"this model has the residual structure {self.residual!r}: its deviance "
-                    "depends on the structure's parameters, which this computation (e.g. "
-                    "Satterthwaite df, profile intervals, the bootstrap) does not handle yet; "
-                    "deviance_function(residual_free=...) holds them fixed")
+                    "depends on the structure's parameters; deviance_function(residual_free="
+                    "...) holds them fixed (e.g. at results.fit_result.residual_free)")
             return self._residual_kernel.deviance(np.asarray(residual_free, float), reml=reml)[0]
         rd = self.re_design
         return ProfiledDeviance(self._work, rd.lambda_, reml=reml, work=self._work,

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["fit_structured", "residual_params", "residual_param_table", "resid_normalized",
            "residual_cov", "marginal_cov", "loglike_dense", "predict_structured",
-           "structure_info", "residual_rows", "boundary_params"]
+           "structure_info", "residual_rows", "boundary_params", "padded_residual_cov"]
 
 #: distance (unconstrained scale) from the box edge that counts as "ran to the boundary"
 _BOUNDARY_TOL = 0.05
@@ -282,6 +282,55 @@ def marginal_cov(results: "HLMResults", group: Any) -> pd.DataFrame:
     V = Z @ results.fit_result.cov_re @ Z.T + _residual_block(results, rows)
     lab = _labels(results, rows, "row")
     return pd.DataFrame(V, index=lab, columns=lab)
+
+
+def padded_residual_cov(results: "HLMResults", *,
+                        scale: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every group's residual covariance sigma^2 S_j R_j S_j, padded to the largest group.
+
+    Returns
+    -------
+    rows : ndarray (m, k)
+        Caller-order row of each slot (0 in the padding); within a group the
+        rows are sorted by time/position.
+    inside : ndarray (m, k), bool
+        Which slots hold a row.
+    cov : ndarray (m, k, k)
+        The covariances (``scale`` instead of sigma^2 when given), identity
+        on the padding.
+
+    Notes
+    -----
+    m k^2 numbers, k the largest group: for panels and short series, as
+    the inference of a structured model needs whole groups (dense per-group
+    algebra, batched over the groups).
+    """
+    kern = _kernel(results)
+    nat = _natural(results)
+    s2 = float(results.scale if scale is None else scale)
+    n = len(kern.order)
+    sizes, starts = np.asarray(kern.sizes), np.asarray(kern.starts)
+    k = int(sizes.max())
+    inside = np.arange(k)[None, :] < sizes[:, None]                      # (m, k)
+    rows = np.where(inside, kern.order[np.minimum(starts[:, None] + np.arange(k), n - 1)], 0)
+    if kern.kind == "dense":
+        key = kern.key.astype(np.intp)
+    elif kern.kind == "identity":       # uncorrelated rows: a distinct key per row
+        key = np.arange(n, dtype=float)
+    else:
+        key = kern.key
+    by = kern.by_codes
+    pair = inside[:, :, None] & inside[:, None, :]
+    ra = np.broadcast_to(rows[:, :, None], pair.shape)[pair]
+    rb = np.broadcast_to(rows[:, None, :], pair.shape)[pair]
+    S = np.broadcast_to(np.eye(k), pair.shape).copy()
+    S[pair] = kern.cov_rows(nat, s2, key[ra], by[ra], key[rb], by[rb])
+    # the diagonal is the row's variance, whatever the correlation of equal keys
+    sd = np.asarray(kern.structure.sd_levels(nat, kern.info), float) if kern.has_by else None
+    diag = np.full(rows.shape, s2) if sd is None else s2 * sd[by[rows]] ** 2
+    idx = np.arange(k)
+    S[:, idx, idx] = np.where(inside, diag, 1.0)
+    return rows, inside, S
 
 
 def loglike_dense(results: "HLMResults") -> float:

@@ -171,30 +171,12 @@ def simulate(results: Any, nsim: int = 1, *, seed: Any = None,
 
 def _structured_errors(res: "HLMResults", nsim: int, rng: np.random.Generator) -> np.ndarray:
     """Errors e_j ~ N(0, sigma^2 S_j R_j S_j), all groups at once (padded to the largest)."""
-    from .residual_fit import _natural
+    from .residual_fit import padded_residual_cov
 
-    kern = res.model._residual_kernel
-    nat = _natural(res)
-    n = len(kern.order)
-    sizes, starts = np.asarray(kern.sizes), np.asarray(kern.starts)
-    k = int(sizes.max())
-    inside = np.arange(k)[None, :] < sizes[:, None]                      # (m, k)
-    rows = np.where(inside, kern.order[np.minimum(starts[:, None] + np.arange(k), n - 1)], 0)
-    key = kern.key.astype(np.intp) if kern.kind == "dense" else kern.key
-    by = kern.by_codes
-    pair = inside[:, :, None] & inside[:, None, :]
-    ra = np.broadcast_to(rows[:, :, None], pair.shape)[pair]
-    rb = np.broadcast_to(rows[:, None, :], pair.shape)[pair]
-    S = np.broadcast_to(np.eye(k), pair.shape).copy()
-    S[pair] = kern.cov_rows(nat, float(res.scale), key[ra], by[ra], key[rb], by[rb])
-    # the diagonal is the row's variance, whatever the correlation of equal keys
-    sd = np.asarray(kern.structure.sd_levels(nat, kern.info), float) if kern.has_by else None
-    diag = np.full(rows.shape, float(res.scale)) if sd is None else res.scale * sd[by[rows]] ** 2
-    idx = np.arange(k)
-    S[:, idx, idx] = np.where(inside, diag, 1.0)
+    rows, inside, S = padded_residual_cov(res)
     L = np.linalg.cholesky(S)
-    draws = L @ rng.standard_normal((len(sizes), k, nsim))               # (m, k, nsim)
-    out = np.empty((n, nsim))
+    draws = L @ rng.standard_normal((rows.shape[0], rows.shape[1], nsim))   # (m, k, nsim)
+    out = np.empty((len(res.model.endog), nsim))
     out[rows[inside]] = draws[inside]
     return out
 

@@ -34,6 +34,7 @@ No n x n matrix is formed and nothing loops over groups or rows.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -196,6 +197,27 @@ class ResidualKernel:
             self._setup_markov()
         elif kind == "dense":
             self._setup_dense()
+
+    def with_endog(self, endog: np.ndarray) -> "ResidualKernel":
+        """The kernel of the same model with another response (caller's row order).
+
+        For refits on simulated responses (the parametric bootstrap): the
+        designs, ordering and structure are shared; only what involves y
+        (the sorted data and the per-group/per-pattern product stores) is
+        recomputed.
+        """
+        y = np.asarray(endog, dtype=float)
+        if y.shape != (self.nobs,):
+            raise ValueError(f"endog must have {self.nobs} values, got shape {y.shape}")
+        out = copy.copy(self)
+        D = self.D_sorted.copy()
+        D[:, -1] = y[self.order]
+        out.D_sorted = D
+        if self.kind == "markov":
+            out._setup_markov_terms()
+        elif self.kind == "dense":
+            out._setup_dense()
+        return out
 
     # ============================================================ setup
     def _setup_markov(self) -> None:

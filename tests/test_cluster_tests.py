@@ -194,5 +194,5 @@ def test_hausman_residual_structure_not_implemented() -> None:
         res = HLM.from_formula("y ~ wave + (1 | subject)", panel, residual=AR1(time="wave")).fit()
     with pytest.raises(NotImplementedError, match="residual structure"):
         res.hausman()
-    with pytest.raises(NotImplementedError, match="residual structure"):
-        res.coef_test_robust()
+    # CR2 tests handle residual structures (tests/test_residual_inference.py)
+    assert np.all(np.isfinite(res.coef_test_robust()["df"]))
