@@ -182,9 +182,8 @@ def _case_of(key: str) -> tuple[Case, bool]:
     return CASES[name], method == "REML"
 
 
-@pytest.fixture(scope="module")
-def fits() -> dict:
-    """Every reference fitted once: key -> {"default": ..., "tight": ...}."""
+def fit_references() -> dict:
+    """Every reference fitted by :func:`fit_case`: key -> {"default": ..., "tight": ...}."""
     out = {}
     for key in KEYS:
         case, reml = _case_of(key)
@@ -192,6 +191,11 @@ def fits() -> dict:
         out[key] = {"default": fit_case(case, df, reml=reml, tight=False),
                     "tight": fit_case(case, df, reml=reml, tight=True)}
     return out
+
+
+@pytest.fixture(scope="module")
+def fits() -> dict:
+    return fit_references()
 
 
 def _vec(named: dict, names: list[str]) -> np.ndarray:
@@ -273,3 +277,74 @@ def test_conditional_modes_and_variances(fits, key):
             d = np.sqrt(np.einsum("lii->li", cov))
             bound = 1e-4 * d[:, :, None] * d[:, None, :]
             assert np.all(np.abs(cv_mine[pos] - cov) <= bound)
+
+
+# ------------------------------------------------- engine at lme4's optimum
+@pytest.mark.parametrize("key", KEYS)
+def test_engine_reproduces_lme4_at_its_theta(key):
+    """At lme4's own theta the engine gives lme4's deviance, beta, SEs, sigma, modes."""
+    from sm_hlm.engine import BlockedDeviance, theta_from_lme4
+
+    r = REF[key]
+    case, reml = _case_of(key)
+    df = load_case(case)
+    terms = engine_terms(df, case.random)
+    dev = BlockedDeviance(terms, design(df, case.fixed), df[case.response].to_numpy(float),
+                          reml=reml)
+    theta = theta_from_lme4(_vec(r["theta"], r["theta_names"]), dev.layout)
+    sol = solve_at(dev, theta, condvar=False)
+    assert sol.deviance == pytest.approx(r["deviance"], rel=1e-12, abs=1e-8)
+    np.testing.assert_allclose(sol.beta, _vec(r["fixef"], r["fixef_names"]), rtol=1e-8,
+                               atol=1e-10)
+    np.testing.assert_allclose(np.sqrt(np.diag(sol.cov_beta)), r["se"], rtol=1e-7)
+    assert np.sqrt(sol.scale) == pytest.approx(r["sigma"], rel=1e-8)
+    if "ranef" not in r:
+        return
+    for k, t in enumerate(terms):
+        ref = r["ranef"][t.factor]
+        lab = np.empty(t.n_levels, dtype=object)
+        lab[t.refs] = df[t.factor.split(":")].agg(":".join, axis=1).to_numpy()
+        pos = pd.Index(lab).get_indexer(ref["levels"])
+        assert np.all(pos >= 0)
+        vals = np.array(ref["values"], dtype=float)[:, [ref["names"].index(n) for n in t.names]]
+        np.testing.assert_allclose(sol.b[k][pos], vals, rtol=1e-6,
+                                   atol=1e-8 * np.abs(vals).max())
+
+
+# ------------------------------------------------------ accuracy figures
+def deviations(fits: dict) -> pd.DataFrame:
+    """Largest deviations from lme4 per reference (the numbers behind the tests).
+
+    Columns: our log-likelihood minus lme4's (default fits; tight fits); the largest
+    relative deviation of fixed effects from lme4's tight refit (our default fit,
+    lme4's default fit, our tight fit); of the SEs and the largest deviation of theta
+    relative to max|theta| (our tight fit against lme4's tight refit); lme4's
+    convergence messages.
+    """
+    rows = []
+    for key in KEYS:
+        r, d, t = REF[key], fits[key]["default"], fits[key]["tight"]
+        names = r["fixef_names"]
+        beta, se = _vec(r["tight"]["fixef"], names), np.asarray(r["tight"]["se"])
+        theta = _vec(r["tight"]["theta"], r["theta_names"])
+
+        def rel(a, b):
+            return float(np.max(np.abs(np.asarray(a) - b) / np.abs(b)))
+        rows.append({
+            "case": key, "nobs": r["nobs"],
+            "llf - lme4 (default)": f"{d['llf'] - r['logLik']:+.1e}",
+            "llf - lme4 (tight)": f"{t['llf'] - r['tight']['logLik']:+.1e}",
+            "lme4 tight - lme4 default": f"{r['tight']['logLik'] - r['logLik']:+.1e}",
+            "fixef rel (default)": f"{rel(d['fe_params'], beta):.1e}",
+            "lme4 default fixef rel": f"{rel(_vec(r['fixef'], names), beta):.1e}",
+            "fixef rel (tight)": f"{rel(t['fe_params'], beta):.1e}",
+            "SE rel (tight)": f"{rel(t['bse_fe'], se):.1e}",
+            "theta (tight)": f"{np.max(np.abs(t['theta_lme4'] - theta)) / np.abs(theta).max():.1e}",
+            "lme4 messages": "; ".join(r["conv_messages"]) or "-"})
+    return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":      # python -m tests.test_multilevel_refs: the figures
+    from benchmarks.common import markdown_table
+
+    print(markdown_table(deviations(fit_references())))
