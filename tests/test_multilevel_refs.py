@@ -212,6 +212,27 @@ def test_every_case_has_references():
         assert len(r["fixef_names"]) == len(case.fixed)
 
 
+@pytest.mark.parametrize("name", ["ml_three_unbal", "ml_four_mixed", "ml_crossed_nested"])
+def test_simulated_data_are_hard_enough(name):
+    """Labels reused across parents, rows in random order, unbalanced sizes."""
+    case = CASES[name]
+    df = load_case(case)
+    inner = case.random[-1][0] if name != "ml_crossed_nested" else "subj"
+    parts = inner.split(":")
+    ngrps = REF[f"{name}_ML"]["ngrps"]
+    if len(parts) > 1:       # the innermost label alone names fewer units than the nesting
+        assert df[parts[-1]].nunique() < ngrps[inner] == df.groupby(parts).ngroups
+    codes = pd.factorize(df[parts].agg(":".join, axis=1))[0]
+    assert np.any(np.diff(codes) < 0)                    # rows not grouped by unit
+    sizes = df.groupby(parts).size()
+    assert sizes.nunique() > 1                           # unbalanced
+    if name != "ml_crossed_nested":  # singletons and units 3x the median size
+        assert sizes.min() == 1 and sizes.max() >= 3 * sizes.median()
+    else:                            # subjects nested in sites, crossed with items
+        assert df.groupby("subj")["site"].nunique().max() == 1
+        assert df.groupby("item")["site"].nunique().min() > 1
+
+
 @pytest.mark.parametrize("key", KEYS)
 def test_loglik(fits, key):
     r = REF[key]
