@@ -273,6 +273,7 @@ def test_theta_and_variance_components(fits, key):
     np.testing.assert_allclose(ours["theta_lme4"], theta, rtol=1e-4, atol=1e-4 * scale)
     vc = r["tight"]["varcorr"]
     assert len(ours["varcorr"]) == len(vc)
+    # sigma^2 Lambda Lambda' is quadratic in theta: twice theta's relative tolerance
     for mine, ref in zip(ours["varcorr"], vc):
         cov = np.array(ref["cov"], dtype=float).reshape(mine.shape)
         sd = np.sqrt(np.diag(cov))
