@@ -124,6 +124,13 @@ def load_case(case: Case) -> pd.DataFrame:
     return pd.read_csv(R_DIR / "data" / case.data, dtype={f: str for f in case.factors})
 
 
+def level_labels(df: pd.DataFrame, term) -> np.ndarray:
+    """lme4's label of each level code of an engine term (``"a:b"`` for interactions)."""
+    first = np.unique(term.refs, return_index=True)[1]     # a row of every level, in code order
+    rows = df.iloc[first][term.factor.split(":")].astype(str)
+    return rows.agg(":".join, axis=1).to_numpy(dtype=object)
+
+
 # ------------------------------------------------------------------ adapter
 def fit_case(case: Case, df: pd.DataFrame, *, reml: bool, tight: bool) -> dict:
     """Fit ``case`` through the engine; the results in lme4's layout.
@@ -161,9 +168,7 @@ def fit_case(case: Case, df: pd.DataFrame, *, reml: bool, tight: bool) -> dict:
     ranef: dict[str, pd.DataFrame] = {}
     condvar: dict[str, dict[tuple[str, ...], np.ndarray]] = {}
     for k, t in enumerate(terms):
-        labels = df[t.factor.split(":")].agg(":".join, axis=1).to_numpy()
-        lab = np.empty(t.n_levels, dtype=object)
-        lab[t.refs] = labels
+        lab = level_labels(df, t)
         block = pd.DataFrame(sol.b[k], index=pd.Index(lab, name=t.factor), columns=list(t.names))
         if t.factor in ranef:
             block = block.reindex(ranef[t.factor].index)
@@ -329,9 +334,7 @@ def test_engine_reproduces_lme4_at_its_theta(key):
         return
     for k, t in enumerate(terms):
         ref = r["ranef"][t.factor]
-        lab = np.empty(t.n_levels, dtype=object)
-        lab[t.refs] = df[t.factor.split(":")].agg(":".join, axis=1).to_numpy()
-        pos = pd.Index(lab).get_indexer(ref["levels"])
+        pos = pd.Index(level_labels(df, t)).get_indexer(ref["levels"])
         assert np.all(pos >= 0)
         vals = np.array(ref["values"], dtype=float)[:, [ref["names"].index(n) for n in t.names]]
         np.testing.assert_allclose(sol.b[k][pos], vals, rtol=1e-6,

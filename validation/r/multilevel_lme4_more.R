@@ -2,7 +2,7 @@
 # tests/test_multilevel_refs.py.  Same fields as multilevel_lme4.R plus VarCorr.
 #
 # Run from the repository root (after `python -m validation.multilevel_data`,
-# which writes the simulated data/ml_*.csv; about 4 minutes, most of it InstEval):
+# which writes the simulated data/ml_*.csv; about 1.5 minutes, most of it InstEval):
 #
 #     Rscript validation/r/multilevel_lme4_more.R
 #
