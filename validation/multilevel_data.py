@@ -27,7 +27,8 @@ DATA_DIR = Path(__file__).resolve().parent / "r" / "data"
 def simulate_hierarchy(*, names: Sequence[str], n_top: int, mean_children: Sequence[float],
                        cov_re: Mapping[str, Sequence[Sequence[float]]],
                        fe_params: Mapping[str, float] | None = None, scale: float = 1.0,
-                       shuffle: bool = True, seed: int) -> pd.DataFrame:
+                       size_shape: float | None = None, shuffle: bool = True,
+                       seed: int) -> pd.DataFrame:
     """Rows nested in units nested in ... (outermost first), unbalanced, labels reused.
 
     Parameters
@@ -49,6 +50,11 @@ def simulate_hierarchy(*, names: Sequence[str], n_top: int, mean_children: Seque
         ``x:sector``.
     scale
         Residual variance.
+    size_shape
+        None: counts are 1 + Poisson(mean - 1).  A positive number: counts
+        are 1 + negative binomial with that mean and gamma shape (a
+        Poisson with gamma-distributed mean), far more unbalanced for a
+        small shape (many units with one child, a few very large ones).
     shuffle
         Return the rows in random order.
 
@@ -66,7 +72,10 @@ def simulate_hierarchy(*, names: Sequence[str], n_top: int, mean_children: Seque
     unit_of = [np.arange(n_top)]                   # global unit ids per level
     n_units = [n_top]
     for lev in range(1, len(names) + 1):
-        counts = 1 + rng.poisson(mean_children[lev - 1] - 1, size=n_units[-1])
+        lam = mean_children[lev - 1] - 1
+        if size_shape is not None:
+            lam = rng.gamma(size_shape, lam / size_shape, size=n_units[-1])
+        counts = 1 + rng.poisson(lam, size=n_units[-1])
         parent = np.repeat(np.arange(n_units[-1]), counts)
         local = np.arange(len(parent)) - np.repeat(np.cumsum(counts) - counts, counts) + 1
         if lev < len(names):
@@ -104,11 +113,15 @@ def simulate_hierarchy(*, names: Sequence[str], n_top: int, mean_children: Seque
 def simulate_crossed(*, n_subj: int, n_item: int, p_obs: float,
                      cov_subj: Sequence[Sequence[float]], cov_item: Sequence[Sequence[float]],
                      fe_params: Mapping[str, float] | None = None, scale: float = 1.0,
+                     n_site: int | None = None, var_site: float = 0.0,
                      seed: int) -> pd.DataFrame:
     """Subjects crossed with items, each pair observed with probability ``p_obs``.
 
     ``y = b0 + b1 cond + b2 w + (1 + cond | subj) + (1 + cond | item) + e``
     with ``cond`` = +-0.5 drawn per row and ``w`` a row-level normal covariate.
+    With ``n_site``, subjects are also nested in sites (column ``site``, each
+    subject in one site drawn at random) with a site intercept of variance
+    ``var_site``: ``(1 | site)`` nested, crossed with items.
     """
     rng = np.random.default_rng(seed)
     fe = dict(fe_params or {"Intercept": 2.0, "cond": 0.4, "w": -0.3})
@@ -126,7 +139,12 @@ def simulate_crossed(*, n_subj: int, n_item: int, p_obs: float,
     y = sum(float(v) * cols[k] for k, v in fe.items())
     y = y + bs[:, 0] + bs[:, 1] * cond + bi[:, 0] + bi[:, 1] * cond
     y = y + rng.normal(0.0, np.sqrt(scale), size=n)
-    df = pd.DataFrame({"subj": subj + 1, "item": item + 1, "cond": cond, "w": w, "y": y})
+    cols = {"subj": subj + 1, "item": item + 1, "cond": cond, "w": w, "y": y}
+    if n_site is not None:                  # drawn last: the data without sites are unchanged
+        site_of = rng.integers(0, n_site, size=n_subj)
+        y += rng.normal(0.0, np.sqrt(var_site), size=n_site)[site_of[subj]]
+        cols = {"site": site_of[subj] + 1, **cols}
+    df = pd.DataFrame(cols)
     return df.iloc[rng.permutation(n)].reset_index(drop=True)
 
 
@@ -178,6 +196,22 @@ CASES: dict[str, tuple] = {
     "ml_crossed": (simulate_crossed, dict(
         n_subj=45, n_item=30, p_obs=0.6, cov_subj=[[0.7, 0.15], [0.15, 0.25]],
         cov_item=[[0.4, -0.05], [-0.05, 0.2]], scale=1.0, seed=8303)),
+    # multilevel_lme4_more.R: three levels with very unbalanced sizes (gamma-Poisson
+    # counts: many one-class schools and one-row classes, a few large ones)
+    "ml_three_unbal": (simulate_hierarchy, dict(
+        names=["school", "klass"], n_top=60, mean_children=[3.0, 6.0],
+        cov_re={"school": [[0.9, 0.25], [0.25, 0.4]], "klass": [[0.6, -0.15], [-0.15, 0.3]]},
+        scale=1.0, size_shape=0.6, seed=8404)),
+    # four levels, with an intercept-only, an uncorrelated (||) and a correlated term
+    "ml_four_mixed": (simulate_hierarchy, dict(
+        names=["district", "school", "klass"], n_top=15, mean_children=[3.0, 3.5, 6.0],
+        cov_re={"district": [[0.7, 0.0], [0.0, 0.0]], "school": [[0.5, 0.0], [0.0, 0.2]],
+                "klass": [[0.4, 0.1], [0.1, 0.15]]},
+        scale=1.0, size_shape=1.5, seed=8505)),
+    # subjects nested in sites, crossed with items, random slopes on both crossed factors
+    "ml_crossed_nested": (simulate_crossed, dict(
+        n_subj=60, n_item=25, p_obs=0.5, cov_subj=[[0.6, 0.1], [0.1, 0.3]],
+        cov_item=[[0.5, 0.1], [0.1, 0.25]], scale=1.0, n_site=8, var_site=0.5, seed=8606)),
 }
 
 

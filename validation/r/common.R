@@ -12,7 +12,7 @@
 # Attaches lme4 and jsonlite, and defines: `here`, `data_dir`, `nels_path`,
 # `lme4_version`, `r_version`; the JSON writer `to_json()` /
 # `write_json_full()`; `read_nels()`, `read_sim()`, `nels_formulas`;
-# `capture()` (collect warnings/messages) and `level_ids()`.
+# `capture()` (collect warnings/messages), `level_ids()` and `ranef_json()`.
 #
 # Precision: jsonlite::toJSON/write_json print at most 15 significant digits
 # even with digits = NA (e.g. 1/3 -> 0.333333333333333), which does not round-
@@ -141,4 +141,31 @@ capture <- function(expr) {
 level_ids <- function(lv) {
   num <- suppressWarnings(as.numeric(lv))
   if (all(!is.na(num))) num else lv
+}
+
+# Conditional modes and variances of a fit with any number of grouping factors:
+#   ranef: factor -> {levels, names, values (one row per level)},
+#   condvar: factor -> list, one entry per term on that factor, of
+#     {names, cov: [levels x q x q]} from ranef(fit, condVar = TRUE)
+# (multilevel_lme4.R, multilevel_lme4_more.R)
+ranef_json <- function(fit) {
+  re <- ranef(fit, condVar = TRUE)
+  out_re <- list()
+  out_cv <- list()
+  for (f in names(re)) {
+    df <- re[[f]]
+    out_re[[f]] <- list(levels = I(rownames(df)), names = I(colnames(df)),
+                        values = unname(as.matrix(df)))
+    pv <- attr(df, "postVar")
+    if (is.null(pv)) pv <- attr(df, "condVar")
+    if (!is.list(pv)) pv <- list(pv)
+    cn <- getME(fit, "cnms")
+    cn <- cn[names(cn) == f]
+    out_cv[[f]] <- lapply(seq_along(pv), function(t) {
+      a <- pv[[t]]
+      list(names = I(cn[[t]]),
+           cov = lapply(seq_len(dim(a)[3]), function(l) a[, , l, drop = FALSE][, , 1]))
+    })
+  }
+  list(ranef = out_re, condvar = out_cv)
 }

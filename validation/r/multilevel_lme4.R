@@ -81,28 +81,6 @@ cases <- list(
                   formula = "score ~ Machine + (1 | Worker) + (1 | Worker:Machine)")
 )
 
-ranef_json <- function(fit) {
-  re <- ranef(fit, condVar = TRUE)
-  out_re <- list()
-  out_cv <- list()
-  for (f in names(re)) {
-    df <- re[[f]]
-    out_re[[f]] <- list(levels = I(rownames(df)), names = I(colnames(df)),
-                        values = unname(as.matrix(df)))
-    pv <- attr(df, "postVar")
-    if (is.null(pv)) pv <- attr(df, "condVar")
-    if (!is.list(pv)) pv <- list(pv)
-    cn <- getME(fit, "cnms")
-    cn <- cn[names(cn) == f]
-    out_cv[[f]] <- lapply(seq_along(pv), function(t) {
-      a <- pv[[t]]
-      list(names = I(cn[[t]]),
-           cov = lapply(seq_len(dim(a)[3]), function(l) a[, , l, drop = FALSE][, , 1]))
-    })
-  }
-  list(ranef = out_re, condvar = out_cv)
-}
-
 results <- list()
 for (name in names(cases)) {
   cs <- cases[[name]]
