@@ -15,7 +15,7 @@ import pandas as pd
 
 from .exceptions import DroppedRowsWarning, MissingDataError
 
-__all__ = ["factorize_sorted", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
+__all__ = ["factorize_sorted", "group_order", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
            "check_numeric_response"]
 
 
@@ -127,6 +127,21 @@ def check_numeric_response(y: pd.Series | np.ndarray, name: str) -> None:
         raise TypeError(f"the response {name!r} must be numeric, got dtype {dtype}")
 
 
+def group_order(codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """The stable permutation sorting rows by their group codes (0..n_groups-1).
+
+    A counting sort (pandas' group sorter, O(n + m)) instead of a comparison
+    sort; ``np.argsort(codes, kind="stable")`` when pandas does not offer it.
+    """
+    codes = np.asarray(codes, dtype=np.intp)
+    try:
+        from pandas.core.sorting import get_group_index_sorter
+        order = get_group_index_sorter(codes, n_groups)
+    except (ImportError, TypeError):                      # pragma: no cover - other pandas
+        order = np.argsort(codes, kind="stable")
+    return np.asarray(order, dtype=np.intp)
+
+
 def factorize_sorted(values: object) -> tuple[np.ndarray, pd.Index]:
     """Integer codes and the distinct labels, sorted when the labels can be ordered.
 
@@ -139,9 +154,13 @@ def factorize_sorted(values: object) -> tuple[np.ndarray, pd.Index]:
         # codes are a running count of changes, without hashing
         v = s.to_numpy()
         if np.all(v[1:] >= v[:-1]):
-            new = np.concatenate([[True], v[1:] != v[:-1]])
-            codes = np.cumsum(new, dtype=np.intp) - 1
-            return codes, pd.Index(v[new], name=getattr(values, "name", None))
+            new = np.empty(len(v), dtype=bool)
+            new[0] = True
+            np.not_equal(v[1:], v[:-1], out=new[1:])
+            first = np.flatnonzero(new)
+            codes = np.repeat(np.arange(len(first), dtype=np.intp),
+                              np.diff(np.append(first, len(v))))
+            return codes, pd.Index(v[first], name=getattr(values, "name", None))
     try:
         codes, labels = pd.factorize(s, sort=True)
     except TypeError:
