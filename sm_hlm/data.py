@@ -34,6 +34,11 @@ def _bad_mask(values: object) -> np.ndarray:
     if arr is not None and arr.dtype.kind in "iub":
         return np.zeros(len(arr), dtype=bool)
     if arr is not None and arr.dtype.kind == "f":
+        # a sum is finite only when every term is (NaN and inf propagate): one pass
+        # without temporaries answers for clean data; an overflowing sum checks row by row
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.add.reduce(arr, axis=0)).all():
+                return np.zeros(len(arr), dtype=bool)
         bad = ~np.isfinite(arr)
         return bad if bad.ndim == 1 else bad.reshape(len(arr), -1).any(axis=1)
     s = values if isinstance(values, (pd.Series, pd.DataFrame)) else pd.DataFrame(np.asarray(values))

@@ -624,7 +624,7 @@ class HLM(LikelihoodModel):
                                                    Zs.design_info))
             blocks.append(Zs)
         if blocks:
-            exog_re = pd.concat(blocks, axis=1)
+            exog_re = blocks[0] if len(blocks) == 1 else pd.concat(blocks, axis=1)
         else:
             exog_re = pd.DataFrame(index=frame.index)
         g = frame[group_col]

@@ -410,10 +410,8 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     # then orthonormalise the columns (one step of Cholesky QR): W~'W~ = I up to rounding,
     # so that near-collinear predictors do not cost digits in A(theta) and its factor
     gram = np.zeros((p + 1, p + 1))
-    wbuf = np.empty((min(n, _ROW_BLOCK), p + 1), order="F")
     for a in range(0, n, _ROW_BLOCK):          # the Gram matrix of W D, block by block
-        b = min(a + _ROW_BLOCK, n)
-        Wb = _w_rows(X, y, slice(a, b), wbuf) @ D
+        Wb = _w_times(X, y, slice(a, min(a + _ROW_BLOCK, n)), D)
         gram += Wb.T @ Wb
     try:
         U = np.linalg.cholesky(gram).T                           # upper, W~'W~ = U'U
@@ -444,11 +442,9 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     G = np.empty((q, p + 1, m))
     within = np.zeros((p + 1, p + 1))
     WtW = np.zeros((p + 1, p + 1))
-    blocks = _group_blocks(starts, n)
-    wbuf = np.empty((max(b - a for a, b, _, _ in blocks), p + 1), order="F")
-    for a, b, ga, gb in blocks:
+    for a, b, ga, gb in _group_blocks(starts, n):
         rows = slice(a, b) if order is None else order[a:b]
-        Wb = (D.T @ _w_rows(X, y, rows, wbuf).T).T         # W D with contiguous columns
+        Wb = _w_times(X, y, rows, D)
         Zb = (T.T @ Z[rows].T).T if q else None
         if sqrt_w is not None:
             sw = sqrt_w[rows][:, None]
@@ -468,17 +464,17 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         G[:, :, ga:gb] = Gb
         if gsc is None:
             within += _within_crossprod(Wb, Qb, Gb, st)
-            WtW += Wb.T @ Wb
         else:
             # sum_j w_j E_j'E_j: the rows of group j scaled by sqrt(w_j), G_j likewise
             within += _within_crossprod(Wb * gsc, Qb, Gb * np.sqrt(group_w[ga:gb]), st)
     if q:
-        ZtZ = np.einsum("akm,bkm->abm", F, F)                    # Z_j'Z_j = F_j F_j'
-        ZtW = np.einsum("akm,krm->arm", F, G)                    # Z_j'W_j = F_j G_j
-        if group_w is not None:
-            # W_j'W_j = E_j'E_j + G_j'G_j: the group-weighted W'W without another pass
-            Gf = (G * np.sqrt(group_w)).transpose(1, 0, 2).reshape(p + 1, q * m)
-            WtW = within + Gf @ Gf.T
+        ZtZ = _lower_times(F, F.transpose(1, 0, 2))              # Z_j'Z_j = F_j F_j'
+        ZtW = _lower_times(F, G)                                  # Z_j'W_j = F_j G_j
+        # W_j'W_j = E_j'E_j + G_j'G_j (a sum of positive semi-definite terms): W'W
+        # (group-weighted under survey weights) without another pass over the rows
+        Gw = G if group_w is None else G * np.sqrt(group_w)
+        Gf = Gw.transpose(1, 0, 2).reshape(p + 1, q * m)
+        WtW = within + Gf @ Gf.T
     else:
         ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
         F = G = None
@@ -490,13 +486,26 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     return st, Reparametrization(D, T), Q
 
 
-def _w_rows(X: np.ndarray, y: np.ndarray, rows: slice | np.ndarray, buf: np.ndarray) -> np.ndarray:
-    """[X y] at ``rows`` (a slice or indices) in ``buf``'s leading rows."""
+def _lower_times(F: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """F_j B_j for lower-triangular F (q, q, m) and B (q, r, m), over the tiny q only."""
+    q = F.shape[0]
+    out = np.zeros((q,) + B.shape[1:])
+    for a in range(q):
+        for k in range(a + 1):
+            out[a] += F[a, k] * B[k]
+    return out
+
+
+def _w_times(X: np.ndarray, y: np.ndarray, rows: slice | np.ndarray,
+             D: np.ndarray) -> np.ndarray:
+    """[X y] D at ``rows`` (a slice or indices), with contiguous columns.
+
+    D is upper triangular, so that X D[:p] gives every column and y adds D[p, p] y
+    to the last one only: no copy of [X y] is formed.
+    """
     p = X.shape[1]
-    k = (rows.stop - rows.start) if isinstance(rows, slice) else len(rows)
-    out = buf[:k]
-    out[:, :p] = X[rows]
-    out[:, p] = y[rows]
+    out = (D[:p].T @ X[rows].T).T
+    out[:, p] += D[p, p] * y[rows]
     return out
 
 
