@@ -88,8 +88,10 @@ class SufficientStats:
 
     Attributes
     ----------
-    ZtZ : (q, q, m)
-    ZtW : (q, p + 1, m)   Z_j' [X_j y_j]
+    ZtZ : (q, q, m), or None
+    ZtW : (q, p + 1, m) or None   Z_j' [X_j y_j]; both may be None when ``root``
+        and ``proj`` are given (statistics reduced to their roots elsewhere, e.g.
+        on a cluster: :mod:`sm_hlm.scale.dask`)
     WtW : (p + 1, p + 1)  [X y]' [X y]
     nobs, k_fe
     within : (p + 1, p + 1) or None
@@ -116,8 +118,8 @@ class SufficientStats:
         rank check of X reads it instead of another pass over the rows.
     """
 
-    ZtZ: np.ndarray
-    ZtW: np.ndarray
+    ZtZ: np.ndarray | None
+    ZtW: np.ndarray | None
     WtW: np.ndarray
     nobs: int
     k_fe: int
@@ -131,7 +133,11 @@ class SufficientStats:
 
     @property
     def q(self) -> int:
-        return self.ZtZ.shape[0]
+        return (self.ZtZ if self.ZtZ is not None else self.root).shape[0]
+
+    @property
+    def n_groups(self) -> int:
+        return (self.ZtZ if self.ZtZ is not None else self.root).shape[2]
 
     @property
     def n_lik(self) -> float:
@@ -613,7 +619,7 @@ class ProfiledDeviance:
         self.reparam = reparam if reparam is not None else Reparametrization.identity(p, q)
         self.theta_index = theta_index
         w = self.work
-        m = w.ZtZ.shape[2] if q else 0
+        m = w.n_groups if q else 0
         self._q, self._m, self._p = q, m, p
         if q and w.root is not None:
             F, G = w.root, w.proj
@@ -1042,8 +1048,9 @@ class ProfiledDeviance:
         full = np.all(F[np.arange(q), np.arange(q)] > 0, axis=0)
         if full.sum() < q + 2:
             return ident
-        Ff = F[:, :, full]
-        g = np.einsum("arm,r->am", self._G[:, :, full], u)
+        every = bool(full.all())                  # no copies of F and G then
+        Ff = F if every else F[:, :, full]
+        g = np.einsum("arm,r->am", self._G if every else self._G[:, :, full], u)
         b = np.zeros_like(g)
         for i in range(q - 1, -1, -1):      # back-solve R_j b_j = g_j (R_j = F_j')
             v = g[i] - (np.einsum("km,km->m", Ff[i + 1:, i], b[i + 1:]) if i < q - 1 else 0.0)
