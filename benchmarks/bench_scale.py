@@ -51,6 +51,21 @@ def nels(rows: float) -> pd.DataFrame:
     return simulate_nels(n_schools=int(round(rows / ROWS_PER_SCHOOL)), seed=1)
 
 
+def write_nels_parquet(path: str, *, files: int, rows_per_file: float) -> int:
+    """``files`` parquet files of NELS-shaped rows with distinct school ids (row groups of 10^6)."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    offset, total = 0, 0
+    for i in range(files):
+        df = simulate_nels(n_schools=int(round(rows_per_file / ROWS_PER_SCHOOL)), seed=100 + i)
+        df["school"] = df["school"].to_numpy() + offset
+        offset = int(df["school"].max()) + 1
+        df.to_parquet(out / f"part{i:03d}.parquet", row_group_size=1_000_000, index=False)
+        total += len(df)
+        del df
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="*", default=[6, 7])
@@ -62,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dask-parquet", default=None,
                     help="a parquet directory of NELS-shaped data to fit on a LocalCluster")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--write-parquet", default=None, metavar="DIR",
+                    help="first write --files files of --rows-per-file NELS-shaped rows there")
+    ap.add_argument("--files", type=int, default=10)
+    ap.add_argument("--rows-per-file", type=float, default=1e7)
     args = ap.parse_args(argv)
+    if args.write_parquet:
+        n = write_nels_parquet(args.write_parquet, files=args.files,
+                               rows_per_file=args.rows_per_file)
+        print(f"wrote {n} rows to {args.write_parquet}")
     rows = []
     with threadpool_limits(1):
         blas = ", ".join(f"{i['internal_api']} x{i['num_threads']}" for i in threadpool_info())

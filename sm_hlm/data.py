@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import warnings
 from collections.abc import Mapping
 
@@ -95,7 +96,12 @@ def handle_missing(columns: Mapping[str, object], missing: str, *,
 
 
 def formula_variables(formula_rhs: str) -> set[str]:
-    """Names used as variables by the factors of a patsy formula side."""
+    """Names used as variables by the factors of a patsy formula side (a new set)."""
+    return set(_formula_variables(formula_rhs))
+
+
+@functools.lru_cache(maxsize=256)
+def _formula_variables(formula_rhs: str) -> frozenset[str]:
     from patsy import ModelDesc
 
     desc = ModelDesc.from_formula(formula_rhs)
@@ -111,7 +117,7 @@ def formula_variables(formula_rhs: str) -> set[str]:
             for node in ast.walk(tree):
                 if isinstance(node, ast.Name) and id(node) not in called and id(node) not in attr_bases:
                     names.add(node.id)
-    return names
+    return frozenset(names)
 
 
 def check_columns(names: set[str] | list[str], data: pd.DataFrame, env_names: set[str] = frozenset(),

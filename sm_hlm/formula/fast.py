@@ -19,14 +19,16 @@ __all__ = ["dmatrices_fast", "dmatrix_fast"]
 
 #: rows handed to patsy to build the DesignInfo on the direct path
 _HEAD = 8
-#: DesignInfos of the direct path by (formula, column names and dtypes): with numeric
-#: columns only they depend on nothing else, so a repeated formula skips patsy entirely
+#: DesignInfos of the direct path by formula: when every factor is a bare name of a
+#: numeric column they depend on nothing else, and :func:`_numeric_columns` checks that
+#: again on every frame (another frame's non-numeric or missing column goes to patsy),
+#: so a repeated formula skips patsy entirely
 _CACHE: dict[tuple, tuple] = {}
 _CACHE_SIZE = 64
 
 
 def _key(kind: str, formula: str, frame: pd.DataFrame) -> tuple:
-    return (kind, formula, tuple(map(str, frame.columns)), tuple(map(str, frame.dtypes)))
+    return (kind, formula)
 
 
 def _remember(key: tuple, infos: tuple) -> None:
