@@ -329,8 +329,8 @@ class HLM(LikelihoodModel):
     def _order(self) -> np.ndarray:
         """The stable permutation sorting the rows by group (a counting sort by the codes)."""
         if self._sorted:
-            return np.arange(len(self.group_codes))
-        return group_order(self.group_codes, self.n_groups)
+            return np.arange(int(self.nobs))
+        return group_order(self.group_codes, self.n_groups)      # computed in __init__
 
     def _sorted_rows(self, a: np.ndarray) -> np.ndarray:
         return a if self._sorted else a[self._order]
