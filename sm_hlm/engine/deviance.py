@@ -451,7 +451,7 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     for a, b, ga, gb in _group_blocks(starts, n):
         rows = slice(a, b) if order is None else order[a:b]
         Wb = _w_times(X, y, rows, D)
-        Zb = (T.T @ Z[rows].T).T if q else None
+        Zb = (T.T @ _take_rows(Z, rows).T).T if q else None
         if sqrt_w is not None:
             sw = sqrt_w[rows][:, None]
             Wb *= sw
@@ -510,8 +510,19 @@ def _w_times(X: np.ndarray, y: np.ndarray, rows: slice | np.ndarray,
     to the last one only: no copy of [X y] is formed.
     """
     p = X.shape[1]
-    out = (D[:p].T @ X[rows].T).T
+    out = (D[:p].T @ _take_rows(X, rows).T).T
     out[:, p] += D[p, p] * y[rows]
+    return out
+
+
+def _take_rows(A: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
+    """``A[rows]``; for indices one column at a time (a gather from each contiguous
+    column is several times faster than from the rows of a column-major array)."""
+    if isinstance(rows, slice):
+        return A[rows]
+    out = np.empty((len(rows), A.shape[1]), order="F")
+    for i in range(A.shape[1]):                      # the few columns
+        np.take(A[:, i], rows, out=out[:, i])
     return out
 
 
