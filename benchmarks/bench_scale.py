@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from sm_hlm import HLM
 from sm_hlm.simulate import simulate_nels
@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {n} rows to {args.write_parquet}")
     rows = []
     with threadpool_limits(1):
-        blas = ", ".join(f"{i['internal_api']} x{i['num_threads']}" for i in threadpool_info())
         for e in args.sizes:
             df = nels(10 ** e)
             w, c, (res, c_ff, c_fit) = timed(lambda: phases(df), args.reps)
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                                         f"worker {wpk:.2f}",
                              "logLik": round(r4.llf, 4)})
         table = pd.DataFrame(rows)
-        print(f"BLAS: {blas}; {machine_note()}")
+        print(machine_note())
         print(markdown_table(table.astype(object).where(table.notna(), "")))
         if args.per_eval:
             ev = []

@@ -60,6 +60,8 @@ def test_dask_matches_memory(data, client, reml: bool) -> None:
     assert len(re_big) == r_mem.n_groups and re_big.index.is_unique
     re_mem = re_mem.loc[re_big.index, re_big.columns]
     np.testing.assert_allclose(re_big.to_numpy(), re_mem.to_numpy(), atol=1e-6)
+    with pytest.raises(NotImplementedError, match="lazy"):
+        r_big.fittedvalues_of(data.head())
     for name in ("fittedvalues", "resid"):
         lazy = getattr(r_big, name)
         assert hasattr(lazy, "dask")                        # lazy, not gathered

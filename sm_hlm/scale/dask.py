@@ -190,6 +190,16 @@ class DaskHLMResults(SummedHLMResults):
         return joined.map_partitions(_fitted_chunk, m.design, self.fe_params.to_numpy(), bcols,
                                      resid, meta=pd.Series(dtype=float, name=name))
 
+    def fittedvalues_of(self, chunk: pd.DataFrame, *, include_re: bool = True) -> pd.Series:
+        """Not for a Dask fit: its BLUPs live on the cluster (see :attr:`fittedvalues`)."""
+        raise NotImplementedError(
+            "the BLUPs of a Dask fit live on the cluster: use the lazy .fittedvalues and .resid "
+            "(Dask Series), or .random_effects.compute() to bring the BLUPs to the client")
+
+    def resid_of(self, chunk: pd.DataFrame) -> pd.Series:
+        """Not for a Dask fit (see :attr:`resid`)."""
+        return self.fittedvalues_of(chunk)
+
     @property
     def fittedvalues(self):
         """X beta + Z b_j per complete row, a lazy Dask Series indexed as the data."""

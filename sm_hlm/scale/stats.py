@@ -505,8 +505,9 @@ class SummedHLMResults:
     """Estimates of a :class:`SummedHLM` fit.
 
     The BLUPs (``random_effects``, one row per group) are computed on the client
-    from the per-group statistics.  Row-level results (fitted values,
-    residuals) are computed chunk by chunk from the source
+    from the per-group statistics (on the workers, lazily, for Dask:
+    :class:`sm_hlm.scale.dask.DaskHLMResults`).  Row-level results (fitted
+    values, residuals) are computed chunk by chunk from the source
     (:meth:`fittedvalues_of`; lazily for Dask).  What needs the rows of whole
     groups in memory (cluster-robust CR2 errors, residual structures,
     influence diagnostics, the Kenward-Roger and Satterthwaite corrections)
