@@ -27,7 +27,9 @@ import pandas as pd
 
 import sm_hlm
 
-from .common import fmt_time, markdown_table, median_time
+from threadpoolctl import threadpool_limits
+
+from .common import fmt_time, machine_note, markdown_table, median_time, median_times
 from sm_hlm.simulate import simulate_nels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,11 +62,12 @@ def mixedlm_time(data: pd.DataFrame, reps: int) -> float | None:
     return median_time(run, reps)
 
 
-def sm_hlm_times(data: pd.DataFrame, reps: int) -> tuple[float, float]:
+def sm_hlm_times(data: pd.DataFrame, reps: int) -> tuple[float, float, float, float]:
+    """Median wall and CPU times: end to end (from_formula + fit), and fit() alone."""
     def end_to_end():
         sm_hlm.HLM.from_formula(FORMULA, data).fit(reml=False)
     model = sm_hlm.HLM.from_formula(FORMULA, data)
-    return median_time(end_to_end, reps), median_time(lambda: model.fit(reml=False), reps)
+    return (*median_times(end_to_end, reps), *median_times(lambda: model.fit(reml=False), reps))
 
 
 def ratio(a: float | None, b: float) -> str:
@@ -91,16 +94,19 @@ def main(argv: list[str] | None = None) -> int:
             cases.append((f"simulated, {len(d):,} rows, {d.school.nunique():,} groups", d, reps,
                           False))
     for label, data, reps, show_fit in cases:
-        e2e, fit_only = sm_hlm_times(data, reps)
+        with threadpool_limits(1):       # sm_hlm on one BLAS thread (the machine is shared)
+            e2e, e2e_cpu, fit_only, fit_cpu = sm_hlm_times(data, reps)
         t_lme4 = lme4_time(data, min(reps, 5 if len(data) > 100_000 else reps))
         t_mlm = (mixedlm_time(data, min(reps, 3)) if len(data) <= args.mixedlm_max_rows else None)
         rows.append({"data": label, "sm_hlm end to end": fmt_time(e2e),
+                     "(CPU)": fmt_time(e2e_cpu),
                      "sm_hlm fit()": fmt_time(fit_only) if show_fit else "",
+                     "(fit CPU)": fmt_time(fit_cpu) if show_fit else "",
                      "lme4 lmer()": fmt_time(t_lme4), "lme4 / sm_hlm": ratio(t_lme4, e2e),
                      "MixedLM fit": fmt_time(t_mlm), "MixedLM / sm_hlm": ratio(t_mlm, e2e)})
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    md = markdown_table(table)
+    md = markdown_table(table) + f"\n\nsm_hlm timed with {machine_note()}."
     print()
     print(md)
     if args.write_readme:

@@ -64,6 +64,8 @@ Groups = Union[Hashable, Sequence[Any], np.ndarray, pd.Series, pd.Index]
 _BUILTIN_FUNCS = ("mean", "sum", "median", "std", "min", "max", "count")
 _NUMERIC_FUNCS = frozenset({"mean", "sum", "median", "std"})
 _INTERCEPT_NAMES = frozenset({"Intercept", "(Intercept)"})
+#: Default tolerance of :func:`warn_level2_in_random` (a spread within every group at most this)
+LEVEL2_ATOL = 1e-10
 _MAX_SHOWN = 10
 
 
@@ -773,7 +775,7 @@ def warn_level2_in_random(
     re_columns: Hashable | Sequence[Hashable],
     groups: Groups,
     *,
-    atol: float = 1e-10,
+    atol: float = LEVEL2_ATOL,
     stacklevel: int = 2,
 ) -> list[Hashable]:
     """Warn about group-level columns in the random-effects design.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import warnings
 from collections.abc import Mapping
 
@@ -15,7 +16,7 @@ import pandas as pd
 
 from .exceptions import DroppedRowsWarning, MissingDataError
 
-__all__ = ["factorize_sorted", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
+__all__ = ["factorize_sorted", "group_order", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
            "check_numeric_response"]
 
 
@@ -34,6 +35,11 @@ def _bad_mask(values: object) -> np.ndarray:
     if arr is not None and arr.dtype.kind in "iub":
         return np.zeros(len(arr), dtype=bool)
     if arr is not None and arr.dtype.kind == "f":
+        # a sum is finite only when every term is (NaN and inf propagate): one pass
+        # without temporaries answers for clean data; an overflowing sum checks row by row
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.add.reduce(arr, axis=0)).all():
+                return np.zeros(len(arr), dtype=bool)
         bad = ~np.isfinite(arr)
         return bad if bad.ndim == 1 else bad.reshape(len(arr), -1).any(axis=1)
     s = values if isinstance(values, (pd.Series, pd.DataFrame)) else pd.DataFrame(np.asarray(values))
@@ -90,7 +96,12 @@ def handle_missing(columns: Mapping[str, object], missing: str, *,
 
 
 def formula_variables(formula_rhs: str) -> set[str]:
-    """Names used as variables by the factors of a patsy formula side."""
+    """Names used as variables by the factors of a patsy formula side (a new set)."""
+    return set(_formula_variables(formula_rhs))
+
+
+@functools.lru_cache(maxsize=256)
+def _formula_variables(formula_rhs: str) -> frozenset[str]:
     from patsy import ModelDesc
 
     desc = ModelDesc.from_formula(formula_rhs)
@@ -106,7 +117,7 @@ def formula_variables(formula_rhs: str) -> set[str]:
             for node in ast.walk(tree):
                 if isinstance(node, ast.Name) and id(node) not in called and id(node) not in attr_bases:
                     names.add(node.id)
-    return names
+    return frozenset(names)
 
 
 def check_columns(names: set[str] | list[str], data: pd.DataFrame, env_names: set[str] = frozenset(),
@@ -127,6 +138,21 @@ def check_numeric_response(y: pd.Series | np.ndarray, name: str) -> None:
         raise TypeError(f"the response {name!r} must be numeric, got dtype {dtype}")
 
 
+def group_order(codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """The stable permutation sorting rows by their group codes (0..n_groups-1).
+
+    A counting sort (pandas' group sorter, O(n + m)) instead of a comparison
+    sort; ``np.argsort(codes, kind="stable")`` when pandas does not offer it.
+    """
+    codes = np.asarray(codes, dtype=np.intp)
+    try:
+        from pandas.core.sorting import get_group_index_sorter
+        order = get_group_index_sorter(codes, n_groups)
+    except (ImportError, TypeError):                      # pragma: no cover - other pandas
+        order = np.argsort(codes, kind="stable")
+    return np.asarray(order, dtype=np.intp)
+
+
 def factorize_sorted(values: object) -> tuple[np.ndarray, pd.Index]:
     """Integer codes and the distinct labels, sorted when the labels can be ordered.
 
@@ -139,9 +165,13 @@ def factorize_sorted(values: object) -> tuple[np.ndarray, pd.Index]:
         # codes are a running count of changes, without hashing
         v = s.to_numpy()
         if np.all(v[1:] >= v[:-1]):
-            new = np.concatenate([[True], v[1:] != v[:-1]])
-            codes = np.cumsum(new, dtype=np.intp) - 1
-            return codes, pd.Index(v[new], name=getattr(values, "name", None))
+            new = np.empty(len(v), dtype=bool)
+            new[0] = True
+            np.not_equal(v[1:], v[:-1], out=new[1:])
+            first = np.flatnonzero(new)
+            codes = np.repeat(np.arange(len(first), dtype=np.intp),
+                              np.diff(np.append(first, len(v))))
+            return codes, pd.Index(v[first], name=getattr(values, "name", None))
     try:
         codes, labels = pd.factorize(s, sort=True)
     except TypeError:

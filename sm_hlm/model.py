@@ -20,9 +20,9 @@ from statsmodels.base.model import LikelihoodModel
 
 from . import groupwise
 from .data import (check_columns, check_numeric_response, factorize_sorted, formula_variables,
-                   handle_missing)
+                   group_order, handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
-from .engine.deviance import ProfiledDeviance, SufficientStats, working_stats
+from .engine.deviance import ProfiledDeviance, SufficientStats, is_constant, working_stats
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from ._compat import require_nlopt
 from .formula.parse import RandomTermSpec, parse_formula
@@ -225,8 +225,9 @@ class HLM(LikelihoodModel):
         self.nobs = float(len(self.endog))
         self.df_model = self.k_fe - 1 if self.k_constant else self.k_fe
         self.df_resid = self.nobs - self.k_fe
-        self._order = np.argsort(codes, kind="stable")
-        self._sorted = bool(np.all(self._order == np.arange(len(codes))))
+        # rows sorted by group (the common layout) need no permutation; otherwise a
+        # counting sort by the codes (:attr:`_order`)
+        self._sorted = bool(np.all(codes[1:] >= codes[:-1]))
         counts = np.bincount(codes, minlength=self.n_groups)
         self.group_sizes = pd.Series(counts, index=labels, name="nobs")
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
@@ -293,6 +294,13 @@ class HLM(LikelihoodModel):
         return None if self.survey is None else self.survey.group
 
     # ------------------------------------------------------------------ data
+    @functools.cached_property
+    def _order(self) -> np.ndarray:
+        """The stable permutation sorting the rows by group (a counting sort by the codes)."""
+        if self._sorted:
+            return np.arange(int(self.nobs))
+        return group_order(self.group_codes, self.n_groups)      # computed in __init__
+
     def _sorted_rows(self, a: np.ndarray) -> np.ndarray:
         return a if self._sorted else a[self._order]
 
@@ -322,12 +330,13 @@ class HLM(LikelihoodModel):
         for t in self.re_design.terms:
             blocks.append((start, start + t.k, t.correlated and t.k > 1))
             start += t.k
-        rw = self._row_weights_sorted()
-        return working_stats(self._sorted_rows(self.exog), self._sorted_rows(self.endog),
-                             self._sorted_rows(self.exog_re), self._starts, blocks,
+        rw = (self.weights if self.weights is not None else
+              None if self.survey is None else self.survey.row)     # row order, as the data
+        return working_stats(self.exog, self.endog, self.exog_re, self._starts, blocks,
                              precision_weights=rw if self.weight_type == "precision" else None,
                              survey_weights=(None if self.survey is None
-                                             else [rw, self.survey.group]))
+                                             else [rw, self.survey.group]),
+                             order=None if self._sorted else self._order)
 
     def _aliased_columns(self) -> list[int]:
         """Columns of X that R's ``qr(X, tol = 1e-7)`` (lme4's rank check) finds aliased.
@@ -339,6 +348,18 @@ class HLM(LikelihoodModel):
         cross product answers at once where every column is far from that line;
         otherwise a QR decomposition of the columns decides, as R does.
         """
+        p = self.k_fe
+        const = np.array([is_constant(self.exog[:, i]) for i in range(p)], dtype=bool)
+        gram = self._work.column_gram
+        if gram is not None and p and (not const.any() or (const[0] and not const[1:].any())):
+            # the working statistics hold these columns' cross products already: centred
+            # (the first column the constant) and scaled, so that a normalised Gram matrix
+            # of the same columns answers without another pass over the rows
+            d = np.maximum(np.sqrt(np.diag(gram)[:p]), np.finfo(float).tiny)
+            _, kept = sequential_rank_cholesky((gram[:p, :p] / np.outer(d, d))[:, :, None],
+                                               tol=1e-10)
+            if kept.all():
+                return []
         return aliased_columns(self.exog)
 
     def _check_identifiable(self) -> None:
@@ -398,13 +419,19 @@ class HLM(LikelihoodModel):
             raise IdentificationError(
                 f"the fixed-effects design is rank deficient: column(s) {names} are linear "
                 "combinations of the columns before them (or constant); drop them")
-        from .crosslevel import warn_level2_in_random
+        from .crosslevel import LEVEL2_ATOL, warn_level2_in_random
         # columns constant over all rows are intercepts, not group-level variables
-        varying = (np.ptp(self.exog_re, axis=0) > 0 if len(self.exog_re)
-                   else np.zeros(self.k_re, bool))
-        re_cols = [c for c, v in zip(self.re_design.names, varying) if v]
+        candidate = (np.ptp(self.exog_re, axis=0) > 0 if len(self.exog_re)
+                     else np.zeros(self.k_re, bool))
+        # a column that varies within some group is not a level-2 variable either: decided
+        # from each group's range on the sorted rows; only the others get the full check
+        for k in np.flatnonzero(candidate):                  # the tiny q dimension
+            z = self._sorted_rows(self.exog_re[:, k])
+            spread = np.maximum.reduceat(z, self._starts) - np.minimum.reduceat(z, self._starts)
+            candidate[k] = not np.any(spread > LEVEL2_ATOL)
+        re_cols = [c for c, v in zip(self.re_design.names, candidate) if v]
         if re_cols:
-            frame = pd.DataFrame(self.exog_re[:, varying], columns=re_cols)
+            frame = pd.DataFrame(self.exog_re[:, candidate], columns=re_cols)
             gname = self.group_name if self.group_name not in re_cols else "__group__"
             frame[gname] = self.group_codes
             warn_level2_in_random(frame, re_cols, gname, stacklevel=4)
@@ -568,7 +595,7 @@ class HLM(LikelihoodModel):
                                                    Zs.design_info))
             blocks.append(Zs)
         if blocks:
-            exog_re = pd.concat(blocks, axis=1)
+            exog_re = blocks[0] if len(blocks) == 1 else pd.concat(blocks, axis=1)
         else:
             exog_re = pd.DataFrame(index=frame.index)
         g = frame[group_col]

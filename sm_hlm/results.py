@@ -113,8 +113,12 @@ def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re
 
 
 def build_fit(model: "HLM", dev: ProfiledDeviance, record: OptimizerRecord, *, reml: bool,
-              compute_vcomp_cov: bool = True) -> HLMFit:
-    """Assemble every estimate at the optimum ``record.end``."""
+              compute_vcomp_cov: bool = True, blups: bool = True) -> HLMFit:
+    """Assemble every estimate at the optimum ``record.end``.
+
+    ``blups=False`` leaves the BLUPs and their covariances (one per group) as None,
+    for models whose groups live elsewhere (a Dask cluster computes them lazily).
+    """
     rd = model.re_design
     theta = record.end[:rd.n_theta]   # a residual structure's parameters follow theta
     t = dev.terms(theta)
@@ -126,13 +130,16 @@ def build_fit(model: "HLM", dev: ProfiledDeviance, record: OptimizerRecord, *, r
     cov_fe = scale * (RXinv.T @ RXinv)
     cov_re = rd.cov_re(theta, scale)
     r, c = rd.vcomp_index()
-    blups, blup_rel = dev.conditional_modes(theta, t.beta)
-    blup_cov = scale * blup_rel
+    if blups:
+        b, blup_rel = dev.conditional_modes(theta, t.beta)
+        blup_cov = scale * blup_rel
+    else:
+        b = blup_cov = None
     # the numerical Hessian behind cov_vcomp costs as much as the fit: defer it
     cov_vcomp = None if compute_vcomp_cov else np.full((len(r), len(r)), np.nan)
     return HLMFit(reml=reml, theta=theta, fe_params=t.beta, scale=scale, cov_re=cov_re,
                   vcomp=cov_re[r, c], cov_fe=cov_fe, cov_vcomp=cov_vcomp,
-                  llf=-0.5 * record.fun_end, blups=blups, blup_cov=blup_cov,
+                  llf=-0.5 * record.fun_end, blups=b, blup_cov=blup_cov,
                   optimizer=record, singular_terms=tuple(rd.singular_terms(theta)))
 
 

@@ -55,13 +55,20 @@ def test_dask_matches_memory(data, client, reml: bool) -> None:
     assert r_big.n_groups == r_mem.n_groups and r_big.nobs == r_mem.nobs
     re_mem = pd.DataFrame(r_mem.random_effects).T if isinstance(r_mem.random_effects, dict) \
         else r_mem.random_effects
-    re_mem = re_mem.loc[r_big.random_effects.index, r_big.random_effects.columns]
-    np.testing.assert_allclose(r_big.random_effects.to_numpy(), re_mem.to_numpy(), atol=1e-6)
-    fitted = r_big.fittedvalues
-    assert hasattr(fitted, "dask")                          # lazy, not gathered
-    f = fitted.compute().sort_index()
-    np.testing.assert_allclose(f.to_numpy(), np.asarray(r_mem.fittedvalues.sort_index()),
-                               atol=1e-6)
+    assert hasattr(r_big.random_effects, "dask")           # lazy, not gathered
+    re_big = r_big.random_effects.compute()
+    assert len(re_big) == r_mem.n_groups and re_big.index.is_unique
+    re_mem = re_mem.loc[re_big.index, re_big.columns]
+    np.testing.assert_allclose(re_big.to_numpy(), re_mem.to_numpy(), atol=1e-6)
+    with pytest.raises(NotImplementedError, match="lazy"):
+        r_big.fittedvalues_of(data.head())
+    for name in ("fittedvalues", "resid"):
+        lazy = getattr(r_big, name)
+        assert hasattr(lazy, "dask")                        # lazy, not gathered
+        f = lazy.compute().sort_index()
+        assert f.index.equals(data.index)
+        np.testing.assert_allclose(f.to_numpy(), np.asarray(getattr(r_mem, name).sort_index()),
+                                   atol=1e-6)
 
 
 def test_hlm_function_and_categorical(data, client) -> None:

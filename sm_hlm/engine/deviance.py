@@ -64,7 +64,7 @@ from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_so
                      batched_inverse_lower, group_crossprod)
 
 __all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
-           "working_stats", "root_factors", "group_qr", "residual_quadratic"]
+           "working_stats", "root_factors", "group_qr", "residual_quadratic", "is_constant"]
 #: A column of Z_j whose residual norm after the earlier columns (QR) is below this
 #: fraction of its norm is aliased in group j.
 _QR_TOL = 1e-11
@@ -88,8 +88,10 @@ class SufficientStats:
 
     Attributes
     ----------
-    ZtZ : (q, q, m)
-    ZtW : (q, p + 1, m)   Z_j' [X_j y_j]
+    ZtZ : (q, q, m), or None
+    ZtW : (q, p + 1, m) or None   Z_j' [X_j y_j]; both may be None when ``root``
+        and ``proj`` are given (statistics reduced to their roots elsewhere, e.g.
+        on a cluster: :mod:`sm_hlm.scale.dask`)
     WtW : (p + 1, p + 1)  [X y]' [X y]
     nobs, k_fe
     within : (p + 1, p + 1) or None
@@ -110,10 +112,14 @@ class SufficientStats:
     log_weight_sum : float
         sum_i log w_i of precision weights (rows already scaled by sqrt(w_i));
         the deviance gains -sum_i log w_i.  0 without precision weights.
+    column_gram : (p + 1, p + 1) or None
+        (W D_0)'(W D_0) of the unweighted rows, D_0 the centring and scaling
+        map before the orthonormalisation (:func:`working_stats`): the model's
+        rank check of X reads it instead of another pass over the rows.
     """
 
-    ZtZ: np.ndarray
-    ZtW: np.ndarray
+    ZtZ: np.ndarray | None
+    ZtW: np.ndarray | None
     WtW: np.ndarray
     nobs: int
     k_fe: int
@@ -123,10 +129,15 @@ class SufficientStats:
     group_weights: np.ndarray | None = None
     weight_nobs: float | None = None
     log_weight_sum: float = 0.0
+    column_gram: np.ndarray | None = None
 
     @property
     def q(self) -> int:
-        return self.ZtZ.shape[0]
+        return (self.ZtZ if self.ZtZ is not None else self.root).shape[0]
+
+    @property
+    def n_groups(self) -> int:
+        return (self.ZtZ if self.ZtZ is not None else self.root).shape[2]
 
     @property
     def n_lik(self) -> float:
@@ -215,14 +226,16 @@ def root_factors(ZtZ: np.ndarray, ZtW: np.ndarray,
     return F, G, kept
 
 
-def group_qr(Z: np.ndarray, starts: np.ndarray, codes: np.ndarray,
-             tol: float = _QR_TOL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
+             out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin QR of each group's rows of Z, vectorised over groups.
 
     Classical Gram-Schmidt with one reorthogonalisation ("twice is enough"),
     column by column over the tiny q dimension, every step a vectorised pass
     over the rows.  Unlike a Cholesky of Z_j'Z_j it does not square the
     condition number of nearly collinear columns.
+
+    ``out`` (n, q), if given, receives Q (e.g. a block of a larger array).
 
     Returns
     -------
@@ -236,7 +249,7 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, codes: np.ndarray,
     n, q = Z.shape
     m = len(starts)
     counts = np.diff(np.append(starts, n))
-    Q = np.zeros((n, q), order="F")           # contiguous columns
+    Q = np.zeros((n, q), order="F") if out is None else out      # contiguous columns
     R = np.zeros((q, q, m))
     kept = np.zeros((q, m), dtype=bool)
     buf = np.empty(n)
@@ -261,61 +274,113 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, codes: np.ndarray,
     return Q, np.ascontiguousarray(R.transpose(1, 0, 2)), kept
 
 
-def _column_map(cols: np.ndarray, blocks: list[tuple[int, int, bool]]) -> np.ndarray:
-    """Upper-triangular map centring (within blocks that hold a constant column) and scaling."""
-    n, k = cols.shape
+#: Rows per block of :func:`working_stats` (blocks end at group boundaries).
+_ROW_BLOCK = 1 << 16
+
+
+def is_constant(x: np.ndarray) -> bool:
+    """Whether a column is constant and nonzero (a prefix decides most varying columns)."""
+    if not len(x) or x[0] == 0:
+        return False
+    head = x[:4096]
+    if np.any(head != x[0]):
+        return False
+    return bool(np.all(x == x[0]))
+
+
+def _column_map(cols: Sequence[np.ndarray], blocks: list[tuple[int, int, bool]], *,
+                const: Sequence[bool] | None = None) -> np.ndarray:
+    """Upper-triangular map centring (within blocks that hold a constant column) and scaling.
+
+    ``cols`` are the columns (1-d arrays of equal length, any row order); ``const``
+    says which are constant and nonzero (computed when omitted).
+    """
+    k = len(cols)
+    n = len(cols[0]) if k else 0
+    if const is None:
+        const = [is_constant(c) for c in cols]
     D = np.eye(k)
-    buf = np.empty(n)
     for start, stop, shift in blocks:
-        const = [i for i in range(start, stop)
-                 if n and cols[0, i] != 0 and cols[:, i].min() == cols[:, i].max()]
-        j0 = const[0] if (shift and const) else None
+        cs = [i for i in range(start, stop) if n and const[i]]
+        j0 = cs[0] if (shift and cs) else None
         if j0 is not None:
-            D[j0, j0] = 1.0 / cols[0, j0]
+            D[j0, j0] = 1.0 / cols[j0][0]
         for i in range(start, stop):
             if i == j0:
                 continue
-            x = cols[:, i]
+            x = cols[i]
             if j0 is not None and i > j0:
                 mu = float(x.mean())
-                np.subtract(x, mu, out=buf)
-                s = float(np.sqrt(np.dot(buf, buf) / n))
+                s = float(np.sqrt(_centred_ss(x, mu) / n))
             else:
-                np.copyto(buf, x)
-                mu, s = 0.0, float(np.sqrt(np.dot(buf, buf) / n))
+                mu, s = 0.0, float(np.sqrt(np.dot(x, x) / n))
             if not (np.isfinite(s) and s > 0):
                 continue
             D[i, i] = 1.0 / s
             if mu:
-                D[j0, i] = -mu / (cols[0, j0] * s)
+                D[j0, i] = -mu / (cols[j0][0] * s)
     return D
+
+
+def _centred_ss(x: np.ndarray, mu: float, block: int = 1 << 16) -> float:
+    """sum_i (x_i - mu)^2 block by block (no row-sized temporary)."""
+    buf = np.empty(min(block, len(x)))
+    total = 0.0
+    for a in range(0, len(x), block):
+        b = buf[:min(block, len(x) - a)]
+        np.subtract(x[a:a + block], mu, out=b)
+        total += float(np.dot(b, b))
+    return total
+
+
+def _group_blocks(starts: np.ndarray, n: int, size: int | None = None
+                  ) -> list[tuple[int, int, int, int]]:
+    """Blocks of whole groups of about ``size`` rows (default ``_ROW_BLOCK``), rows sorted.
+
+    Returns ``(first row, end row, first group, end group)`` per block; a group with
+    more rows than ``size`` is a block of its own.
+    """
+    size = _ROW_BLOCK if size is None else size
+    m = len(starts)
+    if not m or n <= size:
+        return [(0, n, 0, m)]
+    first = starts[np.searchsorted(starts, np.arange(0, n, size), side="right") - 1]
+    bounds = np.unique(np.append(first, n))
+    g_lo = np.searchsorted(starts, bounds)
+    return [(int(a), int(b), int(ga), int(gb))
+            for a, b, ga, gb in zip(bounds[:-1], bounds[1:], g_lo[:-1], g_lo[1:])]
 
 
 def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarray,
                   z_blocks: list[tuple[int, int, bool]], *,
                   precision_weights: np.ndarray | None = None,
-                  survey_weights: Sequence[np.ndarray] | None = None
+                  survey_weights: Sequence[np.ndarray] | None = None,
+                  order: np.ndarray | None = None
                   ) -> tuple[SufficientStats, Reparametrization, np.ndarray]:
     """Sufficient statistics in centred and scaled coordinates, with the within part.
 
     Returns the statistics, the reparametrisation and the per-group
-    orthonormal Q (n, q) of the working Z (:func:`group_qr`).
+    orthonormal Q (n, q) of the working Z (:func:`group_qr`), rows sorted by group.
 
     Parameters
     ----------
     X, y, Z
-        Rows sorted by group.
+        The rows, sorted by group, or in any order with ``order``.
     starts
-        Index of each group's first row.
+        Index of each group's first row (in sorted order).
     z_blocks
         ``(start, stop, shift)`` per random-effects block of Z's columns;
         ``shift`` allows centring within the block (a correlated block).
     precision_weights : (n,), optional
-        lme4's ``weights``: residual variance sigma^2 / w_i.
+        lme4's ``weights``: residual variance sigma^2 / w_i (rows as X).
     survey_weights : sequence of arrays, optional
         Pseudo-likelihood weights, already scaled: ``[w_{i|j} (n,), w_j (m,)]``,
-        the rows' weights conditional on their group, then the groups'.
-        Exclusive with ``precision_weights``.
+        the rows' weights conditional on their group (rows as X), then the
+        groups'.  Exclusive with ``precision_weights``.
+    order : (n,) int, optional
+        The permutation sorting the rows by group (``X[order]`` is sorted);
+        None: the rows are sorted.  Rows are gathered block by block, never
+        copied whole.
 
     Notes
     -----
@@ -333,29 +398,35 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     columns (any fixed column map is exact).  Group weights w_j multiply
     each group's part of ``within`` (and of ``WtW``); G_j is kept unweighted
     and :class:`ProfiledDeviance` weights G_j'M_j^{-1}G_j and log|M_j|.
+
+    Every row-level step runs on blocks of whole groups of about
+    ``_ROW_BLOCK`` rows (the column maps and the Gram matrix of the first
+    map on plain blocks of rows), so that no transformed copy of [X y] or Z
+    is ever formed and every row-sized temporary stays in the CPU cache.
     """
     if precision_weights is not None and survey_weights is not None:
         raise ValueError("precision weights and survey weights cannot be combined")
     n, p = X.shape
-    W = np.empty((n, p + 1), order="F")          # contiguous columns for the passes below
-    W[:, :p] = X
-    W[:, p] = y
-    D = _column_map(W, [(0, p + 1, True)])
-    if p and not any(np.all(X[:, i] == X[0, i]) and X[0, i] != 0 for i in range(p)):
-        D = _column_map(W, [(0, p + 1, False)])
-    Wt = (D.T @ W.T).T                            # W D with contiguous columns
+    q = Z.shape[1]
+    wcols = [X[:, i] for i in range(p)] + [y]
+    const = [is_constant(c) for c in wcols]
+    D = _column_map(wcols, [(0, p + 1, True)], const=const)
+    if p and not any(const[:p]):
+        D = _column_map(wcols, [(0, p + 1, False)], const=const)
     # then orthonormalise the columns (one step of Cholesky QR): W~'W~ = I up to rounding,
     # so that near-collinear predictors do not cost digits in A(theta) and its factor
+    gram = np.zeros((p + 1, p + 1))
+    for a in range(0, n, _ROW_BLOCK):          # the Gram matrix of W D, block by block
+        Wb = _w_times(X, y, slice(a, min(a + _ROW_BLOCK, n)), D)
+        gram += Wb.T @ Wb
     try:
-        U = np.linalg.cholesky(Wt.T @ Wt).T                      # upper, W~'W~ = U'U
+        U = np.linalg.cholesky(gram).T                           # upper, W~'W~ = U'U
         Dq = D @ np.linalg.inv(U)                                 # still upper triangular
         if np.all(np.isfinite(Dq)):
-            D, Wt = Dq, (Dq.T @ W.T).T
+            D = Dq
     except np.linalg.LinAlgError:
         pass                            # aliased columns: the model's rank check reports them
-    q = Z.shape[1]
-    T = _column_map(Z, z_blocks) if q else np.eye(0)
-    Zt = Z @ T if q else Z
+    T = _column_map([Z[:, k] for k in range(q)], z_blocks) if q else np.eye(0)
     m = len(starts)
     counts = np.diff(np.append(starts, n))
     row_w, group_w, weight_nobs, log_w = None, None, None, 0.0
@@ -369,76 +440,90 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
                 "grouping factor (two levels: rows, then groups)")
         row_w = np.asarray(survey_weights[0], dtype=float)
         group_w = np.asarray(survey_weights[1], dtype=float)
-        weight_nobs = float(group_w @ np.add.reduceat(row_w, starts)) if n else 0.0
-    if row_w is not None:
-        sw = np.sqrt(row_w)[:, None]
-        Wt = Wt * sw
-        if q:
-            Zt = Zt * sw
-    # rows of W scaled by sqrt(w_j) for the group-weighted cross products
-    gscale = None if group_w is None else np.repeat(np.sqrt(group_w), counts)[:, None]
-    if q:
-        Q, F, G, within = _qr_statistics(Zt, Wt, starts)         # G_j = Q_j' W_j (q, r, m)
-        ZtZ = np.einsum("akm,bkm->abm", F, F)                    # Z_j'Z_j = F_j F_j'
-        ZtW = np.einsum("akm,krm->arm", F, G)                    # Z_j'W_j = F_j G_j
-        if gscale is None:
-            WtW = Wt.T @ Wt
+        sorted_w = row_w if order is None else row_w[order]
+        weight_nobs = float(group_w @ np.add.reduceat(sorted_w, starts)) if n else 0.0
+    sqrt_w = None if row_w is None else np.sqrt(row_w)
+    Q = np.empty((n, q), order="F")
+    F = np.empty((q, q, m))
+    G = np.empty((q, p + 1, m))
+    within = np.zeros((p + 1, p + 1))
+    WtW = np.zeros((p + 1, p + 1))
+    for a, b, ga, gb in _group_blocks(starts, n):
+        rows = slice(a, b) if order is None else order[a:b]
+        Wb = _w_times(X, y, rows, D)
+        Zb = (T.T @ _take_rows(Z, rows).T).T if q else None
+        if sqrt_w is not None:
+            sw = sqrt_w[rows][:, None]
+            Wb *= sw
+            if q:
+                Zb *= sw
+        st = starts[ga:gb] - a
+        gsc = None if group_w is None else np.repeat(np.sqrt(group_w[ga:gb]),
+                                                      counts[ga:gb])[:, None]
+        if not q:
+            Wg = Wb if gsc is None else Wb * gsc
+            WtW += Wg.T @ Wg
+            continue
+        Qb, Fb, _ = group_qr(Zb, st, out=Q[a:b])
+        Gb = group_crossprod(Qb, Wb, st)
+        F[:, :, ga:gb] = Fb
+        G[:, :, ga:gb] = Gb
+        if gsc is None:
+            within += _within_crossprod(Wb, Qb, Gb, st)
         else:
             # sum_j w_j E_j'E_j: the rows of group j scaled by sqrt(w_j), G_j likewise
-            Gw = G * np.sqrt(group_w)
-            within = _within_crossprod(Wt * gscale, Q, Gw, starts)
-            # W_j'W_j = E_j'E_j + G_j'G_j: the group-weighted W'W without another pass
-            Gf = Gw.transpose(1, 0, 2).reshape(p + 1, q * m)
-            WtW = within + Gf @ Gf.T
+            within += _within_crossprod(Wb * gsc, Qb, Gb * np.sqrt(group_w[ga:gb]), st)
+    if q:
+        ZtZ = _lower_times(F, F.transpose(1, 0, 2))              # Z_j'Z_j = F_j F_j'
+        ZtW = _lower_times(F, G)                                  # Z_j'W_j = F_j G_j
+        # W_j'W_j = E_j'E_j + G_j'G_j (a sum of positive semi-definite terms): W'W
+        # (group-weighted under survey weights) without another pass over the rows
+        Gw = G if group_w is None else G * np.sqrt(group_w)
+        Gf = Gw.transpose(1, 0, 2).reshape(p + 1, q * m)
+        WtW = within + Gf @ Gf.T
     else:
         ZtZ, ZtW = np.zeros((0, 0, m)), np.zeros((0, p + 1, m))
-        Q, F, G = np.zeros((n, 0)), None, None
+        F = G = None
         within = None
-        Wg = Wt if gscale is None else Wt * gscale
-        WtW = Wg.T @ Wg
     st = SufficientStats(ZtZ=ZtZ, ZtW=ZtW, WtW=WtW, nobs=n, k_fe=p,
                          within=WtW if within is None else within, root=F, proj=G,
-                         group_weights=group_w, weight_nobs=weight_nobs, log_weight_sum=log_w)
+                         group_weights=group_w, weight_nobs=weight_nobs, log_weight_sum=log_w,
+                         column_gram=gram)
     return st, Reparametrization(D, T), Q
 
 
-#: Rows per block of :func:`_qr_statistics` (blocks end at group boundaries).
-_ROW_BLOCK = 1 << 16
+def _lower_times(F: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """F_j B_j for lower-triangular F (q, q, m) and B (q, r, m), over the tiny q only."""
+    q = F.shape[0]
+    out = np.zeros((q,) + B.shape[1:])
+    for a in range(q):
+        for k in range(a + 1):
+            out[a] += F[a, k] * B[k]
+    return out
 
 
-def _qr_statistics(Z: np.ndarray, W: np.ndarray, starts: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Q, F (:func:`group_qr`), G = Q_j'W_j and sum_j E_j'E_j, block by block of rows.
+def _w_times(X: np.ndarray, y: np.ndarray, rows: slice | np.ndarray,
+             D: np.ndarray) -> np.ndarray:
+    """[X y] D at ``rows`` (a slice or indices), with contiguous columns.
 
-    The same computations as :func:`group_qr`, :func:`~sm_hlm.engine.linalg.group_crossprod`
-    and :func:`_within_crossprod` on blocks of whole groups of about
-    ``_ROW_BLOCK`` rows, so that every row-sized temporary stays in the CPU cache.
+    D is upper triangular, so that X D[:p] gives every column and y adds D[p, p] y
+    to the last one only: no copy of [X y] is formed.
     """
-    n, q = Z.shape
-    m, r = len(starts), W.shape[1]
-    bounds = np.unique(np.append(starts[np.searchsorted(starts, np.arange(0, n, _ROW_BLOCK))],
-                                 n))
-    if len(bounds) <= 2:                       # one block
-        codes = np.repeat(np.arange(m), np.diff(np.append(starts, n)))
-        Q, F, _ = group_qr(Z, starts, codes)
-        G = group_crossprod(Q, W, starts)
-        return Q, F, G, _within_crossprod(W, Q, G, starts)
-    Q = np.empty((n, q), order="F")
-    F = np.empty((q, q, m))
-    G = np.empty((q, r, m))
-    within = np.zeros((r, r))
-    g_lo = np.searchsorted(starts, bounds)     # first group of each block
-    for a, b, ga, gb in zip(bounds[:-1], bounds[1:], g_lo[:-1], g_lo[1:]):
-        st = starts[ga:gb] - a
-        codes = np.repeat(np.arange(gb - ga), np.diff(np.append(st, b - a)))
-        Qb, Fb, _ = group_qr(Z[a:b], st, codes)
-        Wb = W[a:b]
-        Gb = group_crossprod(Qb, Wb, st)
-        Q[a:b] = Qb
-        F[:, :, ga:gb] = Fb
-        G[:, :, ga:gb] = Gb
-        within += _within_crossprod(Wb, Qb, Gb, st)
-    return Q, F, G, within
+    p = X.shape[1]
+    out = (D[:p].T @ _take_rows(X, rows).T).T
+    out[:, p] += D[p, p] * y[rows]
+    return out
+
+
+def _take_rows(A: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
+    """``A[rows]``; for indices one column at a time (a gather from each contiguous
+    column is several times faster than from the rows of a column-major array)."""
+    if isinstance(rows, slice):
+        return A[rows]
+    out = np.empty((len(rows), A.shape[1]), order="F")
+    for i in range(A.shape[1]):                      # the few columns
+        np.take(A[:, i], rows, out=out[:, i])
+    return out
 
 
 def _within_crossprod(W: np.ndarray, Q: np.ndarray, G: np.ndarray,
@@ -452,11 +537,13 @@ def _within_crossprod(W: np.ndarray, Q: np.ndarray, G: np.ndarray,
     counts = np.diff(np.append(starts, n))
     E = np.empty((n, r), order="F")
     buf = np.empty(n)
+    q = Q.shape[1]
     for c in range(r):
-        E[:, c] = W[:, c]
-        for k in range(Q.shape[1]):                              # the tiny q dimension
+        if not q:
+            E[:, c] = W[:, c]
+        for k in range(q):                                       # the tiny q dimension
             np.multiply(Q[:, k], np.repeat(G[k, c], counts), out=buf)
-            E[:, c] -= buf
+            np.subtract(W[:, c] if k == 0 else E[:, c], buf, out=E[:, c])
     return E.T @ E
 
 
@@ -477,12 +564,19 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
     if not q:
         rw = r if sw is None else r * sw
         return float(rw @ rw), 0.0
-    g = group_crossprod(Q, r[:, None], starts)                  # (q, 1, m)
-    if sw is None:
-        e2 = float(_within_crossprod(r[:, None], Q, g, starts)[0, 0])
-    else:
-        e2 = float(_within_crossprod((r * sw)[:, None], Q, g * np.sqrt(group_weights),
-                                     starts)[0, 0])
+    m = len(starts)
+    g = np.empty((q, 1, m))                                      # Q_j'r_j
+    e2 = 0.0
+    for a, b, ga, gb in _group_blocks(starts, n):      # blocks of whole groups, in cache
+        st = starts[ga:gb] - a
+        rb, Qb = r[a:b, None], Q[a:b]
+        gj = group_crossprod(Qb, rb, st)
+        g[:, :, ga:gb] = gj
+        if sw is None:
+            e2 += float(_within_crossprod(rb, Qb, gj, st)[0, 0])
+        else:
+            e2 += float(_within_crossprod(rb * sw[a:b, None], Qb,
+                                          gj * np.sqrt(group_weights[ga:gb]), st)[0, 0])
     K = np.einsum("bam,bc->acm", F, lam)
     M = np.einsum("acm,bcm->abm", K, K)
     M[np.arange(q), np.arange(q)] += 1.0
@@ -536,7 +630,7 @@ class ProfiledDeviance:
         self.reparam = reparam if reparam is not None else Reparametrization.identity(p, q)
         self.theta_index = theta_index
         w = self.work
-        m = w.ZtZ.shape[2] if q else 0
+        m = w.n_groups if q else 0
         self._q, self._m, self._p = q, m, p
         if q and w.root is not None:
             F, G = w.root, w.proj
@@ -965,8 +1059,9 @@ class ProfiledDeviance:
         full = np.all(F[np.arange(q), np.arange(q)] > 0, axis=0)
         if full.sum() < q + 2:
             return ident
-        Ff = F[:, :, full]
-        g = np.einsum("arm,r->am", self._G[:, :, full], u)
+        every = bool(full.all())                  # no copies of F and G then
+        Ff = F if every else F[:, :, full]
+        g = np.einsum("arm,r->am", self._G if every else self._G[:, :, full], u)
         b = np.zeros_like(g)
         for i in range(q - 1, -1, -1):      # back-solve R_j b_j = g_j (R_j = F_j')
             v = g[i] - (np.einsum("km,km->m", Ff[i + 1:, i], b[i + 1:]) if i < q - 1 else 0.0)

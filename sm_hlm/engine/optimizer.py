@@ -336,7 +336,8 @@ def _newton_step(x: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndarray,
 
 
 def _newton_polish(obj: _Counted, x: np.ndarray, f: float, lower: np.ndarray,
-                   upper: np.ndarray, *, tol: float, max_iter: int = 30
+                   upper: np.ndarray, *, tol: float, max_iter: int = 30,
+                   g: np.ndarray | None = None, H: np.ndarray | None = None
                    ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """Projected, eigenvalue-modified Newton iterations with backtracking.
 
@@ -344,10 +345,13 @@ def _newton_polish(obj: _Counted, x: np.ndarray, f: float, lower: np.ndarray,
     V |Lambda| V' (eigenvalues floored at 1e-10 of the largest), so a step
     always descends, also away from a saddle point; steps are projected on
     the box and halved until the objective decreases.  Stops when the
-    verdict holds, no step decreases the objective, or after ``max_iter``.
+    verdict holds, no step decreases the objective, or after ``max_iter``.  ``g`` and
+    ``H``, when given, are the gradient and Hessian at ``x`` (not computed again).
     """
-    g = obj.grad(x)
-    H = _hessian_from_gradient(obj.grad, x, lower, upper)
+    if g is None:
+        g = obj.grad(x)
+    if H is None:
+        H = _hessian_from_gradient(obj.grad, x, lower, upper)
     for _ in range(max_iter):
         if kkt_verdict(x, g, H, lower, upper, tol=tol)[0]:
             break
@@ -532,7 +536,7 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
     if not ok:
         # a modified Newton polish: handles the ill-conditioning (variance ratios of 1e6)
         # and the saddle points that quasi-Newton and BOBYQA stop at
-        x2, f2, g2, H2 = _newton_polish(obj, x, f, lower, upper, tol=tol)
+        x2, f2, g2, H2 = _newton_polish(obj, x, f, lower, upper, tol=tol, g=g, H=H)
         if f2 < f:
             notes.append(f"a Newton polish improved the objective by {f - f2:.3g}")
             x, f, g, H = x2, f2, g2, H2

@@ -19,14 +19,16 @@ __all__ = ["dmatrices_fast", "dmatrix_fast"]
 
 #: rows handed to patsy to build the DesignInfo on the direct path
 _HEAD = 8
-#: DesignInfos of the direct path by (formula, column names and dtypes): with numeric
-#: columns only they depend on nothing else, so a repeated formula skips patsy entirely
+#: DesignInfos of the direct path by formula: when every factor is a bare name of a
+#: numeric column they depend on nothing else, and :func:`_numeric_columns` checks that
+#: again on every frame (another frame's non-numeric or missing column goes to patsy),
+#: so a repeated formula skips patsy entirely
 _CACHE: dict[tuple, tuple] = {}
 _CACHE_SIZE = 64
 
 
 def _key(kind: str, formula: str, frame: pd.DataFrame) -> tuple:
-    return (kind, formula, tuple(map(str, frame.columns)), tuple(map(str, frame.dtypes)))
+    return (kind, formula)
 
 
 def _remember(key: tuple, infos: tuple) -> None:
@@ -37,28 +39,29 @@ def _remember(key: tuple, infos: tuple) -> None:
 
 def _numeric_columns(info: Any, frame: pd.DataFrame) -> np.ndarray | None:
     """The design matrix of ``info`` on ``frame`` when its factors are numeric columns."""
-    cols = []
+    if len(info.terms) != len(info.column_names) or frame.columns.duplicated().any():
+        return None
+    factors = []
     for term in info.terms:
-        vals = None
+        names = []
         for f in term.factors:
             fi = info.factor_infos[f]
             name = f.name()
             if (fi.type != "numerical" or fi.num_columns != 1 or name not in frame.columns
-                    or frame.columns.duplicated().any()):
+                    or frame[name].dtype.kind not in "fiu"):
                 return None
-            s = frame[name]
-            if s.dtype.kind not in "fiu":
-                return None
-            v = s.to_numpy(dtype=float)
-            vals = v if vals is None else vals * v
-        if vals is None:
-            vals = np.ones(len(frame))
-        cols.append(vals)
-    if len(cols) != len(info.column_names):
-        return None
-    out = np.empty((len(frame), len(cols)), order="F")       # pandas' own block layout
-    for i, v in enumerate(cols):
-        out[:, i] = v
+            names.append(name)
+        factors.append(names)
+    # every column written in place (products of the data's columns): no temporaries
+    out = np.empty((len(frame), len(factors)), order="F")       # pandas' own block layout
+    for i, names in enumerate(factors):
+        col = out[:, i]
+        if not names:
+            col.fill(1.0)
+            continue
+        np.copyto(col, frame[names[0]].to_numpy(), casting="unsafe")
+        for name in names[1:]:
+            np.multiply(col, frame[name].to_numpy(), out=col, casting="unsafe")
     return out
 
 

@@ -8,8 +8,10 @@ them chunk by chunk and fits on the client:
   (moments for the working coordinates, then the statistics) and the model
   fitted from the summed statistics (:class:`SummedHLM`);
 * :mod:`sm_hlm.scale.dask` -- the same passes on a Dask DataFrame (workers
-  compute, a tree reduction sums the partial statistics of groups spread over
-  partitions); ``HLM.from_formula(formula, data=dask_dataframe)`` lands here;
+  compute; buckets of whole groups, each summed by a tree reduction, reduced to
+  the per-group roots and kept on the cluster; BLUPs, fitted values and
+  residuals are lazy Dask collections); ``HLM.from_formula(formula,
+  data=dask_dataframe)`` lands here;
 * :mod:`sm_hlm.scale.parquet` -- out of core on one machine from a parquet file
   or directory (pyarrow record batches, a tqdm progress bar).
 """

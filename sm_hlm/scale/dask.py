@@ -13,12 +13,16 @@ partials at a time) built from :func:`dask.delayed`:
    otherwise one pass of ``unique``), so that every partition builds the same
    design;
 1. column moments, for the working coordinates (see :mod:`sm_hlm.scale.stats`);
-2. per-group partial statistics; partials of a group spread over several
-   partitions are summed when two partials meet in the tree.
+2. per-group partial statistics, split by a hash of the group label into
+   buckets; each bucket's pieces are summed by its own tree (partials of a group
+   spread over several partitions meet there), reduced to the per-group roots
+   F_j and G_j where the bucket lives, and persisted on the cluster.
 
-Only the per-group statistics (m groups x a few numbers) reach the client.
-Storing the data clustered by group (e.g. sorted by the group column) keeps
-every partial small.
+The client receives the roots' numbers only (m groups x a few numbers, no
+labels) and optimises.  The BLUPs are computed per bucket on the workers and
+the fitted values and residuals join the rows to them: lazy Dask collections
+(:class:`DaskHLMResults`).  Storing the data clustered by group (e.g. sorted by
+the group column) keeps every partial small.
 """
 from __future__ import annotations
 
@@ -28,9 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .stats import (ChunkDesign, Moments, Partial, SummedHLM, SummedHLMResults, chunk_moments,
-                    chunk_partial, combine_moments, combine_partials, stats_from_partial,
-                    working_maps)
+from .stats import (ChunkDesign, GroupRoots, Moments, SummedHLM, SummedHLMResults,
+                    bucket_roots, chunk_moments, chunk_partial, combine_moments, combine_pieces,
+                    split_partial, stats_from_roots, working_maps)
 
 __all__ = ["DaskHLM", "DaskHLMResults", "from_dask", "is_dask_collection"]
 
@@ -90,34 +94,126 @@ def _levels(ddf, design_cols: list[str], response: str, group: str) -> dict[str,
 
 
 class DaskHLM(SummedHLM):
-    """:class:`~sm_hlm.scale.stats.SummedHLM` whose rows are a Dask DataFrame."""
+    """:class:`~sm_hlm.scale.stats.SummedHLM` whose rows are a Dask DataFrame.
 
-    def fit(self, *args: Any, **kwargs: Any) -> "DaskHLMResults":
-        res = super().fit(*args, **kwargs)
-        out = DaskHLMResults.__new__(DaskHLMResults)
-        out.__dict__.update(res.__dict__)
-        return out
+    The per-group statistics stay on the cluster, reduced to their roots in
+    buckets of whole groups (``roots``: persisted Dask objects, one per bucket);
+    the client holds the roots' numbers only (no labels) while it optimises.
+    """
+
+    _client_blups = False
+
+    def __init__(self, *args: Any, roots: list[Any] = (), group_dtype: Any = None,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.roots = list(roots)
+        self.group_dtype = group_dtype
+
+    def _results(self, fit: Any) -> "DaskHLMResults":
+        return DaskHLMResults(self, fit)
+
+
+class _FixedLambda:
+    """Lambda at the fitted theta (picklable, for the workers)."""
+
+    def __init__(self, lam: np.ndarray):
+        self.lam = lam
+
+    def __call__(self, theta: np.ndarray) -> np.ndarray:
+        return self.lam
+
+
+def _bucket_blups(roots: GroupRoots, fit: dict[str, Any]) -> pd.DataFrame:
+    """The BLUPs of one bucket's groups, on the worker that holds the bucket."""
+    from ..engine.deviance import ProfiledDeviance
+    st = stats_from_roots(fit["design"], roots.F, roots.Gt, fit["WtW"], fit["n"],
+                          within=fit["within"])
+    dev = ProfiledDeviance(st, _FixedLambda(fit["lam"]), reml=fit["reml"],
+                           reparam=fit["reparam"], theta_index=fit["theta_index"])
+    b, _ = dev.conditional_modes(fit["theta"], fit["beta"])
+    return pd.DataFrame(b, index=roots.labels, columns=fit["names"])
+
+
+def _fitted_chunk(chunk: pd.DataFrame, design: ChunkDesign, beta: np.ndarray,
+                  bcols: list[str], resid: bool) -> pd.Series:
+    """X beta + Z b_j (or y minus it) of the complete rows of a chunk joined to its BLUPs."""
+    index = chunk.index
+    chunk = chunk.set_axis(pd.RangeIndex(len(chunk)))        # positions: the index may repeat
+    y, X, Z, _, _ = design.build(chunk)
+    kept = design.prepare(chunk)[0].index.to_numpy()
+    b = chunk[bcols].to_numpy(dtype=float)[kept]
+    b[np.isnan(b)] = 0.0                                       # a group not in the fit
+    fit = X @ beta + np.einsum("ik,ik->i", Z, b)
+    return pd.Series(y - fit if resid else fit, index=index[kept],
+                     name="resid" if resid else "fitted")
 
 
 class DaskHLMResults(SummedHLMResults):
-    """Results of a :class:`DaskHLM`; row-level results are lazy Dask collections."""
+    """Results of a :class:`DaskHLM`: results per group or per row are lazy Dask collections.
+
+    ``random_effects`` (one row per group, indexed by the group label) is computed
+    on the workers from the buckets of group roots; ``fittedvalues`` and ``resid``
+    join the rows to it (a Dask merge on the group column) and are computed per
+    partition.  Nothing is gathered to the client until ``.compute()``.
+    """
+
+    def _fit_args(self) -> dict[str, Any]:
+        m = self.model
+        theta = np.asarray(self.theta, dtype=float)
+        dev = m.deviance_function(reml=self.reml)
+        return {"design": m.design, "WtW": m._work.WtW, "n": m._work.nobs,
+                "within": dev._within, "lam": m.re_design.lambda_(theta),
+                "reml": self.reml, "reparam": m._reparam,
+                "theta_index": m.re_design.lambda_index, "theta": theta,
+                "beta": self.fe_params.to_numpy(), "names": list(m.re_design.names)}
+
+    @functools.cached_property
+    def random_effects(self):
+        """BLUPs b_j, a lazy Dask DataFrame indexed by group (one partition per bucket)."""
+        dask = _require_dask()
+        import dask.dataframe as dd
+        m = self.model
+        args = dask.delayed(self._fit_args(), pure=True)
+        names = list(m.re_design.names)
+        meta = pd.DataFrame({c: pd.Series(dtype=float) for c in names},
+                            index=pd.Index([], dtype=m.group_dtype, name=m.group_name))
+        parts = [dask.delayed(_bucket_blups)(r, args) for r in m.roots]
+        return dd.from_delayed(parts, meta=meta, verify_meta=False)
+
+    def _rows(self, resid: bool):
+        m = self.model
+        ddf = m.source
+        bcols = [f"__b{k}__" for k in range(m.k_re)]
+        re = self.random_effects.rename(columns=dict(zip(m.re_design.names, bcols)))
+        joined = ddf.merge(re, left_on=m.group_name, right_index=True, how="left")
+        name = "resid" if resid else "fitted"
+        return joined.map_partitions(_fitted_chunk, m.design, self.fe_params.to_numpy(), bcols,
+                                     resid, meta=pd.Series(dtype=float, name=name))
+
+    def fittedvalues_of(self, chunk: pd.DataFrame, *, include_re: bool = True) -> pd.Series:
+        """Not for a Dask fit: its BLUPs live on the cluster (see :attr:`fittedvalues`)."""
+        raise NotImplementedError(
+            "the BLUPs of a Dask fit live on the cluster: use the lazy .fittedvalues and .resid "
+            "(Dask Series), or .random_effects.compute() to bring the BLUPs to the client")
+
+    def resid_of(self, chunk: pd.DataFrame) -> pd.Series:
+        """Not for a Dask fit (see :attr:`resid`)."""
+        return self.fittedvalues_of(chunk)
 
     @property
     def fittedvalues(self):
-        """X beta + Z b_j per row, a lazy Dask Series (partitions as the data)."""
-        ddf = self.model.source
-        return ddf.map_partitions(self.fittedvalues_of, meta=pd.Series(dtype=float,
-                                                                          name="fitted"))
+        """X beta + Z b_j per complete row, a lazy Dask Series indexed as the data."""
+        return self._rows(False)
 
     @property
     def resid(self):
-        """Conditional residuals, a lazy Dask Series."""
-        ddf = self.model.source
-        return ddf.map_partitions(self.resid_of, meta=pd.Series(dtype=float, name="resid"))
+        """Conditional residuals y - X beta - Z b_j, a lazy Dask Series."""
+        return self._rows(True)
 
 
 def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = None,
-              missing: str = "drop", split_every: int = 8, **kwargs: Any) -> DaskHLM:
+              missing: str = "drop", split_every: int = 8, n_buckets: int | None = None,
+              **kwargs: Any) -> DaskHLM:
     """A model whose sufficient statistics are computed on Dask workers.
 
     Parameters
@@ -134,6 +230,10 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
         ``"drop"`` rows with missing values in a used column, or ``"raise"``.
     split_every
         Fan-in of the tree reductions.
+    n_buckets
+        Buckets of whole groups the statistics are reduced into (they stay on the
+        cluster, one persisted object each); default: the number of partitions,
+        at most 64.
 
     Returns
     -------
@@ -150,6 +250,8 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
         raise TypeError(f"from_dask() got unexpected keyword argument(s) {bad}")
     if int(split_every) < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every!r}")
+    if n_buckets is not None and int(n_buckets) < 1:
+        raise ValueError(f"n_buckets must be a positive integer, got {n_buckets!r}")
     # the design is built from the first partition's rows (more partitions only if it is tiny)
     sample = data.head(1000, npartitions=1, compute=True)
     if len(sample) < 50 and data.npartitions > 1:
@@ -171,7 +273,39 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
     mom = _tree(dask, [dask.delayed(chunk_moments)(design, p) for p in parts],
                 _fold_moments, split_every).compute()
     rp = working_maps(design, mom)
-    total = _tree(dask, [dask.delayed(chunk_partial)(design, rp, p) for p in parts],
-                  combine_partials, split_every).compute()
-    st, labels = stats_from_partial(design, total)
-    return DaskHLM(design, st, rp, labels, n_dropped=mom.dropped, source=data)
+    # the per-group statistics in buckets of whole groups (a hash of the label): each
+    # bucket's pieces are summed by a tree, reduced to their roots where they are, and kept
+    # on the cluster; the client receives the roots' numbers only
+    k = max(1, min(int(n_buckets), data.npartitions)) if n_buckets else \
+        max(1, min(64, data.npartitions))
+    pieces = [dask.delayed(split_partial, nout=k)(dask.delayed(chunk_partial)(design, rp, p), k)
+              for p in parts]
+    roots = [dask.delayed(bucket_roots)(design, _tree(dask, [pc[b] for pc in pieces],
+                                                      combine_pieces, split_every))
+             for b in range(k)]
+    roots = list(dask.persist(*roots))
+    sizes = dask.compute(*[dask.delayed(_root_totals)(r) for r in roots])
+    q, r = design.q, design.k_fe + 1
+    m = sum(s[0] for s in sizes)
+    F = np.empty((q, q, m))
+    Gt = np.empty((r, q, m))
+    pos = 0
+    for root, (mk, _, _) in zip(roots, sizes):       # one bucket at a time: no second copy
+        Fk, Gk = dask.compute(dask.delayed(_root_arrays)(root))[0]
+        F[:, :, pos:pos + mk] = Fk
+        Gt[:, :, pos:pos + mk] = Gk
+        pos += mk
+        del Fk, Gk
+    if not m:
+        raise ValueError("empty data: no complete rows")
+    st = stats_from_roots(design, F, Gt, sum(s[1] for s in sizes), int(sum(s[2] for s in sizes)))
+    return DaskHLM(design, st, rp, None, n_dropped=mom.dropped, source=data, roots=roots,
+                   group_dtype=sample[group].dtype)
+
+
+def _root_totals(roots: GroupRoots) -> tuple[int, np.ndarray, int]:
+    return roots.F.shape[2], roots.WtW, roots.n
+
+
+def _root_arrays(roots: GroupRoots) -> tuple[np.ndarray, np.ndarray]:
+    return roots.F, roots.Gt

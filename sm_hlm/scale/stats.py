@@ -42,8 +42,9 @@ from ..exceptions import IdentificationError
 from ..formula.parse import RandomTermSpec, parse_formula
 from ..engine.linalg import sequential_rank_cholesky
 
-__all__ = ["ChunkDesign", "Moments", "Partial", "SummedHLM", "SummedHLMResults",
-           "combine_moments", "combine_partials", "working_maps"]
+__all__ = ["ChunkDesign", "GroupRoots", "Moments", "Partial", "SummedHLM", "SummedHLMResults",
+           "bucket_roots", "combine_moments", "combine_partials", "combine_pieces",
+           "split_partial", "stats_from_roots", "working_maps"]
 
 #: patsy transforms whose state comes from the whole data (a chunk would give its own)
 _STATEFUL = ("center", "standardize", "scale", "bs", "cr", "cc", "te")
@@ -352,6 +353,65 @@ def stats_from_partial(design: ChunkDesign, part: Partial) -> tuple[SufficientSt
     return st, frame.index[order]
 
 
+# ------------------------------------------------------------------ buckets of whole groups
+def split_partial(part: Partial, n_buckets: int) -> list[Partial]:
+    """The partial statistics by bucket of groups (a hash of the group label).
+
+    Every chunk sends a group to the same bucket, so that reducing each bucket's
+    pieces gives whole groups.  W'W and the row count go with bucket 0.
+    """
+    if n_buckets == 1:
+        return [part]
+    frame = part.groups
+    bucket = pd.util.hash_array(frame.index.to_numpy()) % np.uint64(n_buckets)
+    zero = np.zeros_like(part.WtW)
+    return [Partial(frame[bucket == k], part.WtW if k == 0 else zero, part.n if k == 0 else 0)
+            for k in range(n_buckets)]                   # a loop over buckets, not groups
+
+
+def combine_pieces(parts: list[Partial]) -> Partial:
+    """Sum partial statistics that may be empty (pieces of one bucket)."""
+    frames = [p.groups for p in parts if len(p.groups)]
+    if not frames:
+        frame = parts[0].groups
+    elif len(frames) == 1:
+        frame = frames[0]
+    else:
+        frame = pd.concat(frames).groupby(level=0, sort=False).sum()
+    return Partial(frame, sum(p.WtW for p in parts), sum(p.n for p in parts))
+
+
+@dataclass(frozen=True)
+class GroupRoots:
+    """The per-group roots of one bucket of whole groups (working coordinates).
+
+    ``labels`` (sorted), F (q, q, m_k) with F_j F_j' = Z~_j'Z~_j, ``Gt`` (r, q, m_k)
+    the projections G_j = F_j^{-1} Z~_j'W~_j laid out as the blocked kernels read
+    them, and the bucket's share of W~'W~ and of the row count.
+    """
+
+    labels: pd.Index
+    F: np.ndarray
+    Gt: np.ndarray
+    WtW: np.ndarray
+    n: int
+
+
+def bucket_roots(design: ChunkDesign, part: Partial) -> GroupRoots:
+    """Roots of the summed statistics of one bucket (computed where the bucket lives)."""
+    from ..engine.deviance import root_factors
+    st, labels = stats_from_partial(design, part)
+    F, G, _ = root_factors(st.ZtZ, st.ZtW)
+    return GroupRoots(labels, F, np.ascontiguousarray(G.transpose(1, 0, 2)), part.WtW, part.n)
+
+
+def stats_from_roots(design: ChunkDesign, F: np.ndarray, Gt: np.ndarray, WtW: np.ndarray,
+                     n: int, *, within: np.ndarray | None = None) -> SufficientStats:
+    """:class:`~sm_hlm.engine.deviance.SufficientStats` holding the roots only."""
+    return SufficientStats(ZtZ=None, ZtW=None, WtW=WtW, nobs=n, k_fe=design.k_fe,
+                           within=within, root=F, proj=Gt.transpose(1, 0, 2))
+
+
 # ------------------------------------------------------------------ the model
 class SummedHLM:
     """A two-level model known through its summed statistics only.
@@ -361,8 +421,11 @@ class SummedHLM:
     client.  The estimates are those of :class:`sm_hlm.HLM` on the same rows.
     """
 
+    #: the BLUPs are computed on the client at the end of :meth:`fit`
+    _client_blups = True
+
     def __init__(self, design: ChunkDesign, stats: SufficientStats, reparam: Reparametrization,
-                 group_labels: pd.Index, *, n_dropped: int = 0, source: Any = None):
+                 group_labels: pd.Index | None, *, n_dropped: int = 0, source: Any = None):
         self.design = design
         self.formula = design.formula
         self.re_design = design.re_design
@@ -370,8 +433,8 @@ class SummedHLM:
         self.endog_names = design.parsed.response
         self.k_fe, self.k_re = design.k_fe, design.q
         self.group_name = design.group
-        self.group_labels = group_labels
-        self.n_groups = len(group_labels)
+        self.group_labels = group_labels           # None: the labels stay on the cluster
+        self.n_groups = stats.n_groups
         self.nobs = float(stats.nobs)
         self.n_dropped = n_dropped
         self.source = source
@@ -424,13 +487,17 @@ class SummedHLM:
                                    ftol_abs=ftol_abs, xtol_abs=xtol_abs, maxeval=maxeval,
                                    names=rd.theta_names, skip_bobyqa=method == "lbfgs",
                                    gradient_first=method == "auto")
-        fit = build_fit(self, dev, record, reml=bool(reml), compute_vcomp_cov=False)
+        fit = build_fit(self, dev, record, reml=bool(reml), compute_vcomp_cov=False,
+                        blups=self._client_blups)
         if fit.singular_terms:
             warnings.warn("boundary (singular) fit: " + "; ".join(fit.singular_terms),
                           SingularFitWarning, stacklevel=2)
         if not fit.optimizer.converged:
             warnings.warn(f"the optimiser did not converge: {fit.optimizer.message}",
                           ConvergenceWarning, stacklevel=2)
+        return self._results(fit)
+
+    def _results(self, fit: Any) -> "SummedHLMResults":
         return SummedHLMResults(self, fit)
 
 
@@ -438,8 +505,9 @@ class SummedHLMResults:
     """Estimates of a :class:`SummedHLM` fit.
 
     The BLUPs (``random_effects``, one row per group) are computed on the client
-    from the per-group statistics.  Row-level results (fitted values,
-    residuals) are computed chunk by chunk from the source
+    from the per-group statistics (on the workers, lazily, for Dask:
+    :class:`sm_hlm.scale.dask.DaskHLMResults`).  Row-level results (fitted
+    values, residuals) are computed chunk by chunk from the source
     (:meth:`fittedvalues_of`; lazily for Dask).  What needs the rows of whole
     groups in memory (cluster-robust CR2 errors, residual structures,
     influence diagnostics, the Kenward-Roger and Satterthwaite corrections)
@@ -467,7 +535,9 @@ class SummedHLMResults:
         self.n_params = model.k_fe + model.re_design.n_theta + 1
         self.aic = -2.0 * self.llf + 2.0 * self.n_params
         self.bic = -2.0 * self.llf + np.log(self.nobs) * self.n_params
-        self.random_effects = pd.DataFrame(fit.blups, index=model.group_labels, columns=re_names)
+        if fit.blups is not None:
+            self.random_effects = pd.DataFrame(fit.blups, index=model.group_labels,
+                                               columns=re_names)
 
     def __getattr__(self, name: str) -> Any:
         from ..results import HLMResults

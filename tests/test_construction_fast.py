@@ -1,0 +1,123 @@
+"""The blocked construction path (issue 10): the same statistics and checks as before, cheaper."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sm_hlm
+import sm_hlm.engine.deviance as deviance_mod
+from sm_hlm import HLM
+from sm_hlm.crosslevel import Level2InRandomWarning
+from sm_hlm.data import _bad_mask, factorize_sorted, formula_variables, group_order
+from sm_hlm.simulate import simulate_nels
+
+FORMULA = "mscore ~ flp*ses + (ses|school)"
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return simulate_nels(n_schools=120, seed=5)
+
+
+def _stats(mod: HLM) -> list[np.ndarray]:
+    w = mod._work
+    return [w.WtW, w.within, w.root, w.proj, w.ZtZ, w.ZtW, mod._reparam.D, mod._reparam.T]
+
+
+def test_group_order_is_the_stable_sort() -> None:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 37, size=5000)
+    np.testing.assert_array_equal(group_order(codes, 37), np.argsort(codes, kind="stable"))
+    v = np.sort(rng.integers(5, 99, 400))                   # sorted labels: no hashing
+    c, lab = factorize_sorted(pd.Series(v))
+    rc, rl = pd.factorize(v, sort=True)
+    assert c.dtype == np.intp
+    np.testing.assert_array_equal(c, rc)
+    np.testing.assert_array_equal(lab.to_numpy(), rl)
+
+
+def test_shuffled_rows_give_the_same_statistics_and_fit(data) -> None:
+    shuffled = data.sample(frac=1.0, random_state=2)
+    a, b = HLM.from_formula(FORMULA, data), HLM.from_formula(FORMULA, shuffled)
+    assert a._sorted and not b._sorted
+    np.testing.assert_array_equal(b.group_codes[b._order],
+                                  np.sort(b.group_codes, kind="stable"))
+    for x, y in zip(_stats(a), _stats(b)):
+        np.testing.assert_allclose(y, x, rtol=1e-11, atol=1e-11)
+    ra, rb = a.fit(reml=False), b.fit(reml=False)
+    assert rb.llf == pytest.approx(ra.llf, rel=1e-12)
+    np.testing.assert_allclose(rb.fe_params, ra.fe_params, rtol=1e-9)
+
+
+@pytest.mark.parametrize("weights", [None, "precision", "survey"])
+def test_row_blocks_do_not_change_the_statistics(data, monkeypatch, weights) -> None:
+    """Blocks of whole groups (one group larger than a block) agree with one block."""
+    big = simulate_nels(n_schools=3, mean_size=300, seed=9)
+    big["school"] += 10_000
+    d = pd.concat([data, big], ignore_index=True).sample(frac=1.0, random_state=4)
+    kw = {}
+    if weights == "precision":
+        d["w"] = np.random.default_rng(3).uniform(0.5, 2.0, len(d))
+        kw = {"weights": "w"}
+    elif weights == "survey":
+        d["w1"] = np.random.default_rng(3).uniform(0.5, 2.0, len(d))
+        d["w2"] = d.groupby("school")["school"].transform(lambda s: 1.0 + (s.iloc[0] % 3))
+        kw = {"survey_weights": ["w1", "w2"]}
+    one = HLM.from_formula(FORMULA, d, **kw)
+    monkeypatch.setattr(deviance_mod, "_ROW_BLOCK", 97)
+    many = HLM.from_formula(FORMULA, d, **kw)
+    assert len(deviance_mod._group_blocks(many._starts, len(d))) > 20
+    for x, y in zip(_stats(one), _stats(many)):
+        np.testing.assert_allclose(y, x, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(many._work_q, one._work_q, rtol=1e-12, atol=1e-13)
+
+
+def test_rank_check_with_and_without_the_screen(data) -> None:
+    rng = np.random.default_rng(7)
+    n = len(data)
+    y, g = data["mscore"].to_numpy(), data["school"].to_numpy()
+    x = data["ses"].to_numpy()
+    noise = rng.normal(size=n)
+    # intercept first: the screen (working statistics) then the QR decide
+    ok = np.column_stack([np.ones(n), x, x + 1e-6 * noise])
+    HLM(y, ok, g)                                              # R's qr keeps the column
+    with pytest.raises(sm_hlm.IdentificationError, match="rank deficient"):
+        HLM(y, np.column_stack([np.ones(n), x, 2.0 * x - 1.0]), g)
+    # intercept last, or two constant columns: the QR path on the columns
+    with pytest.raises(sm_hlm.IdentificationError, match="rank deficient"):
+        HLM(y, np.column_stack([x, 3.0 * x, np.ones(n)]), g)
+    with pytest.raises(sm_hlm.IdentificationError, match="rank deficient"):
+        HLM(y, np.column_stack([np.ones(n), x, np.full(n, 2.0)]), g)
+    HLM(y, np.column_stack([x, np.ones(n)]), g)
+    # no constant column at all
+    with pytest.raises(sm_hlm.IdentificationError, match="rank deficient"):
+        HLM(y, np.column_stack([x + 5.0, 2.0 * x + 10.0]), g)
+
+
+def test_level2_warning_from_group_ranges(data) -> None:
+    d = data.assign(smean=data.groupby("school")["ses"].transform("mean"))
+    with pytest.warns(Level2InRandomWarning, match="smean"):
+        HLM.from_formula("mscore ~ smean + (smean | school)", d.sample(frac=1.0, random_state=1))
+    # within the tolerance (1e-10) it is still constant; a spread above it in one group is not
+    d2 = d.assign(smean=d["smean"] + 1e-12 * np.arange(len(d)) / len(d))
+    with pytest.warns(Level2InRandomWarning, match="smean"):
+        HLM.from_formula("mscore ~ smean + (smean | school)", d2)
+    d3 = d.copy()
+    d3.loc[d3.index[0], "smean"] += 1e-8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Level2InRandomWarning)
+        warnings.simplefilter("ignore", sm_hlm.SingularFitWarning)
+        HLM.from_formula("mscore ~ smean + (smean | school)", d3)
+
+
+def test_finite_screen_and_cached_formula_variables() -> None:
+    big = np.array([1e308, 1e308, 1.0])                     # the sum overflows, all finite
+    assert not _bad_mask(big).any()
+    bad = np.array([[1.0, np.nan], [np.inf, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(_bad_mask(bad), [True, True, False])
+    a = formula_variables("y ~ x + np.log(z)")
+    a.add("junk")
+    assert formula_variables("y ~ x + np.log(z)") == {"y", "x", "z"}
