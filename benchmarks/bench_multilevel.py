@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_info
 
-from sm_hlm.engine.fit import fit_theta
-from validation.multilevel_data import design, engine_terms, simulate_hierarchy
+from sm_hlm import HLM
+from validation.multilevel_data import simulate_hierarchy
 
 from .common import fmt_time, markdown_table, median_time
 
@@ -86,29 +86,18 @@ class SmFit:
 
 #: the engine's spelling of the two formulas: random terms (factor, columns,
 #: correlated) and fixed-effects columns (used until HLM.from_formula takes them)
-_ENGINE_SPECS = {
-    INSTEVAL: ([("s", ["1"], True), ("d", ["1"], True), ("dept", ["1"], True)],
-               ["1", "service"]),
-    THREE: ([("school", ["1", "x"], True), ("school:klass", ["1", "x"], True)],
-            ["1", "x", "sector", "tq", "x:sector"]),
-}
-
-
 def fit_sm_hlm(formula: str, df: pd.DataFrame, reml: bool) -> SmFit:
-    """Fit ``formula`` to ``df`` with sm_hlm, from the DataFrame to the optimum.
-
-    Today through the engine (:func:`sm_hlm.engine.fit.fit_theta`); to be switched
-    to ``HLM.from_formula(formula, df).fit(reml=reml)``.
-    """
-    spec, fixed = _ENGINE_SPECS[formula]
-    response = formula.split("~")[0].strip()
-    fit = fit_theta(engine_terms(df, spec), design(df, fixed), df[response].to_numpy(float),
-                    reml=reml)
-    dev = fit.deviance_function
+    """Fit ``formula`` to ``df`` with sm_hlm's public API, from the DataFrame to the
+    optimum: ``HLM.from_formula(formula, df).fit(reml=reml)`` (level codes, model
+    matrices, cross products, sparsity patterns, the optimiser and the logLik check)."""
+    res = HLM.from_formula(formula, df).fit(reml=reml, compute_vcomp_cov=False)
+    model = res.model
+    dev = model.deviance_function(reml=reml)
+    theta_w = res.theta / model._theta_scale()
 
     def set_pinned(on: bool) -> None:
         dev.pin_blas_threads = on
-    return SmFit(fit.deviance, fit.n_evals, lambda: dev(fit.theta), set_pinned)
+    return SmFit(-2.0 * res.llf, res.optimizer.n_evals, lambda: dev(theta_w), set_pinned)
 
 
 # --------------------------------------------------------------------- lme4

@@ -186,26 +186,87 @@ def fit_case(case: Case, df: pd.DataFrame, *, reml: bool, tight: bool) -> dict:
                 converged=bool(fit.optimizer.converged))
 
 
+def _lme4_fe_name(name: str) -> str:
+    """Our (patsy) fixed-effect name as lme4 prints it."""
+    if name == "Intercept":
+        return "(Intercept)"
+    return name.replace(" ** ", "^").replace("**", "^")
+
+
+def fit_case_api(case: Case, df: pd.DataFrame, *, reml: bool, tight: bool) -> dict:
+    """Fit ``case`` through the public API, ``HLM.from_formula(...).fit()``; the same
+    layout as :func:`fit_case` (terms on one factor, one block-diagonal term of the
+    model, are split into lme4's terms by the covariance they estimate)."""
+    import warnings
+
+    from sm_hlm import HLM, ConvergenceWarning
+
+    tol = dict(ftol_abs=1e-12, xtol_abs=1e-10) if tight else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)   # reported in "converged"
+        res = HLM.from_formula(case.formula_py, df).fit(reml=reml, **tol)
+    fe = res.fe_params.rename(index=_lme4_fe_name)
+    se = res.bse_fe.rename(index=_lme4_fe_name)
+    names = list(case.fixef_names)
+    scale = float(res.scale)
+    cov_re = res.cov_re if isinstance(res.cov_re, dict) else {
+        res.model.factor_names[0]: res.cov_re}
+    re = res.ranef(cond_var=True)
+    n_levels = [res.model.factors[f].n_levels for f, _, _ in case.random]
+    order = lme4_term_order(n_levels)
+    theta, varcorr = [], []
+    for k in order:
+        factor, cols, _ = case.random[k]
+        eff = ["Intercept" if c == "1" else c for c in cols]
+        cov = cov_re[factor].loc[eff, eff].to_numpy()
+        lam = np.linalg.cholesky(cov / scale) if np.all(np.diag(cov) > 0) else np.sqrt(
+            np.maximum(cov / scale, 0.0))
+        theta += [lam[i, j] for j in range(len(eff)) for i in range(j, len(eff))]
+        varcorr.append(cov)
+    ranef, condvar = {}, {}
+    for factor, cols, _ in case.random:
+        eff = ["Intercept" if c == "1" else c for c in cols]
+        lme4_eff = ["(Intercept)" if c == "1" else c for c in cols]
+        df_f = re[factor]
+        part = df_f[eff].rename(columns=dict(zip(eff, lme4_eff)))
+        ranef[factor] = pd.concat([ranef[factor], part], axis=1) if factor in ranef else part
+        key = tuple(lme4_eff)
+        cv = res.fit_result.blup_cov[[t.factor for t in res.model.re_terms].index(factor)]
+        idx = [list(res.model.re_terms[[t.factor for t in res.model.re_terms].index(
+            factor)].names).index(e) for e in eff]
+        condvar.setdefault(factor, {})[key] = cv[:, idx][:, :, idx]
+    for f in ranef:
+        ranef[f].index = ranef[f].index.astype(str)
+    return dict(llf=float(res.llf), fe_params=fe[names], bse_fe=se[names],
+                theta_lme4=np.array(theta), varcorr=varcorr, scale=scale, ranef=ranef,
+                condvar=condvar, converged=bool(res.converged))
+
+
 # ----------------------------------------------------------------- fixtures
 def _case_of(key: str) -> tuple[Case, bool]:
     name, method = key.rsplit("_", 1)
     return CASES[name], method == "REML"
 
 
-def fit_references() -> dict:
-    """Every reference fitted by :func:`fit_case`: key -> {"default": ..., "tight": ...}."""
+ADAPTERS = {"engine": fit_case, "api": fit_case_api}
+
+
+def fit_references(route: str = "engine") -> dict:
+    """Every reference fitted by an adapter: key -> {"default": ..., "tight": ...}."""
+    fit = ADAPTERS[route]
     out = {}
     for key in KEYS:
         case, reml = _case_of(key)
         df = load_case(case)
-        out[key] = {"default": fit_case(case, df, reml=reml, tight=False),
-                    "tight": fit_case(case, df, reml=reml, tight=True)}
+        out[key] = {"default": fit(case, df, reml=reml, tight=False),
+                    "tight": fit(case, df, reml=reml, tight=True)}
     return out
 
 
-@pytest.fixture(scope="module")
-def fits() -> dict:
-    return fit_references()
+@pytest.fixture(scope="module", params=sorted(ADAPTERS))
+def fits(request) -> dict:
+    """Both routes: the engine directly and the public ``HLM.from_formula`` API."""
+    return fit_references(request.param)
 
 
 def _vec(named: dict, names: list[str]) -> np.ndarray:
