@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RandomEffectsTerm", "RandomEffectsDesign"]
+__all__ = ["RandomEffectsTerm", "RandomEffectsDesign", "vcomp_objective"]
 
 #: lme4's tolerance for a singular fit (isSingular(tol = 1e-4)).
 SINGULAR_TOL = 1e-4
@@ -225,3 +225,26 @@ class RandomEffectsDesign:
                     rows.append(i)
                     cols.append(j)
         return np.array(rows, dtype=int), np.array(cols, dtype=int)
+
+
+def vcomp_objective(rd: Any, beta: np.ndarray, deviance_for: Any) -> Any:
+    """The deviance as a function of v = (vcomp, sigma^2, *rest), beta fixed.
+
+    ``deviance_for(rest)`` returns ``(ProfiledDeviance, extra)`` for the
+    remaining parameters (a residual structure's; ``extra`` is its log|R|).
+    NaN outside the valid region (sigma^2 <= 0 or Psi not positive definite).
+    """
+    k = len(rd.vcomp_index()[0])
+
+    def f(v: np.ndarray) -> float:
+        s = v[k]
+        if s <= 0:
+            return np.nan
+        try:
+            theta = rd.theta_from_cov(rd.cov_from_vcomp(v[:k]), s)
+            dev, extra = deviance_for(v[k + 1:])
+        except (np.linalg.LinAlgError, FloatingPointError):
+            return np.nan
+        return dev.deviance_at(theta, beta, s) + extra
+
+    return f

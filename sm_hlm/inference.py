@@ -30,6 +30,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .engine.numdiff import hessian_richardson, jacobian_richardson
+from .inference_base import _unwrap
 from .engine.deviance import LOG2PI, ProfiledDeviance, SufficientStats
 from .engine.linalg import group_crossprod
 from .engine.optimizer import minimize_bobyqa, minimize_deviance
@@ -52,25 +53,6 @@ __all__ = [
 _HESS_EIG_TOL = 1e-8
 #: clubSandwich's threshold on eigenvalues in its matrix powers (10^-12).
 _CS_EIG_TOL = 1e-12
-
-
-def _unwrap(results: Any, what: str = "this method", *,
-            structured: bool = False) -> "HLMResults":
-    """The HLMResults behind a statsmodels results wrapper.
-
-    Weighted fits are refused; so are fits with a residual structure unless
-    the caller handles them (``structured=True``).
-    """
-    res = getattr(results, "_results", results)
-    if getattr(res.model, "weight_type", None) is not None:
-        raise NotImplementedError(
-            f"{what} is implemented for unweighted models only, not with "
-            f"{res.model.weight_type} weights (see results.cov_fe_sandwich for robust SEs)")
-    if not structured and getattr(res.model, "_residual_kernel", None) is not None:
-        raise NotImplementedError(
-            f"{what} is implemented for independent residuals (V_j = Z_j Psi Z_j' + sigma^2 I) "
-            "only, not for models with a residual structure")
-    return res
 
 
 # =====================================================================
@@ -1090,7 +1072,7 @@ def bootstrap(results: Any, n: int, *, seed: int | None = None, progress: bool =
 def _bootstrap_structured(res: "HLMResults", n: int, rng: np.random.Generator, *,
                           progress: bool, alpha: float, seed: int | None) -> BootstrapResult:
     """The parametric bootstrap of a fit with a residual structure (see :func:`bootstrap`)."""
-    from .residual_fit import padded_residual_cov
+    from .residual_results import padded_residual_cov
 
     model = res.model
     fit = res.fit_result
@@ -1234,7 +1216,7 @@ def _structured_basis(res: "HLMResults") -> tuple[np.ndarray, np.ndarray, np.nda
     The padding has zero rows of X_j and e_j and the identity in V_j, so it
     adds nothing to any sum over the groups.
     """
-    from .residual_fit import padded_residual_cov
+    from .residual_results import padded_residual_cov
 
     model = res.model
     fit = res.fit_result

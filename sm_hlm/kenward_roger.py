@@ -347,7 +347,7 @@ def kr_adjust(core: KRCore, L: np.ndarray, beta: np.ndarray,
 
 def _reml_results(results: Any, what: str) -> tuple["HLMResults", bool]:
     """The REML fit behind ``results`` (refitted by REML for an ML fit, as pbkrtest)."""
-    from .inference import _unwrap
+    from .inference_base import _unwrap
 
     res = _unwrap(results, what)
     if res.fit_result.reml:
@@ -495,3 +495,12 @@ def kenward_roger(results: Any, L: Any = None, rhs: Any = 0.0, *,
                             "F unscaled": [adj.FstatU]})
     out.attrs["method"] = note
     return out
+
+
+def _kenward_roger_table(results: "HLMResults") -> pd.DataFrame:
+    """Kenward-Roger SEs and df for a summary; needs a REML fit (as lmerTest)."""
+    if not results.reml:
+        raise ValueError("ddf='kenward-roger' needs a REML fit: Kenward-Roger's adjustment is "
+                         "defined for REML estimates (lmerTest refuses ML fits too); refit with "
+                         "fit(reml=True), or call results.kenward_roger(), which refits by REML")
+    return results.kenward_roger()

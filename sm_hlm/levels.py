@@ -698,7 +698,7 @@ def _stat_columns(results: "HLMResults", spec: LevelsSpec, ddf: str | None) -> p
     elif key == "satterthwaite":
         df = results.satterthwaite()["df"].reindex(est.index)
     elif key in ("kenward-roger", "kenward_roger"):
-        from .summary import _kenward_roger_table
+        from .kenward_roger import _kenward_roger_table
         tab = _kenward_roger_table(results)
         df = tab["df"].reindex(est.index)
         se = tab["Std. Error"].reindex(est.index)

@@ -23,7 +23,7 @@ from .data import nonfinite_rows
 if TYPE_CHECKING:
     from .results import HLMResults
 
-__all__ = ["predict_new", "get_prediction", "NewDesign", "frame_design", "array_design"]
+__all__ = ["predict_new", "get_prediction", "predict_structured", "NewDesign", "frame_design", "array_design"]
 
 
 class NewDesign:
@@ -225,7 +225,7 @@ def _residual_variance(results: "HLMResults", exog: Any, residual_data: Any,
     kern = getattr(results.model, "_residual_kernel", None)
     if kern is None or not kern.has_by:
         return np.full(n, scale)
-    from .residual_fit import _natural, _new_values
+    from .residual_results import _natural, _new_values
     vals = _new_values(results, exog, residual_data, n)
     code = kern.by_code_of(vals["by"])
     if np.any(code < 0):
@@ -325,3 +325,93 @@ def _marginal_z(results: "HLMResults", exog: Any, exog_re: Any, d: NewDesign) ->
         raise TypeError(f"exog_re (columns {list(model.re_design.names)}) is needed for the "
                         "observation intervals of marginal predictions")
     return np.asarray(exog_re, dtype=float).reshape(len(d.X), -1)
+
+
+def predict_structured(results: "HLMResults", exog: Any, *, exog_re: Any = None,
+                       groups: Any = None, random: bool = True, residual_data: Any = None,
+                       correlated: bool = True, missing: str = "raise") -> pd.Series | np.ndarray:
+    """Predictions for new rows that account for the residual structure.
+
+    Notes
+    -----
+    For a new row i of a fitted group j the best linear predictor is
+
+        x_i' beta + z_i' b_j + Sigma_{i,j} Sigma_j^{-1} (y_j - X_j beta - Z_j b_j),
+
+    the last term the conditional mean of the new row's error given the
+    group's residuals (zero for independent errors, Phi^d times the last
+    residual for AR(1) forecasts d steps ahead).  ``correlated=False`` drops
+    it (nlme's ``predict``).  Rows of unseen groups get x_i' beta.
+    """
+    from .residual_results import _kernel, _natural, _new_values
+    from .whitening import _plain
+
+    model = results.model
+    kern = _kernel(results)
+    base = predict_new(results, exog, exog_re=exog_re, groups=groups, random=random,
+                       missing=missing)
+    if exog is None:
+        return base
+    if not (random and correlated and kern.kind != "identity"):
+        return base          # the residual structure does not enter: nothing to look up
+    pred = np.asarray(base, dtype=float).copy()
+    n_new = len(pred)
+    vals = _new_values(results, exog, residual_data, n_new)
+    s = kern.structure
+    if "index" not in vals:      # exchangeable rows without positions
+        key_new = np.full(n_new, -1.0)
+    elif kern.kind == "markov":
+        from .whitening import _numeric_time
+        key_new = _numeric_time(pd.Series(vals["index"], name=s.index_name), s)
+    else:
+        key_new = kern.slot_of(vals["index"])
+        if np.any(key_new < 0):
+            unseen = sorted(set(np.asarray(vals["index"])[key_new < 0].tolist()), key=str)
+            raise ValueError(
+                f"position(s) {unseen[:10]} of {s.index_name!r} in the new data were never "
+                f"seen in the fit (positions {[_plain(v) for v in kern.info.slot_labels]}): "
+                f"{s!r} has no correlation or variance for them")
+    if "by" in vals:
+        by_new = kern.by_code_of(vals["by"])
+        if np.any(by_new < 0):
+            unseen = sorted(set(np.asarray(vals["by"])[by_new < 0].tolist()), key=str)
+            raise ValueError(f"level(s) {unseen[:10]} of the variance covariate {s.by_name!r} "
+                             f"in the new data were never seen in the fit (levels "
+                             f"{[_plain(v) for v in kern.info.by_levels]})")
+    else:
+        by_new = np.zeros(n_new, dtype=np.intp)
+    if isinstance(exog, pd.DataFrame) and getattr(model, "fixed_design_info", None) is not None:
+        g_new = exog[model.group_name].to_numpy()
+    else:
+        if groups is None:
+            return base
+        g_new = np.asarray(groups)
+        if g_new.shape != (n_new,):
+            raise ValueError(f"groups has shape {g_new.shape} for {n_new} new rows")
+    codes = model.group_labels.get_indexer(pd.Index(g_new))
+    known = np.flatnonzero(codes >= 0)
+    if len(known) == 0:
+        return base
+    resid = model.endog - results._fitted_array
+    w = kern.solve(results.fit_result.residual_free, resid)          # R^-1 e, caller order
+    j = codes[known]
+    nr = kern.sizes[j]
+    rep = np.repeat(np.arange(len(known)), nr)
+    offs = np.arange(nr.sum()) - np.repeat(np.cumsum(nr) - nr, nr)
+    pos_sorted = kern.starts[j][rep] + offs
+    rows = kern.order[pos_sorted]
+    key_old = kern.key[rows]
+    if kern.kind == "dense":
+        key_old = key_old.astype(np.intp)
+        ka = key_new[known][rep].astype(np.intp)
+    else:
+        ka = key_new[known][rep]
+    c = kern.cov_rows(_natural(results), 1.0, ka, by_new[known][rep], key_old,
+                      kern.by_codes[rows])
+    pred[known] += np.bincount(rep, weights=c * w[rows], minlength=len(known))
+    if isinstance(base, pd.Series):
+        return pd.Series(pred, index=base.index, name=base.name)
+    return pred
+
+
+# ================================================================ summary

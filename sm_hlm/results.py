@@ -10,6 +10,7 @@ import statsmodels.base.wrapper as wrap
 from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
 from ._compat import cache_readonly
 
+from .design import vcomp_objective
 from .engine.deviance import ProfiledDeviance
 from .engine.optimizer import OptimizerRecord
 
@@ -59,29 +60,6 @@ class HLMFit:
     singular_terms: tuple[str, ...]
     residual_free: np.ndarray = field(default_factory=lambda: np.zeros(0))
     residual_free_cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-
-
-def vcomp_objective(rd: Any, beta: np.ndarray, deviance_for: Any) -> Any:
-    """The deviance as a function of v = (vcomp, sigma^2, *rest), beta fixed.
-
-    ``deviance_for(rest)`` returns ``(ProfiledDeviance, extra)`` for the
-    remaining parameters (a residual structure's; ``extra`` is its log|R|).
-    NaN outside the valid region (sigma^2 <= 0 or Psi not positive definite).
-    """
-    k = len(rd.vcomp_index()[0])
-
-    def f(v: np.ndarray) -> float:
-        s = v[k]
-        if s <= 0:
-            return np.nan
-        try:
-            theta = rd.theta_from_cov(rd.cov_from_vcomp(v[:k]), s)
-            dev, extra = deviance_for(v[k + 1:])
-        except (np.linalg.LinAlgError, FloatingPointError):
-            return np.nan
-        return dev.deviance_at(theta, beta, s) + extra
-
-    return f
 
 
 def _vcomp_cov(model: "HLM", dev: ProfiledDeviance, fit_beta: np.ndarray, cov_re: np.ndarray,
@@ -435,7 +413,7 @@ class HLMResults(LikelihoodModelResults):
             (and variance covariate) values, ``{name: values}``, when
             ``exog`` is not a DataFrame holding them; ``correlated`` adds
             the conditional mean of each new row's error given its group's
-            residuals (see :func:`sm_hlm.residual_fit.predict_structured`).
+            residuals (see :func:`sm_hlm.prediction.predict_structured`).
         missing
             New rows with a missing or infinite value in a variable used:
             ``"raise"`` (default) raises :class:`~sm_hlm.MissingDataError`
@@ -443,7 +421,7 @@ class HLMResults(LikelihoodModelResults):
             statsmodels' ``predict``).
         """
         if getattr(self.model, "_residual_kernel", None) is not None:
-            from .residual_fit import predict_structured
+            from .prediction import predict_structured
             return predict_structured(self, exog, exog_re=exog_re, groups=groups, random=random,
                                       residual_data=residual_data, correlated=correlated,
                                       missing=missing)
@@ -506,7 +484,7 @@ class HLMResults(LikelihoodModelResults):
     def marginal_cov(self, group: Any) -> pd.DataFrame:
         """Z_j Psi Z_j' + sigma^2 R_j of one group at the estimates (R_j = I by default)."""
         if getattr(self.model, "_residual_kernel", None) is not None:
-            from .residual_fit import marginal_cov
+            from .residual_results import marginal_cov
             return marginal_cov(self, group)
         return self.model.marginal_cov(group, self.fit_result.cov_re, self.scale)
 
@@ -516,7 +494,7 @@ class HLMResults(LikelihoodModelResults):
         if getattr(self.model, "weight_type", None) is not None:
             raise NotImplementedError("loglike_dense is an oracle for unweighted models")
         if getattr(self.model, "_residual_kernel", None) is not None:
-            from .residual_fit import loglike_dense
+            from .residual_results import loglike_dense
             return loglike_dense(self)
         from .groupwise import marginal_loglike_dense
         return marginal_loglike_dense(self.model, self.fit_result.fe_params,
@@ -528,7 +506,7 @@ class HLMResults(LikelihoodModelResults):
         """Residual structure parameters on their natural scale (Phi, Rho,
         correlations ``Corr(s,t)``, ``SD ratio(by=level)``); empty for
         independent errors."""
-        from .residual_fit import residual_params
+        from .residual_results import residual_params
         return residual_params(self)
 
     @cache_readonly
@@ -542,7 +520,7 @@ class HLMResults(LikelihoodModelResults):
         Intervals are Wald intervals on an unconstrained scale (2 atanh(Phi),
         Fisher's z, log SD ratio), transformed back, as nlme's ``intervals``.
         """
-        from .residual_fit import residual_param_table
+        from .residual_results import residual_param_table
         return residual_param_table(self, alpha=alpha)
 
     def conf_int_residual(self, alpha: float = 0.05) -> pd.DataFrame:
@@ -553,19 +531,19 @@ class HLMResults(LikelihoodModelResults):
     @cache_readonly
     def residual_boundary(self) -> list[str]:
         """Structure parameters that ran to the edge of their range (e.g. Phi -> 1)."""
-        from .residual_fit import boundary_params
+        from .residual_results import boundary_params
         return boundary_params(self)
 
     def residual_cov(self, group: Any, *, label: str = "row") -> pd.DataFrame:
         """Sigma_j = sigma^2 S_j R_j S_j of one group, labelled by row (or ``label="time"``)."""
-        from .residual_fit import residual_cov
+        from .residual_results import residual_cov
         return residual_cov(self, group, label=label)
 
     @cache_readonly
     def resid_normalized(self) -> pd.Series | np.ndarray:
         """Normalized residuals U_j^{-1}(y_j - X_j beta - Z_j b_j) / sigma with
         Sigma_j = sigma^2 U_j U_j' (nlme's ``type = "normalized"``)."""
-        from .residual_fit import resid_normalized
+        from .residual_results import resid_normalized
         return self._wrap_rows(resid_normalized(self), "resid_normalized")
 
     # ---------------------------------------- inference (sm_hlm.inference)

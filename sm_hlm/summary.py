@@ -8,6 +8,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.iolib import summary2
 
+from .kenward_roger import _kenward_roger_table
 from .report import DEFAULT_WIDTH, Section, abbreviate, render_html, render_latex, render_text
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def random_effects_table(results: "HLMResults") -> pd.DataFrame:
 
 
 def _residual_rows(results: "HLMResults") -> list[dict[str, Any]]:
-    from .residual_fit import residual_rows
+    from .residual_results import residual_rows
     return residual_rows(results)
 
 
@@ -140,15 +141,6 @@ def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
         return pd.DataFrame({"Coef.": est, "Std.Err.": se, "df": df, "t": stat, "P>|t|": p,
                              lo_name: est - crit * se, hi_name: est + crit * se})
     raise ValueError(f"ddf must be None, 'satterthwaite' or 'kenward-roger', got {ddf!r}")
-
-
-def _kenward_roger_table(results: "HLMResults") -> pd.DataFrame:
-    """Kenward-Roger SEs and df for a summary; needs a REML fit (as lmerTest)."""
-    if not results.reml:
-        raise ValueError("ddf='kenward-roger' needs a REML fit: Kenward-Roger's adjustment is "
-                         "defined for REML estimates (lmerTest refuses ML fits too); refit with "
-                         "fit(reml=True), or call results.kenward_roger(), which refits by REML")
-    return results.kenward_roger()
 
 
 #: lme4's ``getOption("lme4.summary.cor.max")``: the correlation of the fixed
@@ -273,5 +265,5 @@ def _weight_info(results: "HLMResults") -> dict[str, str]:
 
 def _structure_info(results: "HLMResults") -> dict[str, str]:
     """Extra lines for a residual structure (none for independent errors)."""
-    from .residual_fit import structure_info
+    from .residual_results import structure_info
     return structure_info(results)

@@ -171,7 +171,7 @@ def simulate(results: Any, nsim: int = 1, *, seed: Any = None,
 
 def _structured_errors(res: "HLMResults", nsim: int, rng: np.random.Generator) -> np.ndarray:
     """Errors e_j ~ N(0, sigma^2 S_j R_j S_j), all groups at once (padded to the largest)."""
-    from .residual_fit import padded_residual_cov
+    from .residual_results import padded_residual_cov
 
     rows, inside, S = padded_residual_cov(res)
     L = np.linalg.cholesky(S)

@@ -306,7 +306,7 @@ def sandwich_cov_vcomp(results: "HLMResults") -> np.ndarray:
     (k + 1) x (k + 1) matrix; the last row/column is sigma^2.
     """
     from .engine.numdiff import hessian_richardson
-    from .results import vcomp_objective
+    from .design import vcomp_objective
 
     fit = results.fit_result
     if fit.reml:

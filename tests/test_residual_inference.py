@@ -436,7 +436,7 @@ def test_bootstrap_structured_spread_is_sensible():
 
 
 def test_padded_residual_cov_equals_residual_cov_of_every_group():
-    from sm_hlm.residual_fit import padded_residual_cov
+    from sm_hlm.residual_results import padded_residual_cov
     for case in ("gls_un_REML", "gls_car1_ML", "lme_ri_het_ML"):
         res = fitted(case)
         rows, inside, S = padded_residual_cov(res)
