@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import statsmodels.base.wrapper as wrap
-from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
+from statsmodels.base.model import LikelihoodResultsWrapper
 from ._compat import cache_readonly
 
 from .design import vcomp_objective
+from .results_base import MixedResultsBase
 from .engine.deviance import ProfiledDeviance
 from .engine.optimizer import OptimizerRecord
 
@@ -121,7 +122,7 @@ def build_fit(model: "HLM", dev: ProfiledDeviance, record: OptimizerRecord, *, r
                   optimizer=record, singular_terms=tuple(rd.singular_terms(theta)))
 
 
-class HLMResults(LikelihoodModelResults):
+class HLMResults(MixedResultsBase):
     """Results of :meth:`sm_hlm.HLM.fit`.
 
     ``params`` holds the fixed effects followed by the free entries of the
@@ -225,68 +226,9 @@ class HLMResults(LikelihoodModelResults):
         return self.fit_result.cov_fe
 
     @cache_readonly
-    def llf(self) -> float:
-        return self.fit_result.llf
-
-    @cache_readonly
-    def deviance(self) -> float:
-        """-2 log-likelihood (ML) or the REML criterion (REML)."""
-        return -2.0 * self.llf
-
-    @cache_readonly
-    def aic(self) -> float:
-        return self.deviance + 2.0 * self.n_params
-
-    @cache_readonly
-    def bic(self) -> float:
-        return self.deviance + np.log(self.nobs) * self.n_params
-
-    # -------------------------------------------------------- fixed effects
-    @property
-    def _fe_names(self) -> list[str]:
-        return list(self.model.exog_names)
-
-    @cache_readonly
-    def fe_params(self) -> pd.Series:
-        return pd.Series(self.fit_result.fe_params, index=self._fe_names, name="fe_params")
-
-    @cache_readonly
-    def bse_fe(self) -> pd.Series:
-        """Standard errors of the fixed effects (of ``cov_type``'s covariance)."""
-        return pd.Series(np.sqrt(np.diag(self._cov_fe_used)), index=self._fe_names,
-                         name="bse_fe")
-
-    @cache_readonly
-    def pvalues(self) -> np.ndarray:
-        """Two-sided normal p-values of the fixed effects; NaN for the variance components.
-
-        A Wald test of a variance against zero is a test on the boundary of
-        its parameter space, with a wrong reference distribution; sm_hlm
-        reports none (so statsmodels' ``summary_col`` puts no stars on them).
-        Test variance components by :func:`sm_hlm.compare` (likelihood
-        ratio, chi-bar-square) or :meth:`conf_int_profile`.
-        """
-        p = np.array(LikelihoodModelResults.pvalues.func(self), dtype=float)
-        p[self.k_fe:] = np.nan
-        return p
-
-    @cache_readonly
     def bse_re(self) -> pd.Series:
         return pd.Series(np.sqrt(np.diag(self._cov_vcomp_used)),
                          index=self.model.re_design.vcomp_names(), name="bse_re")
-
-    @cache_readonly
-    def cov_fe(self) -> pd.DataFrame:
-        """lme4's ``vcov``: sigma^2 (X' V^-1 X)^-1 at the estimates."""
-        return pd.DataFrame(self.fit_result.cov_fe, index=self._fe_names, columns=self._fe_names)
-
-    @cache_readonly
-    def corr_fe(self) -> pd.DataFrame:
-        """Correlation of the fixed-effect estimates (lme4's summary; of the sandwich
-        covariance when ``cov_type == "sandwich"``)."""
-        c = self._cov_fe_used
-        s = np.sqrt(np.diag(c))
-        return pd.DataFrame(c / np.outer(s, s), index=self._fe_names, columns=self._fe_names)
 
     # ------------------------------------------------------ random effects
     @cache_readonly

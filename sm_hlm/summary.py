@@ -212,17 +212,25 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
     if getattr(model, "levels", None) is not None:  # built by HLM.from_levels
         from .levels import add_level_tables
         add_level_tables(smry, results, ddf=ddf, float_format=float_format)
-    show_corr = model.k_fe <= CORRELATION_MAX if correlation is None else bool(correlation)
-    if model.k_fe > 1 and show_corr:
+    add_closing_sections(smry, results, correlation=correlation)
+    return smry
+
+
+def add_closing_sections(smry: HLMSummary, results: Any, *,
+                         correlation: bool | None = None) -> None:
+    """The correlation of the fixed effects (lme4's rule: shown up to 12 of them), then
+    the singular-fit and convergence messages, as lme4's summary ends."""
+    k_fe = results.model.k_fe
+    show_corr = k_fe <= CORRELATION_MAX if correlation is None else bool(correlation)
+    if k_fe > 1 and show_corr:
         smry.add_df(correlation_table(results), title="Correlation of fixed effects:")
-    elif model.k_fe > 1 and correlation is None:
-        smry.add_text(f"Correlation matrix not shown by default, as p = {model.k_fe} > "
+    elif k_fe > 1 and correlation is None:
+        smry.add_text(f"Correlation matrix not shown by default, as p = {k_fe} > "
                       f"{CORRELATION_MAX}; use summary(correlation=True) or results.corr_fe.")
     if results.singular:
         smry.add_text("boundary (singular) fit: " + "; ".join(results.singular_terms))
     if not results.converged:
         smry.add_text(f"Convergence warning: {results.optimizer.message}")
-    return smry
 
 
 def correlation_table(results: "HLMResults", *, width: int = DEFAULT_WIDTH) -> pd.DataFrame:

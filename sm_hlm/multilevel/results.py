@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import statsmodels.base.wrapper as wrap
-from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
+from statsmodels.base.model import LikelihoodResultsWrapper
 
 from .._compat import cache_readonly
 from ..engine.blocked import BlockedDeviance
 from ..engine.deviance import LOG2PI
+from ..results_base import MixedResultsBase
 from .fit import MultilevelFit
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["MultilevelResults", "MultilevelResultsWrapper"]
 
 
-class MultilevelResults(LikelihoodModelResults):
+class MultilevelResults(MixedResultsBase):
     """Results of :meth:`sm_hlm.multilevel.MultilevelHLM.fit`.
 
     ``params`` holds the fixed effects followed by the free entries of every
@@ -151,57 +152,6 @@ class MultilevelResults(LikelihoodModelResults):
         if not np.all(np.isfinite(cov)):
             return np.full((k, k), np.nan)
         return cov[:k, :k]
-
-    # ------------------------------------------------------------- scalars
-    @cache_readonly
-    def llf(self) -> float:
-        return self.fit_result.llf
-
-    @cache_readonly
-    def deviance(self) -> float:
-        """-2 log-likelihood (ML) or the REML criterion (REML)."""
-        return -2.0 * self.llf
-
-    @cache_readonly
-    def aic(self) -> float:
-        return self.deviance + 2.0 * self.n_params
-
-    @cache_readonly
-    def bic(self) -> float:
-        return self.deviance + np.log(self.nobs) * self.n_params
-
-    # -------------------------------------------------------- fixed effects
-    @property
-    def _fe_names(self) -> list[str]:
-        return list(self.model.exog_names)
-
-    @cache_readonly
-    def fe_params(self) -> pd.Series:
-        return pd.Series(self.fit_result.fe_params, index=self._fe_names, name="fe_params")
-
-    @cache_readonly
-    def bse_fe(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.fit_result.cov_fe)), index=self._fe_names,
-                         name="bse_fe")
-
-    @cache_readonly
-    def cov_fe(self) -> pd.DataFrame:
-        """lme4's ``vcov``: sigma^2 (X'V^-1X)^-1."""
-        return pd.DataFrame(self.fit_result.cov_fe, index=self._fe_names, columns=self._fe_names)
-
-    @cache_readonly
-    def corr_fe(self) -> pd.DataFrame:
-        c = self.fit_result.cov_fe
-        s = np.sqrt(np.diag(c))
-        return pd.DataFrame(c / np.outer(s, s), index=self._fe_names, columns=self._fe_names)
-
-    @cache_readonly
-    def pvalues(self) -> np.ndarray:
-        """Normal p-values of the fixed effects; NaN for the variance components
-        (a Wald test of a variance is a boundary test)."""
-        p = np.array(LikelihoodModelResults.pvalues.func(self), dtype=float)
-        p[self.k_fe:] = np.nan
-        return p
 
     @cache_readonly
     def bse_re(self) -> pd.Series:

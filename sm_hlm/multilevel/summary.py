@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..summary import CORRELATION_MAX, HLMSummary, correlation_table
+from ..summary import HLMSummary, add_closing_sections
 
 if TYPE_CHECKING:
     from .results import MultilevelResults
@@ -93,14 +93,5 @@ def make_multilevel_summary(results: "MultilevelResults", *, alpha: float = 0.05
         for name, tab in level_equations3(results).items():
             smry.add_df(tab.drop(columns="fixed effect"), float_format=float_format,
                         title=f"Level-3 equation of {name}:")
-    show = model.k_fe <= CORRELATION_MAX if correlation is None else bool(correlation)
-    if model.k_fe > 1 and show:
-        smry.add_df(correlation_table(results), title="Correlation of fixed effects:")
-    elif model.k_fe > 1 and correlation is None:
-        smry.add_text(f"Correlation matrix not shown by default, as p = {model.k_fe} > "
-                      f"{CORRELATION_MAX}; use summary(correlation=True) or results.corr_fe.")
-    if results.singular:
-        smry.add_text("boundary (singular) fit: " + "; ".join(results.singular_terms))
-    if not results.converged:
-        smry.add_text(f"Convergence warning: {results.optimizer.message}")
+    add_closing_sections(smry, results, correlation=correlation)
     return smry

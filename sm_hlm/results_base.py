@@ -1,0 +1,79 @@
+"""What every mixed-model results class shares: fit criteria and the fixed effects."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from statsmodels.base.model import LikelihoodModelResults
+
+from ._compat import cache_readonly
+
+__all__ = ["MixedResultsBase"]
+
+
+class MixedResultsBase(LikelihoodModelResults):
+    """Log-likelihood, information criteria and labelled fixed effects, read from
+    ``self.fit_result`` (``llf``, ``fe_params``, ``cov_fe``), ``self.n_params`` and
+    ``self.k_fe``; ``_cov_fe_used`` is the covariance behind ``bse_fe`` (lme4's vcov;
+    a subclass may substitute a robust one)."""
+
+    @property
+    def _cov_fe_used(self) -> np.ndarray:
+        return self.fit_result.cov_fe
+
+    @cache_readonly
+    def llf(self) -> float:
+        return self.fit_result.llf
+
+    @cache_readonly
+    def deviance(self) -> float:
+        """-2 log-likelihood (ML) or the REML criterion (REML)."""
+        return -2.0 * self.llf
+
+    @cache_readonly
+    def aic(self) -> float:
+        return self.deviance + 2.0 * self.n_params
+
+    @cache_readonly
+    def bic(self) -> float:
+        return self.deviance + np.log(self.nobs) * self.n_params
+
+    @property
+    def _fe_names(self) -> list[str]:
+        return list(self.model.exog_names)
+
+    @cache_readonly
+    def fe_params(self) -> pd.Series:
+        return pd.Series(self.fit_result.fe_params, index=self._fe_names, name="fe_params")
+
+    @cache_readonly
+    def bse_fe(self) -> pd.Series:
+        """Standard errors of the fixed effects (of ``cov_type``'s covariance)."""
+        return pd.Series(np.sqrt(np.diag(self._cov_fe_used)), index=self._fe_names,
+                         name="bse_fe")
+
+    @cache_readonly
+    def cov_fe(self) -> pd.DataFrame:
+        """lme4's ``vcov``: sigma^2 (X' V^-1 X)^-1 at the estimates."""
+        return pd.DataFrame(self.fit_result.cov_fe, index=self._fe_names, columns=self._fe_names)
+
+    @cache_readonly
+    def corr_fe(self) -> pd.DataFrame:
+        """Correlation of the fixed-effect estimates (lme4's summary; of the robust
+        covariance when that is the one used)."""
+        c = self._cov_fe_used
+        s = np.sqrt(np.diag(c))
+        return pd.DataFrame(c / np.outer(s, s), index=self._fe_names, columns=self._fe_names)
+
+    @cache_readonly
+    def pvalues(self) -> np.ndarray:
+        """Two-sided normal p-values of the fixed effects; NaN for the variance components.
+
+        A Wald test of a variance against zero is a test on the boundary of
+        its parameter space, with a wrong reference distribution; sm_hlm
+        reports none (so statsmodels' ``summary_col`` puts no stars on them).
+        Test variance components by :func:`sm_hlm.compare` (likelihood
+        ratio, chi-bar-square) or profile intervals.
+        """
+        p = np.array(LikelihoodModelResults.pvalues.func(self), dtype=float)
+        p[self.k_fe:] = np.nan
+        return p
