@@ -408,3 +408,26 @@ def test_with_response_equals_a_fresh_structure(fitted):
         fresh = BlockedDeviance(wterms, Xw, y2, reml=reml)
         th = res.theta / model._theta_scale() * 1.1
         assert base.with_response(Xw, y2)(th) == pytest.approx(fresh(th), rel=1e-12), name
+
+
+# ------------------------------------------------------------- profile intervals
+PROFILE_REFS = json.loads((ROOT / "validation" / "r" / "multilevel_profile_refs.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(PROFILE_REFS))
+def test_profile_intervals_against_lme4(name):
+    """lme4's confint(profile(fit)) (validation/r/multilevel_profile_refs.R): lme4
+    interpolates a spline through its profile, so agreement is to ~1e-3 relative."""
+    ref = PROFILE_REFS[name]
+    df = pd.read_csv(DATA / ref["data"])
+    r = HLM.from_formula(ref["formula"], df).fit(reml=False)
+    ci = r.conf_int_profile().set_index("lme4")
+    lo = ci.loc[ref["rows"], "2.5 %"].to_numpy()
+    hi = ci.loc[ref["rows"], "97.5 %"].to_numpy()
+    # zero lower ends (an SD whose profile reaches 0) compare absolutely
+    np.testing.assert_allclose(lo, ref["lower"], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(hi, ref["upper"], rtol=1e-3, atol=1e-6)
+    # the estimates lie inside their intervals
+    sv = r.params[:r.k_fe].to_numpy()
+    fe = ci.loc[[lme4_name(n) for n in r.fe_params.index]]
+    assert np.all((fe["2.5 %"].to_numpy() <= sv) & (sv <= fe["97.5 %"].to_numpy()))

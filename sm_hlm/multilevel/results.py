@@ -326,6 +326,13 @@ class MultilevelResults(MixedResultsBase):
         out["icc"] = pd.Series(icc)
         return out
 
+    def conf_int_profile(self, alpha: float = 0.05, *, which: Any = None) -> pd.DataFrame:
+        """Profile-likelihood intervals of the SDs, correlations, sigma and fixed effects
+        (lme4's ``confint(method = "profile")``); see
+        :func:`sm_hlm.multilevel.profile.conf_int_profile`."""
+        from .profile import conf_int_profile
+        return conf_int_profile(self, alpha, which=which)
+
     def level_equations(self) -> dict[str, pd.DataFrame]:
         """Gamma tables of a three-level model built by ``HLM.from_levels`` (one per
         level-2 coefficient; see :func:`sm_hlm.multilevel.levels.level_equations3`)."""
