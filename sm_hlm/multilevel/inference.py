@@ -338,3 +338,175 @@ def coef_test_robust(results: "MultilevelResults", cov_type: str = "CR2", *,
     t = beta / se
     return pd.DataFrame({"Estimate": beta, "Std. Error": se, "df": df, "t value": t,
                          "Pr(>|t|)": 2.0 * stats.t.sf(np.abs(t), df)}, index=pd.Index(names))
+
+
+# =====================================================================
+# simulate, refit, parametric bootstrap
+# =====================================================================
+
+def _with_endog(model: Any, y: np.ndarray) -> Any:
+    """A shallow copy of ``model`` with the response ``y`` (the designs, factors and
+    the blocked symbolic analysis shared; only the response-dependent parts new)."""
+    import copy
+
+    new = copy.copy(model)
+    new.endog = y
+    for k in ("_working_cache", "_blocked_cache"):
+        new.__dict__.pop(k, None)
+    base = model.__dict__.get("_blocked_cache")
+    if base is not None:
+        Xw, yw = new._working[:2]
+        new.__dict__["_blocked_cache"] = base.with_response(Xw, yw)
+    return new
+
+
+def simulate(results: "MultilevelResults", nsim: int = 1, *, seed: Any = None) -> pd.DataFrame:
+    """Responses simulated from the fitted model (lme4's ``simulate``).
+
+    Returns
+    -------
+    DataFrame
+        One column per simulation (``sim_1``...), one row per fitted row.
+
+    Notes
+    -----
+    y* = X beta + sum_k Z_k b*_k + e*, b*_k[l] ~ N(0, Psi_k) drawn through a
+    symmetric square root of Psi_k (singular fits included), e* ~ N(0,
+    sigma^2 I), all at the estimates; ``seed`` is a seed or a
+    ``numpy.random.Generator`` (the same seed gives the same draws).
+    """
+    from ..toolbox import _psd_factor
+
+    res = getattr(results, "_results", results)
+    model, fit = res.model, res.fit_result
+    nsim = int(nsim)
+    if nsim < 1:
+        raise ValueError(f"nsim must be at least 1, got {nsim}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    n = len(model.endog)
+    sims = np.repeat((model.exog @ np.asarray(fit.fe_params, float))[:, None], nsim, axis=1)
+    for t, cov in zip(model.re_terms, fit.cov_re):
+        F = _psd_factor(np.asarray(cov, float))
+        b = np.einsum("ab,lbs->las", F, rng.standard_normal((t.n_levels, t.S, nsim)))
+        sims += np.einsum("iq,iqs->is", t.z, b[t.refs])
+    sims += math.sqrt(fit.scale) * rng.standard_normal((n, nsim))
+    idx = getattr(model, "row_index", None)
+    return pd.DataFrame(sims, index=idx, columns=[f"sim_{i + 1}" for i in range(nsim)])
+
+
+def refit(results: "MultilevelResults", endog: Any, **fit_kwargs: Any) -> Any:
+    """The model of ``results`` fitted to a new response (lme4's ``refit``).
+
+    ``endog`` holds one value per fitted row, in their order; the fit uses
+    the same criterion (ML/REML) and starts at the estimates' theta.
+    ``fit_kwargs`` go to :meth:`MultilevelHLM.fit`.
+    """
+    res = getattr(results, "_results", results)
+    model = res.model
+    y = np.asarray(endog, dtype=float).reshape(-1)
+    if y.shape != (len(model.endog),):
+        raise ValueError(f"endog has {y.size} values; the model has {len(model.endog)} rows")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"endog has {int((~np.isfinite(y)).sum())} missing or infinite "
+                         "values; refit needs a complete response")
+    new = _with_endog(model, y)
+    fit_kwargs.setdefault("start_params", np.asarray(res.theta, float))
+    return new.fit(reml=bool(res.reml), **fit_kwargs)
+
+
+def sdcor_names(model: Any) -> list[str]:
+    """lme4's profile names (``oldNames = TRUE``): ``.sig01``... in lme4's theta order
+    (an SD for a diagonal entry of Lambda_k, a correlation below it), then ``.sigma``."""
+    return [f".sig{i + 1:02d}" for i in range(model.layout.n_theta)] + [".sigma"]
+
+
+def sdcor_labels(model: Any) -> list[str]:
+    """Readable labels of :func:`sdcor_names`: ``sd_(Intercept)|batch``, ``cor_x.(Intercept)|g``."""
+    from ..engine.terms import theta_to_lme4
+
+    out = []
+    for t in model.re_terms:
+        for i, j in t.theta_index():
+            out.append(f"sd_{t.names[i]}|{t.factor}" if i == j
+                       else f"cor_{t.names[i]}.{t.names[j]}|{t.factor}")
+    perm = theta_to_lme4(np.arange(len(out), dtype=float), model.layout).astype(int)
+    return [out[k] for k in perm] + ["sigma"]
+
+
+def sdcor(model: Any, theta: np.ndarray, scale: float) -> np.ndarray:
+    """SDs and correlations of the random effects (lme4's theta order) and sigma."""
+    from ..engine.terms import theta_to_lme4
+
+    sigma = math.sqrt(scale)
+    vals = []
+    for t, lam in zip(model.re_terms, model.layout.lambdas(np.asarray(theta, float))):
+        cov = scale * lam @ lam.T
+        sd = np.sqrt(np.diag(cov))
+        for i, j in t.theta_index():
+            if i == j:
+                vals.append(sd[i])
+            else:
+                den = sd[i] * sd[j]
+                vals.append(cov[i, j] / den if den > 0 else np.nan)
+    return np.append(theta_to_lme4(np.asarray(vals), model.layout), sigma)
+
+
+def bootstrap(results: "MultilevelResults", n: int, *, seed: int | None = None,
+              progress: bool = True, alpha: float = 0.05) -> Any:
+    """Parametric bootstrap (lme4's ``bootMer``, ``use.u = FALSE``).
+
+    Returns
+    -------
+    sm_hlm.inference.BootstrapResult
+        Replicates of the fixed effects, the SDs and correlations of the
+        random effects and sigma (labels of :func:`sdcor_labels`), then the
+        variance components (``results.params``' names).
+
+    Notes
+    -----
+    Each replicate simulates y* as :func:`simulate` (one draw of a
+    generator seeded by ``seed``, so the first k replicates of a run with
+    n > k are those of a run with k) and refits it (:func:`refit`, from the
+    estimates' theta, the same ML/REML criterion).  Failed refits give NaN
+    rows (``n_failed``); refits that report non-convergence are kept and
+    counted (``n_nonconverged``).
+    """
+    from ..inference import BootstrapResult, _Progress
+
+    res = getattr(results, "_results", results)
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be a positive number of replicates, got {n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    model, fit = res.model, res.fit_result
+    rng = np.random.default_rng(seed)
+    columns = list(model.exog_names) + sdcor_labels(model) + list(model.vcomp_names())
+
+    def row(r: Any) -> np.ndarray:
+        f = r.fit_result
+        return np.concatenate([f.fe_params, sdcor(model, f.theta, f.scale),
+                               np.asarray(r._vcomp_values, float)])
+
+    out = np.full((n, len(columns)), np.nan)
+    n_failed = n_nonconv = 0
+    bar = _Progress(n, progress)
+    try:
+        for b in range(n):
+            y = simulate(res, 1, seed=rng).to_numpy()[:, 0]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    r = refit(res, y)
+                rb = getattr(r, "_results", r)
+                out[b] = row(rb)
+                n_nonconv += int(not rb.converged)
+            except (FloatingPointError, np.linalg.LinAlgError, ValueError, RuntimeError):
+                n_failed += 1
+            bar.update()
+    finally:
+        bar.close()
+    est = pd.Series(row(res), index=columns, name="estimate")
+    return BootstrapResult(replicates=pd.DataFrame(out, columns=columns), estimates=est,
+                           n_failed=n_failed, n_nonconverged=n_nonconv, alpha=alpha, seed=seed,
+                           reml=bool(fit.reml))

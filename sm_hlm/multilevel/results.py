@@ -461,6 +461,25 @@ class MultilevelResults(LikelihoodModelResults):
         from .inference import coef_test_robust
         return coef_test_robust(self, cov_type, cluster=cluster)
 
+    def simulate(self, nsim: int = 1, *, seed: Any = None) -> pd.DataFrame:
+        """Responses simulated from the fitted model (lme4's ``simulate``), one column
+        per simulation; see :func:`sm_hlm.multilevel.inference.simulate`."""
+        from .inference import simulate
+        return simulate(self, nsim, seed=seed)
+
+    def refit(self, endog: Any) -> Any:
+        """The same model fitted to a new response (lme4's ``refit``); see
+        :func:`sm_hlm.multilevel.inference.refit`."""
+        from .inference import refit
+        return refit(self, endog)
+
+    def bootstrap(self, n: int, *, seed: int | None = None, progress: bool = True,
+                  alpha: float = 0.05) -> Any:
+        """Parametric bootstrap: replicates and percentile intervals; see
+        :func:`sm_hlm.multilevel.inference.bootstrap`."""
+        from .inference import bootstrap
+        return bootstrap(self, n, seed=seed, progress=progress, alpha=alpha)
+
     # ------------------------------------------------------------- summary
     def summary(self, *, alpha: float = 0.05, float_format: str = "%.4f",
                 correlation: bool | None = None, ddf: str | None = None):
