@@ -123,3 +123,114 @@ def test_cov_robust_inner_factor_not_a_cluster():
     res = model_of(ref).fit()
     with pytest.raises(ValueError, match="'batch' is not nested in the cluster 'batch:cask'"):
         res.cov_robust("CR2", cluster="batch:cask")
+
+
+PROFILE_CASES = sorted(k for k in CASES if "profile" in REFS[k])
+
+
+@pytest.mark.parametrize("key", PROFILE_CASES)
+def test_profile_intervals_match_lme4(key):
+    """lme4's confint(method = "profile") to 1e-3 relative (its spline's precision);
+    a zero lower limit (SD at its bound) exactly."""
+    ref = REFS[key]
+    res = model_of(ref).fit(reml=ref["REML"])
+    ci = res.conf_int_profile()
+    pr = ref["profile"]
+    assert list(ci["lme4"].iloc[:len(ci) - res.model.k_fe]) == [
+        n for n in pr["names"] if n.startswith(".")]
+    by_lme4 = {lme4_name(n): i for i, n in enumerate(ci["lme4"])}
+    rows = ci.iloc[[by_lme4[n] for n in pr["names"]]]
+    lo, hi = np.asarray(pr["lower"]), np.asarray(pr["upper"])
+    np.testing.assert_allclose(rows["2.5 %"], lo, rtol=1e-3)
+    np.testing.assert_allclose(rows["97.5 %"], hi, rtol=1e-3)
+    assert np.all(rows["2.5 %"].to_numpy()[lo == 0] == 0.0)
+
+
+def test_profile_which_and_bad_input():
+    ref = REFS["pastes_REML"]
+    res = model_of(ref).fit()
+    full = res.conf_int_profile()
+    part = res.conf_int_profile(which=[".sigma", "Intercept"])
+    assert list(part.index) == ["sigma", "Intercept"]
+    np.testing.assert_allclose(part.iloc[:, :2], full.loc[["sigma", "Intercept"]].iloc[:, :2],
+                               rtol=1e-6)
+    wider = res.conf_int_profile(alpha=0.01, which="beta_")
+    assert wider.iloc[0, 0] < full.loc["Intercept"].iloc[0]
+    assert wider.iloc[0, 1] > full.loc["Intercept"].iloc[1]
+    with pytest.raises(KeyError, match="nosuch"):
+        res.conf_int_profile(which=["nosuch"])
+    with pytest.raises(ValueError, match="alpha"):
+        res.conf_int_profile(alpha=1.5)
+
+
+# ------------------------------------------------------ simulate, refit, bootstrap
+
+@pytest.fixture(scope="module")
+def pastes_fit():
+    return model_of(REFS["machines_REML"]).fit()
+
+
+def test_simulate_seeded_and_shaped(pastes_fit):
+    res = pastes_fit
+    a = res.simulate(3, seed=11)
+    b = res.simulate(3, seed=11)
+    c = res.simulate(3, seed=12)
+    assert a.shape == (int(res.nobs), 3) and list(a.columns) == ["sim_1", "sim_2", "sim_3"]
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a.to_numpy(), c.to_numpy())
+    with pytest.raises(ValueError, match="nsim"):
+        res.simulate(0)
+
+
+def test_simulate_moments(pastes_fit):
+    """Simulated responses have mean X beta and the model's marginal variance."""
+    res = pastes_fit
+    sims = res.simulate(4000, seed=5).to_numpy()
+    mu = res.model.exog @ res.fe_params.to_numpy()
+    var = res.scale + sum(np.diag(c).sum() for c in [res.fit_result.cov_re[0][:1, :1],
+                                                     res.fit_result.cov_re[1][:1, :1]])
+    dev = sims - mu[:, None]
+    # mean of each row within 5 MC standard errors; the pooled variance within 5%
+    assert np.all(np.abs(dev.mean(axis=1)) < 5 * np.sqrt(var / sims.shape[1]))
+    np.testing.assert_allclose(dev.var(), var, rtol=0.05)
+
+
+def test_refit_equals_fresh_fit(pastes_fit):
+    res = pastes_fit
+    ref = REFS["machines_REML"]
+    y = res.simulate(1, seed=3).iloc[:, 0].to_numpy()
+    r1 = res.refit(y)
+    df = pd.read_csv(DATA / ref["data"]).assign(score=y)
+    r2 = HLM.from_formula(ref["formula"], df).fit()
+    np.testing.assert_allclose(r1.llf, r2.llf, rtol=1e-10)
+    np.testing.assert_allclose(r1.params, r2.params, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(r1.bse_fe, r2.bse_fe, rtol=1e-4)
+    # the original model is untouched
+    np.testing.assert_allclose(res.model.endog, pd.read_csv(DATA / ref["data"])["score"])
+    with pytest.raises(ValueError, match="3 values"):
+        res.refit(y[:3])
+    with pytest.raises(ValueError, match="missing or infinite"):
+        res.refit(np.where(np.arange(len(y)) == 0, np.nan, y))
+
+
+def test_bootstrap_reproducible_and_unbiased(pastes_fit):
+    res = pastes_fit
+    b1 = res.bootstrap(40, seed=7, progress=False)
+    b2 = res.bootstrap(40, seed=7, progress=False)
+    b3 = res.bootstrap(10, seed=7, progress=False)
+    pd.testing.assert_frame_equal(b1.replicates, b2.replicates)
+    pd.testing.assert_frame_equal(b3.replicates, b1.replicates.iloc[:10])
+    assert b1.n_failed == 0
+    # fixed effects are unbiased: the replicate mean within 4 MC SEs of the estimate
+    fe = list(res.model.exog_names)
+    rep = b1.replicates[fe]
+    mc = rep.std() / np.sqrt(len(rep))
+    assert np.all(np.abs(rep.mean() - res.fe_params) < 4 * mc)
+    # the bootstrap SE of the fixed effects near the model-based one
+    np.testing.assert_allclose(rep.std(), res.bse_fe, rtol=0.35)
+    ci = b1.conf_int()
+    assert list(ci.columns) == ["2.5 %", "97.5 %"]
+    assert np.all(ci.iloc[:, 0] <= ci.iloc[:, 1])
+    np.testing.assert_allclose(b1.estimates["sigma"], np.sqrt(res.scale), rtol=1e-12)
+    with pytest.raises(ValueError, match="positive number"):
+        res.bootstrap(0)

@@ -48,9 +48,8 @@ class _Varpar:
     profiled out (ML) or integrated out (REML).
     """
 
-    def __init__(self, res: "MultilevelResults"):
-        model = res.model
-        self.reml = bool(res.fit_result.reml)
+    def __init__(self, model: Any, reml: bool):
+        self.reml = bool(reml)
         self.p = model.k_fe
         self.n = len(model.endog)
         self.dev = BlockedDeviance(model.re_terms, model.exog, model.endog, reml=self.reml)
@@ -83,7 +82,7 @@ def _satterthwaite_state(res: "MultilevelResults") -> _SatterthwaiteState:
     if cached is not None:
         return cached
     fit = res.fit_result
-    vp = _Varpar(res)
+    vp = _Varpar(res.model, fit.reml)
     x0 = np.append(np.asarray(fit.theta, float), math.sqrt(fit.scale))
     names = tuple(res.model.layout.names) + ("sigma",)
     H = hessian_richardson(vp.deviance, x0)
@@ -510,3 +509,193 @@ def bootstrap(results: "MultilevelResults", n: int, *, seed: int | None = None,
     return BootstrapResult(replicates=pd.DataFrame(out, columns=columns), estimates=est,
                            n_failed=n_failed, n_nonconverged=n_nonconv, alpha=alpha, seed=seed,
                            reml=bool(fit.reml))
+
+
+# =====================================================================
+# profile-likelihood intervals (lme4's confint(method = "profile"))
+# =====================================================================
+
+def profile_names(model: Any) -> pd.DataFrame:
+    """Profiled parameters: readable labels (index), ``kind`` (sd, cor, sigma, beta)
+    and lme4's row names (``.sig01``..., ``.sigma``, the fixed effects)."""
+    labels = sdcor_labels(model) + list(model.exog_names)
+    kinds = ["sd" if lab.startswith("sd_") else "cor" for lab in labels[:model.layout.n_theta]]
+    kinds += ["sigma"] + ["beta"] * model.k_fe
+    lme4 = sdcor_names(model) + ["(Intercept)" if n == "Intercept" else n
+                                 for n in model.exog_names]
+    return pd.DataFrame({"kind": kinds, "lme4": lme4}, index=pd.Index(labels))
+
+
+def _theta_of_sdcor(model: Any, sv: np.ndarray, sigma: float) -> np.ndarray | None:
+    """theta (layout order) from SDs/correlations in lme4's order (None if not valid)."""
+    from ..engine.terms import theta_from_lme4
+    from ..inference import _psd_cholesky
+
+    vals = theta_from_lme4(np.asarray(sv, float), model.layout)
+    out = np.empty(model.layout.n_theta)
+    for k, t in enumerate(model.re_terms):
+        o = model.layout.offsets[k]
+        idx = t.theta_index()
+        sd = np.zeros(t.S)
+        C = np.eye(t.S)
+        for (i, j), v in zip(idx, vals[o:o + len(idx)]):
+            if i == j:
+                sd[i] = v
+            else:
+                C[i, j] = C[j, i] = v
+        Lc = _psd_cholesky(C)
+        if Lc is None or np.any(sd < 0):
+            return None
+        lam = (sd[:, None] / sigma) * Lc
+        out[o:o + len(idx)] = [lam[i, j] for i, j in idx]
+    return out
+
+
+def conf_int_profile(results: "MultilevelResults", alpha: float = 0.05, *,
+                     which: Any = None) -> pd.DataFrame:
+    """Profile-likelihood intervals (lme4's ``confint(fit, method = "profile")``).
+
+    Parameters
+    ----------
+    results : MultilevelResults
+        An ML or REML fit; as :func:`sm_hlm.inference.conf_int_profile`, the
+        profiles are of the ML deviance (a REML fit is refitted by ML).
+    alpha : float
+        1 - confidence level.
+    which : None, str or sequence
+        None (all), ``"theta_"`` (SDs, correlations, sigma), ``"beta_"``
+        (fixed effects), or labels / lme4 names / positions.
+
+    Returns
+    -------
+    DataFrame
+        Index: readable labels (``sd_(Intercept)|batch:cask``...,
+        ``sigma``, then the fixed effects); columns the limits (``"2.5 %"``,
+        ``"97.5 %"``) and ``lme4`` (``.sig01``..., ``.sigma``, ``(Intercept)``).
+
+    Notes
+    -----
+    As :func:`sm_hlm.inference.conf_int_profile`, with every factor's SDs
+    and correlations (lme4's theta order) and sigma as the variance
+    parameters: for an SD, correlation or sigma the ML deviance with beta
+    profiled is minimised over the other variance parameters (BOBYQA);
+    for a fixed effect beta_k = v, x_k v is an offset and the ML deviance
+    of the reduced model is minimised over theta (the blocked factor of
+    [Z, X_-k, y - x_k v], one symbolic analysis per fixed effect).  The
+    interval ends solve |zeta(v)| = z_{1 - alpha/2} by bracketing and
+    Brent's method.
+    """
+    from ..engine.optimizer import minimize_bobyqa
+    from ..inference import _Profiler, _perc_labels, _select
+
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    res = getattr(results, "_results", results)
+    model = res.model
+    names = profile_names(model)
+    sel = _select(names, which)
+    target = float(stats.norm.ppf(1 - alpha / 2))
+    lay = model.layout
+    nt, p = lay.n_theta, model.k_fe
+    vp = _Varpar(model, reml=False)
+    dev = vp.dev
+    theta0 = np.asarray(res.fit_result.theta, float)
+    if res.reml:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theta0 = np.asarray(model.fit(reml=False, compute_vcomp_cov=False).theta, float)
+    rec = minimize_bobyqa(dev, theta0, lay.lower, ftol_abs=1e-12, xtol_abs=1e-10,
+                          initial_step=0.05, check=False)
+    theta_hat = rec.end if rec.fun_end <= dev(theta0) else theta0
+    base = float(dev(theta_hat))
+    f_hat, R_hat, beta_hat = factor_at(dev, theta_hat)
+    sigma_hat = math.sqrt(f_hat.pwrss / vp.n)
+    sv_hat = sdcor(model, theta_hat, sigma_hat ** 2)
+    n_vp = nt + 1
+    kinds = np.array(names["kind"])
+
+    def dev_sv(sv: np.ndarray) -> float:
+        sigma = float(sv[-1])
+        if not sigma > 0:
+            return np.inf
+        th = _theta_of_sdcor(model, sv[:-1], sigma)
+        if th is None:
+            return np.inf
+        out = vp.deviance(np.append(th, sigma))
+        return out if np.isfinite(out) else np.inf
+
+    RXi = solve_triangular(R_hat[:p, :p], np.eye(p), lower=True)
+    se_beta = sigma_hat * np.sqrt(np.sum(RXi ** 2, axis=0))
+    se_sv = np.full(n_vp, np.nan)
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            H = hessian_richardson(dev_sv, sv_hat, d=0.01)
+            cov = 2.0 * np.linalg.inv(H)
+            se_sv = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+    except (np.linalg.LinAlgError, ValueError):
+        pass
+    kv = kinds[:n_vp]
+    lower = np.where(kv == "cor", -1.0, 0.0)
+    upper = np.where(kv == "cor", 1.0, np.inf)
+    scale_sv = np.where(kv == "cor", 1.0, np.maximum(np.abs(sv_hat), 1e-3 * sigma_hat))
+
+    def vp_fun(w: int):
+        others = [i for i in range(n_vp) if i != w]
+        lo = lower[others] / scale_sv[others]
+        hi = upper[others] / scale_sv[others]
+        lo = np.where(kv[others] == "sigma", 1e-6, lo)
+
+        def fun(v: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+            def obj(u: np.ndarray) -> float:
+                sv = np.empty(n_vp)
+                sv[w] = v
+                sv[others] = u * scale_sv[others]
+                return dev_sv(sv)
+            r = minimize_bobyqa(obj, np.clip(start, lo, hi), lo, hi, ftol_abs=1e-11,
+                                xtol_abs=1e-9, initial_step=0.05, check=False)
+            return r.fun_end, r.end
+        return fun
+
+    def fe_fun(k: int):
+        keep = [j for j in range(p) if j != k]
+        Xk = model.exog[:, keep]
+        xk = model.exog[:, k]
+        base_k = BlockedDeviance(model.re_terms, Xk, model.endog, reml=False)
+
+        def fun(v: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+            dk = base_k.with_response(Xk, model.endog - v * xk)
+            r = minimize_bobyqa(dk, np.maximum(start, lay.lower), lay.lower, ftol_abs=1e-11,
+                                xtol_abs=1e-9, initial_step=0.05, check=False)
+            return r.fun_end, r.end
+        return fun
+
+    lo_name, hi_name = _perc_labels(alpha)
+    rows = {}
+    for i in sel:
+        label = names.index[i]
+        if i < n_vp:
+            others = [j for j in range(n_vp) if j != i]
+            prof = _Profiler(vp_fun(i), float(sv_hat[i]), sv_hat[others] / scale_sv[others],
+                             base)
+            est = float(sv_hat[i])
+            step = se_sv[i] if np.isfinite(se_sv[i]) and se_sv[i] > 0 else \
+                0.1 * max(abs(est), 0.1 * sigma_hat if kinds[i] != "cor" else 1.0)
+            bounds = (lower[i], upper[i])
+        else:
+            k = i - n_vp
+            prof = _Profiler(fe_fun(k), float(beta_hat[k]), theta_hat, base)
+            est = float(beta_hat[k])
+            step = float(se_beta[k])
+            bounds = (-np.inf, np.inf)
+        width = bounds[1] - bounds[0]
+        step = min(step * target, width / 2) if np.isfinite(width) else step * target
+        xtol = 1e-9 * max(1.0, abs(est))
+        lo_v = prof.end(-1, target, step, bounds[0], xtol)
+        hi_v = prof.end(+1, target, step, bounds[1], xtol)
+        if prof.lower_dev < -1e-6:
+            warnings.warn(f"profiling {label} found a deviance {-prof.lower_dev:.3g} below the "
+                          "ML optimum: the fit had not converged", RuntimeWarning, stacklevel=2)
+        rows[label] = (lo_v, hi_v, names["lme4"].iloc[i])
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=[lo_name, hi_name, "lme4"])
+    out[[lo_name, hi_name]] = out[[lo_name, hi_name]].astype(float)
+    return out
