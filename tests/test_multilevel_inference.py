@@ -234,3 +234,51 @@ def test_bootstrap_reproducible_and_unbiased(pastes_fit):
     np.testing.assert_allclose(b1.estimates["sigma"], np.sqrt(res.scale), rtol=1e-12)
     with pytest.raises(ValueError, match="positive number"):
         res.bootstrap(0)
+
+
+# ------------------------------------------------------------------ compare (lme4's anova)
+
+@pytest.mark.parametrize("key", ["anova_pastes", "anova_ml_three"])
+def test_compare_matches_lme4_anova(key):
+    import sm_hlm
+    from sm_hlm.multilevel import MultilevelHLM
+
+    a = REFS[key]
+    df = pd.read_csv(DATA / a["data"])
+    r0 = HLM.from_formula(a["formula0"], df).fit(reml=False)
+    r1 = HLM.from_formula(a["formula1"], df).fit(reml=False)
+    assert isinstance(r1.model, MultilevelHLM)
+    out = sm_hlm.compare(r1, r0, names=["big", "small"])
+    assert list(out.index) == ["small", "big"]
+    np.testing.assert_array_equal(out["npar"], a["npar"])
+    np.testing.assert_allclose(out["logLik"], a["logLik"], rtol=1e-7)
+    np.testing.assert_allclose(out["Chisq"].iloc[1], a["Chisq"], rtol=1e-5)
+    assert int(out["Df"].iloc[1]) == a["Df"]
+    np.testing.assert_allclose(out["Pr(>Chisq)"].iloc[1], a["p"], rtol=1e-4)
+    # REML fits with the same fixed effects keep their REML likelihoods; refit=True refits
+    q0 = HLM.from_formula(a["formula0"], df).fit()
+    q1 = HLM.from_formula(a["formula1"], df).fit()
+    assert sm_hlm.compare(q0, q1).attrs["method"] == "REML"
+    from sm_hlm.compare import RefitMLWarning
+
+    with pytest.warns(RefitMLWarning):
+        ml = sm_hlm.compare(q0, q1, refit=True)
+    np.testing.assert_allclose(ml["logLik"], a["logLik"], rtol=1e-7)
+
+
+def test_compare_multilevel_boundary_mixture():
+    """Adding one random slope on a factor of a multilevel model is a boundary test."""
+    import sm_hlm
+
+    ref = REFS["ml_three_ML"]
+    df = pd.read_csv(DATA / ref["data"])
+    r0 = HLM.from_formula("y ~ x * sector + tq + (x | school) + (1 | school:klass)",
+                          df).fit(reml=False)
+    r1 = HLM.from_formula(ref["formula"], df).fit(reml=False)
+    out = sm_hlm.compare(r0, r1)
+    assert int(out["Df"].iloc[1]) == 2
+    chisq = out["Chisq"].iloc[1]
+    from scipy import stats as st
+    np.testing.assert_allclose(out["Pr(>Chisq) mix"].iloc[1],
+                               0.5 * st.chi2.sf(chisq, 1) + 0.5 * st.chi2.sf(chisq, 2),
+                               rtol=1e-12)
