@@ -282,3 +282,19 @@ def test_compare_multilevel_boundary_mixture():
     np.testing.assert_allclose(out["Pr(>Chisq) mix"].iloc[1],
                                0.5 * st.chi2.sf(chisq, 1) + 0.5 * st.chi2.sf(chisq, 2),
                                rtol=1e-12)
+
+
+def test_cov_robust_cluster_as_labels():
+    """Clusters as one label per row (or a data column) give the factor's result."""
+    ref = REFS["ml_three_REML"]
+    res = model_of(ref).fit()
+    df = pd.read_csv(DATA / ref["data"])
+    base = res.cov_robust("CR2")
+    np.testing.assert_allclose(res.cov_robust("CR2", cluster=df["school"].astype(str).to_numpy()),
+                               base, rtol=1e-13)
+    np.testing.assert_allclose(res.coef_test_robust("CR1", cluster=df["school"].to_numpy())["df"],
+                               res.coef_test_robust("CR1")["df"], rtol=1e-13)
+    with pytest.raises(ValueError, match="shape"):
+        res.cov_robust("CR2", cluster=np.zeros(3))
+    with pytest.raises(ValueError, match="at least two clusters"):
+        res.cov_robust("CR0", cluster=np.zeros(int(res.nobs)))
