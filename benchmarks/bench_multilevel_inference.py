@@ -2,8 +2,8 @@
 
 Prints a Markdown table: per case, the median wall time of ``satterthwaite()``,
 ``cov_robust("CR2")`` + ``coef_test_robust("CR2")`` (nested cases),
-``conf_int_profile()`` and ``bootstrap(20)``; sm_hlm on one BLAS thread.  lmerTest,
-clubSandwich and lme4's profile are not timed here (their accuracy is in
+and ``bootstrap(20)``; sm_hlm on one BLAS thread.  lmerTest,
+clubSandwich are not timed here (their accuracy is in
 tests/test_multilevel_inference.py).
 
     OPENBLAS_NUM_THREADS=1 PYTHONPATH=$PWD python -m benchmarks.bench_multilevel_inference
@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
             row = {"case": key, "n": int(res.nobs), "satterthwaite": fmt_time(median_time(sat, args.reps))}
             row["CR2 vcov + coef_test"] = (fmt_time(median_time(
                 lambda: res.coef_test_robust("CR2"), args.reps)) if "cr" in ref else "n/a")
-            row["profile CI"] = fmt_time(median_time(res.conf_int_profile, 1))
             row["bootstrap(20)"] = fmt_time(median_time(
                 lambda: res.bootstrap(20, seed=1, progress=False), 1))
             rows.append(row)

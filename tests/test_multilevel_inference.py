@@ -2,7 +2,7 @@
 
 References: ``validation/r/multilevel_inference_refs.R`` (JSON committed):
 lmerTest's Satterthwaite df, clubSandwich's vcovCR / coef_test (clusters: the
-outermost factor), lme4's profile intervals and anova, on the nested and
+outermost factor) and lme4's anova, on the nested and
 crossed cases of ``validation/r/multilevel_lme4.json``.
 """
 from __future__ import annotations
@@ -123,44 +123,6 @@ def test_cov_robust_inner_factor_not_a_cluster():
     res = model_of(ref).fit()
     with pytest.raises(ValueError, match="'batch' is not nested in the cluster 'batch:cask'"):
         res.cov_robust("CR2", cluster="batch:cask")
-
-
-PROFILE_CASES = sorted(k for k in CASES if "profile" in REFS[k])
-
-
-@pytest.mark.parametrize("key", PROFILE_CASES)
-def test_profile_intervals_match_lme4(key):
-    """lme4's confint(method = "profile") to 1e-3 relative (its spline's precision);
-    a zero lower limit (SD at its bound) exactly."""
-    ref = REFS[key]
-    res = model_of(ref).fit(reml=ref["REML"])
-    ci = res.conf_int_profile()
-    pr = ref["profile"]
-    assert list(ci["lme4"].iloc[:len(ci) - res.model.k_fe]) == [
-        n for n in pr["names"] if n.startswith(".")]
-    by_lme4 = {lme4_name(n): i for i, n in enumerate(ci["lme4"])}
-    rows = ci.iloc[[by_lme4[n] for n in pr["names"]]]
-    lo, hi = np.asarray(pr["lower"]), np.asarray(pr["upper"])
-    np.testing.assert_allclose(rows["2.5 %"], lo, rtol=1e-3)
-    np.testing.assert_allclose(rows["97.5 %"], hi, rtol=1e-3)
-    assert np.all(rows["2.5 %"].to_numpy()[lo == 0] == 0.0)
-
-
-def test_profile_which_and_bad_input():
-    ref = REFS["pastes_REML"]
-    res = model_of(ref).fit()
-    full = res.conf_int_profile()
-    part = res.conf_int_profile(which=[".sigma", "Intercept"])
-    assert list(part.index) == ["sigma", "Intercept"]
-    np.testing.assert_allclose(part.iloc[:, :2], full.loc[["sigma", "Intercept"]].iloc[:, :2],
-                               rtol=1e-6)
-    wider = res.conf_int_profile(alpha=0.01, which="beta_")
-    assert wider.iloc[0, 0] < full.loc["Intercept"].iloc[0]
-    assert wider.iloc[0, 1] > full.loc["Intercept"].iloc[1]
-    with pytest.raises(KeyError, match="nosuch"):
-        res.conf_int_profile(which=["nosuch"])
-    with pytest.raises(ValueError, match="alpha"):
-        res.conf_int_profile(alpha=1.5)
 
 
 # ------------------------------------------------------ simulate, refit, bootstrap

@@ -461,13 +461,6 @@ class MultilevelResults(LikelihoodModelResults):
         from .inference import coef_test_robust
         return coef_test_robust(self, cov_type, cluster=cluster)
 
-    def conf_int_profile(self, alpha: float = 0.05, *, which: Any = None) -> pd.DataFrame:
-        """Profile-likelihood intervals of the SDs, correlations, sigma and fixed
-        effects (lme4's ``confint(method = "profile")``); see
-        :func:`sm_hlm.multilevel.inference.conf_int_profile`."""
-        from .inference import conf_int_profile
-        return conf_int_profile(self, alpha, which=which)
-
     def simulate(self, nsim: int = 1, *, seed: Any = None) -> pd.DataFrame:
         """Responses simulated from the fitted model (lme4's ``simulate``), one column
         per simulation; see :func:`sm_hlm.multilevel.inference.simulate`."""
