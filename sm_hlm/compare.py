@@ -75,13 +75,21 @@ class _Fit:
         """(group, terms as (names, correlated)) -- empty for no random effects."""
         if self.kind != "hlm":
             return None, ()
-        rd = self.result.model.re_design
+        m = self.result.model
+        if hasattr(m, "re_terms") and not hasattr(m, "re_design"):
+            # several grouping factors: the factors, and each effect named with its factor
+            return tuple(m.factor_names), tuple(
+                (tuple(f"{n} | {t.factor}" for n in t.names[o:o + b]), True)
+                for t in m.re_terms
+                for o, b in zip(np.cumsum((0,) + tuple(t.block_sizes))[:-1], t.block_sizes))
+        rd = m.re_design
         return rd.group, tuple((t.names, bool(t.correlated) or t.k == 1) for t in rd.terms)
 
 
 def _view(fit: Any, name: str) -> _Fit:
     res = _unwrap(fit)
-    if _is_hlm(res):
+    from .multilevel.results import MultilevelResults
+    if _is_hlm(res) or isinstance(res, MultilevelResults):
         m = res.model
         return _Fit(name=name, result=res, kind="hlm", reml=bool(res.reml), llf=float(res.llf),
                     npar=int(res.n_params), nobs=int(res.nobs), endog=np.asarray(m.endog),
@@ -411,7 +419,19 @@ def _fe_table(res: Any, kind: str) -> tuple[pd.Series, pd.Series, pd.Series]:
 def _vcomp_rows(res: Any, kind: str, vcomp: str) -> dict[str, float]:
     rows: dict[str, float] = {}
     lab = "SD" if vcomp == "sd" else "Var"
-    if kind == "hlm":
+    if kind == "hlm" and not hasattr(res.model, "re_design"):       # several factors
+        for t, cov in zip(res.model.re_terms, res.fit_result.cov_re):
+            sd = np.sqrt(np.diag(cov))
+            for i, n in enumerate(t.names):
+                rows[f"{lab}({n} | {t.factor})"] = sd[i] if vcomp == "sd" else cov[i, i]
+            block = np.repeat(np.arange(len(t.block_sizes)), t.block_sizes)
+            for j in range(t.S):
+                for i in range(j + 1, t.S):
+                    if block[i] == block[j]:
+                        den = sd[i] * sd[j]
+                        rows[f"Corr({t.names[j]}, {t.names[i]} | {t.factor})"] = (
+                            cov[i, j] / den if den > 0 else np.nan)
+    elif kind == "hlm":
         for t, block, sd, corr in res.model.re_design.term_blocks(res.fit_result.cov_re):
             for i, n in enumerate(t.names):
                 rows[f"{lab}({n} | {t.group})"] = sd[i] if vcomp == "sd" else block[i, i]

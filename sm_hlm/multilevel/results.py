@@ -392,14 +392,63 @@ class MultilevelResults(MixedResultsBase):
             raise ValueError("no random intercepts: reliability needs a (1 | factor) term")
         return pd.DataFrame(rows).T.astype({"units": int})
 
+    # ----------------------------------------------------------- inference
+    def satterthwaite(self) -> pd.DataFrame:
+        """Fixed-effects t tests with lmerTest's Satterthwaite df.
+
+        See :func:`sm_hlm.multilevel.inference.satterthwaite`.
+        """
+        from .inference import satterthwaite
+        return satterthwaite(self)
+
+    def cov_robust(self, kind: str = "CR2", *, cluster: Any = None) -> pd.DataFrame:
+        """Cluster-robust covariance of the fixed effects (clubSandwich's vcovCR).
+
+        Clusters: the outermost nested factor, or ``cluster`` (required for
+        crossed factors).  See :func:`sm_hlm.multilevel.inference.cov_robust`.
+        """
+        from .inference import cov_robust
+        return cov_robust(self, kind, cluster=cluster)
+
+    def coef_test_robust(self, cov_type: str = "CR2", *, cluster: Any = None) -> pd.DataFrame:
+        """Cluster-robust t tests with Satterthwaite df (clubSandwich's coef_test).
+
+        See :func:`sm_hlm.multilevel.inference.coef_test_robust`.
+        """
+        from .inference import coef_test_robust
+        return coef_test_robust(self, cov_type, cluster=cluster)
+
+    def simulate(self, nsim: int = 1, *, seed: Any = None) -> pd.DataFrame:
+        """Responses simulated from the fitted model (lme4's ``simulate``), one column
+        per simulation; see :func:`sm_hlm.multilevel.inference.simulate`."""
+        from .inference import simulate
+        return simulate(self, nsim, seed=seed)
+
+    def refit(self, endog: Any) -> Any:
+        """The same model fitted to a new response (lme4's ``refit``); see
+        :func:`sm_hlm.multilevel.inference.refit`."""
+        from .inference import refit
+        return refit(self, endog)
+
+    def bootstrap(self, n: int, *, seed: int | None = None, progress: bool = True,
+                  alpha: float = 0.05) -> Any:
+        """Parametric bootstrap: replicates and percentile intervals; see
+        :func:`sm_hlm.multilevel.inference.bootstrap`."""
+        from .inference import bootstrap
+        return bootstrap(self, n, seed=seed, progress=progress, alpha=alpha)
+
     # ------------------------------------------------------------- summary
     def summary(self, *, alpha: float = 0.05, float_format: str = "%.4f",
-                correlation: bool | None = None):
+                correlation: bool | None = None, ddf: str | None = None):
         """An lme4-style summary as a statsmodels ``summary2.Summary``: every factor in
-        the random-effects table and ``groups: a:b, m1; a, m2`` after the number of rows."""
+        the random-effects table and ``groups: a:b, m1; a, m2`` after the number of rows.
+
+        ``ddf="satterthwaite"``: t tests of the fixed effects with lmerTest's
+        Satterthwaite df (:meth:`satterthwaite`) instead of z tests.
+        """
         from .summary import make_multilevel_summary
         return make_multilevel_summary(self, alpha=alpha, float_format=float_format,
-                                       correlation=correlation)
+                                       correlation=correlation, ddf=ddf)
 
     summary2 = summary
 

@@ -51,7 +51,8 @@ def groups_line(results: "MultilevelResults") -> str:
 
 
 def make_multilevel_summary(results: "MultilevelResults", *, alpha: float = 0.05,
-                            float_format: str = "%.4f", correlation: bool | None = None):
+                            float_format: str = "%.4f", correlation: bool | None = None,
+                            ddf: str | None = None):
     """Fit criteria, scaled residuals, random effects of every factor, fixed effects
     (z tests), the correlation of the fixed effects and any convergence or singular-fit
     message, as lme4's ``summary.merMod``."""
@@ -82,11 +83,24 @@ def make_multilevel_summary(results: "MultilevelResults", *, alpha: float = 0.05
     re_tab = re_tab.astype(object).where(re_tab.notna(), "")
     smry.add_df(re_tab, index=False, float_format="%.4f", title="Random effects:")
     smry.add_text(groups_line(results))
+    if ddf is not None and str(ddf).lower() != "satterthwaite":
+        raise ValueError(f"ddf must be None or 'satterthwaite' with several grouping factors, "
+                         f"got {ddf!r}")
     est, se = results.fe_params, results.bse_fe
     z = est / se
-    crit = stats.norm.ppf(1 - alpha / 2)
-    fe = pd.DataFrame({"Coef.": est, "Std.Err.": se, "z": z, "P>|z|": 2 * stats.norm.sf(np.abs(z)),
-                       f"[{alpha / 2:g}": est - crit * se, f"{1 - alpha / 2:g}]": est + crit * se})
+    if ddf is None:
+        crit = stats.norm.ppf(1 - alpha / 2)
+        fe = pd.DataFrame({"Coef.": est, "Std.Err.": se, "z": z,
+                           "P>|z|": 2 * stats.norm.sf(np.abs(z)),
+                           f"[{alpha / 2:g}": est - crit * se,
+                           f"{1 - alpha / 2:g}]": est + crit * se})
+    else:
+        df = results.satterthwaite()["df"].to_numpy()
+        crit = stats.t.ppf(1 - alpha / 2, df)
+        fe = pd.DataFrame({"Coef.": est, "Std.Err.": se, "df": df, "t": z,
+                           "P>|t|": 2 * stats.t.sf(np.abs(z), df),
+                           f"[{alpha / 2:g}": est - crit * se,
+                           f"{1 - alpha / 2:g}]": est + crit * se})
     smry.add_df(fe, float_format=float_format, title="Fixed effects:")
     from .levels import ThreeLevelSpec, level_equations3
     if isinstance(getattr(model, "levels", None), ThreeLevelSpec):
