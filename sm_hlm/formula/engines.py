@@ -21,12 +21,14 @@ as patsy); formulaic designs are always built by formulaic.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["formula_engine", "design_matrices", "design_matrix", "frame_spec",
+__all__ = ["formula_engine", "using_engine", "design_matrices", "design_matrix", "frame_spec",
            "build_from_spec", "spec_column_names", "spec_terms"]
 
 #: transforms whose meaning differs between the engines: name -> explanation
@@ -45,6 +47,23 @@ def formula_engine() -> str:
     """
     from statsmodels.formula._manager import FormulaManager
     return FormulaManager().engine
+
+
+@contextmanager
+def using_engine(engine: str) -> Iterator[None]:
+    """Set ``statsmodels.formula.options.formula_engine`` inside a ``with`` block.
+
+    Used where sm_hlm's own code depends on patsy's term objects
+    (``HLM.from_levels``); the previous engine is restored on exit.  The option
+    is process-wide, as statsmodels' is.
+    """
+    import statsmodels.formula as sm_formula
+    before = sm_formula.options.formula_engine
+    sm_formula.options.formula_engine = engine
+    try:
+        yield
+    finally:
+        sm_formula.options.formula_engine = before
 
 
 def _check_transforms(formula: str, engine: str) -> None:
@@ -114,7 +133,17 @@ def _is_formulaic(spec: Any) -> bool:
 def build_from_spec(spec: Any, data: pd.DataFrame) -> pd.DataFrame:
     """The design described by ``spec`` on new ``data`` (float DataFrame; NaN raises)."""
     if _is_formulaic(spec):
-        mat = spec.get_model_matrix(data, na_action="raise", output="pandas")
+        try:
+            mat = spec.get_model_matrix(data, na_action="raise", output="pandas")
+        except Exception as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, NameError):
+                raise NameError(
+                    f"the formula function or variable in {cause} is not in the new data and "
+                    "was not stored with the model (formulaic's ModelSpec does not keep the "
+                    "formula's namespace through pickling); add it as a column or define it "
+                    "at module level") from exc
+            raise
         return pd.DataFrame(np.asarray(mat, dtype=float), columns=list(map(str, mat.columns)),
                             index=data.index)
     from patsy import build_design_matrices
