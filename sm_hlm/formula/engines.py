@@ -138,11 +138,12 @@ def build_from_spec(spec: Any, data: pd.DataFrame) -> pd.DataFrame:
         except Exception as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, NameError):
-                raise NameError(
-                    f"the formula function or variable in {cause} is not in the new data and "
-                    "was not stored with the model (formulaic's ModelSpec does not keep the "
-                    "formula's namespace through pickling); add it as a column or define it "
-                    "at module level") from exc
+                from .pickling import MissingNameError
+                raise MissingNameError(
+                    f"{cause}: a function or variable the formula uses could not be stored "
+                    "with the model (formulaic's ModelSpec does not keep the formula's "
+                    "namespace through pickling) and is not a column of the new data; add it "
+                    "as a column, or predict in the session that defined it") from exc
             raise
         return pd.DataFrame(np.asarray(mat, dtype=float), columns=list(map(str, mat.columns)),
                             index=data.index)
