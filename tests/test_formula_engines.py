@@ -147,3 +147,34 @@ def test_env_variable_selects_formulaic():
                          cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ModelSpec"
+
+
+def test_string_constraints_and_terms_under_formulaic(data):
+    mp, mf = (_model("mscore ~ ses * flp + C(urb) + (1 | school)", data, e) for e in ENGINES)
+    rp = mp.fit()
+    rf = mf.results_at(np.asarray(rp.theta), reml=True)
+    before = smf_options.options.formula_engine
+    smf_options.options.formula_engine = "formulaic"       # statsmodels would parse with it
+    try:
+        wf = rf.wald_test("flp = 0, ses:flp = 0")
+        tf = rf.t_test("ses:flp = 0")
+        terms_f = rf.wald_test_terms().table
+    finally:
+        smf_options.options.formula_engine = before
+    wp = rp.wald_test("flp = 0, ses:flp = 0")
+    assert float(wf.statistic) == pytest.approx(float(wp.statistic), rel=1e-10)
+    assert tf.tvalue.item() == pytest.approx(rp.t_test("ses:flp = 0").tvalue.item(), rel=1e-10)
+    terms_p = rp.wald_test_terms().table
+    assert list(terms_f.index) == list(terms_p.index)
+    np.testing.assert_allclose(terms_f["statistic"].astype(float),
+                               terms_p["statistic"].astype(float), rtol=1e-10)
+
+
+def test_from_levels_under_formulaic(data, engine_option):
+    kw = dict(level1="mscore ~ ses", level2={"Intercept": "~ flp"}, groups="school", data=data)
+    ref = HLM.from_levels(**kw).fit()
+    engine_option.formula_engine = "formulaic"
+    res = HLM.from_levels(**kw).fit()
+    assert engine_option.formula_engine == "formulaic"          # restored after the build
+    assert type(res.model.model_spec).__name__ == "DesignInfo"   # the gamma map reads patsy
+    np.testing.assert_array_equal(res.fe_params.to_numpy(), ref.fe_params.to_numpy())
