@@ -143,7 +143,8 @@ def _table_view(fit: Any, name: str) -> _Fit:
                     npar=int(len(res.params)) + 1, nobs=int(res.nobs),
                     endog=np.asarray(m.dependent.values2d, dtype=float).ravel(),
                     exog_names=tuple(map(str, res.params.index)),
-                    exog=np.asarray(m.exog.values2d, dtype=float), formula=getattr(m, "formula", None))
+                    exog=np.asarray(m.exog.values2d, dtype=float),
+                    formula=getattr(m, "formula", None))
     try:
         return _view(res, name)
     except TypeError:
@@ -493,7 +494,8 @@ def _vcomp_rows(res: Any, kind: str, vcomp: str) -> dict[str, float]:
         if type(res.model).__name__ == "RandomEffects":
             vd = res.variance_decomposition                      # Effects, Residual
             eff, resid = float(vd["Effects"]), float(vd["Residual"])
-            rows[f"{lab}(Intercept | {_panel_entity(res)})"] = np.sqrt(eff) if vcomp == "sd" else eff
+            rows[f"{lab}(Intercept | {_panel_entity(res)})"] = \
+                np.sqrt(eff) if vcomp == "sd" else eff
         else:
             resid = float(res.s2)
         rows[f"{lab}(Residual)"] = np.sqrt(resid) if vcomp == "sd" else resid
