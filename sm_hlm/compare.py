@@ -10,7 +10,11 @@
   text, HTML or LaTeX.
 
 Both accept :class:`~sm_hlm.HLMResults` and, as fits without random
-effects, statsmodels OLS results (``smf.ols(...).fit()``).
+effects, statsmodels OLS results (``smf.ols(...).fit()``).  ``summary_table``
+also takes statsmodels WLS results and linearmodels panel results
+(``PanelOLS``, ``RandomEffects``, ``PooledOLS``, ...; linearmodels is
+imported lazily, only when such a fit is passed), so random-effects, fixed-
+effects and OLS estimates can be set side by side.
 """
 from __future__ import annotations
 
@@ -47,6 +51,22 @@ def _is_hlm(fit: Any) -> bool:
     return isinstance(_unwrap(fit), HLMResults)
 
 
+def _is_panel(fit: Any) -> bool:
+    """A linearmodels panel result (checked without importing linearmodels)."""
+    res = _unwrap(fit)
+    if not type(res).__module__.startswith("linearmodels."):
+        return False
+    from linearmodels.panel.results import PanelResults      # lazy: optional dependency
+    return isinstance(res, PanelResults)
+
+
+def _is_regression(fit: Any) -> bool:
+    """statsmodels OLS or WLS results (summary_table only)."""
+    from statsmodels.regression.linear_model import OLS, WLS, RegressionResults
+    res = _unwrap(fit)
+    return isinstance(res, RegressionResults) and type(res.model) in (OLS, WLS)
+
+
 def _is_ols(fit: Any) -> bool:
     from statsmodels.regression.linear_model import OLS, RegressionResults
     res = _unwrap(fit)
@@ -59,7 +79,7 @@ class _Fit:
 
     name: str
     result: Any                 # HLMResults (unwrapped) or statsmodels RegressionResults
-    kind: str                   # "hlm" or "ols"
+    kind: str                   # "hlm", "ols" (OLS/WLS) or "panel" (linearmodels)
     reml: bool
     llf: float
     npar: int
@@ -105,6 +125,54 @@ def _view(fit: Any, name: str) -> _Fit:
                     exog=np.asarray(m.exog, dtype=float), formula=formula)
     raise TypeError(f"{name}: cannot compare a {type(res).__name__}; pass sm_hlm results "
                     "(HLM(...).fit()) or statsmodels OLS results")
+
+
+#: linearmodels estimator -> the Method row of summary_table
+_PANEL_METHODS = {"PanelOLS": "FE (within)", "RandomEffects": "RE (GLS)",
+                  "PooledOLS": "Pooled OLS", "BetweenOLS": "Between",
+                  "FirstDifferenceOLS": "First difference"}
+
+
+def _table_view(fit: Any, name: str) -> _Fit:
+    """:func:`_view` extended to statsmodels WLS and linearmodels panel results."""
+    res = _unwrap(fit)
+    if _is_regression(res) and not _is_ols(res):                  # WLS
+        m = res.model
+        return _Fit(name=name, result=res, kind="ols", reml=False, llf=float(res.llf),
+                    npar=int(len(res.params)) + 1, nobs=int(res.nobs),
+                    endog=np.asarray(m.endog, dtype=float),
+                    exog_names=tuple(map(str, m.exog_names)),
+                    exog=np.asarray(m.exog, dtype=float), formula=getattr(m, "formula", None))
+    if _is_panel(res):
+        m = res.model
+        pooled = type(m).__name__ == "PooledOLS"
+        return _Fit(name=name, result=res, kind="panel", reml=False,
+                    llf=float(res.loglik) if pooled else float("nan"),
+                    npar=int(len(res.params)) + 1, nobs=int(res.nobs),
+                    endog=np.asarray(m.dependent.values2d, dtype=float).ravel(),
+                    exog_names=tuple(map(str, res.params.index)),
+                    exog=np.asarray(m.exog.values2d, dtype=float),
+                    formula=getattr(m, "formula", None))
+    try:
+        return _view(res, name)
+    except TypeError:
+        raise TypeError(f"{name}: summary_table cannot show a {type(res).__name__}; pass sm_hlm "
+                        "results, statsmodels OLS/WLS results or linearmodels panel results "
+                        "(PanelOLS, RandomEffects, PooledOLS)") from None
+
+
+def _panel_method(res: Any) -> str:
+    m = res.model
+    kind = type(m).__name__
+    if kind == "PanelOLS":
+        eff = [e for e, on in (("entity", getattr(m, "entity_effects", False)),
+                               ("time", getattr(m, "time_effects", False))) if on]
+        return "FE (" + " + ".join(eff) + ")" if eff else "PanelOLS"
+    return _PANEL_METHODS.get(kind, kind)
+
+
+def _panel_entity(res: Any) -> str:
+    return str(res.model.dependent.index.names[0])
 
 
 def _names(n: int, names: Sequence[str] | None) -> list[str]:
@@ -408,6 +476,9 @@ def _stars(p: float, levels: Sequence[float]) -> str:
 def _fe_table(res: Any, kind: str) -> tuple[pd.Series, pd.Series, pd.Series]:
     if kind == "hlm":
         est, se = res.fe_params, res.bse_fe
+    elif kind == "panel":
+        return (res.params.astype(float), res.std_errors.astype(float),
+                res.pvalues.astype(float))
     else:
         est = pd.Series(np.asarray(res.params), index=res.model.exog_names)
         se = pd.Series(np.asarray(res.bse), index=res.model.exog_names)
@@ -439,6 +510,16 @@ def _vcomp_rows(res: Any, kind: str, vcomp: str) -> dict[str, float]:
                 for j in range(t.k):
                     for i in range(j + 1, t.k):
                         rows[f"Corr({t.names[j]}, {t.names[i]} | {t.group})"] = corr[i, j]
+    if kind == "panel":
+        if type(res.model).__name__ == "RandomEffects":
+            vd = res.variance_decomposition                      # Effects, Residual
+            eff, resid = float(vd["Effects"]), float(vd["Residual"])
+            rows[f"{lab}(Intercept | {_panel_entity(res)})"] = \
+                np.sqrt(eff) if vcomp == "sd" else eff
+        else:
+            resid = float(res.s2)
+        rows[f"{lab}(Residual)"] = np.sqrt(resid) if vcomp == "sd" else resid
+        return rows
     scale = float(res.scale)
     rows[f"{lab}(Residual)"] = np.sqrt(scale) if vcomp == "sd" else scale
     return rows
@@ -453,7 +534,11 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
     Parameters
     ----------
     *fits
-        :class:`~sm_hlm.HLMResults` and/or statsmodels OLS results.
+        :class:`~sm_hlm.HLMResults`, statsmodels OLS/WLS results and/or
+        linearmodels panel results (``PanelOLS`` -- method ``FE (entity)``,
+        ``RandomEffects`` -- ``RE (GLS)``, with its variance decomposition as
+        ``SD(Intercept | entity)``, ``PooledOLS``; linearmodels is imported
+        only when such a fit is passed).
     names
         Column labels; default ``"fit0"``, ``"fit1"``, ...
     stars
@@ -496,7 +581,7 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
     if vcomp not in ("sd", "var"):
         raise ValueError(f"vcomp must be 'sd' or 'var', got {vcomp!r}")
     labels = _names(len(fits), names)
-    views = [_view(f, n) for f, n in zip(fits, labels)]
+    views = [_table_view(f, n) for f, n in zip(fits, labels)]
     est_d, se_d, p_d, vc_d, st_d = {}, {}, {}, {}, {}
     for v in views:
         e, s, p = _fe_table(v.result, v.kind)
@@ -505,13 +590,22 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
         groups = ""
         if v.kind == "hlm" and v.result.model.k_re:
             groups = f"{v.result.n_groups}"
+        elif v.kind == "panel" and type(v.result.model).__name__ != "PooledOLS":
+            groups = f"{int(v.result.entity_info['total'])}"
+        if v.kind == "hlm":
+            method = "REML" if v.reml else "ML"
+        elif v.kind == "panel":
+            method = _panel_method(v.result)
+        else:
+            method = type(v.result.model).__name__                 # OLS or WLS
+        finite = np.isfinite(v.llf)                                # FE/RE: not comparable
         st_d[v.name] = {
             "N": f"{v.nobs}",
             "Groups": groups,
-            "logLik": f"{v.llf:.1f}",
-            "AIC": f"{-2 * v.llf + 2 * v.npar:.1f}",
-            "BIC": f"{-2 * v.llf + np.log(v.nobs) * v.npar:.1f}",
-            "Method": ("REML" if v.reml else "ML") if v.kind == "hlm" else "OLS",
+            "logLik": f"{v.llf:.1f}" if finite else "",
+            "AIC": f"{-2 * v.llf + 2 * v.npar:.1f}" if finite else "",
+            "BIC": f"{-2 * v.llf + np.log(v.nobs) * v.npar:.1f}" if finite else "",
+            "Method": method,
         }
     fe_order: list[str] = []
     for v in views:
@@ -526,7 +620,9 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
     vc_order.append(residual)
     vc = pd.DataFrame(vc_d).reindex(vc_order)
     group_names = sorted({v.result.model.group_name for v in views
-                          if v.kind == "hlm" and v.result.model.k_re})
+                          if v.kind == "hlm" and v.result.model.k_re} |
+                         {_panel_entity(v.result) for v in views
+                          if v.kind == "panel" and st_d[v.name]["Groups"]})
     st = pd.DataFrame(st_d)
     if group_names:
         st = st.rename(index={"Groups": f"Groups ({', '.join(group_names)})"})
@@ -562,8 +658,13 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
         out.add_title(title)
     note = "Standard errors in parentheses."
     if stars:
-        note += " " + star_note(star_levels) + " (two-sided; z tests for HLM fits, t tests " \
-                "for OLS fits; variance components are not tested)."
+        note += " " + star_note(star_levels) + " (two-sided; z tests for HLM fits, each " \
+                "statsmodels or linearmodels fit's own p-values otherwise; variance components " \
+                "are not tested)."
+    if any(v.kind == "panel" and not np.isfinite(v.llf) for v in views):
+        note += (" logLik, AIC and BIC are not shown for linearmodels fixed- and random-effects "
+                 "fits: their likelihoods (of the within or quasi-demeaned regression) are not "
+                 "comparable with the others.")
     out.add_text(note)
     out.frame = frame
     out.params, out.bse, out.pvalues = params, bse, pvalues

@@ -490,8 +490,10 @@ def from_levels(cls: type["HLM"], *, level1: str, level2: Mapping[str, str] | No
                     column=col, group_ids=exc.group_ids, n_groups=exc.n_groups) from None
 
     # ---- the model
-    model = cls.from_formula(formula, data, missing=missing, eval_env=eval_env + 1,
-                             **from_formula_kw, **kwargs)
+    from .formula.engines import using_engine
+    with using_engine("patsy"):     # the gamma mapping reads patsy's term objects
+        model = cls.from_formula(formula, data, missing=missing, eval_env=eval_env + 1,
+                                 **from_formula_kw, **kwargs)
 
     # ---- map every fixed effect back to its gamma
     X1 = dmatrix("~ " + level1.split("~", 1)[1], frame, return_type="dataframe",

@@ -260,6 +260,14 @@ class HLM(LikelihoodModel):
             d["fixed_design_info"] = unpickle_design(d["fixed_design_info"])
         self.__dict__.update(d)
 
+    @property
+    def model_spec(self) -> Any:
+        """The fixed part's design spec, as statsmodels' ``model_spec``: patsy's
+        ``DesignInfo`` or formulaic's ``ModelSpec`` (the engine of
+        ``statsmodels.formula.options.formula_engine`` when the model was made;
+        None without a formula)."""
+        return self.__dict__.get("fixed_design_info")
+
     # --------------------------------------------------------------- weights
     def _set_weights(self, weights: Any, survey_weights: Sequence[Any] | None,
                      scaling: str) -> None:
@@ -482,7 +490,7 @@ class HLM(LikelihoodModel):
         """
         from patsy import EvalEnvironment
 
-        from .formula.fast import dmatrices_fast, dmatrix_fast
+        from .formula.engines import design_matrices, design_matrix, frame_spec
 
         if args:
             raise TypeError(f"HLM.from_formula() got {len(args)} unexpected positional "
@@ -575,24 +583,24 @@ class HLM(LikelihoodModel):
         frame = data if keep is None else data.loc[keep]
         if len(frame) == 0:
             raise ValueError("empty data: no rows left after dropping missing values")
-        y, X = dmatrices_fast(parsed.fixed_formula, frame, eval_env=env)
+        y, X = design_matrices(parsed.fixed_formula, frame, eval_env=env)
         if y.shape[1] != 1:
             raise TypeError(f"the response {parsed.response!r} must be a single numeric column, "
-                            f"patsy made {y.shape[1]} columns {list(y.columns)}")
+                            f"the formula made {y.shape[1]} columns {list(y.columns)}")
         y = y.iloc[:, 0]
         terms: list[RandomEffectsTerm] = []
         blocks = []
         for s in specs:
-            Zs = dmatrix_fast(s.expr, frame, eval_env=env)
+            Zs = design_matrix(s.expr, frame, eval_env=env)
             if Zs.shape[1] == 0:
                 raise ValueError(f"random-effects term {s} has no columns")
             if s.correlated:
                 terms.append(RandomEffectsTerm(s.group, tuple(map(str, Zs.columns)), True,
-                                               s.expr, Zs.design_info))
+                                               s.expr, frame_spec(Zs)))
             else:
                 for c in Zs.columns:
                     terms.append(RandomEffectsTerm(s.group, (str(c),), True, s.expr,
-                                                   Zs.design_info))
+                                                   frame_spec(Zs)))
             blocks.append(Zs)
         if blocks:
             exog_re = blocks[0] if len(blocks) == 1 else pd.concat(blocks, axis=1)
@@ -611,7 +619,7 @@ class HLM(LikelihoodModel):
         mod.n_dropped = 0 if keep is None else int((~keep).sum())
         mod.formula = formula
         mod.parsed_formula = parsed
-        mod.fixed_design_info = X.design_info
+        mod.fixed_design_info = frame_spec(X)
         mod.re_specs = tuple(specs)
         mod.data.frame = data
         mod.row_index = frame.index

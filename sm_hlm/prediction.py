@@ -77,7 +77,7 @@ def _fill(values: np.ndarray, valid: np.ndarray, n: int) -> np.ndarray:
 
 def _random_design(model: Any, ok: pd.DataFrame, valid: np.ndarray) -> np.ndarray:
     """Z of the complete rows ``ok`` of new data, NaN rows where ``valid`` is False."""
-    from patsy import build_design_matrices
+    from .formula.engines import build_from_spec, spec_column_names
 
     blocks: dict[str, pd.DataFrame] = {}
     for term in model.re_design.terms:
@@ -85,10 +85,9 @@ def _random_design(model: Any, ok: pd.DataFrame, valid: np.ndarray) -> np.ndarra
         if key in blocks:     # the terms of one (x || g) share a design
             continue
         if len(ok):
-            (Zt,) = build_design_matrices([term.design_info], ok, NA_action="raise",
-                                          return_type="dataframe")
+            Zt = build_from_spec(term.design_info, ok)
         else:
-            Zt = pd.DataFrame(columns=term.design_info.column_names)
+            Zt = pd.DataFrame(columns=spec_column_names(term.design_info))
         blocks[key] = Zt
     Zdf = pd.concat(list(blocks.values()), axis=1)
     Zdf = Zdf.loc[:, ~Zdf.columns.duplicated()]
@@ -97,7 +96,7 @@ def _random_design(model: Any, ok: pd.DataFrame, valid: np.ndarray) -> np.ndarra
 
 def frame_design(results: "HLMResults", data: pd.DataFrame, *, random: bool) -> NewDesign:
     """:class:`NewDesign` of a DataFrame of new data for a formula model."""
-    from patsy import build_design_matrices
+    from .formula.engines import build_from_spec
 
     model = results.model
     info = getattr(model, "fixed_design_info", None)
@@ -116,8 +115,7 @@ def frame_design(results: "HLMResults", data: pd.DataFrame, *, random: bool) -> 
     ok = data if valid.all() else data.loc[valid]
     n = len(data)
     if len(ok):
-        (X,) = build_design_matrices([info], ok, NA_action="raise", return_type="matrix")
-        X = np.asarray(X, dtype=float)
+        X = build_from_spec(info, ok).to_numpy(dtype=float)
     else:
         X = np.zeros((0, model.k_fe))
     Z = g = None

@@ -560,6 +560,19 @@ class HLMResults(MixedResultsBase):
         from .hausman import hausman
         return hausman(self, method=method, cov_type=cov_type)
 
+    def _constraint(self, r_matrix: Any) -> Any:
+        """A string constraint as (R, q), parsed by patsy over statsmodels' names.
+
+        statsmodels parses strings with the formula engine; formulaic's parser
+        rejects names with ``:`` (``"flp:ses = 0"``), so strings are parsed as the
+        patsy engine does whichever engine built the design.
+        """
+        if not isinstance(r_matrix, str):
+            return r_matrix
+        from patsy import DesignInfo
+        lc = DesignInfo(list(map(str, self.model.data.cov_names))).linear_constraint(r_matrix)
+        return np.asarray(lc.coefs, float), np.asarray(lc.constants, float).reshape(-1)
+
     def _embed_cov(self, cov_p: Any) -> Any:
         """A fixed-effects-only ``cov_p`` padded to all params (model-based elsewhere)."""
         if cov_p is None:
@@ -574,14 +587,16 @@ class HLMResults(MixedResultsBase):
     def t_test(self, r_matrix: Any, cov_p: Any = None, use_t: bool | None = None) -> Any:
         """statsmodels' t_test; ``cov_p`` may cover the fixed effects only
         (e.g. ``results.cov_robust("CR2")``)."""
-        return super().t_test(r_matrix, cov_p=self._embed_cov(cov_p), use_t=use_t)
+        return super().t_test(self._constraint(r_matrix), cov_p=self._embed_cov(cov_p),
+                              use_t=use_t)
 
     def wald_test(self, r_matrix: Any, cov_p: Any = None, invcov: Any = None,
                   use_f: bool | None = None, df_constraints: Any = None,
                   scalar: bool = True) -> Any:
         """statsmodels' wald_test (``scalar=True`` by default, as statsmodels);
         ``cov_p`` may cover the fixed effects only."""
-        return super().wald_test(r_matrix, cov_p=self._embed_cov(cov_p), invcov=invcov,
+        return super().wald_test(self._constraint(r_matrix), cov_p=self._embed_cov(cov_p),
+                                 invcov=invcov,
                                  use_f=use_f, df_constraints=df_constraints, scalar=scalar)
 
     def wald_test_terms(self, skip_single: bool = False, extra_constraints: Any = None,

@@ -108,17 +108,25 @@ def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
     """Estimates, SEs, z (or t with a ddf method), p-values and confidence limits.
 
     ``cov_type`` ("CR0", "CR1", "CR2"): cluster-robust SEs (groups as clusters,
-    :func:`sm_hlm.inference.cov_robust`) with z tests; not combinable with ``ddf``.
+    :func:`sm_hlm.inference.cov_robust`) with t tests on the Bell-McCaffrey
+    (Satterthwaite) small-sample df of clubSandwich's ``coef_test``
+    (:func:`sm_hlm.cluster_tests.coef_test_robust`); not combinable with ``ddf``.
     """
     est = results.fe_params
     se = results.bse_fe
+    lo_name, hi_name = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
     if cov_type is not None:
         if ddf is not None:
             raise ValueError("cov_type and ddf cannot be combined: Satterthwaite and "
                              "Kenward-Roger df belong to the model-based standard errors")
-        se = pd.Series(np.sqrt(np.diag(results.cov_robust(cov_type))), index=est.index)
+        from .cluster_tests import coef_test_robust
+        tab = coef_test_robust(results, cov_type)
+        se, df, stat = tab["Std. Error"], tab["df"].to_numpy(), tab["t value"]
+        crit = stats.t.ppf(1 - alpha / 2, df)
+        return pd.DataFrame({"Coef.": est, "Std.Err.": se, "df": df, "t": stat,
+                             "P>|t|": tab["Pr(>|t|)"], lo_name: est - crit * se,
+                             hi_name: est + crit * se})
     stat = est / se
-    lo_name, hi_name = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
     if ddf is None:
         p = 2 * stats.norm.sf(np.abs(stat))
         crit = stats.norm.ppf(1 - alpha / 2)
@@ -202,8 +210,9 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
     smry.add_df(fixed_effects_table(results, alpha=alpha, ddf=ddf, cov_type=cov_type),
                 float_format=float_format, title="Fixed effects:")
     if cov_type is not None:
-        smry.add_text(f"Fixed effects: cluster-robust ({cov_type}) standard errors, clusters = "
-                      f"{model.group_name}")
+        smry.add_text(f"Fixed effects: cluster-robust ({str(cov_type).upper()}) standard "
+                      f"errors, clusters = {model.group_name}; t tests with Bell-McCaffrey "
+                      "(Satterthwaite) small-sample df, as clubSandwich's coef_test")
     elif getattr(results, "cov_type", "model") == "sandwich":
         smry.add_text("Fixed effects: sandwich (linearization) standard errors clustered by "
                       f"{model.group_name}" + (

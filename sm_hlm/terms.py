@@ -37,12 +37,9 @@ def fixed_terms(model: Any) -> list[FixedTerm]:
     """The fixed-effects terms of ``model`` in the order of its columns."""
     info = getattr(model, "fixed_design_info", None)
     if info is not None:
-        out = []
-        for term, sl in info.term_slices.items():
-            factors = frozenset(f.name() for f in term.factors)
-            name = "Intercept" if not factors else term.name()
-            out.append(FixedTerm(name, tuple(range(sl.start, sl.stop)), factors))
-        return out
+        from .formula.engines import spec_terms
+        return [FixedTerm(name, tuple(range(sl.start, sl.stop)), factors)
+                for name, sl, factors in spec_terms(info)]
     out = []
     for i, name in enumerate(model.exog_names):
         name = str(name)
