@@ -431,3 +431,20 @@ def test_profile_intervals_against_lme4(name):
     sv = r.params[:r.k_fe].to_numpy()
     fe = ci.loc[[lme4_name(n) for n in r.fe_params.index]]
     assert np.all((fe["2.5 %"].to_numpy() <= sv) & (sv <= fe["97.5 %"].to_numpy()))
+
+
+def test_formulaic_engine_gives_the_same_multilevel_fit(three):
+    """statsmodels' formula engine setting reaches multilevel models (fixed and random
+    designs, predictions from the stored spec)."""
+    from sm_hlm.formula.engines import using_engine
+    df, r = three
+    f = "y ~ x * sector + tq + (x | school) + (x | school:klass)"
+    with using_engine("formulaic"):
+        m = HLM.from_formula(f, df)
+    assert type(m.model_spec).__module__.startswith("formulaic")
+    rf = m.fit(reml=False)
+    assert rf.llf == pytest.approx(r.llf, abs=1e-8)
+    np.testing.assert_allclose(rf.fe_params.sort_index(), r.fe_params.sort_index(),
+                               rtol=1e-7)
+    new = df.iloc[:4].assign(klass=[1, 999, 2, 3])
+    np.testing.assert_allclose(rf.predict(new), r.predict(new), rtol=1e-7)

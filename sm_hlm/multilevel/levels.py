@@ -172,7 +172,7 @@ def from_levels3(cls: Any, *, level1: str, level2: Mapping[str, str] | None,
                                      f"{list(beta_names)}")
             name = alt[0]
         l3[name] = _parse_level2(name, value)
-    fixed, gammas, seen = [], [], {}
+    fixed, seen = [], {}
     for bname, (p, q, c12) in beta_names.items():
         _, l3codes, _ = l3.get(bname, ("1", [()], True))
         for c3 in l3codes:
@@ -223,7 +223,10 @@ def from_levels3(cls: Any, *, level1: str, level2: Mapping[str, str] | None,
     for b, (rhs, _, _) in l3.items():
         _check_constant(frame, rhs, [outer], f"level-3 (equation of {b!r})", env,
                         f"unit of {outer}")
-    model = cls.from_formula(formula, data, missing=missing, eval_env=eval_env + 1, **kwargs)
+    from ..formula.engines import using_engine
+    with using_engine("patsy"):          # the gamma map reads patsy's term slices
+        model = cls.from_formula(formula, data, missing=missing, eval_env=eval_env + 1,
+                                 **kwargs)
     cols = []
     for term, sl in model.fixed_design_info.term_slices.items():
         key = frozenset(_term_codes(term))

@@ -246,6 +246,12 @@ class MultilevelHLM(LikelihoodModel):
                                     for k, v in d["re_design_infos"].items()}
         self.__dict__.update(d)
 
+    @property
+    def model_spec(self) -> Any:
+        """The fixed part's design spec (patsy ``DesignInfo`` or formulaic ``ModelSpec``,
+        by statsmodels' formula engine when the model was made; None without a formula)."""
+        return self.__dict__.get("fixed_design_info")
+
     # ------------------------------------------------------------ structure
     @property
     def factor_names(self) -> list[str]:
@@ -326,7 +332,7 @@ class MultilevelHLM(LikelihoodModel):
         """
         from patsy import EvalEnvironment
 
-        from ..formula.fast import dmatrices_fast, dmatrix_fast
+        from ..formula.engines import design_matrices, design_matrix, frame_spec
 
         if args:
             raise TypeError(f"from_formula() got {len(args)} unexpected positional argument(s); "
@@ -394,15 +400,15 @@ class MultilevelHLM(LikelihoodModel):
         frame = data if keep is None else data.loc[keep]
         if len(frame) == 0:
             raise ValueError("empty data: no rows left after dropping missing values")
-        y, X = dmatrices_fast(parsed.fixed_formula, frame, eval_env=env)
+        y, X = design_matrices(parsed.fixed_formula, frame, eval_env=env)
         if y.shape[1] != 1:
             raise TypeError(f"the response {parsed.response!r} must be a single numeric column, "
-                            f"patsy made {y.shape[1]} columns {list(y.columns)}")
+                            f"the formula made {y.shape[1]} columns {list(y.columns)}")
         y = y.iloc[:, 0]
         # one term per factor: its bar terms' columns side by side, one block each
         by_factor: dict[str, list[tuple[RandomTermSpec, pd.DataFrame]]] = {}
         for s in specs:
-            Zs = dmatrix_fast(s.expr, frame, eval_env=env)
+            Zs = design_matrix(s.expr, frame, eval_env=env)
             if Zs.shape[1] == 0:
                 raise ValueError(f"random-effects term {s} has no columns")
             by_factor.setdefault(s.group, []).append((s, Zs))
@@ -417,7 +423,7 @@ class MultilevelHLM(LikelihoodModel):
             for s, z in items:
                 sizes += [z.shape[1]] if s.correlated else [1] * z.shape[1]
             blocks[name] = tuple(sizes)
-            re_info[name] = [(s, z.design_info) for s, z in items]
+            re_info[name] = [(s, frame_spec(z)) for s, z in items]
         g = pd.DataFrame(gframe, index=frame.index)
         mod = cls.__new__(cls)
         mod._factor_columns = fac_cols
@@ -425,7 +431,7 @@ class MultilevelHLM(LikelihoodModel):
         mod.n_dropped = 0 if keep is None else int((~keep).sum())
         mod.formula = formula
         mod.parsed_formula = parsed
-        mod.fixed_design_info = X.design_info
+        mod.fixed_design_info = frame_spec(X)
         mod.re_specs = tuple(specs)
         mod.re_design_infos = re_info
         mod.data.frame = data

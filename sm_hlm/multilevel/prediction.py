@@ -51,7 +51,7 @@ def predict_multilevel(res: "MultilevelResults", exog: Any = None, *, groups: An
         return res._wrap_rows(out, "predicted")
     blups = {t.factor: b for t, b in zip(model.re_terms, res.fit_result.blups)}
     if isinstance(exog, pd.DataFrame) and getattr(model, "fixed_design_info", None) is not None:
-        from patsy import build_design_matrices
+        from ..formula.engines import build_from_spec
 
         if groups is not None or exog_re is not None:
             raise TypeError("with a DataFrame of new data the groups and random-effects "
@@ -82,15 +82,13 @@ def predict_multilevel(res: "MultilevelResults", exog: Any = None, *, groups: An
         ok = data if valid.all() else data.loc[valid]
         out = np.full(len(data), np.nan)
         if len(ok):
-            (X,) = build_design_matrices([model.fixed_design_info], ok, NA_action="raise",
-                                         return_type="matrix")
-            pred = np.asarray(X, dtype=float) @ beta
+            X = build_from_spec(model.fixed_design_info, ok).to_numpy(dtype=float)
+            pred = X @ beta
             if random:
                 for t in model.re_terms:
                     infos = model.re_design_infos[t.factor]
-                    Z = np.column_stack([np.asarray(build_design_matrices(
-                        [info], ok, NA_action="raise", return_type="matrix")[0], dtype=float)
-                        for _, info in infos])
+                    Z = np.column_stack([build_from_spec(info, ok).to_numpy(dtype=float)
+                                         for _, info in infos])
                     codes = _level_codes(res, t.factor,
                                          factor_labels(ok, model._factor_columns[t.factor]))
                     known = codes >= 0
