@@ -525,6 +525,15 @@ def _vcomp_rows(res: Any, kind: str, vcomp: str) -> dict[str, float]:
     return rows
 
 
+def _group_names(res: Any) -> list[str]:
+    """The grouping factors of an HLM fit with random effects (several for a
+    multilevel fit; none without random effects)."""
+    model = res.model
+    if hasattr(model, "factor_names"):             # MultilevelHLM
+        return list(model.factor_names)
+    return [model.group_name] if model.k_re else []
+
+
 def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = True,
                   float_format: str = "%.3f", vcomp: str = "sd",
                   star_levels: Sequence[float] = STAR_LEVELS,
@@ -588,8 +597,10 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
         est_d[v.name], se_d[v.name], p_d[v.name] = e, s, p
         vc_d[v.name] = pd.Series(_vcomp_rows(v.result, v.kind, vcomp), dtype=float)
         groups = ""
-        if v.kind == "hlm" and v.result.model.k_re:
-            groups = f"{v.result.n_groups}"
+        if v.kind == "hlm" and _group_names(v.result):
+            ng = v.result.n_groups
+            groups = f"{ng}" if not isinstance(ng, dict) else "; ".join(
+                f"{k} {n}" for k, n in ng.items())
         elif v.kind == "panel" and type(v.result.model).__name__ != "PooledOLS":
             groups = f"{int(v.result.entity_info['total'])}"
         if v.kind == "hlm":
@@ -619,8 +630,7 @@ def summary_table(*fits: Any, names: Sequence[str] | None = None, stars: bool = 
         vc_order += [n for n in vc_d[v.name].index if n not in vc_order and n != residual]
     vc_order.append(residual)
     vc = pd.DataFrame(vc_d).reindex(vc_order)
-    group_names = sorted({v.result.model.group_name for v in views
-                          if v.kind == "hlm" and v.result.model.k_re} |
+    group_names = sorted({g for v in views if v.kind == "hlm" for g in _group_names(v.result)} |
                          {_panel_entity(v.result) for v in views
                           if v.kind == "panel" and st_d[v.name]["Groups"]})
     st = pd.DataFrame(st_d)

@@ -448,3 +448,12 @@ def test_formulaic_engine_gives_the_same_multilevel_fit(three):
                                rtol=1e-7)
     new = df.iloc[:4].assign(klass=[1, 999, 2, 3])
     np.testing.assert_allclose(rf.predict(new), r.predict(new), rtol=1e-7)
+
+
+def test_summary_table_and_compare_take_multilevel_fits(pastes):
+    r1 = HLM.from_formula("strength ~ 1 + (1 | batch)", pastes).fit(reml=False)
+    r2 = HLM.from_formula("strength ~ 1 + (1 | batch/cask)", pastes).fit(reml=False)
+    text = str(sm_hlm.summary_table(r1, r2))
+    assert "SD(Intercept | batch:cask)" in text and "batch:cask 30; batch 10" in text
+    tab = sm_hlm.compare(r1, r2)
+    assert tab["Chisq"].iloc[1] == pytest.approx(2 * (r2.llf - r1.llf))
