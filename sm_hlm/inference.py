@@ -170,6 +170,34 @@ def _varpar_cov_fe(dev: ProfiledDeviance, x: np.ndarray) -> np.ndarray:
     return float(x[-1]) ** 2 * (RXi.T @ RXi)
 
 
+def satterthwaite_state(deviance: Callable[[np.ndarray], float],
+                        cov_fe_of: Callable[[np.ndarray], np.ndarray], x0: np.ndarray,
+                        names: tuple[str, ...], *, cov_fe: Any, beta: Any
+                        ) -> _SatterthwaiteState:
+    """lmerTest's ingredients at varpar ``x0``: 2 H^+ (H the Richardson Hessian of
+    ``deviance``; eigenvalues below 1e-8 dropped, a warning for negative ones) and the
+    Jacobian of ``cov_fe_of`` (beta's covariance as a function of varpar), with the
+    estimates ``cov_fe`` and ``beta``."""
+    H = hessian_richardson(deviance, x0)
+    if not np.all(np.isfinite(H)):
+        raise RuntimeError("the Hessian of the deviance in the variance parameters "
+                           f"{list(names)} is not finite at the estimates (a parameter at "
+                           "the edge of its range?): Satterthwaite df are not available")
+    evals, evecs = np.linalg.eigh(H)
+    if np.any(evals < -_HESS_EIG_TOL):
+        warnings.warn("the Hessian of the deviance in the variance parameters has negative "
+                      f"eigenvalue(s) {evals[evals < -_HESS_EIG_TOL]}: the fit may not have "
+                      "converged; Satterthwaite df may be unreliable", RuntimeWarning,
+                      stacklevel=4)
+    pos = evals > _HESS_EIG_TOL
+    Hinv = (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
+    jac = jacobian_richardson(cov_fe_of, x0)   # (p, p, k)
+    return _SatterthwaiteState(
+        varpar=x0, vcov_varpar=2.0 * Hinv, jac=np.moveaxis(jac, -1, 0),
+        cov_fe=np.asarray(cov_fe, float), beta=np.asarray(beta, float),
+        names=names, hessian_eigenvalues=evals)
+
+
 def _satterthwaite_state(results: Any) -> _SatterthwaiteState:
     res = _unwrap(results, "Satterthwaite df", structured=True)
     cached = getattr(res, "_sm_hlm_satterthwaite", None)
@@ -179,24 +207,8 @@ def _satterthwaite_state(results: Any) -> _SatterthwaiteState:
     fit = res.fit_result
     vf = _VarparFunctions(model, reml=bool(fit.reml))
     x0 = vf.point(res)
-    H = hessian_richardson(vf.deviance, x0)
-    if not np.all(np.isfinite(H)):
-        raise RuntimeError("the Hessian of the deviance in the variance parameters "
-                           f"{list(vf.names())} is not finite at the estimates (a parameter at "
-                           "the edge of its range?): Satterthwaite df are not available")
-    evals, evecs = np.linalg.eigh(H)
-    if np.any(evals < -_HESS_EIG_TOL):
-        warnings.warn("the Hessian of the deviance in the variance parameters has negative "
-                      f"eigenvalue(s) {evals[evals < -_HESS_EIG_TOL]}: the fit may not have "
-                      "converged; Satterthwaite df may be unreliable", RuntimeWarning,
-                      stacklevel=3)
-    pos = evals > _HESS_EIG_TOL
-    Hinv = (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
-    jac = jacobian_richardson(vf.cov_fe, x0)   # (p, p, k)
-    state = _SatterthwaiteState(
-        varpar=x0, vcov_varpar=2.0 * Hinv, jac=np.moveaxis(jac, -1, 0),
-        cov_fe=np.asarray(fit.cov_fe, float), beta=np.asarray(fit.fe_params, float),
-        names=vf.names(), hessian_eigenvalues=evals)
+    state = satterthwaite_state(vf.deviance, vf.cov_fe, x0, tuple(vf.names()),
+                                cov_fe=fit.cov_fe, beta=fit.fe_params)
     try:
         object.__setattr__(res, "_sm_hlm_satterthwaite", state)
     except (AttributeError, TypeError):  # pragma: no cover - exotic results objects
@@ -530,6 +542,21 @@ class _Profiler:
         return float(root)
 
 
+def profile_ends(prof: _Profiler, label: str, est: float, step: float,
+                 bounds: tuple[float, float], target: float) -> tuple[float, float]:
+    """Both ends of a profile interval (first step at most half the parameter's
+    range), with a warning when the profile found a deviance below the optimum."""
+    width = bounds[1] - bounds[0]
+    step = min(step, width / 2) if np.isfinite(width) else step
+    xtol = 1e-9 * max(1.0, abs(est))
+    lo_v = prof.end(-1, target, step, bounds[0], xtol)
+    hi_v = prof.end(+1, target, step, bounds[1], xtol)
+    if prof.lower_dev < -1e-6:
+        warnings.warn(f"profiling {label} found a deviance {-prof.lower_dev:.3g} below the ML "
+                      "optimum: the fit had not converged", RuntimeWarning, stacklevel=3)
+    return lo_v, hi_v
+
+
 def _ml_deviance_sv(dev: ProfiledDeviance, rd: Any, sv: np.ndarray) -> float:
     """-2 log-likelihood with beta profiled at (sd/cor..., sigma); ``dev`` is an ML deviance."""
     sigma = float(sv[-1])
@@ -820,14 +847,7 @@ def conf_int_profile(results: Any, alpha: float = 0.05, *, which: Any = None) ->
             est = float(beta_hat[k])
             step = float(se_beta[k])
             bounds = (-np.inf, np.inf)
-        width = bounds[1] - bounds[0]
-        step = min(step * target, width / 2) if np.isfinite(width) else step * target
-        xtol = 1e-9 * max(1.0, abs(est))
-        lo_v = prof.end(-1, target, step, bounds[0], xtol)
-        hi_v = prof.end(+1, target, step, bounds[1], xtol)
-        if prof.lower_dev < -1e-6:
-            warnings.warn(f"profiling {label} found a deviance {-prof.lower_dev:.3g} below the ML "
-                          "optimum: the fit had not converged", RuntimeWarning, stacklevel=2)
+        lo_v, hi_v = profile_ends(prof, label, est, step * target, bounds, target)
         rows[label] = (lo_v, hi_v, names["lme4"].iloc[i])
     out = pd.DataFrame.from_dict(rows, orient="index", columns=[lo_name, hi_name, "lme4"])
     out[[lo_name, hi_name]] = out[[lo_name, hi_name]].astype(float)

@@ -24,10 +24,9 @@ from scipy.linalg import solve_triangular
 
 from ..engine.blocked import BlockedDeviance
 from ..engine.deviance import LOG2PI
-from ..engine.numdiff import hessian_richardson, jacobian_richardson
 from ..engine.solution import factor_at
 from ..engine.terms import parent_levels
-from ..inference import _HESS_EIG_TOL, _SatterthwaiteState, _satterthwaite_df, _sym_power
+from ..inference import _SatterthwaiteState, _satterthwaite_df, _sym_power, satterthwaite_state
 from ..inference import _CS_EIG_TOL
 from ..cluster_tests import _kind, _omega_terms
 
@@ -85,24 +84,8 @@ def _satterthwaite_state(res: "MultilevelResults") -> _SatterthwaiteState:
     vp = _Varpar(res.model, fit.reml)
     x0 = np.append(np.asarray(fit.theta, float), math.sqrt(fit.scale))
     names = tuple(res.model.layout.names) + ("sigma",)
-    H = hessian_richardson(vp.deviance, x0)
-    if not np.all(np.isfinite(H)):
-        raise RuntimeError("the Hessian of the deviance in the variance parameters "
-                           f"{list(names)} is not finite at the estimates (a parameter at the "
-                           "edge of its range?): Satterthwaite df are not available")
-    evals, evecs = np.linalg.eigh(H)
-    if np.any(evals < -_HESS_EIG_TOL):
-        warnings.warn("the Hessian of the deviance in the variance parameters has negative "
-                      f"eigenvalue(s) {evals[evals < -_HESS_EIG_TOL]}: the fit may not have "
-                      "converged; Satterthwaite df may be unreliable", RuntimeWarning,
-                      stacklevel=3)
-    pos = evals > _HESS_EIG_TOL
-    Hinv = (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
-    jac = jacobian_richardson(vp.cov_fe, x0)       # (p, p, k)
-    state = _SatterthwaiteState(
-        varpar=x0, vcov_varpar=2.0 * Hinv, jac=np.moveaxis(jac, -1, 0),
-        cov_fe=np.asarray(fit.cov_fe, float), beta=np.asarray(fit.fe_params, float),
-        names=names, hessian_eigenvalues=evals)
+    state = satterthwaite_state(vp.deviance, vp.cov_fe, x0, names, cov_fe=fit.cov_fe,
+                                beta=fit.fe_params)
     res.__dict__["_sm_hlm_satterthwaite"] = state
     return state
 

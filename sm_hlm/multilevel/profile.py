@@ -13,7 +13,7 @@ from scipy import stats
 from ..engine.blocked import BlockedDeviance
 from ..engine.deviance import LOG2PI
 from ..engine.optimizer import minimize_bobyqa
-from ..inference import _perc_labels, _Profiler, _select
+from ..inference import _perc_labels, _Profiler, _select, profile_ends
 
 if TYPE_CHECKING:
     from .results import MultilevelResults
@@ -241,14 +241,7 @@ def conf_int_profile(results: "MultilevelResults", alpha: float = 0.05, *,
             est = float(beta_hat[k])
             step = float(se_beta[k]) * target
             bounds = (-np.inf, np.inf)
-        width = bounds[1] - bounds[0]
-        step = min(step, width / 2) if np.isfinite(width) else step
-        xtol = 1e-9 * max(1.0, abs(est))
-        lo_v = prof.end(-1, target, step, bounds[0], xtol)
-        hi_v = prof.end(+1, target, step, bounds[1], xtol)
-        if prof.lower_dev < -1e-6:
-            warnings.warn(f"profiling {label} found a deviance {-prof.lower_dev:.3g} below the "
-                          "ML optimum: the fit had not converged", RuntimeWarning, stacklevel=2)
+        lo_v, hi_v = profile_ends(prof, label, est, step, bounds, target)
         rows[label] = (lo_v, hi_v, names["lme4"].iloc[i])
     out = pd.DataFrame.from_dict(rows, orient="index", columns=[lo_name, hi_name, "lme4"])
     out[[lo_name, hi_name]] = out[[lo_name, hi_name]].astype(float)
