@@ -22,20 +22,15 @@ import pandas as pd
 from scipy import stats
 
 from .inference import _cluster_pieces, _sym_power, _unwrap, cov_robust
+from .inference_base import robust_kind
 
 if TYPE_CHECKING:
     from .results import HLMResults
 
 __all__ = ["coef_test_robust", "wald_test_robust"]
 
-_KINDS = ("CR0", "CR1", "CR2")
-
-
 def _kind(cov_type: str) -> str:
-    key = str(cov_type).upper()
-    if key not in _KINDS:
-        raise ValueError(f"cov_type must be one of {list(_KINDS)}, got {cov_type!r}")
-    return key
+    return robust_kind(cov_type)
 
 
 def _contrast_pieces(res: "HLMResults", kind: str,

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .engine.numdiff import hessian_richardson, jacobian_richardson
-from .inference_base import _unwrap
+from .inference_base import _unwrap, cluster_factor, robust_kind
 from .engine.deviance import LOG2PI, ProfiledDeviance, SufficientStats
 from .engine.linalg import group_crossprod
 from .engine.optimizer import minimize_bobyqa, minimize_deviance
@@ -1259,7 +1259,7 @@ def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.Dat
     Parameters
     ----------
     results : HLMResults
-    kind : {"CR2", "CR1", "CR0"}
+    kind : {"CR2", "CR1", "CR1S", "CR0"} or statsmodels' "cluster" (= CR1S)
         Small-sample adjustment: CR2 (bias-reduced linearisation, Bell &
         McCaffrey 2002; Pustejovsky & Tipton 2018), CR1 (CR0 times
         m / (m - 1)) or CR0 (none).
@@ -1316,9 +1316,7 @@ def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.Dat
     group and batched over the groups (m k^2 numbers for groups of at most
     k rows).
     """
-    key = str(kind).upper()
-    if key not in ("CR0", "CR1", "CR2"):
-        raise ValueError(f"kind must be one of ['CR0', 'CR1', 'CR2'], got {kind!r}")
+    key = robust_kind(kind)
     res = _unwrap(results, "cov_robust()", structured=True)
     model = res.model
     m = model.n_groups
@@ -1328,8 +1326,7 @@ def cov_robust(results: Any, kind: str = "CR2", *, full: bool = False) -> pd.Dat
     M = np.asarray(res.fit_result.cov_fe, float) / res.fit_result.scale
     meat = comps.T @ comps
     cov = M @ meat @ M
-    if key == "CR1":
-        cov = cov * m / (m - 1)
+    cov = cov * cluster_factor(key, m, int(model.nobs), model.k_fe)
     cov = 0.5 * (cov + cov.T)
     names = list(model.exog_names)
     if not full:

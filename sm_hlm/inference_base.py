@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .results import HLMResults
 
-__all__ = ["_unwrap"]
+__all__ = ["_unwrap", "robust_kind", "cluster_factor", "ROBUST_KINDS"]
+
+#: the cluster-robust covariances (clubSandwich's names); statsmodels' "cluster" is CR1S
+ROBUST_KINDS = ("CR0", "CR1", "CR1S", "CR2")
 
 
 def _unwrap(results: Any, what: str = "this method", *,
@@ -30,3 +33,36 @@ def _unwrap(results: Any, what: str = "this method", *,
             f"{what} is implemented for independent residuals (V_j = Z_j Psi Z_j' + sigma^2 I) "
             "only, not for models with a residual structure")
     return res
+
+
+def robust_kind(name: Any) -> str:
+    """A cluster-robust covariance named by clubSandwich or by statsmodels' ``cov_type``.
+
+    ``"CR0"``, ``"CR1"``, ``"CR1S"``, ``"CR2"`` (any case), and statsmodels' ``"cluster"``,
+    which is CR1S: statsmodels' default small-sample correction
+    G/(G - 1) (N - 1)/(N - p) (Stata's).  statsmodels' ``"HC0"``..``"HC3"`` and HAC
+    choices treat rows as independent, which the rows of a group are not under a
+    mixed model: they raise, naming the alternatives.
+    """
+    key = str(name).upper()
+    if key == "CLUSTER":
+        return "CR1S"
+    if key in ROBUST_KINDS:
+        return key
+    if key.startswith("HC") or key.startswith("HAC") or key in ("NW-PANEL", "NW-GROUPSUM"):
+        raise ValueError(
+            f"cov_type={name!r} treats rows as independent, but the rows of a group are "
+            "correlated under a mixed model; use statsmodels' 'cluster' (= CR1S, clusters = "
+            "groups) or clubSandwich's 'CR2' (small-sample corrected, the default)")
+    raise ValueError(f"cov_type must be one of {list(ROBUST_KINDS)} or statsmodels' 'cluster', "
+                     f"got {name!r}")
+
+
+def cluster_factor(kind: str, n_clusters: int, nobs: int, k_fe: int) -> float:
+    """The scalar multiplying CR0: m/(m-1) for CR1, m/(m-1) (N-1)/(N-p) for CR1S."""
+    m = n_clusters
+    if kind == "CR1":
+        return m / (m - 1)
+    if kind == "CR1S":
+        return m / (m - 1) * (nobs - 1) / (nobs - k_fe)
+    return 1.0

@@ -757,8 +757,13 @@ class HLM(LikelihoodModel):
                              "fit(reml=False) fits by pseudo-maximum likelihood")
         if cov_type is None:
             cov_type = "sandwich" if self.weight_type == "survey" else "model"
+        if cov_type == "nonrobust":          # statsmodels' name of the model-based covariance
+            cov_type = "model"
         if cov_type not in ("model", "sandwich"):
-            raise ValueError(f"cov_type={cov_type!r}: use 'model' or 'sandwich'")
+            raise ValueError(f"cov_type={cov_type!r}: use 'model' (statsmodels' 'nonrobust') or "
+                             "'sandwich' (Binder's linearization, clustered by group); "
+                             "cluster-robust tests with small-sample df: "
+                             "results.summary(cov_type='CR2' or statsmodels' 'cluster')")
         if method not in ("auto", "bobyqa", "lbfgs"):
             raise ValueError(f"method={method!r} is not available: sm_hlm optimises the profiled "
                              "deviance with 'auto' (the default), 'bobyqa' (BOBYQA then "

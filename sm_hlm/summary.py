@@ -107,7 +107,8 @@ def fixed_effects_table(results: "HLMResults", *, alpha: float = 0.05,
                         ddf: str | None = None, cov_type: str | None = None) -> pd.DataFrame:
     """Estimates, SEs, z (or t with a ddf method), p-values and confidence limits.
 
-    ``cov_type`` ("CR0", "CR1", "CR2"): cluster-robust SEs (groups as clusters,
+    ``cov_type`` ("CR0", "CR1", "CR1S", "CR2", or statsmodels' "cluster" = CR1S):
+    cluster-robust SEs (groups as clusters,
     :func:`sm_hlm.inference.cov_robust`) with t tests on the Bell-McCaffrey
     (Satterthwaite) small-sample df of clubSandwich's ``coef_test``
     (:func:`sm_hlm.cluster_tests.coef_test_robust`); not combinable with ``ddf``.
@@ -207,10 +208,16 @@ def make_summary(results: "HLMResults", *, alpha: float = 0.05, ddf: str | None 
     re_tab = random_effects_table(results)
     re_tab = re_tab.astype(object).where(re_tab.notna(), "")
     smry.add_df(re_tab, index=False, float_format="%.4f", title="Random effects:")
+    if cov_type is not None and str(cov_type).lower() == "nonrobust":
+        cov_type = None                     # statsmodels' name of the model-based covariance
+    if cov_type is not None:
+        from .inference_base import robust_kind
+        kind = robust_kind(cov_type)
+        cov_label = kind if kind == str(cov_type).upper() else f"{cov_type} = {kind}"
     smry.add_df(fixed_effects_table(results, alpha=alpha, ddf=ddf, cov_type=cov_type),
                 float_format=float_format, title="Fixed effects:")
     if cov_type is not None:
-        smry.add_text(f"Fixed effects: cluster-robust ({str(cov_type).upper()}) standard "
+        smry.add_text(f"Fixed effects: cluster-robust ({cov_label}) standard "
                       f"errors, clusters = {model.group_name}; t tests with Bell-McCaffrey "
                       "(Satterthwaite) small-sample df, as clubSandwich's coef_test")
     elif getattr(results, "cov_type", "model") == "sandwich":

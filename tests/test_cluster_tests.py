@@ -196,3 +196,28 @@ def test_hausman_residual_structure_not_implemented() -> None:
         res.hausman()
     # CR2 tests handle residual structures (tests/test_residual_inference.py)
     assert np.all(np.isfinite(res.coef_test_robust()["df"]))
+
+
+# ------------------------------------------- statsmodels' cov_type names (issue 11, item 8)
+def test_cr1s_and_statsmodels_cluster_name_match_clubsandwich():
+    """CR1S (statsmodels' 'cluster': G/(G-1)(N-1)/(N-p)) and CR1 against clubSandwich's
+    vcovCR at lme4's theta (validation/r/cr1s_refs.R)."""
+    import json
+    from pathlib import Path
+    refs = json.loads((Path(__file__).resolve().parent.parent / "validation" / "r"
+                       / "cr1s_refs.json").read_text())
+    d = pd.read_csv(Path(__file__).resolve().parent.parent / "validation" / "r" / "data"
+                    / "slope.csv")
+    for key, ref in refs.items():
+        model = HLM.from_formula("y ~ x * z + (x | group)", d)
+        res = model.results_at(np.asarray(ref["theta"]), reml=ref["REML"])
+        for kind, name in (("CR1S", "CR1S"), ("cluster", "CR1S"), ("CR1", "CR1")):
+            got = res.cov_robust(kind).to_numpy()
+            np.testing.assert_allclose(got, np.asarray(ref[name]), rtol=1e-8, err_msg=key)
+        t = res.summary(cov_type="cluster").as_text()
+        assert "cluster = CR1S" in t
+        assert res.summary(cov_type="nonrobust").as_text() == res.summary().as_text()
+        with pytest.raises(ValueError, match="rows as independent"):
+            res.cov_robust("HC1")
+        with pytest.raises(ValueError, match="'cluster'"):
+            res.summary(cov_type="HC3")

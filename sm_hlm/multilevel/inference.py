@@ -29,6 +29,7 @@ from ..engine.terms import parent_levels
 from ..inference import _SatterthwaiteState, _satterthwaite_df, _sym_power, satterthwaite_state
 from ..inference import _CS_EIG_TOL
 from ..cluster_tests import _kind, _omega_terms
+from ..inference_base import cluster_factor
 
 if TYPE_CHECKING:
     from .results import MultilevelResults
@@ -269,8 +270,7 @@ def cov_robust(results: "MultilevelResults", kind: str = "CR2", *, cluster: Any 
     C = np.concatenate(comps)
     M = np.asarray(res.fit_result.cov_fe, float) / res.fit_result.scale
     cov = M @ (C.T @ C) @ M
-    if key == "CR1":
-        cov *= m / (m - 1)
+    cov *= cluster_factor(key, m, int(res.model.nobs), res.model.k_fe)
     cov = 0.5 * (cov + cov.T)
     names = list(res.model.exog_names)
     return pd.DataFrame(cov, index=names, columns=names)
@@ -299,7 +299,6 @@ def coef_test_robust(results: "MultilevelResults", cov_type: str = "CR2", *,
     key = _kind(cov_type)
     codes, _ = _cluster_codes(res, cluster)
     names = list(res.model.exog_names)
-    p = len(names)
     beta = np.asarray(res.fit_result.fe_params, float)
     se = np.sqrt(np.diag(cov_robust(res, key, cluster=cluster).to_numpy()))
     M = np.asarray(res.fit_result.cov_fe, float) / res.fit_result.scale
