@@ -281,7 +281,7 @@ def test_bad_input_names_the_factor(pastes):
         HLM.from_formula("strength ~ 1 + (1 | batch/caskk)", pastes)
     with pytest.raises(TypeError, match="unexpected keyword argument 'banana'"):
         HLM.from_formula("strength ~ 1 + (1 | batch/cask)", pastes).fit(banana=1)
-    with pytest.raises(NotImplementedError, match="residual structures"):
+    with pytest.raises(TypeError, match="time variable 'cask'.*must be numeric"):
         HLM.from_formula("strength ~ 1 + (1 | batch/cask)", pastes,
                          residual=sm_hlm.residual.AR1(time="cask"))
     with pytest.raises(sm_hlm.FormulaSyntaxError, match="vc_formula"):

@@ -26,6 +26,8 @@ class MultilevelFit:
     llf : float                   log-likelihood (-REML criterion / 2), recomputed at the estimates
     optimizer : OptimizerRecord   theta in the model's units
     singular_terms : tuple of str
+    residual_free : ndarray       the residual structure's parameters (unconstrained scale;
+                                  empty for independent errors)
     """
 
     reml: bool
@@ -39,3 +41,4 @@ class MultilevelFit:
     llf: float
     optimizer: OptimizerRecord
     singular_terms: tuple[str, ...]
+    residual_free: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))

@@ -133,7 +133,7 @@ class MultilevelHLM(LikelihoodModel):
 
     def __init__(self, endog: Any, exog: Any, groups: Any, exog_re: Mapping[str, Any] | None = None,
                  *, re_blocks: Mapping[str, Sequence[int]] | None = None, missing: str = "none",
-                 hasconst: bool | None = None, **kwargs: Any):
+                 residual: Any = None, hasconst: bool | None = None, **kwargs: Any):
         if kwargs:
             raise TypeError(_unknown_keywords("MultilevelHLM()", kwargs, _MIXEDLM_MODEL_KEYWORDS))
         n = len(endog)
@@ -165,6 +165,10 @@ class MultilevelHLM(LikelihoodModel):
         cols: dict[str, Any] = {endog_name: endog, "exog": exog}
         cols.update({f"grouping factor {c!r}": groups[c] for c in groups.columns})
         cols.update({f"exog_re[{k!r}]": v for k, v in re_frames.items()})
+        from ..residual import as_structure
+        structure = as_structure(residual)
+        if structure is not None:
+            cols.update({f"residual {role}": v for role, v in structure.values(n).items()})
         keep = handle_missing(_coerce_missing(cols), missing, index=index)
         self.n_dropped = 0 if keep is None else int((~keep).sum())
         if keep is not None:
@@ -173,6 +177,7 @@ class MultilevelHLM(LikelihoodModel):
                         else np.asarray(a)[keep])
             endog, exog, groups = take(endog), take(exog), take(groups)
             re_frames = {k: take(v) for k, v in re_frames.items()}
+            structure = structure.subset(keep) if structure is not None else None
             if len(endog) == 0:
                 raise ValueError("empty data: no rows left after dropping missing values")
         super().__init__(endog, exog, missing="none", hasconst=hasconst)
@@ -221,6 +226,11 @@ class MultilevelHLM(LikelihoodModel):
         self.nesting = nesting_chain([self.factors[t.factor] for t in self.re_terms])
         self.data.param_names = list(self.exog_names) + self.vcomp_names()
         self._check_identifiable()
+        #: the residual structure within the innermost units (None: independent errors)
+        self.residual = None
+        if structure is not None and not structure.is_independent:
+            from .residual import NestedResidual
+            self.residual = NestedResidual(self, structure)
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -340,20 +350,15 @@ class MultilevelHLM(LikelihoodModel):
         if drop_cols is not None:
             raise TypeError("from_formula() does not support drop_cols: name the terms in the "
                             "formula instead")
-        if "residual" in kwargs and kwargs["residual"] is not None:
-            raise NotImplementedError(
-                "residual structures with several grouping factors are not supported yet: "
-                "fit the structure with one grouping factor (the unit of the repeated "
-                "measures), or drop the residual= option")
         for w in ("weights", "survey_weights"):
             if kwargs.get(w) is not None:
                 raise NotImplementedError(
                     f"{w}= with several grouping factors is not supported yet (two-level "
                     "models take weights)")
         kwargs = {k: v for k, v in kwargs.items()
-                  if k not in ("residual", "weights", "survey_weights", "weight_scaling")
+                  if k not in ("weights", "survey_weights", "weight_scaling")
                   or k == "weight_scaling" and v != "size"}
-        unknown = set(kwargs) - {"hasconst"}
+        unknown = set(kwargs) - {"hasconst", "residual"}
         if unknown:
             raise TypeError(_unknown_keywords("HLM.from_formula()", {k: kwargs[k] for k in unknown},
                                               _MIXEDLM_MODEL_KEYWORDS))
@@ -388,6 +393,11 @@ class MultilevelHLM(LikelihoodModel):
         used = formula_variables(parsed.fixed_formula)
         for s in specs:
             used |= formula_variables(s.expr)
+        from ..residual import resolve_structure, structure_columns
+        res_cols = structure_columns(kwargs.get("residual"))
+        if res_cols:
+            resolve_structure(kwargs["residual"], data)     # clear error for a missing column
+            used |= set(res_cols.values())
         check_columns(used, data, env_names)
         if parsed.response in data.columns:
             check_numeric_response(data[parsed.response], parsed.response)
@@ -425,6 +435,8 @@ class MultilevelHLM(LikelihoodModel):
             blocks[name] = tuple(sizes)
             re_info[name] = [(s, frame_spec(z)) for s, z in items]
         g = pd.DataFrame(gframe, index=frame.index)
+        if res_cols:
+            kwargs["residual"] = resolve_structure(kwargs["residual"], frame)
         mod = cls.__new__(cls)
         mod._factor_columns = fac_cols
         mod.__init__(y, X, g, exog_re, re_blocks=blocks, missing="none", **kwargs)
@@ -612,6 +624,10 @@ class MultilevelHLM(LikelihoodModel):
             if int(maxiter) < 1:
                 raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
             maxeval = int(maxiter)
+        if self.residual is not None:
+            fit = self._fit_structured(reml=reml, start_params=start_params, maxeval=maxeval,
+                                       xtol_abs=xtol_abs)
+            return self._results(fit, disp=disp, compute_vcomp_cov=compute_vcomp_cov)
         lay = self.layout
         tscale = self._theta_scale()
         dev = self.deviance_function(reml=reml)
@@ -667,15 +683,21 @@ class MultilevelHLM(LikelihoodModel):
             gradient=rec.gradient / tscale,
             hessian=None if rec.hessian is None else rec.hessian / np.outer(tscale, tscale))
         fit = self._build_fit(dev, rec, reml=reml)
+        return self._results(fit, disp=disp, compute_vcomp_cov=compute_vcomp_cov)
+
+    def _results(self, fit: MultilevelFit, *, disp: bool, compute_vcomp_cov: bool):
+        """Warnings for a singular or unconverged fit, then the results wrapper."""
+        from .results import MultilevelResults, MultilevelResultsWrapper
+
         if disp:
             print(fit.optimizer)
         if fit.singular_terms:
             warnings.warn("boundary (singular) fit: " + "; ".join(fit.singular_terms),
-                          SingularFitWarning, stacklevel=2)
+                          SingularFitWarning, stacklevel=3)
         if not fit.optimizer.converged:
             warnings.warn(f"the optimiser did not converge: {fit.optimizer.message}. Try "
                           "fit(method='bobyqa') or other start_params, or simplify the "
-                          "random-effects structure", ConvergenceWarning, stacklevel=2)
+                          "random-effects structure", ConvergenceWarning, stacklevel=3)
         return MultilevelResultsWrapper(MultilevelResults(self, fit,
                                                           compute_vcomp_cov=compute_vcomp_cov))
 
@@ -729,8 +751,35 @@ class MultilevelHLM(LikelihoodModel):
         return MultilevelFit(reml, theta, beta, cov_fe, scale, cov_re, blups, bcov, check, rec,
                              tuple(singular))
 
+    def _fit_structured(self, *, reml: bool, start_params: np.ndarray | None, maxeval: int,
+                        xtol_abs: float) -> MultilevelFit:
+        """(theta, structure parameters) jointly, then the estimates (see
+        :mod:`sm_hlm.multilevel.residual`); the logLik is recomputed at the estimates."""
+        nr = self.residual
+        k = self.layout.n_theta
+        sp = None if start_params is None else np.asarray(start_params, dtype=float)
+        if sp is not None and sp.shape not in ((k,), (k + nr.n_params,)):
+            raise ValueError(f"start_params must hold theta ({k}) or theta and the structure's "
+                             f"{nr.n_params} unconstrained parameters")
+        rec, sol = nr.fit(reml=reml, start=sp, maxeval=maxeval, ftol_abs=1e-12,
+                          xtol_abs=xtol_abs)
+        theta, u = rec.end[:k], rec.end[k:]
+        lams = self.layout.lambdas(theta)
+        cov_re = [sol.scale * lam @ lam.T for lam in lams]
+        singular = [f"{t.label()}: factor {t.factor!r}" for t, lam in zip(self.re_terms, lams)
+                    if np.any(np.abs(np.diag(lam)) < 1e-4)]
+        llf_opt = -0.5 * rec.fun_end
+        check = -0.5 * self.deviance_at_estimates(theta, sol.beta, sol.scale, reml=reml,
+                                                  residual_free=u)
+        if not abs(check - llf_opt) <= _VERIFY_RTOL * max(1.0, abs(check)):
+            rec = dataclasses.replace(rec, converged=False, message=(
+                f"{rec.message}; the objective at the end point ({llf_opt:.10g}) differs from "
+                f"the log-likelihood recomputed at the reported estimates ({check:.10g})"))
+        return MultilevelFit(reml, theta, sol.beta, sol.cov_beta, sol.scale, cov_re,
+                             list(sol.b), list(sol.condvar), check, rec, tuple(singular), u)
+
     def deviance_at_estimates(self, theta: np.ndarray, beta: np.ndarray, scale: float, *,
-                              reml: bool) -> float:
+                              reml: bool, residual_free: np.ndarray | None = None) -> float:
         """-2 log-likelihood (REML criterion) at theta, beta and sigma^2, original units.
 
         Notes
@@ -745,6 +794,16 @@ class MultilevelHLM(LikelihoodModel):
         theta = np.asarray(theta, dtype=float)
         r = self.endog - self.exog @ np.asarray(beta, dtype=float)
         n, p = len(r), self.k_fe
+        if self.residual is not None:
+            if residual_free is None:
+                raise TypeError("a model with a residual structure needs residual_free=")
+            quad, logdet = self.residual.quadratic(residual_free, theta, r)
+            out = logdet + n * (LOG2PI + np.log(scale)) + quad / scale
+            if reml:
+                X, y, terms = self.residual.whitened(residual_free)
+                f = BlockedDeviance(terms, X, y, reml=True).factor(theta)
+                out += f.logdet_RX - p * (LOG2PI + np.log(scale))
+            return float(out)
         Xw, sy, M = self._working[0], self._working[5], self._working[3]
         base = self.deviance_function(reml=False)
         f = base.with_response(Xw, r / sy).factor(theta / self._theta_scale())

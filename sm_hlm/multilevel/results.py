@@ -56,7 +56,7 @@ class MultilevelResults(MixedResultsBase):
         self.singular_terms = list(fit.singular_terms)
         self.singular = bool(fit.singular_terms)
         #: parameters as lme4 counts them (beta, theta, sigma)
-        self.n_params = p + model.layout.n_theta + 1
+        self.n_params = p + model.layout.n_theta + 1 + len(fit.residual_free)
         self.df_resid = model.nobs - self.n_params
         self.df_modelwc = self.n_params
 
@@ -83,11 +83,14 @@ class MultilevelResults(MixedResultsBase):
         """The deviance as a function of (vcomp, sigma^2), beta fixed (ML) or
         integrated out (REML); NaN where Psi is not positive semi-definite."""
         model, fit = self.model, self.fit_result
-        terms = model.re_terms
-        n, p = len(model.endog), model.k_fe
-        r = model.endog - model.exog @ fit.fe_params
+        if model.residual is not None:      # at the structure's estimate (whitened rows)
+            X, y, terms = model.residual.whitened(fit.residual_free)
+        else:
+            X, y, terms = model.exog, model.endog, model.re_terms
+        n, p = len(y), model.k_fe
+        r = y - X @ fit.fe_params
         d_r = BlockedDeviance(terms, np.zeros((n, 0)), r, reml=False)
-        d_full = BlockedDeviance(terms, model.exog, model.endog, reml=True) if fit.reml else None
+        d_full = BlockedDeviance(terms, X, y, reml=True) if fit.reml else None
         idx = [model._vcomp_index(t) for t in terms]
         sizes = [len(i[0]) for i in idx]
 
@@ -325,6 +328,15 @@ class MultilevelResults(MixedResultsBase):
             icc = {f: v / total for f, v in rows.items()}
         out["icc"] = pd.Series(icc)
         return out
+
+    @cache_readonly
+    def residual_params(self) -> pd.Series:
+        """The residual structure's parameters on their natural scale (Phi, Rho, SD
+        ratios, correlations; empty for independent errors)."""
+        nr = self.model.residual
+        if nr is None:
+            return pd.Series(dtype=float, name="residual_params")
+        return nr.residual_params(self.fit_result.residual_free)
 
     def conf_int_profile(self, alpha: float = 0.05, *, which: Any = None) -> pd.DataFrame:
         """Profile-likelihood intervals of the SDs, correlations, sigma and fixed effects

@@ -38,6 +38,12 @@ def random_effects_table(results: "MultilevelResults") -> pd.DataFrame:
             rows.append(row)
     rows.append({"Groups": "Residual", "Name": "", "Variance": results.scale,
                  "Std.Dev.": np.sqrt(results.scale)})
+    nr = model.residual
+    if nr is not None:
+        for name, v in results.residual_params.items():
+            rows.append({"Groups": f"Residual ({type(nr.structure).__name__} within "
+                                   f"{nr.inner})", "Name": name, "Variance": v,
+                         "Std.Dev.": np.nan})
     df = pd.DataFrame(rows)
     corr_cols = sorted(c for c in df.columns if c.startswith("Corr."))
     return df[["Groups", "Name", "Variance", "Std.Dev."] + corr_cols]
