@@ -288,3 +288,21 @@ def test_cov_robust_cluster_data_column():
         res2.cov_robust("CR2", cluster="district")
     with pytest.raises(ValueError, match="'school' is not nested in the cluster 'x'"):
         res.cov_robust("CR2", cluster="x")
+
+
+def test_cov_robust_data_column_matches_clubsandwich():
+    """clubSandwich's vcovCR / coef_test (CR2) clustered on a data column coarser than
+    the outermost factor (district = school // 3), at lme4's theta."""
+    c = REFS["cr_district"]
+    df = pd.read_csv(DATA / c["data"])
+    df["district"] = df["school"] // 3
+    m = HLM.from_formula(c["formula"], df)
+    res = m.results_at(theta_from_lme4(c["theta"], m.layout), reml=c["REML"])
+    V = res.cov_robust("CR2", cluster="district")
+    order = aligned(pd.DataFrame(index=V.index), c["names"]).index
+    np.testing.assert_allclose(V.loc[order, order], np.asarray(c["vcov"]), rtol=1e-8,
+                               atol=1e-8 * np.abs(c["vcov"]).max())
+    ct = res.coef_test_robust("CR2", cluster="district").loc[order]
+    np.testing.assert_allclose(ct["Std. Error"], c["SE"], rtol=1e-8)
+    np.testing.assert_allclose(ct["t value"], c["tstat"], rtol=1e-7)
+    np.testing.assert_allclose(ct["df"], c["df"], rtol=1e-8)
