@@ -260,3 +260,49 @@ def test_cov_robust_cluster_as_labels():
         res.cov_robust("CR2", cluster=np.zeros(3))
     with pytest.raises(ValueError, match="at least two clusters"):
         res.cov_robust("CR0", cluster=np.zeros(int(res.nobs)))
+
+
+def test_cov_robust_cluster_data_column():
+    """A data column coarser than the outermost factor, with a dropped row: the same as
+    its labels on the fitted rows; missing cluster labels are an error naming the column."""
+    ref = REFS["ml_three_REML"]
+    df = pd.read_csv(DATA / ref["data"])
+    df["district"] = df["school"] // 3
+    df.loc[5, "y"] = np.nan
+    with pytest.warns(Warning, match="dropped 1"):
+        res = HLM.from_formula(ref["formula"], df).fit()
+    keep = df["y"].notna().to_numpy()
+    by_col = res.cov_robust("CR2", cluster="district")
+    by_lab = res.cov_robust("CR2", cluster=df.loc[keep, "district"].to_numpy())
+    np.testing.assert_allclose(by_col, by_lab, rtol=1e-13)
+    # coarser clusters than the schools change the result
+    assert not np.allclose(by_col, res.cov_robust("CR2"), rtol=1e-3)
+    lab = df.loc[keep, "district"].to_numpy().astype(float)
+    lab[3] = np.nan
+    with pytest.raises(ValueError, match="cluster labels contain missing values"):
+        res.cov_robust("CR2", cluster=lab)
+    df.loc[7, "district"] = np.nan
+    with pytest.warns(Warning, match="dropped 1"):
+        res2 = HLM.from_formula(ref["formula"], df).fit()
+    with pytest.raises(ValueError, match="'district' has missing values"):
+        res2.cov_robust("CR2", cluster="district")
+    with pytest.raises(ValueError, match="'school' is not nested in the cluster 'x'"):
+        res.cov_robust("CR2", cluster="x")
+
+
+def test_cov_robust_data_column_matches_clubsandwich():
+    """clubSandwich's vcovCR / coef_test (CR2) clustered on a data column coarser than
+    the outermost factor (district = school // 3), at lme4's theta."""
+    c = REFS["cr_district"]
+    df = pd.read_csv(DATA / c["data"])
+    df["district"] = df["school"] // 3
+    m = HLM.from_formula(c["formula"], df)
+    res = m.results_at(theta_from_lme4(c["theta"], m.layout), reml=c["REML"])
+    V = res.cov_robust("CR2", cluster="district")
+    order = aligned(pd.DataFrame(index=V.index), c["names"]).index
+    np.testing.assert_allclose(V.loc[order, order], np.asarray(c["vcov"]), rtol=1e-8,
+                               atol=1e-8 * np.abs(c["vcov"]).max())
+    ct = res.coef_test_robust("CR2", cluster="district").loc[order]
+    np.testing.assert_allclose(ct["Std. Error"], c["SE"], rtol=1e-8)
+    np.testing.assert_allclose(ct["t value"], c["tstat"], rtol=1e-7)
+    np.testing.assert_allclose(ct["df"], c["df"], rtol=1e-8)

@@ -16,7 +16,9 @@
 #     "Satterthwaite") {vcov (rows), SE, tstat, df, p},
 #   profile (REML cases): confint(fit, method = "profile") {names, lower, upper}
 # and "anova": lme4's anova of (1 | outer) against (1 | outer) + (1 | outer:inner)
-# on pastes and ml_three (ML refits): {Chisq, Df, p, logLik}.
+# on pastes and ml_three (ML refits): {Chisq, Df, p, logLik};
+# "cr_district": vcovCR / coef_test (CR2) of ml_three by REML clustered on
+# district = school %/% 3, a data column coarser than the outermost factor.
 
 local({
   arg <- grep("^--file=", commandArgs(trailingOnly = FALSE), value = TRUE)
@@ -101,6 +103,21 @@ results$anova_pastes <- anova_case("pastes", "strength ~ 1 + (1 | batch)",
                                    "strength ~ 1 + (1 | batch) + (1 | batch:cask)")
 results$anova_ml_three <- anova_case("ml_three", "y ~ x * sector + tq + (x | school)",
                                      "y ~ x * sector + tq + (x | school) + (1 | school:klass)")
+# clusters coarser than the outermost factor (a data column): ml_three by REML,
+# district = school %/% 3
+local({
+  cs <- cases$ml_three
+  d <- read_case(cs$data, cs$factors)
+  district <- as.integer(as.character(d$school)) %/% 3
+  fit <- lme4::lmer(as.formula(cs$formula), data = d, REML = TRUE)
+  V <- vcovCR(fit, cluster = district, type = "CR2")
+  ct <- coef_test(fit, vcov = V, test = "Satterthwaite")
+  results$cr_district <<- list(data = cs$data, formula = cs$formula, REML = TRUE,
+                               theta = I(unname(getME(fit, "theta"))),
+                               names = I(rownames(summary(fit)$coefficients)),
+                               vcov = unname(as.matrix(V)), SE = I(ct$SE),
+                               tstat = I(ct$tstat), df = I(ct$df_Satt))
+})
 results$lmerTest_version <- as.character(packageVersion("lmerTest"))
 results$clubSandwich_version <- as.character(packageVersion("clubSandwich"))
 results$lme4_version <- lme4_version
