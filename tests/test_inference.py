@@ -552,8 +552,10 @@ def test_cov_robust_in_t_test_and_summary(sim_fit):
     assert f"{math.sqrt(V.loc['x', 'x']):.4f}" in text
     with pytest.raises(ValueError, match="cov_type and ddf"):
         sim_fit.summary(cov_type="CR2", ddf="satterthwaite")
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="rows as independent"):
         sim_fit.cov_robust("HC3")
+    with pytest.raises(ValueError, match="cov_type must be one of"):
+        sim_fit.cov_robust("CR7")
     np.testing.assert_allclose(inf.cov_robust(sim_fit, "cr1"),
                                inf.cov_robust(sim_fit, "CR0") * 40 / 39, rtol=1e-12)
 

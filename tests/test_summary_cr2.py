@@ -55,7 +55,9 @@ def test_summary_cr2_matches_clubsandwich(key: str, fits: dict) -> None:
 
 def test_summary_cov_type_errors(fits: dict) -> None:
     res = fits[CASES[0]]
-    with pytest.raises(ValueError, match="cov_type must be one of"):
+    with pytest.raises(ValueError, match="rows as independent"):
         res.summary(cov_type="HC3")
+    with pytest.raises(ValueError, match="cov_type must be one of"):
+        res.summary(cov_type="CR9")
     with pytest.raises(ValueError, match="cov_type and ddf"):
         res.summary(cov_type="CR2", ddf="kenward-roger")
