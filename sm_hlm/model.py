@@ -19,8 +19,8 @@ import pandas as pd
 from statsmodels.base.model import LikelihoodModel
 
 from . import groupwise
-from .data import (check_columns, check_numeric_response, factorize_sorted, formula_variables,
-                   group_order, handle_missing)
+from .data import (check_columns, check_numeric_response, factorize_sorted, group_order,
+                   handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
 from .engine.deviance import ProfiledDeviance, SufficientStats, is_constant, working_stats
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
@@ -557,15 +557,10 @@ class HLM(LikelihoodModel):
             if rf not in ("0", "-1"):
                 specs = [RandomTermSpec(expr=rf, group=group_col)]
         check_columns([group_col], data, what="grouping factor")
-        used = formula_variables(parsed.fixed_formula)
-        for s in specs:
-            used |= formula_variables(s.expr)
-        from .residual import resolve_structure, structure_columns
+        from .residual import model_variables, resolve_structure, structure_columns
+        used = model_variables(parsed.fixed_formula, specs, kwargs.get("residual"), data,
+                               env_names)
         res_cols = structure_columns(kwargs.get("residual"))
-        if res_cols:
-            resolve_structure(kwargs["residual"], data)     # clear error for a missing column
-            used |= set(res_cols.values())
-        check_columns(used, data, env_names)
         data_cols = [c for c in data.columns if c in used]
         check_numeric_response(data[parsed.response], parsed.response) \
             if parsed.response in data.columns else None

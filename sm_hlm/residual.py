@@ -843,3 +843,20 @@ def resolve_structure(residual: Any, data: pd.DataFrame) -> ResidualStructure | 
     s = as_structure(residual)
     return None if s is None else s.resolve(data)
 
+
+def model_variables(fixed_formula: str, specs: Any, residual: Any, data: pd.DataFrame,
+                    env_names: Any) -> set[str]:
+    """The data columns a formula model reads: the fixed part's and every random term's
+    variables and the residual structure's columns; raises KeyError naming any that are
+    neither in ``data`` nor in the formula's namespace (``env_names``)."""
+    from .data import check_columns, formula_variables
+
+    used = formula_variables(fixed_formula)
+    for s in specs:
+        used |= formula_variables(s.expr)
+    res_cols = structure_columns(residual)
+    if res_cols:
+        resolve_structure(residual, data)      # clear error for a missing column
+        used |= set(res_cols.values())
+    check_columns(used, data, env_names)
+    return used

@@ -150,17 +150,7 @@ class HLMResults(MixedResultsBase):
         self.k_fe = p
         self.k_re = model.k_re
         self.k_vcomp = k
-        self.n_groups = model.n_groups
-        self.nobs = model.nobs
-        self.optimizer = fit.optimizer
-        self.converged = fit.optimizer.converged
-        self.theta = fit.theta
-        self.singular_terms = list(fit.singular_terms)
-        self.singular = bool(fit.singular_terms)
-        #: number of estimated parameters as lme4 counts them (beta, theta, sigma)
-        self.n_params = p + model.re_design.n_theta + 1 + len(fit.residual_free)
-        self.df_resid = model.nobs - self.n_params
-        self.df_modelwc = self.n_params
+        self._set_fit_attributes(model, fit, model.re_design.n_theta)
 
     # ------------------------------------------------- parameter covariance
     @cache_readonly

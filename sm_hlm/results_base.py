@@ -1,6 +1,8 @@
 """What every mixed-model results class shares: fit criteria and the fixed effects."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from statsmodels.base.model import LikelihoodModelResults
@@ -15,6 +17,21 @@ class MixedResultsBase(LikelihoodModelResults):
     ``self.fit_result`` (``llf``, ``fe_params``, ``cov_fe``), ``self.n_params`` and
     ``self.k_fe``; ``_cov_fe_used`` is the covariance behind ``bse_fe`` (lme4's vcov;
     a subclass may substitute a robust one)."""
+
+    def _set_fit_attributes(self, model: Any, fit: Any, n_theta: int) -> None:
+        """The plain attributes every results object has, from the fit container."""
+        self.nobs = model.nobs
+        self.n_groups = model.n_groups
+        self.optimizer = fit.optimizer
+        self.converged = fit.optimizer.converged
+        self.theta = fit.theta
+        self.singular_terms = list(fit.singular_terms)
+        self.singular = bool(fit.singular_terms)
+        #: number of estimated parameters as lme4 counts them (beta, theta, sigma, and a
+        #: residual structure's)
+        self.n_params = len(fit.fe_params) + n_theta + 1 + len(fit.residual_free)
+        self.df_resid = model.nobs - self.n_params
+        self.df_modelwc = self.n_params
 
     @property
     def _cov_fe_used(self) -> np.ndarray:

@@ -22,7 +22,7 @@ import pandas as pd
 from statsmodels.base.model import LikelihoodModel
 
 from .._compat import require_nlopt
-from ..data import check_columns, check_numeric_response, formula_variables, handle_missing
+from ..data import check_columns, check_numeric_response, handle_missing
 from ..engine.blocked import BlockedDeviance
 from ..engine.deviance import LOG2PI
 from ..engine.gradient import deviance_gradient
@@ -390,15 +390,10 @@ class MultilevelHLM(LikelihoodModel):
             "C", "I", "Q", "center", "standardize", "scale", "Treatment", "Sum", "Poly", "np"}
         group_cols = list(dict.fromkeys(c for s in specs for c in s.columns))
         check_columns(group_cols, data, what="grouping factor")
-        used = formula_variables(parsed.fixed_formula)
-        for s in specs:
-            used |= formula_variables(s.expr)
-        from ..residual import resolve_structure, structure_columns
+        from ..residual import model_variables, resolve_structure, structure_columns
+        used = model_variables(parsed.fixed_formula, specs, kwargs.get("residual"), data,
+                               env_names)
         res_cols = structure_columns(kwargs.get("residual"))
-        if res_cols:
-            resolve_structure(kwargs["residual"], data)     # clear error for a missing column
-            used |= set(res_cols.values())
-        check_columns(used, data, env_names)
         if parsed.response in data.columns:
             check_numeric_response(data[parsed.response], parsed.response)
             if pd.api.types.is_bool_dtype(data[parsed.response]):
@@ -609,8 +604,6 @@ class MultilevelHLM(LikelihoodModel):
         disagreement with the optimiser's objective beyond 1e-8 relative
         marks the fit as not converged.
         """
-        from .results import MultilevelResults, MultilevelResultsWrapper
-
         if kwargs:
             raise TypeError(_unknown_keywords("fit()", kwargs, _MIXEDLM_FIT_KEYWORDS))
         require_nlopt()

@@ -48,17 +48,7 @@ class MultilevelResults(MixedResultsBase):
         self.cov_type = "model"
         self.k_fe = p
         self.k_vcomp = len(vcomp)
-        self.nobs = model.nobs
-        self.n_groups = model.n_groups
-        self.optimizer = fit.optimizer
-        self.converged = fit.optimizer.converged
-        self.theta = fit.theta
-        self.singular_terms = list(fit.singular_terms)
-        self.singular = bool(fit.singular_terms)
-        #: parameters as lme4 counts them (beta, theta, sigma)
-        self.n_params = p + model.layout.n_theta + 1 + len(fit.residual_free)
-        self.df_resid = model.nobs - self.n_params
-        self.df_modelwc = self.n_params
+        self._set_fit_attributes(model, fit, model.layout.n_theta)
 
     # ------------------------------------------------- parameter covariance
     @property
