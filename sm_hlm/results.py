@@ -166,26 +166,6 @@ class HLMResults(MixedResultsBase):
         dev = self.model.deviance_function(reml=fit.reml)
         return _vcomp_cov(self.model, dev, fit.fe_params, fit.cov_re, fit.scale)
 
-    @property
-    def normalized_cov_params(self) -> np.ndarray:
-        """cov_params() / scale: lme4's vcov and :attr:`cov_vcomp`, block diagonal."""
-        cached = self.__dict__.get("_normalized_cov_params")
-        if cached is None:
-            fit = self.fit_result
-            p, k = len(fit.fe_params), len(fit.vcomp)
-            cov = np.zeros((p + k, p + k))
-            cov[:p, :p] = self._cov_fe_used
-            cov[p:, p:] = self._cov_vcomp_used
-            cached = cov / fit.scale
-            self.__dict__["_normalized_cov_params"] = cached
-        return cached
-
-    @normalized_cov_params.setter
-    def normalized_cov_params(self, value: Any) -> None:
-        # statsmodels' Results.__init__ assigns it; ours is built from fit_result
-        if value is not None:
-            self.__dict__["_normalized_cov_params"] = value
-
     # ------------------------------------------------------------- scalars
     @cache_readonly
     def cov_fe_sandwich(self) -> pd.DataFrame:

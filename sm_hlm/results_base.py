@@ -37,6 +37,30 @@ class MixedResultsBase(LikelihoodModelResults):
     def _cov_fe_used(self) -> np.ndarray:
         return self.fit_result.cov_fe
 
+    @property
+    def _cov_vcomp_used(self) -> np.ndarray:
+        return self.cov_vcomp
+
+    @property
+    def normalized_cov_params(self) -> np.ndarray:
+        """cov_params() / scale: the fixed effects' covariance and the variance
+        components', block diagonal (assembled on first use)."""
+        cached = self.__dict__.get("_normalized_cov_params")
+        if cached is None:
+            p, k = self.k_fe, self.k_vcomp
+            cov = np.zeros((p + k, p + k))
+            cov[:p, :p] = self._cov_fe_used
+            cov[p:, p:] = self._cov_vcomp_used
+            cached = cov / self.fit_result.scale
+            self.__dict__["_normalized_cov_params"] = cached
+        return cached
+
+    @normalized_cov_params.setter
+    def normalized_cov_params(self, value: Any) -> None:
+        # statsmodels' Results.__init__ assigns it; ours is built from fit_result
+        if value is not None:
+            self.__dict__["_normalized_cov_params"] = value
+
     @cache_readonly
     def llf(self) -> float:
         return self.fit_result.llf

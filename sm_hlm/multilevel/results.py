@@ -51,24 +51,6 @@ class MultilevelResults(MixedResultsBase):
         self._set_fit_attributes(model, fit, model.layout.n_theta)
 
     # ------------------------------------------------- parameter covariance
-    @property
-    def normalized_cov_params(self) -> np.ndarray:
-        """cov_params() / scale: lme4's vcov and :attr:`cov_vcomp`, block diagonal."""
-        cached = self.__dict__.get("_normalized_cov_params")
-        if cached is None:
-            p, k = self.k_fe, self.k_vcomp
-            cov = np.zeros((p + k, p + k))
-            cov[:p, :p] = self.fit_result.cov_fe
-            cov[p:, p:] = self.cov_vcomp
-            cached = cov / self.fit_result.scale
-            self.__dict__["_normalized_cov_params"] = cached
-        return cached
-
-    @normalized_cov_params.setter
-    def normalized_cov_params(self, value: Any) -> None:
-        if value is not None:
-            self.__dict__["_normalized_cov_params"] = value
-
     def _vcomp_deviance(self):
         """The deviance as a function of (vcomp, sigma^2), beta fixed (ML) or
         integrated out (REML); NaN where Psi is not positive semi-definite."""
