@@ -704,11 +704,12 @@ class HLM(LikelihoodModel):
         reml
             REML when True, maximum likelihood when False (a bool).
         method
-            ``"auto"`` (default): L-BFGS-B with the analytic gradient from the
-            data-based start, and BOBYQA (NLopt; lme4's default) only when the
+            ``"auto"`` (default): a projected BFGS method with the analytic
+            gradient from the data-based start (scipy's L-BFGS-B continues
+            where it stalls), and BOBYQA (NLopt; lme4's default) only when the
             convergence check fails there; ``"bobyqa"``: BOBYQA polished by
-            L-BFGS-B; ``"lbfgs"``: L-BFGS-B alone.  With a residual structure
-            ``"auto"`` and ``"bobyqa"`` are BOBYQA.
+            the gradient method; ``"lbfgs"``: the gradient method alone.  With
+            a residual structure ``"auto"`` and ``"bobyqa"`` are BOBYQA.
         maxiter
             statsmodels' name for the evaluation limit (``maxeval``).
         maxeval, ftol_abs, xtol_abs
@@ -762,7 +763,8 @@ class HLM(LikelihoodModel):
         if method not in ("auto", "bobyqa", "lbfgs"):
             raise ValueError(f"method={method!r} is not available: sm_hlm optimises the profiled "
                              "deviance with 'auto' (the default), 'bobyqa' (BOBYQA then "
-                             "L-BFGS-B) or 'lbfgs' (L-BFGS-B with the analytic gradient)")
+                             "the gradient method) or 'lbfgs' (quasi-Newton with the analytic "
+                             "gradient alone)")
         if maxiter is not None:
             if int(maxiter) < 1:
                 raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")

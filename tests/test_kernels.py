@@ -100,10 +100,13 @@ def test_reml_criterion_equals_dense_formula(slope_model):
 def test_fast_and_general_paths_agree(slope_model):
     dev = slope_model.deviance_function(reml=True)
     theta = np.array([0.7, -0.3, 0.2])
+    fused = dev(theta)          # the fused q <= 2 kernel (sm_hlm.engine.small)
+    dev._small_ok = False
     first = dev(theta)          # general path (pair products not built yet)
     fast = dev(theta)           # pair-product path
     assert dev._S is not None
     assert fast == pytest.approx(first, rel=1e-12)
+    assert fused == pytest.approx(first, rel=1e-12)
     dev._S, dev._use_pairs = None, False
     assert dev(theta) == pytest.approx(fast, rel=1e-12)
 

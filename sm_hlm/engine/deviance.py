@@ -62,6 +62,7 @@ import numpy as np
 
 from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_solve_T,
                      batched_inverse_lower, group_crossprod)
+from .small import SmallKernel
 
 __all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
            "working_stats", "root_factors", "group_qr", "residual_quadratic", "is_constant"]
@@ -77,6 +78,9 @@ _PAIR_PRODUCT_LIMIT = 1_000_000
 #: this many groups an evaluation runs block by block so that every per-group temporary of a
 #: block stays in the CPU cache; the cost per group is then independent of m.
 _CHUNK_GROUPS = 8192
+#: Largest |theta~| (working coordinates) at which the deviance is evaluated (see
+#: :meth:`ProfiledDeviance.work_deviance`).
+_THETA_WORK_MAX = 1e7
 #: A direction of Z_j whose squared residual after the earlier columns is below this
 #: fraction of its squared norm is aliased (only rounding is left of it).
 _ROOT_TOL = 1e-14
@@ -661,6 +665,9 @@ class ProfiledDeviance:
         r = p + 1
         self._use_pairs = bool(q) and r * r * len(self._pairs) * m <= _PAIR_PRODUCT_LIMIT
         self._calls = 0
+        # q <= 2, unweighted, the groups in one block: the fused kernel of sm_hlm.engine.small
+        self._small_ok = q in (1, 2) and self._wg is None and 0 < m <= _CHUNK_GROUPS
+        self._small: SmallKernel | None = None
         rp = self.reparam
         n = self._n
         # deviance(original) = deviance(working) + const
@@ -956,20 +963,37 @@ class ProfiledDeviance:
                 inner -= np.einsum("pac,pbc->ab", Y, Y)
         return inner
 
-    def _reduced(self, lam_t: np.ndarray):
-        """Cholesky factor of A, r^2, log|L|^2, log|R_X|^2 (working coordinates) or None."""
+    def _small_kernel(self) -> SmallKernel:
+        if self._small is None:
+            self._small = SmallKernel(self._F, self._transposed_proj(), self._within)
+        return self._small
+
+    def _reduced(self, lam_t: np.ndarray, *, pieces: bool = False):
+        """Cholesky factor of A, r^2, log|L|^2, log|R_X|^2 (working coordinates) or None.
+
+        With ``pieces`` (the fused small-q kernel only) the kernel's per-group
+        factor pieces follow, for the gradient.
+        """
         p = self._p
         if not np.all(np.isfinite(lam_t)):
             return None
-        A, logdet_L, Minv = self._system(lam_t)
-        try:
-            R = np.linalg.cholesky(A)
-        except np.linalg.LinAlgError:
-            return None
+        extra = None
+        if self._small_ok:
+            out = self._small_kernel().factor(lam_t @ lam_t.T)
+            if out is None:
+                return None
+            R, logdet_L, extra = out[0], out[1], out[2:]
+        else:
+            A, logdet_L, Minv = self._system(lam_t)
+            try:
+                R = np.linalg.cholesky(A)
+            except np.linalg.LinAlgError:
+                return None
         pwrss = R[p, p] ** 2
         if not (np.isfinite(pwrss) and pwrss > 0 and np.isfinite(logdet_L)):
             return None
-        return R, pwrss, logdet_L, 2.0 * float(np.log(np.diag(R)[:p]).sum())
+        red = R, pwrss, logdet_L, 2.0 * float(np.log(np.diag(R)[:p]).sum())
+        return (red, extra) if pieces else red
 
     def _profiled(self, pwrss: float, logdet_L: float, logdet_RX: float) -> float:
         """The deviance in the coordinates its arguments are in (no reparametrisation
@@ -1075,13 +1099,30 @@ class ProfiledDeviance:
         Sinv_diag = np.einsum("kam,kam->am", Finv, Finv)         # diag((F F')^{-1})
         psi = b.var(axis=1) - sigma2 * Sinv_diag.mean(axis=1)
         # a variance the moments cannot see starts at lme4's 1, not near the boundary
-        d = np.where(psi > 0, np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4), 1.0)
-        return np.where(rows == cols, d[rows], 0.0)
+        d = np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4)
+        unseen = ~(psi > 0)
+        start = np.where(rows == cols, np.where(unseen, 1.0, d)[rows], 0.0)
+        if unseen.any() and unseen.sum() < q:
+            # a variance the moments cannot see: lme4's 1, or a tenth of it or of the smallest
+            # seen ratio when the deviance says so (two evaluations; never near the boundary)
+            alt = np.where(rows == cols, np.where(unseen, max(0.1, 0.1 * d[~unseen].min()),
+                                                  d)[rows], 0.0)
+            if self.work_deviance(alt) < self.work_deviance(start):
+                start = alt
+        return start
 
     # --------------------------------------------------------- deviance
     def work_deviance(self, theta_t: np.ndarray) -> float:
-        """The deviance (original scale) at theta~ in working coordinates."""
+        """The deviance (original scale) at theta~ in working coordinates.
+
+        Infinite beyond |theta~| = 1e7 (variance ratios of 1e14 in the working
+        units: sigma^2 -> 0, where the map back to the original coordinates
+        loses its digits), so that an optimiser following a deviance that
+        decreases without end stops there, and says it did not converge.
+        """
         self.n_evals += 1
+        if np.max(np.abs(theta_t), initial=0.0) > _THETA_WORK_MAX:
+            return np.inf
         red = self._reduced(self._lambda_of_work(theta_t))
         return np.inf if red is None else self._profiled(*red[1:]) + self._const
 
@@ -1095,6 +1136,15 @@ class ProfiledDeviance:
         q, p, m = self._q, self._p, self._m
         if not q:
             return None
+        if self._small_ok:
+            out = self._reduced(lam_t, pieces=True)
+            if out is None:
+                return None
+            (R, pwrss, logdet_L, logdet_RX), extra = out
+            dof = self._n - p if self.reml else self._n
+            inner = self._small_kernel().gradient_inner(R, extra, p=p, dof=dof, pwrss=pwrss,
+                                                        reml=self.reml)
+            return self._profiled(pwrss, logdet_L, logdet_RX) + self._const, 2.0 * inner @ lam_t
         blocked = m > _CHUNK_GROUPS and self._wg is None     # the blocked kernels are unweighted
         A, logdet_L, Minv = self._system(lam_t, need_inverse=not blocked)
         try:
@@ -1130,6 +1180,8 @@ class ProfiledDeviance:
     def work_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
         """Deviance and its gradient in theta~ (working coordinates)."""
         rows, cols = self._index()
+        if np.max(np.abs(theta_t), initial=0.0) > _THETA_WORK_MAX:
+            return np.inf, np.full(len(rows), np.nan)
         out = self._gradient_matrix(self._lambda_of_work(theta_t))
         if out is None:
             return np.inf, np.full(len(rows), np.nan)

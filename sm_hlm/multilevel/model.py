@@ -574,13 +574,13 @@ class MultilevelHLM(LikelihoodModel):
         reml
             REML when True, maximum likelihood when False.
         method
-            ``"auto"``: for nested factors L-BFGS-B with the analytic
-            gradient, BOBYQA when the convergence check fails or the fit is
+            ``"auto"``: for nested factors a projected BFGS method (scipy's
+            L-BFGS-B where it stalls) with the analytic gradient, BOBYQA when the convergence check fails or the fit is
             singular; for crossed factors BOBYQA with a finite-difference
             verdict (the analytic gradient needs the inverse of the filled-in
             block), re-examined with boundary restarts when singular.
-            ``"bobyqa"``: BOBYQA then L-BFGS-B with the analytic gradient;
-            ``"lbfgs"``: L-BFGS-B alone.
+            ``"bobyqa"``: BOBYQA then the gradient method;
+            ``"lbfgs"``: the gradient method alone.
         maxiter
             statsmodels' name for ``maxeval``.
         maxeval, ftol_abs, xtol_abs
