@@ -34,7 +34,7 @@ import pandas as pd
 
 from .stats import (ChunkDesign, GroupRoots, Moments, SummedHLM, SummedHLMResults,
                     bucket_roots, chunk_moments, chunk_partial, combine_moments, combine_pieces,
-                    split_partial, stats_from_roots, working_maps)
+                    is_multilevel, split_partial, stats_from_roots, working_maps)
 
 __all__ = ["DaskHLM", "DaskHLMResults", "from_dask", "is_dask_collection"]
 
@@ -67,15 +67,18 @@ def _tree(dask, parts: list, fn, split_every: int):
     return dask.delayed(fn)(parts) if parts else None
 
 
-def _levels(ddf, design_cols: list[str], response: str, group: str) -> dict[str, list[Any]]:
+def _levels(ddf, design_cols: list[str], response: str, group: str | None, *,
+            group_columns: tuple[str, ...] = ()) -> dict[str, list[Any]]:
+    """Levels of the categorical design columns and of every column in ``group_columns``
+    (any dtype), in one pass over the data."""
     dask = _require_dask()
     levels: dict[str, list[Any]] = {}
     todo = []
-    for c in design_cols:
+    for c in list(design_cols) + [g for g in group_columns if g not in design_cols]:
         if c in (response, group):
             continue
         dt = ddf.dtypes[c]
-        if dt.kind in "fiu":
+        if dt.kind in "fiu" and c not in group_columns:
             continue
         if isinstance(dt, pd.CategoricalDtype) and ddf[c].cat.known:
             levels[c] = list(dt.categories)
@@ -265,13 +268,21 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
     missing_cols = sorted(c for c in used if c not in data.columns)
     if missing_cols:
         raise KeyError(f"column(s) {missing_cols} used by the formula are not in the data")
-    group = parsed.random[0].group if parsed.random else None
-    found = _levels(data, sorted(used), parsed.response, group)
+    multi = is_multilevel(parsed.random)
+    group = parsed.random[0].group if parsed.random and not multi else None
+    gcols = tuple(dict.fromkeys(c for sp in parsed.random for c in sp.columns)) if multi else ()
+    absent = [c for c in gcols if c not in data.columns]
+    if absent:
+        raise KeyError(f"grouping column(s) {absent} are not in the data")
+    found = _levels(data, sorted(used), parsed.response, group, group_columns=gcols)
     found.update(levels or {})
     design = ChunkDesign(formula, sample, levels=found, missing=missing)
     parts = data.to_delayed()
     mom = _tree(dask, [dask.delayed(chunk_moments)(design, p) for p in parts],
                 _fold_moments, split_every).compute()
+    if multi:
+        return _cells_model(dask, design, sample, mom, found, data, parts, split_every,
+                            n_buckets)
     rp = working_maps(design, mom)
     # the per-group statistics in buckets of whole groups (a hash of the label): each
     # bucket's pieces are summed by a tree, reduced to their roots where they are, and kept
@@ -301,6 +312,30 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
     st = stats_from_roots(design, F, Gt, sum(s[1] for s in sizes), int(sum(s[2] for s in sizes)))
     return DaskHLM(design, st, rp, None, n_dropped=mom.dropped, source=data, roots=roots,
                    group_dtype=sample[group].dtype)
+
+
+def _cells_model(dask, design: ChunkDesign, sample: pd.DataFrame, mom: Moments,
+                 found: dict[str, list[Any]], data: Any, parts: list, split_every: int,
+                 n_buckets: int | None):
+    """Several grouping factors: per-cell statistics in buckets of whole cells (a hash of
+    the cell key), each summed by a tree and turned into pseudo-rows on the workers; the
+    client gathers the pseudo-rows (see :mod:`sm_hlm.scale.cells`)."""
+    from .cells import CellRows, cell_rows, chunk_cells, model_from_cells
+
+    k = max(1, min(int(n_buckets), data.npartitions)) if n_buckets else \
+        max(1, min(64, data.npartitions))
+
+    def run(layout, maps, codes) -> CellRows:
+        d_design, d_layout, d_maps, d_codes = (dask.delayed(o, pure=True)
+                                               for o in (design, layout, maps, codes))
+        pieces = [dask.delayed(split_partial, nout=k)(
+            dask.delayed(chunk_cells)(d_design, d_layout, d_maps, d_codes, p), k) for p in parts]
+        buckets = [dask.delayed(cell_rows)(_tree(dask, [pc[b] for pc in pieces],
+                                                 combine_pieces, split_every), layout.c)
+                   for b in range(k)]
+        return CellRows.concat(list(dask.compute(*buckets)))
+
+    return model_from_cells(design, sample, mom, found, run, n_dropped=mom.dropped, source=data)
 
 
 def _root_totals(roots: GroupRoots) -> tuple[int, np.ndarray, int]:
