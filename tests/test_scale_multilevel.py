@@ -251,3 +251,18 @@ def test_gram_rows_against_dense_algebra() -> None:
     np.testing.assert_array_equal(cat.rows[:2], np.arange(c, 3 * c, dtype=float).reshape(2, c))
     np.testing.assert_array_equal(cat.rows[2], -np.ones(c))
     np.testing.assert_array_equal(cat.rows[3], np.arange(c, dtype=float))
+
+
+def test_profile_intervals_from_cells(tmp_path) -> None:
+    from sm_hlm.scale import from_parquet
+    df = simulate_hierarchy(names=["school", "klass"], n_top=30, mean_children=[4, 10],
+                            cov_re={"school": [[1.0, 0.2], [0.2, 0.3]],
+                                    "klass": [[0.5, -0.1], [-0.1, 0.2]]}, seed=7)
+    path = tmp_path / "two.parquet"
+    df.to_parquet(path)
+    formula = "y ~ x + (1 | school) + (1 | school:klass)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = HLM.from_formula(formula, df).fit().conf_int_profile()
+        b = from_parquet(formula, path, progress=False).fit().conf_int_profile()
+    pd.testing.assert_frame_equal(b, a, rtol=1e-5)

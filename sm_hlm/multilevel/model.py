@@ -370,8 +370,8 @@ class MultilevelHLM(LikelihoodModel):
             raise TypeError(_unknown_keywords("HLM.from_formula()", {k: kwargs[k] for k in unknown},
                                               _MIXEDLM_MODEL_KEYWORDS))
         if not isinstance(data, pd.DataFrame):
-            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__} (Dask "
-                            "data takes one grouping factor)")
+            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__} (for "
+                            "Dask data use HLM.from_formula, which sums per-cell statistics)")
         if len(data) == 0:
             raise ValueError("empty data: the DataFrame has no rows")
         if subset is not None:

@@ -23,6 +23,17 @@ labels) and optimises.  The BLUPs are computed per bucket on the workers and
 the fitted values and residuals join the rows to them: lazy Dask collections
 (:class:`DaskHLMResults`).  Storing the data clustered by group (e.g. sorted by
 the group column) keeps every partial small.
+
+Several grouping factors (nested, ``(x | school) + (1 | school:klass)``, or
+crossed) go through :mod:`sm_hlm.scale.cells`: step 0 also finds the levels of
+every grouping column, and step 2 sums per *cell* (combination of all grouping
+columns' levels) the row count, the column sums and the Gram matrix of
+[X y Z], in hashed buckets of whole cells, each turned into at most c
+pseudo-rows on its worker; the client gathers the pseudo-rows (O(cells x c^2)
+numbers; the innermost units of nested data) and fits the in-memory blocked
+engine on them with the true number of observations
+(:class:`~sm_hlm.scale.cells.CellHLM`).  Fitted values and residuals are lazy
+Dask Series (each partition joined to the per-level BLUP tables).
 """
 from __future__ import annotations
 
@@ -216,13 +227,16 @@ class DaskHLMResults(SummedHLMResults):
 
 def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = None,
               missing: str = "drop", split_every: int = 8, n_buckets: int | None = None,
-              **kwargs: Any) -> DaskHLM:
+              **kwargs: Any) -> Any:
     """A model whose sufficient statistics are computed on Dask workers.
 
     Parameters
     ----------
     formula
-        lme4-style formula with one grouping factor, ``"y ~ x + (x | g)"``.
+        lme4-style formula, ``"y ~ x + (x | g)"``; several grouping factors
+        (``(1 | school/klass)``, ``(x | a) + (1 | a:b)``, crossed
+        ``(1 | subj) + (1 | item)``) give a :class:`~sm_hlm.scale.cells.CellHLM`
+        (client memory O(cells x c^2), see :mod:`sm_hlm.scale.cells`).
     data
         A :class:`dask.dataframe.DataFrame` (e.g. from
         :func:`dask.dataframe.read_parquet`).
@@ -234,13 +248,13 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
     split_every
         Fan-in of the tree reductions.
     n_buckets
-        Buckets of whole groups the statistics are reduced into (they stay on the
-        cluster, one persisted object each); default: the number of partitions,
-        at most 64.
+        Buckets of whole groups (cells, for several factors) the statistics are
+        reduced into (for one factor they stay on the cluster, one persisted
+        object each); default: the number of partitions, at most 64.
 
     Returns
     -------
-    DaskHLM
+    DaskHLM or CellHLM
         ``.fit(reml=...)`` optimises on the client.
     """
     dask = _require_dask()
