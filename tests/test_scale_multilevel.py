@@ -107,8 +107,12 @@ def test_dask_matches_memory(request, client, case: str, reml: bool) -> None:
     df, mem, r_mem, big, r_big = _fits(request, case, reml)
     _agree(r_mem, r_big)
     assert big.n_dropped == mem.n_dropped
-    # pseudo-rows: at most rank(G_c) per cell, fewer than the rows when cells are large
-    assert len(big.endog) <= big.n_cells * (big.k_fe + 1 + 2)
+    # pseudo-rows: at most rank(G_c) <= min(n_c, c) per cell
+    n_rows = len(df) - mem.n_dropped
+    assert big.n_cells == mem.factors[mem.factor_names[0]].n_levels or case == "crossed"
+    assert len(big.endog) <= min(n_rows, big.n_cells * big._layout.c)
+    if case == "slope_and_inner":        # cells of ~10 rows of rank 3: far fewer pseudo-rows
+        assert len(big.endog) < 0.5 * n_rows
     # the same deviance at the same theta (working coordinates from the data's moments)
     d_mem, d_big = mem.deviance_function(reml=reml), big.deviance_function(reml=reml)
     tw = np.asarray(r_mem.theta) / mem._theta_scale()
