@@ -1,4 +1,4 @@
-"""Several grouping factors from per-cell statistics (Dask, parquet) agree with the in-memory fit."""
+"""Several grouping factors from per-cell statistics (Dask, parquet) match the in-memory fit."""
 from __future__ import annotations
 
 import logging

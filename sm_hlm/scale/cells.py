@@ -56,8 +56,9 @@ from ..multilevel.model import MultilevelHLM
 from ..multilevel.results import MultilevelResults, MultilevelResultsWrapper
 from .stats import ChunkDesign, Moments, Partial
 
-__all__ = ["BlupTables", "CellHLM", "CellResults", "CellResultsWrapper", "CellLayout", "CellMaps", "CellRows", "GroupCodes",
-           "cell_maps", "cell_rows", "chunk_cells", "gram_rows", "model_from_cells"]
+__all__ = ["BlupTables", "CellHLM", "CellResults", "CellResultsWrapper", "CellLayout",
+           "CellMaps", "CellRows", "GroupCodes", "cell_maps", "cell_rows", "chunk_cells",
+           "gram_rows", "model_from_cells"]
 
 
 # ------------------------------------------------------------------ layout and maps
@@ -85,7 +86,7 @@ class CellLayout:
 
     @classmethod
     def of(cls, design: ChunkDesign, sample: pd.DataFrame) -> "CellLayout":
-        """The layout of ``design``; Z columns named as X columns are checked equal on ``sample``."""
+        """The layout of ``design`` (Z columns named as X columns: checked equal on ``sample``)."""
         _, X, Z, _, _ = design.build_frame(sample)
         xpos = {n: i for i, n in enumerate(design.exog_names)}
         src: list[tuple[str, int]] = []
