@@ -385,7 +385,8 @@ class CellHLM(MultilevelHLM):
     rows_in_memory = False
 
     def __init__(self, design: ChunkDesign, layout: CellLayout, maps: CellMaps,
-                 codes: GroupCodes, cells: CellRows, *, n_dropped: int = 0, source: Any = None):
+                 codes: GroupCodes, cells: CellRows, *, n_dropped: int = 0, source: Any = None,
+                 dask_source: bool = False):
         p = layout.p
         P = cells.rows
         Xw, yw = P[:, :p], P[:, p]
@@ -431,6 +432,8 @@ class CellHLM(MultilevelHLM):
         self.re_specs = design.specs
         self.n_dropped = n_dropped
         self.source = source
+        #: ``source`` is a Dask DataFrame: per-row results are lazy Dask Series
+        self.dask_source = bool(dask_source)
         self.n_cells = len(cells.keys)
         self.__dict__["_cell_working"] = self._make_working(Xw, yw)
 
@@ -578,12 +581,11 @@ class CellResults(MultilevelResults):
 
     def _lazy_rows(self, resid: bool):
         model = self.model
-        from .dask import _require_dask, is_dask_collection
-        if not is_dask_collection(model.source):
+        if not model.dask_source:
             raise NotImplementedError(
                 f"{'resid' if resid else 'fittedvalues'} of a fit from parquet data: the rows "
                 "are on disk; use .fittedvalues_of(chunk) / .resid_of(chunk) per batch")
-        dask = _require_dask()
+        import dask
         import dask.dataframe as dd
         tables = dask.delayed(self.blup_tables(), pure=True)
         beta = np.asarray(self.fit_result.fe_params)
@@ -651,7 +653,7 @@ wrap.populate_wrapper(CellResultsWrapper, CellResults)
 
 def model_from_cells(design: ChunkDesign, sample: pd.DataFrame, mom: Moments,
                      group_levels: dict[str, Any], map_cells: Any, *, n_dropped: int = 0,
-                     source: Any = None) -> CellHLM:
+                     source: Any = None, dask_source: bool = False) -> CellHLM:
     """Build the layout, maps and codes, run ``map_cells(layout, maps, codes)`` (the pass
     that returns the :class:`CellRows` of whole cells) and make the model."""
     if mom.n == 0:
@@ -661,4 +663,5 @@ def model_from_cells(design: ChunkDesign, sample: pd.DataFrame, mom: Moments,
     codes = GroupCodes(design.group_columns,
                        tuple(pd.Index(group_levels[c]) for c in design.group_columns))
     cells = map_cells(layout, maps, codes)
-    return CellHLM(design, layout, maps, codes, cells, n_dropped=n_dropped, source=source)
+    return CellHLM(design, layout, maps, codes, cells, n_dropped=n_dropped, source=source,
+                   dask_source=dask_source)

@@ -349,7 +349,8 @@ def _cells_model(dask, design: ChunkDesign, sample: pd.DataFrame, mom: Moments,
                    for b in range(k)]
         return CellRows.concat(list(dask.compute(*buckets)))
 
-    return model_from_cells(design, sample, mom, found, run, n_dropped=mom.dropped, source=data)
+    return model_from_cells(design, sample, mom, found, run, n_dropped=mom.dropped, source=data,
+                            dask_source=True)
 
 
 def _root_totals(roots: GroupRoots) -> tuple[int, np.ndarray, int]:
