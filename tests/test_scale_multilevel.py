@@ -49,6 +49,9 @@ def two_level() -> pd.DataFrame:
     df = simulate_hierarchy(names=["school", "klass"], n_top=40, mean_children=[4, 10],
                             cov_re={"school": [[1.0, 0.2], [0.2, 0.3]],
                                     "klass": [[0.5, -0.1], [-0.1, 0.2]]}, seed=7)
+    # string and categorical labels: the cells are keyed by codes on levels found up front
+    df["school"] = "s" + df["school"].astype(str)
+    df["klass"] = df["klass"].astype("category")
     return _shuffled(df, 2)
 
 
