@@ -1,6 +1,7 @@
 """Speed at scale: 10^6 and 10^7 rows in memory, Dask, parquet, cost per evaluation vs m.
 
     python -m benchmarks.bench_scale [--sizes 6 7] [--dask] [--parquet] [--per-eval] [--lme4]
+    python -m benchmarks.bench_scale --sizes --multilevel 6 7
 
 NELS-shaped data (``simulate_nels``, ~19 rows per school), ``mscore ~ flp*ses +
 (ses|school)`` by ML.  Each row of the table: wall time (median of ``--reps``), CPU
@@ -10,6 +11,14 @@ one thread with threadpoolctl (the machine is shared: CPU time is the steadier
 figure).  lme4 (through Rscript) runs on the same data at 10^6 rows with
 ``--lme4`` when R is installed.  ``--per-eval`` times one deviance evaluation
 and one gradient against the number of groups m.
+
+``--multilevel 6 7``: three-level data shaped as ``benchmarks.bench_multilevel``'s (seeded
+``simulate_hierarchy``, ~4.4 classes per school, ~45 rows per class, rows in random
+order), ``y ~ x*sector + tq + (x|school) + (x|school:klass)`` by ML, in memory against
+Dask on a LocalCluster (2 worker processes, from parquet written in 10^6-row partitions)
+and the pyarrow batches (:func:`sm_hlm.scale.from_parquet`), both through per-cell
+statistics (:mod:`sm_hlm.scale.cells`); the table gives each fit's logLik and its
+difference from the in-memory fit.
 """
 from __future__ import annotations
 
@@ -75,6 +84,53 @@ def write_nels_parquet(path: str, *, files: int, rows_per_file: float) -> int:
     return total
 
 
+ML_FORMULA = "y ~ x*sector + tq + (x|school) + (x|school:klass)"
+
+
+def multilevel_rows(e: int) -> list[dict]:
+    """In memory, Dask (LocalCluster of 2 processes, parquet) and parquet batches at 10^e rows."""
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    from sm_hlm.scale import from_parquet
+    from validation.multilevel_data import simulate_hierarchy
+
+    df = simulate_hierarchy(names=["school", "klass"], n_top=int(5000 * 10 ** (e - 6)),
+                            mean_children=[4.4, 1e6 / 22000],
+                            cov_re={"school": [[1.0, 0.2], [0.2, 0.3]],
+                                    "klass": [[0.5, -0.1], [-0.1, 0.2]]}, seed=2026)
+    n_cls = int(df.groupby(["school", "klass"]).ngroups)
+    out = []
+
+    def row(what: str, w: float, c: float, r, ref=None, **extra) -> dict:
+        d = {"what": f"{what} 10^{e}", "rows": len(df), "classes (cells)": n_cls,
+             "wall s": round(w, 2), "cpu s (this process)": round(c, 2),
+             "peak GB (this process)": round(peak_gb(), 2), "logLik": round(r.llf, 4)}
+        if ref is not None:
+            d["logLik - in memory"] = f"{r.llf - ref.llf:.1e}"
+            d["max rel. diff. beta"] = (f"{np.max(np.abs(r.fe_params / ref.fe_params - 1)):.1e}")
+        d.update(extra)
+        return d
+
+    w, c, r_mem = timed(lambda: HLM.from_formula(ML_FORMULA, df).fit(reml=False), 1)
+    out.append(row("in memory", w, c, r_mem))
+    with tempfile.TemporaryDirectory() as tmp:
+        dd.from_pandas(df, npartitions=max(2, len(df) // 1_000_000)).to_parquet(tmp)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cl, Client(cl):
+            w, c, r_d = timed(lambda: HLM.from_formula(ML_FORMULA, dd.read_parquet(tmp))
+                              .fit(reml=False), 1)
+        out.append(row("Dask LocalCluster(2) parquet", w, c, r_d, r_mem,
+                       **{"pseudo-rows": len(r_d.model.endog)}))
+        path = Path(tmp) / "one.parquet"
+        df.to_parquet(path, row_group_size=1_000_000)
+        w, c, r_p = timed(lambda: from_parquet(ML_FORMULA, path, progress=False)
+                          .fit(reml=False), 1)
+        out.append(row("parquet batches", w, c, r_p, r_mem,
+                       **{"pseudo-rows": len(r_p.model.endog)}))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="*", default=[6, 7])
@@ -90,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="first write --files files of --rows-per-file NELS-shaped rows there")
     ap.add_argument("--files", type=int, default=10)
     ap.add_argument("--rows-per-file", type=float, default=1e7)
+    ap.add_argument("--multilevel", type=int, nargs="*", default=[], metavar="E",
+                    help="three-level fits at 10^E rows: in memory, Dask, parquet batches")
     args = ap.parse_args(argv)
     if args.write_parquet:
         n = write_nels_parquet(args.write_parquet, files=args.files,
@@ -155,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                              "peak GB": f"client {peak_gb():.2f} (before {base:.2f}), "
                                         f"worker {wpk:.2f}",
                              "logLik": round(r4.llf, 4)})
+        for e in args.multilevel:
+            rows += multilevel_rows(e)
         table = pd.DataFrame(rows)
         print(machine_note())
         print(markdown_table(table.astype(object).where(table.notna(), "")))

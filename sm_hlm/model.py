@@ -507,10 +507,11 @@ class HLM(LikelihoodModel):
         if not isinstance(data, pd.DataFrame):
             from .scale.dask import from_dask, is_dask_collection
             if is_dask_collection(data):
-                if groups is not None or re_formula is not None or subset is not None:
+                if (groups is not None or re_formula is not None or subset is not None
+                        or vc_formula is not None):
                     raise NotImplementedError("with Dask data give the random effects as "
-                                              "(expr | group) terms; groups=, re_formula= and "
-                                              "subset= are for pandas data")
+                                              "(expr | group) terms; groups=, re_formula=, "
+                                              "vc_formula= and subset= are for pandas data")
                 return from_dask(formula, data, missing="raise" if missing == "none" else missing,
                                  **kwargs)
             raise TypeError(f"data must be a pandas or Dask DataFrame, got {type(data).__name__}")

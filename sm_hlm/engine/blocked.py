@@ -117,8 +117,9 @@ class BlockedDeviance:
     pin_blas_threads
         Run the dense factorization with one BLAS thread (OpenBLAS's threads
         oversubscribe small matrices on few cores).
-    memory_limit
-        Passed to :class:`BlockedStructure`.
+    memory_limit, nobs
+        Passed to :class:`BlockedStructure` (``nobs``: the number of
+        observations the rows stand for, when they are pseudo-rows).
 
     Notes
     -----
@@ -126,8 +127,10 @@ class BlockedDeviance:
     """
 
     def __init__(self, terms: Sequence[RETerm], exog: np.ndarray, endog: np.ndarray, *,
-                 reml: bool, pin_blas_threads: bool = True, memory_limit: int | None = None):
-        self.structure = BlockedStructure(terms, exog, endog, memory_limit=memory_limit)
+                 reml: bool, pin_blas_threads: bool = True, memory_limit: int | None = None,
+                 nobs: int | None = None):
+        self.structure = BlockedStructure(terms, exog, endog, memory_limit=memory_limit,
+                                          nobs=nobs)
         self.layout = ThetaLayout(terms)
         self.reml = bool(reml)
         self.pin_blas_threads = bool(pin_blas_threads)

@@ -167,6 +167,11 @@ class BlockedStructure:
         Bytes the dense block and the update lists may use; default the
         available memory.  A model that needs more raises MemoryError before
         anything large is allocated.
+    nobs
+        The number of observations the rows stand for (default: the rows).
+        Rows whose cross products equal those of ``nobs`` observations
+        (e.g. per-cell pseudo-rows, :mod:`sm_hlm.scale.cells`) give the same
+        deviance when ``nobs`` is given.
 
     Attributes
     ----------
@@ -195,7 +200,7 @@ class BlockedStructure:
     """
 
     def __init__(self, terms: Sequence[RETerm], exog: np.ndarray, endog: np.ndarray, *,
-                 memory_limit: int | None = None):
+                 memory_limit: int | None = None, nobs: int | None = None):
         X = np.asarray(exog, dtype=float)
         y = np.asarray(endog, dtype=float).ravel()
         if X.ndim != 2 or X.shape[0] != len(y):
@@ -207,7 +212,8 @@ class BlockedStructure:
                 raise ValueError(f"factor {t.factor!r} has {len(t.refs)} rows, endog has {len(y)}")
         if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
             raise ValueError("exog and endog must be finite")
-        self.nobs, self.k_fe = len(y), X.shape[1]
+        self.n_rows, self.k_fe = len(y), X.shape[1]
+        self.nobs = self.n_rows if nobs is None else int(nobs)
         self.r = self.k_fe + 1
         W = np.column_stack([X, y])
         sizes = np.array([t.S * t.n_levels for t in terms])
@@ -322,9 +328,9 @@ class BlockedStructure:
 
         X = np.asarray(exog, dtype=float)
         y = np.asarray(endog, dtype=float).ravel()
-        if X.shape != (self.nobs, self.k_fe) or len(y) != self.nobs:
-            raise ValueError(f"exog must have shape {(self.nobs, self.k_fe)} and endog "
-                             f"{self.nobs} rows")
+        if X.shape != (self.n_rows, self.k_fe) or len(y) != self.n_rows:
+            raise ValueError(f"exog must have shape {(self.n_rows, self.k_fe)} and endog "
+                             f"{self.n_rows} rows")
         if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
             raise ValueError("exog and endog must be finite")
         new = copy.copy(self)

@@ -51,8 +51,9 @@ class _Varpar:
     def __init__(self, model: Any, reml: bool):
         self.reml = bool(reml)
         self.p = model.k_fe
-        self.n = len(model.endog)
-        self.dev = BlockedDeviance(model.re_terms, model.exog, model.endog, reml=self.reml)
+        self.n = int(model.nobs)
+        self.dev = BlockedDeviance(model.re_terms, model.exog, model.endog, reml=self.reml,
+                                   nobs=self.n)
 
     def deviance(self, x: np.ndarray) -> float:
         sigma = float(x[-1])

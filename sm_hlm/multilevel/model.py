@@ -307,17 +307,24 @@ class MultilevelHLM(LikelihoodModel):
         order = np.lexsort((c, r))
         return r[order], c[order]
 
+    def _identification_data(self) -> tuple[int, float | None, np.ndarray]:
+        """(observations, the response's value when constant else None, the X whose
+        rank is checked); from the rows here, from cell statistics in
+        :class:`sm_hlm.scale.cells.CellHLM`."""
+        y = self.endog
+        return len(y), (float(y[0]) if np.all(y == y[0]) else None), self.exog
+
     def _check_identifiable(self) -> None:
-        n, p = len(self.endog), self.k_fe
+        n, const, X = self._identification_data()
+        p = self.k_fe
         check_factors(self.factors, self.re_terms, n)
         if n <= p:
             raise IdentificationError(f"{n} observations for {p} fixed effects")
-        y = self.endog
-        if np.all(y == y[0]):
+        if const is not None:
             raise IdentificationError(
-                f"the response {self.endog_names!r} is constant (every value is {y[0]:g}): "
+                f"the response {self.endog_names!r} is constant (every value is {const:g}): "
                 "there is no variation to model")
-        aliased = aliased_columns(self.exog)
+        aliased = aliased_columns(X)
         if aliased:
             names = [self.exog_names[i] for i in aliased]
             raise IdentificationError(
@@ -363,8 +370,8 @@ class MultilevelHLM(LikelihoodModel):
             raise TypeError(_unknown_keywords("HLM.from_formula()", {k: kwargs[k] for k in unknown},
                                               _MIXEDLM_MODEL_KEYWORDS))
         if not isinstance(data, pd.DataFrame):
-            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__} (Dask "
-                            "data takes one grouping factor)")
+            raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__} (for "
+                            "Dask data use HLM.from_formula, which sums per-cell statistics)")
         if len(data) == 0:
             raise ValueError("empty data: the DataFrame has no rows")
         if subset is not None:
@@ -542,7 +549,7 @@ class MultilevelHLM(LikelihoodModel):
         base = self.__dict__.get("_blocked_cache")
         if base is None:
             Xw, yw, wterms = self._working[:3]
-            base = BlockedDeviance(wterms, Xw, yw, reml=False)
+            base = BlockedDeviance(wterms, Xw, yw, reml=False, nobs=int(self.nobs))
             self.__dict__["_blocked_cache"] = base
         import copy
 
@@ -555,7 +562,7 @@ class MultilevelHLM(LikelihoodModel):
     def _deviance_constant(self, reml: bool) -> float:
         """deviance(original units) - deviance(working units) at the same theta."""
         M, sy = self._working[3], self._working[5]
-        n, p = len(self.endog), self.k_fe
+        n, p = int(self.nobs), self.k_fe
         if reml:
             return float(2 * (n - p) * np.log(sy) - 2 * np.sum(np.log(np.abs(np.diag(M)))))
         return float(2 * n * np.log(sy))
@@ -680,8 +687,6 @@ class MultilevelHLM(LikelihoodModel):
 
     def _results(self, fit: MultilevelFit, *, disp: bool, compute_vcomp_cov: bool):
         """Warnings for a singular or unconverged fit, then the results wrapper."""
-        from .results import MultilevelResults, MultilevelResultsWrapper
-
         if disp:
             print(fit.optimizer)
         if fit.singular_terms:
@@ -691,13 +696,16 @@ class MultilevelHLM(LikelihoodModel):
             warnings.warn(f"the optimiser did not converge: {fit.optimizer.message}. Try "
                           "fit(method='bobyqa') or other start_params, or simplify the "
                           "random-effects structure", ConvergenceWarning, stacklevel=3)
+        return self._make_results(fit, compute_vcomp_cov=compute_vcomp_cov)
+
+    def _make_results(self, fit: MultilevelFit, *, compute_vcomp_cov: bool = True) -> Any:
+        """The wrapped results of a fit (other classes for fits from cell statistics)."""
+        from .results import MultilevelResults, MultilevelResultsWrapper
         return MultilevelResultsWrapper(MultilevelResults(self, fit,
                                                           compute_vcomp_cov=compute_vcomp_cov))
 
     def results_at(self, theta: np.ndarray, *, reml: bool = True):
         """Results at a given theta (e.g. lme4's optimum), without optimising."""
-        from .results import MultilevelResults, MultilevelResultsWrapper
-
         lay = self.layout
         theta = np.asarray(theta, dtype=float)
         if theta.shape != (lay.n_theta,):
@@ -709,8 +717,7 @@ class MultilevelHLM(LikelihoodModel):
         f = dev(tw) + self._deviance_constant(reml)
         rec = OptimizerRecord("fixed theta", theta, theta, f, f, 1, np.full(len(theta), np.nan),
                               True, "theta given, not optimised", lay.names)
-        return MultilevelResultsWrapper(MultilevelResults(self, self._build_fit(dev, rec,
-                                                                                reml=reml)))
+        return self._make_results(self._build_fit(dev, rec, reml=reml))
 
     def _build_fit(self, dev: BlockedDeviance, rec: OptimizerRecord, *, reml: bool
                    ) -> MultilevelFit:
@@ -786,7 +793,7 @@ class MultilevelHLM(LikelihoodModel):
         """
         theta = np.asarray(theta, dtype=float)
         r = self.endog - self.exog @ np.asarray(beta, dtype=float)
-        n, p = len(r), self.k_fe
+        n, p = int(self.nobs), self.k_fe
         if self.residual is not None:
             if residual_free is None:
                 raise TypeError("a model with a residual structure needs residual_free=")

@@ -167,7 +167,7 @@ def conf_int_profile(results: "MultilevelResults", alpha: float = 0.05, *,
     base_dev = model.deviance_function(reml=False)
     tscale = model._theta_scale()
     sy = model._working[5]
-    n = len(model.endog)
+    n = int(model.nobs)
 
     def dev_theta_sigma(theta: np.ndarray, sigma: float) -> float:
         f = base_dev.factor(theta / tscale)
@@ -215,7 +215,7 @@ def conf_int_profile(results: "MultilevelResults", alpha: float = 0.05, *,
         X = model.exog
         keep = [c for c in range(X.shape[1]) if c != k]
         Xr = X[:, keep]
-        reduced = BlockedDeviance(model.re_terms, Xr, model.endog, reml=False)
+        reduced = BlockedDeviance(model.re_terms, Xr, model.endog, reml=False, nobs=n)
         lower_t = model.layout.lower
 
         def fun(v: float, start: np.ndarray) -> tuple[float, np.ndarray]:

@@ -59,9 +59,9 @@ class MultilevelResults(MixedResultsBase):
             X, y, terms = model.residual.whitened(fit.residual_free)
         else:
             X, y, terms = model.exog, model.endog, model.re_terms
-        n, p = len(y), model.k_fe
+        n, p = int(model.nobs), model.k_fe
         r = y - X @ fit.fe_params
-        d_r = BlockedDeviance(terms, np.zeros((n, 0)), r, reml=False)
+        d_r = BlockedDeviance(terms, np.zeros((len(y), 0)), r, reml=False)
         d_full = BlockedDeviance(terms, X, y, reml=True) if fit.reml else None
         idx = [model._vcomp_index(t) for t in terms]
         sizes = [len(i[0]) for i in idx]
@@ -357,7 +357,7 @@ class MultilevelResults(MixedResultsBase):
             tau = (self.fit_result.cov_re[k][t.names.index(name), t.names.index(name)]
                    if name is not None else None)
             if var is None:
-                n = np.bincount(t.refs, minlength=t.n_levels).astype(float)
+                n = model.factors[t.factor].sizes.astype(float)     # rows per level
                 v = self.scale / n
             else:
                 # units of the previous (inner) factor within each unit of this one

@@ -81,10 +81,11 @@ def make_multilevel_summary(results: "MultilevelResults", *, alpha: float = 0.05
     }
     formula = getattr(model, "formula", None)
     smry.add_dict(info, ncols=2, title=f"Formula: {formula}" if formula else None)
-    r = np.asarray(results.resid_scaled)
-    q = pd.DataFrame([np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])],
-                     columns=["Min", "1Q", "Median", "3Q", "Max"], index=[""])
-    smry.add_df(q, float_format="%.4f", title="Scaled residuals:")
+    if getattr(results, "rows_in_memory", True):     # not for fits from cell statistics
+        r = np.asarray(results.resid_scaled)
+        q = pd.DataFrame([np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])],
+                         columns=["Min", "1Q", "Median", "3Q", "Max"], index=[""])
+        smry.add_df(q, float_format="%.4f", title="Scaled residuals:")
     re_tab = random_effects_table(results)
     re_tab = re_tab.astype(object).where(re_tab.notna(), "")
     smry.add_df(re_tab, index=False, float_format="%.4f", title="Random effects:")

@@ -13,7 +13,11 @@ them chunk by chunk and fits on the client:
   residuals are lazy Dask collections); ``HLM.from_formula(formula,
   data=dask_dataframe)`` lands here;
 * :mod:`sm_hlm.scale.parquet` -- out of core on one machine from a parquet file
-  or directory (pyarrow record batches, a tqdm progress bar).
+  or directory (pyarrow record batches, a tqdm progress bar);
+* :mod:`sm_hlm.scale.cells` -- several grouping factors (nested or crossed):
+  per-cell Gram matrices turned into pseudo-rows fitted by the in-memory
+  blocked engine with the true number of observations (:class:`CellHLM`),
+  for both of the above.
 """
 from __future__ import annotations
 

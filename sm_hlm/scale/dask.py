@@ -23,6 +23,17 @@ labels) and optimises.  The BLUPs are computed per bucket on the workers and
 the fitted values and residuals join the rows to them: lazy Dask collections
 (:class:`DaskHLMResults`).  Storing the data clustered by group (e.g. sorted by
 the group column) keeps every partial small.
+
+Several grouping factors (nested, ``(x | school) + (1 | school:klass)``, or
+crossed) go through :mod:`sm_hlm.scale.cells`: step 0 also finds the levels of
+every grouping column, and step 2 sums per *cell* (combination of all grouping
+columns' levels) the row count, the column sums and the Gram matrix of
+[X y Z], in hashed buckets of whole cells, each turned into at most c
+pseudo-rows on its worker; the client gathers the pseudo-rows (O(cells x c^2)
+numbers; the innermost units of nested data) and fits the in-memory blocked
+engine on them with the true number of observations
+(:class:`~sm_hlm.scale.cells.CellHLM`).  Fitted values and residuals are lazy
+Dask Series (each partition joined to the per-level BLUP tables).
 """
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ import pandas as pd
 
 from .stats import (ChunkDesign, GroupRoots, Moments, SummedHLM, SummedHLMResults,
                     bucket_roots, chunk_moments, chunk_partial, combine_moments, combine_pieces,
-                    split_partial, stats_from_roots, working_maps)
+                    is_multilevel, split_partial, stats_from_roots, working_maps)
 
 __all__ = ["DaskHLM", "DaskHLMResults", "from_dask", "is_dask_collection"]
 
@@ -67,15 +78,18 @@ def _tree(dask, parts: list, fn, split_every: int):
     return dask.delayed(fn)(parts) if parts else None
 
 
-def _levels(ddf, design_cols: list[str], response: str, group: str) -> dict[str, list[Any]]:
+def _levels(ddf, design_cols: list[str], response: str, group: str | None, *,
+            group_columns: tuple[str, ...] = ()) -> dict[str, list[Any]]:
+    """Levels of the categorical design columns and of every column in ``group_columns``
+    (any dtype), in one pass over the data."""
     dask = _require_dask()
     levels: dict[str, list[Any]] = {}
     todo = []
-    for c in design_cols:
+    for c in list(design_cols) + [g for g in group_columns if g not in design_cols]:
         if c in (response, group):
             continue
         dt = ddf.dtypes[c]
-        if dt.kind in "fiu":
+        if dt.kind in "fiu" and c not in group_columns:
             continue
         if isinstance(dt, pd.CategoricalDtype) and ddf[c].cat.known:
             levels[c] = list(dt.categories)
@@ -213,13 +227,16 @@ class DaskHLMResults(SummedHLMResults):
 
 def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = None,
               missing: str = "drop", split_every: int = 8, n_buckets: int | None = None,
-              **kwargs: Any) -> DaskHLM:
+              **kwargs: Any) -> Any:
     """A model whose sufficient statistics are computed on Dask workers.
 
     Parameters
     ----------
     formula
-        lme4-style formula with one grouping factor, ``"y ~ x + (x | g)"``.
+        lme4-style formula, ``"y ~ x + (x | g)"``; several grouping factors
+        (``(1 | school/klass)``, ``(x | a) + (1 | a:b)``, crossed
+        ``(1 | subj) + (1 | item)``) give a :class:`~sm_hlm.scale.cells.CellHLM`
+        (client memory O(cells x c^2), see :mod:`sm_hlm.scale.cells`).
     data
         A :class:`dask.dataframe.DataFrame` (e.g. from
         :func:`dask.dataframe.read_parquet`).
@@ -231,13 +248,13 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
     split_every
         Fan-in of the tree reductions.
     n_buckets
-        Buckets of whole groups the statistics are reduced into (they stay on the
-        cluster, one persisted object each); default: the number of partitions,
-        at most 64.
+        Buckets of whole groups (cells, for several factors) the statistics are
+        reduced into (for one factor they stay on the cluster, one persisted
+        object each); default: the number of partitions, at most 64.
 
     Returns
     -------
-    DaskHLM
+    DaskHLM or CellHLM
         ``.fit(reml=...)`` optimises on the client.
     """
     dask = _require_dask()
@@ -265,13 +282,21 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
     missing_cols = sorted(c for c in used if c not in data.columns)
     if missing_cols:
         raise KeyError(f"column(s) {missing_cols} used by the formula are not in the data")
-    group = parsed.random[0].group if parsed.random else None
-    found = _levels(data, sorted(used), parsed.response, group)
+    multi = is_multilevel(parsed.random)
+    group = parsed.random[0].group if parsed.random and not multi else None
+    gcols = tuple(dict.fromkeys(c for sp in parsed.random for c in sp.columns)) if multi else ()
+    absent = [c for c in gcols if c not in data.columns]
+    if absent:
+        raise KeyError(f"grouping column(s) {absent} are not in the data")
+    found = _levels(data, sorted(used), parsed.response, group, group_columns=gcols)
     found.update(levels or {})
     design = ChunkDesign(formula, sample, levels=found, missing=missing)
     parts = data.to_delayed()
     mom = _tree(dask, [dask.delayed(chunk_moments)(design, p) for p in parts],
                 _fold_moments, split_every).compute()
+    if multi:
+        return _cells_model(dask, design, sample, mom, found, data, parts, split_every,
+                            n_buckets)
     rp = working_maps(design, mom)
     # the per-group statistics in buckets of whole groups (a hash of the label): each
     # bucket's pieces are summed by a tree, reduced to their roots where they are, and kept
@@ -301,6 +326,31 @@ def from_dask(formula: str, data: Any, *, levels: dict[str, list[Any]] | None = 
     st = stats_from_roots(design, F, Gt, sum(s[1] for s in sizes), int(sum(s[2] for s in sizes)))
     return DaskHLM(design, st, rp, None, n_dropped=mom.dropped, source=data, roots=roots,
                    group_dtype=sample[group].dtype)
+
+
+def _cells_model(dask, design: ChunkDesign, sample: pd.DataFrame, mom: Moments,
+                 found: dict[str, list[Any]], data: Any, parts: list, split_every: int,
+                 n_buckets: int | None):
+    """Several grouping factors: per-cell statistics in buckets of whole cells (a hash of
+    the cell key), each summed by a tree and turned into pseudo-rows on the workers; the
+    client gathers the pseudo-rows (see :mod:`sm_hlm.scale.cells`)."""
+    from .cells import CellRows, cell_rows, chunk_cells, model_from_cells
+
+    k = max(1, min(int(n_buckets), data.npartitions)) if n_buckets else \
+        max(1, min(64, data.npartitions))
+
+    def run(layout, maps, codes) -> CellRows:
+        d_design, d_layout, d_maps, d_codes = (dask.delayed(o, pure=True)
+                                               for o in (design, layout, maps, codes))
+        pieces = [dask.delayed(split_partial, nout=k)(
+            dask.delayed(chunk_cells)(d_design, d_layout, d_maps, d_codes, p), k) for p in parts]
+        buckets = [dask.delayed(cell_rows)(_tree(dask, [pc[b] for pc in pieces],
+                                                 combine_pieces, split_every), layout.c)
+                   for b in range(k)]
+        return CellRows.concat(list(dask.compute(*buckets)))
+
+    return model_from_cells(design, sample, mom, found, run, n_dropped=mom.dropped, source=data,
+                            dask_source=True)
 
 
 def _root_totals(roots: GroupRoots) -> tuple[int, np.ndarray, int]:

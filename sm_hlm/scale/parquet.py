@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .stats import (ChunkDesign, SummedHLM, chunk_moments, chunk_partial, combine_moments,
-                    combine_partials, stats_from_partial, working_maps)
+                    combine_partials, is_multilevel, stats_from_partial, working_maps)
 
 __all__ = ["from_parquet"]
 
@@ -34,13 +34,16 @@ def _batches(dataset, columns: list[str], batch_size: int, desc: str, progress: 
 
 def from_parquet(formula: str, path: Any, *, levels: dict[str, list[Any]] | None = None,
                  missing: str = "drop", batch_size: int = 1_000_000,
-                 combine_every: int = 16, progress: bool = True) -> SummedHLM:
+                 combine_every: int = 16, progress: bool = True) -> Any:
     """A model whose statistics are summed over the record batches of parquet data.
 
     Parameters
     ----------
     formula
-        lme4-style formula with one grouping factor.
+        lme4-style formula: one grouping factor (summed per-group statistics), or
+        several, nested or crossed (per-cell statistics, a
+        :class:`~sm_hlm.scale.cells.CellHLM`; one more pass finds the levels of
+        the grouping columns).
     path
         A parquet file or a directory of them (anything
         :func:`pyarrow.dataset.dataset` opens).
@@ -68,16 +71,18 @@ def from_parquet(formula: str, path: Any, *, levels: dict[str, list[Any]] | None
     used = set(formula_variables(parsed.fixed_formula))
     for s in parsed.random:
         used |= formula_variables(s.expr)
-    group = parsed.random[0].group if parsed.random else None
-    cols = sorted(used | ({group} if group else set()))
+    multi = is_multilevel(parsed.random)
+    gcols = {c for sp in parsed.random for c in sp.columns}
+    group = parsed.random[0].group if parsed.random and not multi else None
+    cols = sorted(used | gcols)
     absent = [c for c in cols if c not in dataset.schema.names]
     if absent:
         raise KeyError(f"column(s) {absent} used by the formula are not in {path!r}")
     found: dict[str, list[Any]] = {}
     cat_cols = [c for c in cols if c not in (parsed.response, group)
-                and not pd.api.types.is_numeric_dtype(
-                    dataset.schema.field(c).type.to_pandas_dtype())]
-    todo = [c for c in cat_cols if c not in (levels or {})]
+                and (multi and c in gcols or not pd.api.types.is_numeric_dtype(
+                    dataset.schema.field(c).type.to_pandas_dtype()))]
+    todo = [c for c in cat_cols if c not in (levels or {}) or multi and c in gcols]
     if todo:
         seen: dict[str, set] = {c: set() for c in todo}
         for df in _batches(dataset, todo, batch_size, "levels", progress):
@@ -94,6 +99,21 @@ def from_parquet(formula: str, path: Any, *, levels: dict[str, list[Any]] | None
     mom = functools.reduce(combine_moments, (chunk_moments(design, df) for df in
                                              _batches(dataset, cols, batch_size, "moments",
                                                       progress)))
+    if multi:
+        def run(layout, maps, codes):
+            from .cells import CellRows, cell_rows, chunk_cells
+            acc, parts = None, []
+            for df in _batches(dataset, cols, batch_size, "cells", progress):
+                parts.append(chunk_cells(design, layout, maps, codes, df))
+                if len(parts) >= combine_every:
+                    acc = combine_partials(([acc] if acc is not None else []) + parts)
+                    parts = []
+            total = combine_partials(([acc] if acc is not None else []) + parts)
+            return CellRows.concat([cell_rows(total, layout.c)])
+
+        from .cells import model_from_cells
+        return model_from_cells(design, sample, mom, found, run, n_dropped=mom.dropped,
+                                source=path)
     rp = working_maps(design, mom)
     acc, parts = None, []
     for df in _batches(dataset, cols, batch_size, "statistics", progress):

@@ -43,8 +43,16 @@ from ..formula.parse import RandomTermSpec, parse_formula
 from ..engine.linalg import sequential_rank_cholesky
 
 __all__ = ["ChunkDesign", "GroupRoots", "Moments", "Partial", "SummedHLM", "SummedHLMResults",
-           "bucket_roots", "combine_moments", "combine_partials", "combine_pieces",
+           "bucket_roots", "is_multilevel", "combine_moments", "combine_partials", "combine_pieces",
            "split_partial", "stats_from_roots", "working_maps"]
+
+
+def is_multilevel(specs: Iterable[RandomTermSpec]) -> bool:
+    """Several grouping factors, or an interaction right of a bar (as in memory, where
+    such formulas make a :class:`~sm_hlm.multilevel.MultilevelHLM`)."""
+    specs = list(specs)
+    return len({s.group for s in specs}) > 1 or any(len(s.columns) > 1 for s in specs)
+
 
 #: patsy transforms whose state comes from the whole data (a chunk would give its own)
 _STATEFUL = ("center", "standardize", "scale", "bs", "cr", "cc", "te")
@@ -60,8 +68,10 @@ class ChunkDesign:
     Parameters
     ----------
     formula
-        lme4-style formula with one grouping factor, e.g.
-        ``"y ~ x * z + (x | g)"``.
+        lme4-style formula, e.g. ``"y ~ x * z + (x | g)"``; with several
+        grouping factors (``(1 | a/b)``, ``(1 | s) + (1 | i)``) ``multilevel``
+        is True, ``group`` is None and ``re_design`` is None (the terms per
+        factor are read by :mod:`sm_hlm.scale.cells`).
     sample
         Some rows (e.g. the first chunk) from which patsy's design infos are
         built once; categorical columns take their levels from ``levels``.
@@ -89,17 +99,19 @@ class ChunkDesign:
         specs = list(parsed.random)
         if not specs:
             raise ValueError("no random effects: add an (expr | group) term to the formula")
-        groups = {s.group for s in specs}
-        if len(groups) > 1:
-            raise NotImplementedError(f"one grouping factor per model, got {sorted(groups)}")
         self.formula = formula
         self.parsed = parsed
         self.specs: tuple[RandomTermSpec, ...] = tuple(specs)
-        self.group = specs[0].group
+        #: the data columns of the grouping factors (``(1 | a:b)`` reads a and b)
+        self.group_columns: tuple[str, ...] = tuple(dict.fromkeys(c for s in specs
+                                                                  for c in s.columns))
+        self.multilevel = is_multilevel(specs)
+        self.group = None if self.multilevel else specs[0].group
         used = set(formula_variables(parsed.fixed_formula))
         for s in specs:
             used |= formula_variables(s.expr)
-        missing_cols = sorted(c for c in used | {self.group} if c not in sample.columns)
+        missing_cols = sorted(c for c in used | set(self.group_columns)
+                              if c not in sample.columns)
         if missing_cols:
             raise KeyError(f"column(s) {missing_cols} used by the formula are not in the data")
         self.columns = sorted(used)
@@ -136,7 +148,10 @@ class ChunkDesign:
                 terms.extend(RandomEffectsTerm(s.group, (c,), True, s.expr, Zs.design_info)
                              for c in names)
             self.z_infos.append(Zs.design_info)
-        self.re_design = RandomEffectsDesign(terms)
+        #: the names of Z's columns (every term's, in formula order)
+        self.z_names: tuple[str, ...] = tuple(str(n) for i in self.z_infos
+                                              for n in i.column_names)
+        self.re_design = None if self.multilevel else RandomEffectsDesign(terms)
         self.exog_names = list(self.x_info.column_names)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -160,11 +175,11 @@ class ChunkDesign:
 
     @property
     def q(self) -> int:
-        return self.re_design.q
+        return len(self.z_names)
 
     def prepare(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         """The used columns of complete rows, categoricals on the global levels."""
-        cols = self.columns + ([self.group] if self.group not in self.columns else [])
+        cols = self.columns + [c for c in self.group_columns if c not in self.columns]
         df = chunk[cols]
         bad = df.isna().any(axis=1).to_numpy().copy()
         for c in cols:
@@ -193,13 +208,18 @@ class ChunkDesign:
 
     def build(self, chunk: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                    np.ndarray, int]:
-        """``(y, X, Z, group keys, rows dropped)`` of one chunk."""
+        """``(y, X, Z, group keys, rows dropped)`` of one chunk (one grouping factor)."""
+        y, X, Z, prep, dropped = self.build_frame(chunk)
+        return y, X, Z, prep[self.group].to_numpy(), dropped
+
+    def build_frame(self, chunk: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                         pd.DataFrame, int]:
+        """``(y, X, Z, prepared complete rows, rows dropped)`` of one chunk."""
         from patsy import build_design_matrices
 
         prep, dropped = self.prepare(chunk)
         if len(prep) == 0:
-            r = np.zeros(0)
-            return r, np.zeros((0, self.k_fe)), np.zeros((0, self.q)), r, dropped
+            return np.zeros(0), np.zeros((0, self.k_fe)), np.zeros((0, self.q)), prep, dropped
         from ..formula.fast import _numeric_columns
         direct = [_numeric_columns(i, prep) for i in (self.y_info, self.x_info, *self.z_infos)]
         if all(d is not None for d in direct):          # numeric columns: numpy, as patsy
@@ -208,8 +228,8 @@ class ChunkDesign:
             y, X = build_design_matrices([self.y_info, self.x_info], prep, NA_action="raise")
             Zs = build_design_matrices(self.z_infos, prep, NA_action="raise")
         Z = np.column_stack([np.asarray(z) for z in Zs]) if Zs else np.zeros((len(prep), 0))
-        return (np.asarray(y, float)[:, 0], np.asarray(X, float), np.asarray(Z, float),
-                prep[self.group].to_numpy(), dropped)
+        return (np.asarray(y, float)[:, 0], np.asarray(X, float), np.asarray(Z, float), prep,
+                dropped)
 
 
 # ------------------------------------------------------------------ pass 1: moments
@@ -250,7 +270,7 @@ def combine_moments(a: Moments, b: Moments) -> Moments:
 
 
 def chunk_moments(design: ChunkDesign, chunk: pd.DataFrame) -> Moments:
-    y, X, Z, _, dropped = design.build(chunk)
+    y, X, Z, _, dropped = design.build_frame(chunk)
     return Moments.of(np.column_stack([X, y, Z]), dropped)
 
 
@@ -438,6 +458,8 @@ class SummedHLM:
         self.nobs = float(stats.nobs)
         self.n_dropped = n_dropped
         self.source = source
+        if design.multilevel:
+            raise NotImplementedError("several grouping factors: see sm_hlm.scale.cells")
         self._work = stats
         self._reparam = reparam
         self._check_identifiable()
