@@ -19,7 +19,13 @@ def data():
 
 @pytest.mark.parametrize("formula", FORMULAS)
 @pytest.mark.parametrize("reml", [False, True])
-def test_small_kernel_matches_general_kernels(data, formula, reml) -> None:
+@pytest.mark.parametrize("pairs", [True, False], ids=["pair-products", "H"])
+def test_small_kernel_matches_general_kernels(data, formula, reml, pairs, monkeypatch) -> None:
+    """Both forms of A (pair products of G_j, or H_j = L_j^{-1} G_j) against the
+    general kernels, with the gradient."""
+    import sm_hlm.engine.small as small
+    if not pairs:
+        monkeypatch.setattr(small, "PAIR_LIMIT", 0)
     model = HLM.from_formula(formula, data)
     dev = model.deviance_function(reml=reml)
     assert dev._small_ok
@@ -37,6 +43,7 @@ def test_small_kernel_matches_general_kernels(data, formula, reml) -> None:
         v2 = dev.work_deviance(x)
         t2 = dev.terms(dev.theta_from_work(x))
         dev._small_ok = True
+        assert (dev._small.pairs is not None) == pairs
         assert d1 == pytest.approx(d2, rel=1e-13, abs=1e-9)
         assert v1 == pytest.approx(v2, rel=1e-13, abs=1e-9)
         np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-9 * np.max(np.abs(g2)))

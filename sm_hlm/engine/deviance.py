@@ -55,6 +55,7 @@ m q p^2) with m groups and never touches n x n matrices.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -999,11 +1000,39 @@ class ProfiledDeviance:
         """The deviance in the coordinates its arguments are in (no reparametrisation
         constant; with precision weights it includes -sum_i log w_i)."""
         n, p = self._n, self.stats.k_fe
+        if not pwrss > 0:
+            return np.inf
         if self.reml:
             dof = n - p
-            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + np.log(pwrss / dof))
+            return float(logdet_L + logdet_RX + dof * (1.0 + LOG2PI + math.log(pwrss / dof))
                          - self._logw)
-        return float(logdet_L + n * (1.0 + LOG2PI + np.log(pwrss / n)) - self._logw)
+        return float(logdet_L + n * (1.0 + LOG2PI + math.log(pwrss / n)) - self._logw)
+
+    def _small_eval(self, theta_t: np.ndarray, *, grad: bool):
+        """The deviance (and the gradient matrix) by the fused q <= 2 kernel at theta~;
+        None where it is not defined.  The same arithmetic as :meth:`_reduced` and
+        :meth:`_gradient_matrix` with the per-call checks merged (a small model's
+        evaluation is dominated by such fixed costs)."""
+        top = float(np.max(np.abs(theta_t)))
+        if not top <= _THETA_WORK_MAX:           # also NaN
+            return None
+        lam = self._lambda_of_work(theta_t)
+        kernel = self._small_kernel()
+        out = kernel.factor(lam @ lam.T)
+        if out is None:
+            return None
+        R, logdet_L = out[0], out[1]
+        p = self._p
+        pwrss = float(R[p, p]) ** 2
+        if not (pwrss > 0 and math.isfinite(pwrss)):
+            return None
+        logdet_RX = 2.0 * sum(math.log(R[i, i]) for i in range(p))
+        dev = self._profiled(pwrss, logdet_L, logdet_RX) + self._const
+        if not grad:
+            return dev
+        dof = self._n - p if self.reml else self._n
+        inner = kernel.gradient_inner(R, out[2:], p=p, dof=dof, pwrss=pwrss, reml=self.reml)
+        return dev, 2.0 * inner @ lam
 
     # ------------------------------------------------ parametrisations
     def _lambda_work_of_theta(self, theta: np.ndarray) -> np.ndarray:
@@ -1121,6 +1150,9 @@ class ProfiledDeviance:
         decreases without end stops there, and says it did not converge.
         """
         self.n_evals += 1
+        if self._small_ok:
+            out = self._small_eval(theta_t, grad=False)
+            return np.inf if out is None else out
         if np.max(np.abs(theta_t), initial=0.0) > _THETA_WORK_MAX:
             return np.inf
         red = self._reduced(self._lambda_of_work(theta_t))
@@ -1180,6 +1212,11 @@ class ProfiledDeviance:
     def work_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
         """Deviance and its gradient in theta~ (working coordinates)."""
         rows, cols = self._index()
+        if self._small_ok and len(rows):
+            out = self._small_eval(theta_t, grad=True)
+            if out is None:
+                return np.inf, np.full(len(rows), np.nan)
+            return out[0], out[1][rows, cols]
         if np.max(np.abs(theta_t), initial=0.0) > _THETA_WORK_MAX:
             return np.inf, np.full(len(rows), np.nan)
         out = self._gradient_matrix(self._lambda_of_work(theta_t))

@@ -35,6 +35,11 @@ from scipy.linalg import lapack
 __all__ = ["SmallKernel"]
 
 
+#: Largest number of entries of the per-group outer products G_j' G_j (r^2 x 3m) kept
+#: for the pair-product form of A (8 MB); beyond it A comes from H_j = L_j^{-1} G_j.
+PAIR_LIMIT = 1_000_000
+
+
 class SmallKernel:
     """Deviance pieces and gradient for q in (1, 2), all groups in one block.
 
@@ -46,6 +51,15 @@ class SmallKernel:
         G_j in the layout ``G.transpose(1, 0, 2)``.
     within : (p + 1, p + 1)
         sum_j E_j'E_j.
+
+    Notes
+    -----
+    When the per-group outer products fit in :data:`PAIR_LIMIT` entries,
+    A = sum_j E_j'E_j + sum_j G_j' M_j^{-1} G_j is one matrix-vector product of
+    the precomputed products g_ja g_jb' (a <= b) with the entries of the 2 x 2
+    inverses M_j^{-1} (a sum of positive semi-definite terms, as the H_j form);
+    the gradient then needs H_j only through H_j u = L_j^{-1} (G_j u), and for
+    REML through its first p columns.
     """
 
     def __init__(self, F: np.ndarray, Gt: np.ndarray, within: np.ndarray):
@@ -53,7 +67,7 @@ class SmallKernel:
         if q not in (1, 2):
             raise ValueError(f"the small kernel handles q = 1 or 2, got q = {q}")
         self.q, self.m = q, m
-        self.r = Gt.shape[0]
+        r = self.r = Gt.shape[0]
         self.G0 = np.ascontiguousarray(Gt[:, 0, :])
         self.G1 = np.ascontiguousarray(Gt[:, 1, :]) if q == 2 else None
         f0 = np.ascontiguousarray(F[0, 0])
@@ -65,68 +79,105 @@ class SmallKernel:
         else:
             self.P = (f0 * f0)[None, :]
         self.within = within
-        self._H = np.empty((self.r, q * m))
+        npair = 1 if q == 1 else 3
+        self.pairs: np.ndarray | None = None
+        if r * r * npair * m <= PAIR_LIMIT:
+            G0, G1 = self.G0, self.G1
+            prods = [G0[:, None, :] * G0[None, :, :]]
+            if q == 2:
+                cross = G0[:, None, :] * G1[None, :, :]
+                prods += [cross + cross.transpose(1, 0, 2), G1[:, None, :] * G1[None, :, :]]
+            # (r^2, npair * m): columns [00 | 01 + 10 | 11] per group
+            self.pairs = np.ascontiguousarray(np.concatenate(prods, axis=2).reshape(r * r, -1))
+            self._coef = np.empty(npair * m)
+            self._H = None
+        else:
+            self._H = np.empty((r, q * m))
 
     def factor(self, S: np.ndarray):
-        """Closed-form Cholesky pieces of M_j and A(theta); None where not positive definite.
+        """Closed-form pieces of M_j and the Cholesky factor of A(theta); None where not PD.
 
         Returns ``(R, logdet_L, i00, l10, i11)``: the lower Cholesky factor R of
         A, log|L|^2, 1 / l00, l10 and 1 / l11 (the last two None for q = 1).
         """
         q, m = self.q, self.m
-        H = self._H
         if q == 1:
             m00 = 1.0 + S[0, 0] * self.P[0]
             logdet = float(np.log(m00).sum())
             i00 = 1.0 / np.sqrt(m00)
-            np.multiply(self.G0, i00, out=H)
             l10 = i11 = None
+            if self.pairs is not None:
+                np.multiply(i00, i00, out=self._coef)
         else:
             C = np.array([[S[0, 0], 2.0 * S[0, 1], S[1, 1], 0.0, 0.0, 0.0],
                           [0.0, 0.0, 0.0, S[0, 1], S[1, 1], 0.0],
                           [0.0, 0.0, 0.0, 0.0, 0.0, S[1, 1]]])
             Mb = C @ self.P
             m00 = Mb[0] + 1.0
+            m01 = Mb[1]
             m11 = Mb[2] + 1.0
-            det = m00 * m11 - Mb[1] * Mb[1]
+            det = m00 * m11 - m01 * m01
             logdet = float(np.log(det).sum())
             i00 = 1.0 / np.sqrt(m00)
-            l10 = Mb[1] * i00
+            l10 = m01 * i00
             i11 = np.sqrt(m00 / det)
-            H0, H1 = H[:, :m], H[:, m:]
-            np.multiply(self.G0, i00, out=H0)
-            np.multiply(H0, l10, out=H1)
-            np.subtract(self.G1, H1, out=H1)
-            H1 *= i11
-        A = self.within + H @ H.T
+            if self.pairs is not None:
+                idet = 1.0 / det                          # M_j^{-1} = [[m11, -m01], [., m00]] / det
+                c = self._coef
+                np.multiply(m11, idet, out=c[:m])
+                np.multiply(m01, idet, out=c[m:2 * m])
+                np.negative(c[m:2 * m], out=c[m:2 * m])
+                np.multiply(m00, idet, out=c[2 * m:])
+        if self.pairs is not None:
+            A = self.within + (self.pairs @ self._coef).reshape(self.r, self.r)
+        else:
+            H = self._H
+            if q == 1:
+                np.multiply(self.G0, i00, out=H)
+            else:
+                H0, H1 = H[:, :m], H[:, m:]
+                np.multiply(self.G0, i00, out=H0)
+                np.multiply(H0, l10, out=H1)
+                np.subtract(self.G1, H1, out=H1)
+                H1 *= i11
+            A = self.within + H @ H.T
         R, info = lapack.dpotrf(A, lower=1, clean=1)
         if info != 0 or not np.isfinite(logdet):
             return None
         return R, logdet, i00, l10, i11
 
+    def _hx(self, i00, l10, i11, rows: slice) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows ``rows`` of H_j0 and H_j1 (as (k, m) arrays) from the factor's pieces."""
+        if self._H is not None:
+            H = self._H
+            return H[rows, :self.m], (H[rows, self.m:] if self.q == 2 else None)
+        H0 = self.G0[rows] * i00
+        if self.q == 1:
+            return H0, None
+        return H0, (self.G1[rows] - l10 * H0) * i11
+
     def gradient_inner(self, R: np.ndarray, pieces: tuple, *, p: int, dof: float,
                        pwrss: float, reml: bool) -> np.ndarray:
         """The q x q bracket of the gradient (see the module notes) at the factor's theta."""
-        q, m = self.q, self.m
+        q = self.q
         i00, l10, i11 = pieces
-        H = self._H
         if p:
             beta, info = lapack.dtrtrs(R[:p, :p], R[p, :p], lower=1, trans=1)
             u = np.append(-beta, 1.0)
         else:
             u = np.ones(1)
-        h = u @ H                                              # H_j u, (q m,)
+        h0 = (u @ self.G0) * i00                               # H_j u = L_j^{-1} G_j u
         inner = np.empty((q, q))
         if q == 1:
             J00 = self.f0 * i00
-            v0 = J00 * h
+            v0 = J00 * h0
             inner[0, 0] = J00 @ J00 - (dof / pwrss) * (v0 @ v0)
             if reml and p:
-                Kx = H[:p] * J00
-                Y, _ = lapack.dtrtrs(R[:p, :p], Kx, lower=1)
+                Hx0, _ = self._hx(i00, l10, i11, slice(0, p))
+                Y, _ = lapack.dtrtrs(R[:p, :p], Hx0 * J00, lower=1)
                 inner[0, 0] -= float(np.einsum("ij,ij->", Y, Y))
             return inner
-        h0, h1 = h[:m], h[m:]
+        h1 = ((u @ self.G1) - l10 * h0) * i11
         J00 = self.f0 * i00
         J01 = self.f1 * i00
         J10 = -l10 * J00 * i11
@@ -138,12 +189,13 @@ class SmallKernel:
         inner[0, 1] = inner[1, 0] = C[0, 2] + C[1, 3] - c * C[4, 5]
         inner[1, 1] = C[2, 2] + C[3, 3] - c * C[5, 5]
         if reml and p:
-            Hx = H[:p]
+            m = self.m
+            Hx0, Hx1 = self._hx(i00, l10, i11, slice(0, p))
             Kx = np.empty((p, 2 * m))
-            np.multiply(Hx[:, :m], J00, out=Kx[:, :m])
-            Kx[:, :m] += Hx[:, m:] * J10
-            np.multiply(Hx[:, :m], J01, out=Kx[:, m:])
-            Kx[:, m:] += Hx[:, m:] * J11
+            np.multiply(Hx0, J00, out=Kx[:, :m])
+            Kx[:, :m] += Hx1 * J10
+            np.multiply(Hx0, J01, out=Kx[:, m:])
+            Kx[:, m:] += Hx1 * J11
             Y, _ = lapack.dtrtrs(R[:p, :p], Kx, lower=1)
             Y0, Y1 = Y[:, :m], Y[:, m:]
             inner[0, 0] -= float(np.einsum("ij,ij->", Y0, Y0))
