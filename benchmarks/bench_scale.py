@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_scale [--sizes 6 7] [--dask] [--parquet] [--per-eval] [--lme4]
     python -m benchmarks.bench_scale --sizes --multilevel 6 7
+    python -m benchmarks.bench_scale --sizes --memory-parquet DIR   # e.g. 10^8 rows in memory
 
 NELS-shaped data (``simulate_nels``, ~19 rows per school), ``mscore ~ flp*ses +
 (ses|school)`` by ML.  Each row of the table: wall time (median of ``--reps``), CPU
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="first write --files files of --rows-per-file NELS-shaped rows there")
     ap.add_argument("--files", type=int, default=10)
     ap.add_argument("--rows-per-file", type=float, default=1e7)
+    ap.add_argument("--memory-parquet", default=None, metavar="DIR",
+                    help="read a parquet directory into one pandas DataFrame and fit it in "
+                         "memory (e.g. the 10^8 rows of --write-parquet)")
     ap.add_argument("--multilevel", type=int, nargs="*", default=[], metavar="E",
                     help="three-level fits at 10^E rows: in memory, Dask, parquet batches")
     args = ap.parse_args(argv)
@@ -193,6 +197,18 @@ def main(argv: list[str] | None = None) -> int:
                              "groups": r3.n_groups, "wall s": round(w, 2), "cpu s": round(c, 2),
                              "peak GB": round(peak_gb(), 2), "logLik": round(r3.llf, 4)})
             del df
+        if args.memory_parquet:
+            files = sorted(Path(args.memory_parquet).glob("*.parquet"))
+            df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            base = peak_gb()
+            w, c, (res, c_ff, c_fit) = timed(lambda: phases(df), 1)
+            rows.append({"what": f"in memory from {args.memory_parquet}", "rows": len(df),
+                         "groups": res.n_groups, "wall s": round(w, 2), "cpu s": round(c, 2),
+                         "cpu s from_formula / fit": f"{c_ff:.2f} / {c_fit:.2f}",
+                         "peak GB": f"{peak_gb():.2f} (data {df.memory_usage().sum() / 1e9:.2f}, "
+                                    f"after reading {base:.2f})",
+                         "logLik": round(res.llf, 4)})
+            del df, res
         if args.dask_parquet:
             import dask.dataframe as dd
             from distributed import Client, LocalCluster
