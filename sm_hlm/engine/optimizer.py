@@ -12,6 +12,7 @@ never turned into a success.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -480,9 +481,13 @@ def _projected_bfgs(obj: _Counted, x0: np.ndarray, lower: np.ndarray, upper: np.
         free = ~(at_lo | at_hi)
         if not free.any() or np.max(np.abs(g[free])) <= gtol:
             return x, f, True
+        every = bool(free.all())
         d = np.zeros(k)
         if B is not None:
-            d[free] = -(B[np.ix_(free, free)] @ g[free])
+            if every:
+                d = -(B @ g)
+            else:
+                d[free] = -(B[np.ix_(free, free)] @ g[free])
             slope = float(g @ d)
             if not slope < 0:
                 B = None
@@ -507,9 +512,10 @@ def _projected_bfgs(obj: _Counted, x0: np.ndarray, lower: np.ndarray, upper: np.
             return x, f, False
         s, y = xn - x, gn - g
         sy = float(s @ y)
-        if sy > 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(y)):
+        yy = float(y @ y)
+        if sy > 1e-12 * math.sqrt(float(s @ s) * yy):
             if B is None:
-                B = (sy / float(y @ y)) * eye
+                B = (sy / yy) * eye
             rho = 1.0 / sy
             V = eye - rho * np.outer(s, y)
             B = V @ B @ V.T + rho * np.outer(s, s)
