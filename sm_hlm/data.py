@@ -28,10 +28,12 @@ def _bad_mask(values: object) -> np.ndarray:
         arr = values
     elif isinstance(values, pd.Series) and isinstance(values.dtype, np.dtype):
         arr = values.to_numpy()
-    elif (isinstance(values, pd.DataFrame) and values.shape[1]
-          and all(isinstance(t, np.dtype) for t in values.dtypes)
-          and len({t for t in values.dtypes}) == 1):
+    elif isinstance(values, pd.DataFrame) and values.shape[1]:
+        # numpy-backed numeric columns come out as one numeric block (a view for a frame
+        # of one dtype); anything else (object, nullable extension types) as objects
         arr = values.to_numpy()
+        if arr.dtype.kind not in "iubf":
+            arr = None
     if arr is not None and arr.dtype.kind in "iub":
         return np.zeros(len(arr), dtype=bool)
     if arr is not None and arr.dtype.kind == "f":
