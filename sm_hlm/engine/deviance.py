@@ -227,7 +227,8 @@ def root_factors(ZtZ: np.ndarray, ZtW: np.ndarray,
 
 
 def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
-             out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             out: np.ndarray | None = None, overwrite_z: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin QR of each group's rows of Z, vectorised over groups.
 
     Classical Gram-Schmidt with one reorthogonalisation ("twice is enough"),
@@ -236,6 +237,8 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
     condition number of nearly collinear columns.
 
     ``out`` (n, q), if given, receives Q (e.g. a block of a larger array).
+    ``overwrite_z``: Z (float, writeable, contiguous columns) may be used as the
+    workspace (it is left holding the unnormalised columns); no copy of it is made.
 
     Returns
     -------
@@ -254,7 +257,7 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
     kept = np.zeros((q, m), dtype=bool)
     buf = np.empty(n)
     for k in range(q):            # the tiny q dimension
-        v = np.array(Z[:, k], dtype=float)
+        v = Z[:, k] if overwrite_z else np.array(Z[:, k], dtype=float)
         np.multiply(v, v, out=buf)
         norm0 = np.sqrt(np.add.reduceat(buf, starts))
         for _ in range(2):
@@ -416,8 +419,14 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     # then orthonormalise the columns (one step of Cholesky QR): W~'W~ = I up to rounding,
     # so that near-collinear predictors do not cost digits in A(theta) and its factor
     gram = np.zeros((p + 1, p + 1))
+    # one column-major workspace for the blocks of W D and one for those of Z T (their
+    # leading rows), reused by every block and pass: no row-sized temporaries per block
+    blocks = _group_blocks(starts, n)
+    size = max([b - a for a, b, _, _ in blocks] + [min(n, _ROW_BLOCK)])
+    wbuf = np.empty((size, p + 2), order="F")        # a scratch column last (_w_times)
     for a in range(0, n, _ROW_BLOCK):          # the Gram matrix of W D, block by block
-        Wb = _w_times(X, y, slice(a, min(a + _ROW_BLOCK, n)), D)
+        b = min(a + _ROW_BLOCK, n)
+        Wb = _w_times(X, y, slice(a, b), D, out=wbuf[:b - a])
         gram += Wb.T @ Wb
     try:
         U = np.linalg.cholesky(gram).T                           # upper, W~'W~ = U'U
@@ -448,10 +457,14 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     G = np.empty((q, p + 1, m))
     within = np.zeros((p + 1, p + 1))
     WtW = np.zeros((p + 1, p + 1))
-    for a, b, ga, gb in _group_blocks(starts, n):
+    zbuf = np.empty((size, q), order="F") if q else None
+    for a, b, ga, gb in blocks:
         rows = slice(a, b) if order is None else order[a:b]
-        Wb = _w_times(X, y, rows, D)
-        Zb = (T.T @ _take_rows(Z, rows).T).T if q else None
+        Wb = _w_times(X, y, rows, D, out=wbuf[:b - a])
+        Zb = None
+        if q:
+            Zb = zbuf[:b - a]
+            np.matmul(T.T, _take_rows(Z, rows).T, out=Zb.T)
         if sqrt_w is not None:
             sw = sqrt_w[rows][:, None]
             Wb *= sw
@@ -464,15 +477,17 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             Wg = Wb if gsc is None else Wb * gsc
             WtW += Wg.T @ Wg
             continue
-        Qb, Fb, _ = group_qr(Zb, st, out=Q[a:b])
+        Qb, Fb, _ = group_qr(Zb, st, out=Q[a:b], overwrite_z=True)
         Gb = group_crossprod(Qb, Wb, st)
         F[:, :, ga:gb] = Fb
         G[:, :, ga:gb] = Gb
+        # the residuals E_j are formed in the workspace (W D is not needed again)
         if gsc is None:
-            within += _within_crossprod(Wb, Qb, Gb, st)
+            within += _within_crossprod(Wb, Qb, Gb, st, overwrite_w=True)
         else:
             # sum_j w_j E_j'E_j: the rows of group j scaled by sqrt(w_j), G_j likewise
-            within += _within_crossprod(Wb * gsc, Qb, Gb * np.sqrt(group_w[ga:gb]), st)
+            within += _within_crossprod(Wb * gsc, Qb, Gb * np.sqrt(group_w[ga:gb]), st,
+                                        overwrite_w=True)
     if q:
         ZtZ = _lower_times(F, F.transpose(1, 0, 2))              # Z_j'Z_j = F_j F_j'
         ZtW = _lower_times(F, G)                                  # Z_j'W_j = F_j G_j
@@ -503,16 +518,24 @@ def _lower_times(F: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _w_times(X: np.ndarray, y: np.ndarray, rows: slice | np.ndarray,
-             D: np.ndarray) -> np.ndarray:
+             D: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """[X y] D at ``rows`` (a slice or indices), with contiguous columns.
 
     D is upper triangular, so that X D[:p] gives every column and y adds D[p, p] y
-    to the last one only: no copy of [X y] is formed.
+    to the last one only: no copy of [X y] is formed.  ``out`` (rows, p + 2) with
+    contiguous columns (e.g. the leading rows of a column-major buffer) receives it
+    in its first p + 1 columns (the last is scratch), without row-sized temporaries.
     """
     p = X.shape[1]
-    out = (D[:p].T @ _take_rows(X, rows).T).T
-    out[:, p] += D[p, p] * y[rows]
-    return out
+    if out is None:
+        out = (D[:p].T @ _take_rows(X, rows).T).T
+        out[:, p] += D[p, p] * y[rows]
+        return out
+    res, scratch = out[:, :p + 1], out[:, p + 1]
+    np.matmul(D[:p].T, _take_rows(X, rows).T, out=res.T)
+    np.multiply(D[p, p], y[rows], out=scratch)
+    res[:, p] += scratch
+    return res
 
 
 def _take_rows(A: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
@@ -527,15 +550,16 @@ def _take_rows(A: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
 
 
 def _within_crossprod(W: np.ndarray, Q: np.ndarray, G: np.ndarray,
-                      starts: np.ndarray) -> np.ndarray:
+                      starts: np.ndarray, *, overwrite_w: bool = False) -> np.ndarray:
     """sum_j E_j'E_j with E_j = W_j - Q_j G_j (rows sorted by group), from the rows.
 
     Column by column with one reused buffer, the group values spread to the rows
-    by :func:`numpy.repeat` (rows are sorted by group).
+    by :func:`numpy.repeat` (rows are sorted by group).  ``overwrite_w``: E is
+    formed in W itself (a float workspace with contiguous columns).
     """
     n, r = W.shape
     counts = np.diff(np.append(starts, n))
-    E = np.empty((n, r), order="F")
+    E = W if overwrite_w else np.empty((n, r), order="F")
     buf = np.empty(n)
     q = Q.shape[1]
     for c in range(r):
