@@ -109,7 +109,8 @@ def _numeric_columns(info: Any, frame: pd.DataFrame,
 def _frame(values: np.ndarray, info: Any, index: pd.Index) -> pd.DataFrame:
     # a view of the cached labels: their data shared, their name the frame's own
     df = pd.DataFrame(values, columns=_plan(info)[1].view(), index=index, copy=False)
-    df.design_info = info
+    # the attribute as pandas would set it, without its search of the column labels first
+    object.__setattr__(df, "design_info", info)
     return df
 
 
