@@ -26,7 +26,7 @@ from .engine.deviance import ProfiledDeviance, SufficientStats, is_constant, wor
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from ._compat import require_nlopt
 from .formula.parse import RandomTermSpec, parse_formula
-from .engine.linalg import aliased_columns, group_crossprod, sequential_rank_cholesky
+from .engine.linalg import aliased_columns, group_crossprod
 from .engine.optimizer import minimize_deviance
 from .keywords import _MIXEDLM_FIT_KEYWORDS, _MIXEDLM_MODEL_KEYWORDS, _unknown_keywords
 
@@ -364,10 +364,15 @@ class HLM(LikelihoodModel):
             # the working statistics hold these columns' cross products already: centred
             # (the first column the constant) and scaled, so that a normalised Gram matrix
             # of the same columns answers without another pass over the rows
+            # every column kept (squared residual on the earlier ones above 1e-10 of its
+            # norm, far from R's 1e-14) exactly when the Cholesky exists with such pivots
             d = np.maximum(np.sqrt(np.diag(gram)[:p]), np.finfo(float).tiny)
-            _, kept = sequential_rank_cholesky((gram[:p, :p] / np.outer(d, d))[:, :, None],
-                                               tol=1e-10)
-            if kept.all():
+            G = gram[:p, :p] / np.outer(d, d)
+            try:
+                L = np.linalg.cholesky(G)
+            except np.linalg.LinAlgError:
+                L = None
+            if L is not None and np.all(np.diag(L) ** 2 > 1e-10 * np.diag(G)):
                 return []
         return aliased_columns(self.exog)
 
