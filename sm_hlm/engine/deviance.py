@@ -268,8 +268,11 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
                 np.multiply(Q[:, i], np.repeat(c, counts), out=buf)   # rows sorted by group
                 v -= buf
                 R[i, k] += c
-        np.multiply(v, v, out=buf)
-        nk = np.sqrt(np.add.reduceat(buf, starts))
+        if k:
+            np.multiply(v, v, out=buf)
+            nk = np.sqrt(np.add.reduceat(buf, starts))
+        else:                     # nothing projected out of the first column
+            nk = norm0
         ok = nk > tol * norm0
         kept[k] = ok
         R[k, k] = np.where(ok, nk, 0.0)
