@@ -173,3 +173,12 @@ def test_bad_mask_of_frames_of_mixed_and_nullable_columns() -> None:
     nullable = pd.DataFrame({"n": pd.array([1, None, 3], dtype="Int64"), "f": [1.0, 2.0, np.nan]})
     np.testing.assert_array_equal(_bad_mask(nullable), [False, True, True])
     assert not _bad_mask(pd.DataFrame({"i": [1, 2], "u": np.array([3, 4], np.uint8)})).any()
+
+
+def test_response_series_is_the_design_column(data) -> None:
+    mod = HLM.from_formula(FORMULA, data)
+    y = mod.data.orig_endog
+    assert isinstance(y, pd.Series) and y.name == "mscore"
+    assert y.index.equals(data.index)
+    np.testing.assert_array_equal(y.to_numpy(), data["mscore"].to_numpy())
+    y.iloc[0] = y.iloc[0] + 1.0                 # a writable Series, as y.iloc[:, 0] gave
