@@ -3,7 +3,8 @@
     python -m benchmarks.bench_core [--data ../shared/data/nels.csv] [--write-readme]
 
 Times, as medians over repeated runs on this machine:
-  - NELS fit.2 by ML end to end (from_formula + fit) and fit() alone;
+  - NELS fit.2 by ML end to end (from_formula + fit), from_formula() (the model's
+    construction: design, checks, working statistics) and fit() alone;
   - simulated NELS-shaped data (about 19 rows per group, four fixed effects,
     correlated random intercept and slope) at 10^4, 10^5 and 10^6 rows.
 lme4 (through Rscript, when R and lme4 are installed) and statsmodels'
@@ -62,12 +63,14 @@ def mixedlm_time(data: pd.DataFrame, reps: int) -> float | None:
     return median_time(run, reps)
 
 
-def sm_hlm_times(data: pd.DataFrame, reps: int) -> tuple[float, float, float, float]:
-    """Median wall and CPU times: end to end (from_formula + fit), and fit() alone."""
+def sm_hlm_times(data: pd.DataFrame, reps: int) -> tuple[float, ...]:
+    """Median wall and CPU times: end to end (from_formula + fit), fit() alone and
+    from_formula() alone (the six as wall, CPU pairs)."""
     def end_to_end():
         sm_hlm.HLM.from_formula(FORMULA, data).fit(reml=False)
     model = sm_hlm.HLM.from_formula(FORMULA, data)
-    return (*median_times(end_to_end, reps), *median_times(lambda: model.fit(reml=False), reps))
+    return (*median_times(end_to_end, reps), *median_times(lambda: model.fit(reml=False), reps),
+            *median_times(lambda: sm_hlm.HLM.from_formula(FORMULA, data), reps))
 
 
 def ratio(a: float | None, b: float) -> str:
@@ -95,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                           False))
     for label, data, reps, show_fit in cases:
         with threadpool_limits(1):       # sm_hlm on one BLAS thread (the machine is shared)
-            e2e, e2e_cpu, fit_only, fit_cpu = sm_hlm_times(data, reps)
+            e2e, e2e_cpu, fit_only, fit_cpu, build, build_cpu = sm_hlm_times(data, reps)
         t_lme4 = lme4_time(data, min(reps, 5 if len(data) > 100_000 else reps))
         t_mlm = (mixedlm_time(data, min(reps, 3)) if len(data) <= args.mixedlm_max_rows else None)
         rows.append({"data": label, "sm_hlm end to end": fmt_time(e2e),
                      "(CPU)": fmt_time(e2e_cpu),
+                     "sm_hlm from_formula()": fmt_time(build) if show_fit else "",
+                     "(from_formula CPU)": fmt_time(build_cpu) if show_fit else "",
                      "sm_hlm fit()": fmt_time(fit_only) if show_fit else "",
                      "(fit CPU)": fmt_time(fit_cpu) if show_fit else "",
                      "lme4 lmer()": fmt_time(t_lme4), "lme4 / sm_hlm": ratio(t_lme4, e2e),

@@ -22,24 +22,32 @@ __all__ = ["factorize_sorted", "group_order", "nonfinite_rows", "handle_missing"
 
 def _bad_mask(values: object) -> np.ndarray:
     """Rows that are missing (None/NaN/NaT) or infinite."""
+    bad = _bad_rows(values)
+    return np.zeros(len(values), dtype=bool) if bad is None else bad
+
+
+def _bad_rows(values: object) -> np.ndarray | None:
+    """:func:`_bad_mask`, or None for numeric data known clean without a mask."""
     # numpy-backed numeric data: one vectorised pass (the general path below is slow at 10^7 rows)
     arr = None
     if isinstance(values, np.ndarray):
         arr = values
     elif isinstance(values, pd.Series) and isinstance(values.dtype, np.dtype):
         arr = values.to_numpy()
-    elif (isinstance(values, pd.DataFrame) and values.shape[1]
-          and all(isinstance(t, np.dtype) for t in values.dtypes)
-          and len({t for t in values.dtypes}) == 1):
+    elif isinstance(values, pd.DataFrame) and values.shape[1]:
+        # numpy-backed numeric columns come out as one numeric block (a view for a frame
+        # of one dtype); anything else (object, nullable extension types) as objects
         arr = values.to_numpy()
+        if arr.dtype.kind not in "iubf":
+            arr = None
     if arr is not None and arr.dtype.kind in "iub":
-        return np.zeros(len(arr), dtype=bool)
+        return None
     if arr is not None and arr.dtype.kind == "f":
         # a sum is finite only when every term is (NaN and inf propagate): one pass
         # without temporaries answers for clean data; an overflowing sum checks row by row
         with np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.add.reduce(arr, axis=0)).all():
-                return np.zeros(len(arr), dtype=bool)
+                return None
         bad = ~np.isfinite(arr)
         return bad if bad.ndim == 1 else bad.reshape(len(arr), -1).any(axis=1)
     s = values if isinstance(values, (pd.Series, pd.DataFrame)) else pd.DataFrame(np.asarray(values))
@@ -77,8 +85,11 @@ def handle_missing(columns: Mapping[str, object], missing: str, *,
     """
     if missing not in ("none", "raise", "drop"):
         raise ValueError(f"missing must be 'none', 'drop' or 'raise', got {missing!r}")
-    masks = nonfinite_rows(columns)
-    bad = {k: m for k, m in masks.items() if m.any()}
+    bad: dict[str, np.ndarray] = {}
+    for k, v in columns.items():
+        m = _bad_rows(v)
+        if m is not None and m.any():
+            bad[k] = m
     if not bad:
         return None
     any_bad = np.logical_or.reduce(list(bad.values()))

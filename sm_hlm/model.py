@@ -26,7 +26,7 @@ from .engine.deviance import ProfiledDeviance, SufficientStats, is_constant, wor
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from ._compat import require_nlopt
 from .formula.parse import RandomTermSpec, parse_formula
-from .engine.linalg import aliased_columns, group_crossprod, sequential_rank_cholesky
+from .engine.linalg import aliased_columns, group_crossprod
 from .engine.optimizer import minimize_deviance
 from .keywords import _MIXEDLM_FIT_KEYWORDS, _MIXEDLM_MODEL_KEYWORDS, _unknown_keywords
 
@@ -200,7 +200,8 @@ class HLM(LikelihoodModel):
                          hasconst=hasconst)
         self.exog = np.asarray(self.exog, dtype=float)
         self.endog = np.asarray(self.endog, dtype=float)
-        self.exog_re = np.asarray(self.exog_re, dtype=float)
+        self.exog_re = (self.exog_re.to_numpy(dtype=float) if isinstance(self.exog_re, pd.DataFrame)
+                        else np.asarray(self.exog_re, dtype=float))
         if isinstance(exog_re, pd.DataFrame):
             self.exog_re_names = [str(c) for c in exog_re.columns]
         else:
@@ -363,10 +364,15 @@ class HLM(LikelihoodModel):
             # the working statistics hold these columns' cross products already: centred
             # (the first column the constant) and scaled, so that a normalised Gram matrix
             # of the same columns answers without another pass over the rows
+            # every column kept (squared residual on the earlier ones above 1e-10 of its
+            # norm, far from R's 1e-14) exactly when the Cholesky exists with such pivots
             d = np.maximum(np.sqrt(np.diag(gram)[:p]), np.finfo(float).tiny)
-            _, kept = sequential_rank_cholesky((gram[:p, :p] / np.outer(d, d))[:, :, None],
-                                               tol=1e-10)
-            if kept.all():
+            G = gram[:p, :p] / np.outer(d, d)
+            try:
+                L = np.linalg.cholesky(G)
+            except np.linalg.LinAlgError:
+                L = None
+            if L is not None and np.all(np.diag(L) ** 2 > 1e-10 * np.diag(G)):
                 return []
         return aliased_columns(self.exog)
 
@@ -562,32 +568,42 @@ class HLM(LikelihoodModel):
         used = model_variables(parsed.fixed_formula, specs, kwargs.get("residual"), data,
                                env_names)
         res_cols = structure_columns(kwargs.get("residual"))
-        data_cols = [c for c in data.columns if c in used]
-        check_numeric_response(data[parsed.response], parsed.response) \
-            if parsed.response in data.columns else None
-        if parsed.response in data.columns and pd.api.types.is_bool_dtype(data[parsed.response]):
-            # a boolean response is the 0/1 outcome of a linear probability model, as
-            # with arrays (patsy would code it as two indicator columns)
-            data = data.assign(**{parsed.response: data[parsed.response].astype(float)})
+        # the used columns in the data's order, each taken out of the frame once
+        if data.columns.is_unique:
+            data_cols = sorted((c for c in used if c in data.columns), key=data.columns.get_loc)
+        else:
+            data_cols = [c for c in data.columns if c in used]
         cols = {c: data[c] for c in data_cols}
-        cols[group_col] = data[group_col]
+        if parsed.response in cols:
+            check_numeric_response(cols[parsed.response], parsed.response)
+            if pd.api.types.is_bool_dtype(cols[parsed.response]):
+                # a boolean response is the 0/1 outcome of a linear probability model, as
+                # with arrays (patsy would code it as two indicator columns)
+                data = data.assign(**{parsed.response: cols[parsed.response].astype(float)})
+                cols[parsed.response] = data[parsed.response]
+        if group_col not in cols:
+            cols[group_col] = data[group_col]
         from .weights import check_infinite
         for c in weight_cols.values():
             check_infinite(data[c], f"weights {c!r}")
             cols[c] = data[c]
         keep = handle_missing(cols, "raise" if missing == "none" else missing, index=data.index)
-        frame = data if keep is None else data.loc[keep]
+        if keep is None:
+            frame = data
+        else:
+            frame = data.loc[keep]
+            cols = {c: frame[c] for c in cols}
         if len(frame) == 0:
             raise ValueError("empty data: no rows left after dropping missing values")
-        y, X = design_matrices(parsed.fixed_formula, frame, eval_env=env)
+        y, X = design_matrices(parsed.fixed_formula, frame, eval_env=env, columns=cols)
         if y.shape[1] != 1:
             raise TypeError(f"the response {parsed.response!r} must be a single numeric column, "
                             f"the formula made {y.shape[1]} columns {list(y.columns)}")
-        y = y.iloc[:, 0]
+        y = y[y.columns[0]]             # the one column (as y.iloc[:, 0], at a third of its cost)
         terms: list[RandomEffectsTerm] = []
         blocks = []
         for s in specs:
-            Zs = design_matrix(s.expr, frame, eval_env=env)
+            Zs = design_matrix(s.expr, frame, eval_env=env, columns=cols)
             if Zs.shape[1] == 0:
                 raise ValueError(f"random-effects term {s} has no columns")
             if s.correlated:
@@ -602,7 +618,7 @@ class HLM(LikelihoodModel):
             exog_re = blocks[0] if len(blocks) == 1 else pd.concat(blocks, axis=1)
         else:
             exog_re = pd.DataFrame(index=frame.index)
-        g = frame[group_col]
+        g = cols[group_col]
         g.name = group_col
         if res_cols:
             kwargs["residual"] = resolve_structure(kwargs["residual"], frame)

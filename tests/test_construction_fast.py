@@ -121,3 +121,64 @@ def test_finite_screen_and_cached_formula_variables() -> None:
     a = formula_variables("y ~ x + np.log(z)")
     a.add("junk")
     assert formula_variables("y ~ x + np.log(z)") == {"y", "x", "z"}
+
+
+def test_workspace_kernels_equal_the_allocating_ones(data) -> None:
+    """The in-place forms used by working_stats give bitwise the allocating forms' values."""
+    mod = HLM.from_formula(FORMULA, data)
+    X, y, Z, st = mod.exog, mod.endog, mod.exog_re, mod._starts
+    D = mod._reparam.D
+    p = X.shape[1]
+    ref = deviance_mod._w_times(X, y, slice(0, len(y)), D)
+    buf = np.full((len(y) + 5, p + 2), np.nan, order="F")      # leading rows of a larger buffer
+    got = deviance_mod._w_times(X, y, slice(0, len(y)), D, out=buf[:len(y)])
+    np.testing.assert_array_equal(got, ref)
+    Q0, F0, k0 = deviance_mod.group_qr(Z, st)
+    Zw = np.array(Z, order="F")
+    Q1, F1, k1 = deviance_mod.group_qr(Zw, st, out=Zw, overwrite_z=True, buf=np.empty(len(y)))
+    assert Q1 is Zw
+    for a, b in ((Q0, Q1), (F0, F1), (k0, k1)):
+        np.testing.assert_array_equal(a, b)
+    G = deviance_mod.group_crossprod(Q0, ref, st)
+    E0 = deviance_mod._within_crossprod(ref, Q0, G, st)
+    W = np.array(ref, order="F")
+    E1 = deviance_mod._within_crossprod(W, Q0, G, st, overwrite_w=True, buf=np.empty(len(y)))
+    np.testing.assert_array_equal(E0, E1)
+    assert not np.array_equal(W, ref)                       # W now holds the residuals E
+
+
+def test_dropped_rows_and_design_labels(data) -> None:
+    d = data.copy()
+    d.loc[d.index[[3, 50]], "ses"] = np.nan
+    with pytest.warns(sm_hlm.DroppedRowsWarning, match="'ses' \\(2 rows\\)"):
+        a = HLM.from_formula(FORMULA, d)
+    b = HLM.from_formula(FORMULA, d.dropna(subset=["ses"]))
+    assert a.n_dropped == 2 and b.n_dropped == 0
+    for x, y in zip(_stats(a), _stats(b)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.row_index, b.row_index)
+    # the column labels of every model's design are its own (a cached Index is shared
+    # only through views): renaming one leaves the next model's labels alone
+    a.data.orig_exog.columns.name = "renamed"
+    with pytest.warns(sm_hlm.DroppedRowsWarning):
+        c = HLM.from_formula(FORMULA, d)
+    assert c.data.orig_exog.columns.name is None
+    assert list(c.exog_names) == list(a.exog_names)
+
+
+def test_bad_mask_of_frames_of_mixed_and_nullable_columns() -> None:
+    mixed = pd.DataFrame({"i": [1, 2, 3], "f": [1.0, np.inf, 2.0], "b": [True, False, True]})
+    np.testing.assert_array_equal(_bad_mask(mixed), [False, True, False])
+    np.testing.assert_array_equal(_bad_mask(mixed[["i", "f"]]), [False, True, False])
+    nullable = pd.DataFrame({"n": pd.array([1, None, 3], dtype="Int64"), "f": [1.0, 2.0, np.nan]})
+    np.testing.assert_array_equal(_bad_mask(nullable), [False, True, True])
+    assert not _bad_mask(pd.DataFrame({"i": [1, 2], "u": np.array([3, 4], np.uint8)})).any()
+
+
+def test_response_series_is_the_design_column(data) -> None:
+    mod = HLM.from_formula(FORMULA, data)
+    y = mod.data.orig_endog
+    assert isinstance(y, pd.Series) and y.name == "mscore"
+    assert y.index.equals(data.index)
+    np.testing.assert_array_equal(y.to_numpy(), data["mscore"].to_numpy())
+    y.iloc[0] = y.iloc[0] + 1.0                 # a writable Series, as y.iloc[:, 0] gave

@@ -232,7 +232,8 @@ def root_factors(ZtZ: np.ndarray, ZtW: np.ndarray,
 
 
 def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
-             out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             out: np.ndarray | None = None, overwrite_z: bool = False,
+             buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin QR of each group's rows of Z, vectorised over groups.
 
     Classical Gram-Schmidt with one reorthogonalisation ("twice is enough"),
@@ -241,6 +242,9 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
     condition number of nearly collinear columns.
 
     ``out`` (n, q), if given, receives Q (e.g. a block of a larger array).
+    ``overwrite_z``: Z (float, writeable, contiguous columns) may be used as the
+    workspace, and may be ``out`` itself; no copy of it is made.  ``buf`` (n,): an
+    optional float workspace.
 
     Returns
     -------
@@ -257,9 +261,9 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
     Q = np.zeros((n, q), order="F") if out is None else out      # contiguous columns
     R = np.zeros((q, q, m))
     kept = np.zeros((q, m), dtype=bool)
-    buf = np.empty(n)
+    buf = np.empty(n) if buf is None else buf
     for k in range(q):            # the tiny q dimension
-        v = np.array(Z[:, k], dtype=float)
+        v = Z[:, k] if overwrite_z else np.array(Z[:, k], dtype=float)
         np.multiply(v, v, out=buf)
         norm0 = np.sqrt(np.add.reduceat(buf, starts))
         for _ in range(2):
@@ -269,8 +273,11 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
                 np.multiply(Q[:, i], np.repeat(c, counts), out=buf)   # rows sorted by group
                 v -= buf
                 R[i, k] += c
-        np.multiply(v, v, out=buf)
-        nk = np.sqrt(np.add.reduceat(buf, starts))
+        if k:
+            np.multiply(v, v, out=buf)
+            nk = np.sqrt(np.add.reduceat(buf, starts))
+        else:                     # nothing projected out of the first column
+            nk = norm0
         ok = nk > tol * norm0
         kept[k] = ok
         R[k, k] = np.where(ok, nk, 0.0)
@@ -294,11 +301,13 @@ def is_constant(x: np.ndarray) -> bool:
 
 
 def _column_map(cols: Sequence[np.ndarray], blocks: list[tuple[int, int, bool]], *,
-                const: Sequence[bool] | None = None) -> np.ndarray:
+                const: Sequence[bool] | None = None, buf: np.ndarray | None = None
+                ) -> np.ndarray:
     """Upper-triangular map centring (within blocks that hold a constant column) and scaling.
 
     ``cols`` are the columns (1-d arrays of equal length, any row order); ``const``
-    says which are constant and nonzero (computed when omitted).
+    says which are constant and nonzero (computed when omitted); ``buf`` is an
+    optional workspace for :func:`_centred_ss`.
     """
     k = len(cols)
     n = len(cols[0]) if k else 0
@@ -316,7 +325,7 @@ def _column_map(cols: Sequence[np.ndarray], blocks: list[tuple[int, int, bool]],
             x = cols[i]
             if j0 is not None and i > j0:
                 mu = float(x.mean())
-                s = float(np.sqrt(_centred_ss(x, mu) / n))
+                s = float(np.sqrt(_centred_ss(x, mu, buf=buf) / n))
             else:
                 mu, s = 0.0, float(np.sqrt(np.dot(x, x) / n))
             if not (np.isfinite(s) and s > 0):
@@ -327,9 +336,15 @@ def _column_map(cols: Sequence[np.ndarray], blocks: list[tuple[int, int, bool]],
     return D
 
 
-def _centred_ss(x: np.ndarray, mu: float, block: int = 1 << 16) -> float:
-    """sum_i (x_i - mu)^2 block by block (no row-sized temporary)."""
-    buf = np.empty(min(block, len(x)))
+def _centred_ss(x: np.ndarray, mu: float, block: int = 1 << 16, *,
+                buf: np.ndarray | None = None) -> float:
+    """sum_i (x_i - mu)^2 block by block (no row-sized temporary).
+
+    ``buf``: a float workspace of at least ``min(block, len(x))`` entries (allocated
+    when omitted).
+    """
+    if buf is None or len(buf) < min(block, len(x)):
+        buf = np.empty(min(block, len(x)))
     total = 0.0
     for a in range(0, len(x), block):
         b = buf[:min(block, len(x) - a)]
@@ -413,16 +428,24 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         raise ValueError("precision weights and survey weights cannot be combined")
     n, p = X.shape
     q = Z.shape[1]
+    # one column-major workspace for the blocks of W D (their leading rows) and a
+    # scratch column, reused by every block and pass: no row-sized temporaries per block
+    # (the blocks of Z T are formed in Q, the output)
+    blocks = _group_blocks(starts, n)
+    size = max([b - a for a, b, _, _ in blocks] + [min(n, _ROW_BLOCK)])
+    wbuf = np.empty((size, p + 2), order="F")
+    scratch = wbuf[:, p + 1]
     wcols = [X[:, i] for i in range(p)] + [y]
     const = [is_constant(c) for c in wcols]
-    D = _column_map(wcols, [(0, p + 1, True)], const=const)
+    D = _column_map(wcols, [(0, p + 1, True)], const=const, buf=scratch)
     if p and not any(const[:p]):
-        D = _column_map(wcols, [(0, p + 1, False)], const=const)
+        D = _column_map(wcols, [(0, p + 1, False)], const=const, buf=scratch)
     # then orthonormalise the columns (one step of Cholesky QR): W~'W~ = I up to rounding,
     # so that near-collinear predictors do not cost digits in A(theta) and its factor
     gram = np.zeros((p + 1, p + 1))
     for a in range(0, n, _ROW_BLOCK):          # the Gram matrix of W D, block by block
-        Wb = _w_times(X, y, slice(a, min(a + _ROW_BLOCK, n)), D)
+        b = min(a + _ROW_BLOCK, n)
+        Wb = _w_times(X, y, slice(a, b), D, out=wbuf[:b - a])
         gram += Wb.T @ Wb
     try:
         U = np.linalg.cholesky(gram).T                           # upper, W~'W~ = U'U
@@ -431,7 +454,7 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             D = Dq
     except np.linalg.LinAlgError:
         pass                            # aliased columns: the model's rank check reports them
-    T = _column_map([Z[:, k] for k in range(q)], z_blocks) if q else np.eye(0)
+    T = _column_map([Z[:, k] for k in range(q)], z_blocks, buf=scratch) if q else np.eye(0)
     m = len(starts)
     counts = np.diff(np.append(starts, n))
     row_w, group_w, weight_nobs, log_w = None, None, None, 0.0
@@ -453,10 +476,13 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     G = np.empty((q, p + 1, m))
     within = np.zeros((p + 1, p + 1))
     WtW = np.zeros((p + 1, p + 1))
-    for a, b, ga, gb in _group_blocks(starts, n):
+    for a, b, ga, gb in blocks:
         rows = slice(a, b) if order is None else order[a:b]
-        Wb = _w_times(X, y, rows, D)
-        Zb = (T.T @ _take_rows(Z, rows).T).T if q else None
+        Wb = _w_times(X, y, rows, D, out=wbuf[:b - a])
+        Zb = None
+        if q:               # Z T formed where its Q goes (group_qr works in place)
+            Zb = Q[a:b]
+            np.matmul(T.T, _take_rows(Z, rows).T, out=Zb.T)
         if sqrt_w is not None:
             sw = sqrt_w[rows][:, None]
             Wb *= sw
@@ -469,15 +495,17 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             Wg = Wb if gsc is None else Wb * gsc
             WtW += Wg.T @ Wg
             continue
-        Qb, Fb, _ = group_qr(Zb, st, out=Q[a:b])
+        Qb, Fb, _ = group_qr(Zb, st, out=Zb, overwrite_z=True, buf=scratch[:b - a])
         Gb = group_crossprod(Qb, Wb, st)
         F[:, :, ga:gb] = Fb
         G[:, :, ga:gb] = Gb
+        # the residuals E_j are formed in the workspace (W D is not needed again)
         if gsc is None:
-            within += _within_crossprod(Wb, Qb, Gb, st)
+            within += _within_crossprod(Wb, Qb, Gb, st, overwrite_w=True, buf=scratch[:b - a])
         else:
             # sum_j w_j E_j'E_j: the rows of group j scaled by sqrt(w_j), G_j likewise
-            within += _within_crossprod(Wb * gsc, Qb, Gb * np.sqrt(group_w[ga:gb]), st)
+            within += _within_crossprod(Wb * gsc, Qb, Gb * np.sqrt(group_w[ga:gb]), st,
+                                        overwrite_w=True, buf=scratch[:b - a])
     if q:
         ZtZ = _lower_times(F, F.transpose(1, 0, 2))              # Z_j'Z_j = F_j F_j'
         ZtW = _lower_times(F, G)                                  # Z_j'W_j = F_j G_j
@@ -508,16 +536,24 @@ def _lower_times(F: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _w_times(X: np.ndarray, y: np.ndarray, rows: slice | np.ndarray,
-             D: np.ndarray) -> np.ndarray:
+             D: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """[X y] D at ``rows`` (a slice or indices), with contiguous columns.
 
     D is upper triangular, so that X D[:p] gives every column and y adds D[p, p] y
-    to the last one only: no copy of [X y] is formed.
+    to the last one only: no copy of [X y] is formed.  ``out`` (rows, p + 2) with
+    contiguous columns (e.g. the leading rows of a column-major buffer) receives it
+    in its first p + 1 columns (the last is scratch), without row-sized temporaries.
     """
     p = X.shape[1]
-    out = (D[:p].T @ _take_rows(X, rows).T).T
-    out[:, p] += D[p, p] * y[rows]
-    return out
+    if out is None:
+        out = (D[:p].T @ _take_rows(X, rows).T).T
+        out[:, p] += D[p, p] * y[rows]
+        return out
+    res, scratch = out[:, :p + 1], out[:, p + 1]
+    np.matmul(D[:p].T, _take_rows(X, rows).T, out=res.T)
+    np.multiply(D[p, p], y[rows], out=scratch)
+    res[:, p] += scratch
+    return res
 
 
 def _take_rows(A: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
@@ -532,16 +568,19 @@ def _take_rows(A: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
 
 
 def _within_crossprod(W: np.ndarray, Q: np.ndarray, G: np.ndarray,
-                      starts: np.ndarray) -> np.ndarray:
+                      starts: np.ndarray, *, overwrite_w: bool = False,
+                      buf: np.ndarray | None = None) -> np.ndarray:
     """sum_j E_j'E_j with E_j = W_j - Q_j G_j (rows sorted by group), from the rows.
 
     Column by column with one reused buffer, the group values spread to the rows
-    by :func:`numpy.repeat` (rows are sorted by group).
+    by :func:`numpy.repeat` (rows are sorted by group).  ``overwrite_w``: E is
+    formed in W itself (a float workspace with contiguous columns).  ``buf`` (n,):
+    an optional float workspace.
     """
     n, r = W.shape
     counts = np.diff(np.append(starts, n))
-    E = np.empty((n, r), order="F")
-    buf = np.empty(n)
+    E = W if overwrite_w else np.empty((n, r), order="F")
+    buf = np.empty(n) if buf is None else buf
     q = Q.shape[1]
     for c in range(r):
         if not q:

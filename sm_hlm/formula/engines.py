@@ -21,7 +21,7 @@ as patsy); formulaic designs are always built by formulaic.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,27 +102,43 @@ def _as_frame(mat: Any, index: pd.Index) -> pd.DataFrame:
     return df
 
 
-def design_matrices(formula: str, frame: pd.DataFrame, *,
-                    eval_env: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Response and fixed design of ``"y ~ rhs"`` on ``frame`` (missing values raise)."""
+def design_matrices(formula: str, frame: pd.DataFrame, *, eval_env: Any,
+                    columns: Mapping[str, pd.Series] | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Response and fixed design of ``"y ~ rhs"`` on ``frame`` (missing values raise).
+
+    ``columns`` optionally holds some of ``frame``'s columns already taken out of it
+    (name -> Series), which the direct numeric path reads instead of the frame's.
+    """
     if formula_engine() == "patsy":
         from .fast import dmatrices_fast
-        return dmatrices_fast(formula, frame, eval_env=eval_env)
+        return dmatrices_fast(formula, frame, eval_env=eval_env, columns=columns)
     y, X = _formulaic(formula, frame, eval_env)
     return _as_frame(y, frame.index), _as_frame(X, frame.index)
 
 
-def design_matrix(rhs: str, frame: pd.DataFrame, *, eval_env: Any) -> pd.DataFrame:
-    """Design of a right-hand side (``"1 + ses"``) on ``frame`` (missing values raise)."""
+def design_matrix(rhs: str, frame: pd.DataFrame, *, eval_env: Any,
+                  columns: Mapping[str, pd.Series] | None = None) -> pd.DataFrame:
+    """Design of a right-hand side (``"1 + ses"``) on ``frame`` (missing values raise).
+
+    ``columns`` as for :func:`design_matrices`.
+    """
     if formula_engine() == "patsy":
         from .fast import dmatrix_fast
-        return dmatrix_fast(rhs, frame, eval_env=eval_env)
+        return dmatrix_fast(rhs, frame, eval_env=eval_env, columns=columns)
     return _as_frame(_formulaic("~ " + rhs, frame, eval_env), frame.index)
 
 
 def frame_spec(df: pd.DataFrame) -> Any:
     """The spec of a design made here: patsy ``DesignInfo`` or formulaic ``ModelSpec``."""
-    spec = getattr(df, "model_spec", None)
+    # the attribute set on the frame lives in its __dict__: read there first (pandas'
+    # attribute lookup searches the column labels before failing)
+    own = getattr(df, "__dict__", {})
+    spec = own.get("model_spec")
+    if spec is None:
+        spec = own.get("design_info")
+    if spec is None:
+        spec = getattr(df, "model_spec", None)
     return spec if spec is not None else df.design_info
 
 

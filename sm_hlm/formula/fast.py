@@ -10,6 +10,7 @@ result (values, column names, ``design_info``) is always patsy's.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,15 @@ __all__ = ["dmatrices_fast", "dmatrix_fast"]
 
 #: rows handed to patsy to build the DesignInfo on the direct path
 _HEAD = 8
-#: DesignInfos of the direct path by formula: when every factor is a bare name of a
-#: numeric column they depend on nothing else, and :func:`_numeric_columns` checks that
-#: again on every frame (another frame's non-numeric or missing column goes to patsy),
-#: so a repeated formula skips patsy entirely
+#: DesignInfos of the direct path by formula, with their plans (:func:`_plan`) and column
+#: labels: when every factor is a bare name of a numeric column they depend on nothing
+#: else, and :func:`_numeric_columns` checks the columns again on every frame (another
+#: frame's non-numeric or missing column goes to patsy), so a repeated formula skips patsy
+#: entirely
 _CACHE: dict[tuple, tuple] = {}
 _CACHE_SIZE = 64
+#: plan and column labels of a DesignInfo (the DesignInfos of :data:`_CACHE` and others)
+_PLANS: dict[int, tuple[Any, tuple[tuple[str, ...], ...] | None, pd.Index]] = {}
 
 
 def _key(kind: str, formula: str, frame: pd.DataFrame) -> tuple:
@@ -37,43 +41,86 @@ def _remember(key: tuple, infos: tuple) -> None:
     _CACHE[key] = infos
 
 
-def _numeric_columns(info: Any, frame: pd.DataFrame) -> np.ndarray | None:
-    """The design matrix of ``info`` on ``frame`` when its factors are numeric columns."""
-    if len(info.terms) != len(info.column_names) or frame.columns.duplicated().any():
+def _plan(info: Any) -> tuple[tuple[tuple[str, ...], ...] | None, pd.Index]:
+    """The factor names of each column of ``info`` (None unless every factor is one
+    numerical column), and the column labels as a pandas Index (built once per info)."""
+    hit = _PLANS.get(id(info))
+    if hit is not None and hit[0] is info:
+        return hit[1], hit[2]
+    plan: tuple[tuple[str, ...], ...] | None = None
+    if len(info.terms) == len(info.column_names):
+        cols = []
+        for term in info.terms:
+            names = []
+            for f in term.factors:
+                fi = info.factor_infos[f]
+                if fi.type != "numerical" or fi.num_columns != 1:
+                    break
+                names.append(f.name())
+            else:
+                cols.append(tuple(names))
+                continue
+            break
+        else:
+            plan = tuple(cols)
+    labels = pd.Index(list(info.column_names))
+    if len(_PLANS) >= 4 * _CACHE_SIZE:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[id(info)] = (info, plan, labels)      # the info itself keeps its id unique
+    return plan, labels
+
+
+def _numeric_columns(info: Any, frame: pd.DataFrame,
+                     columns: Mapping[str, pd.Series] | None = None) -> np.ndarray | None:
+    """The design matrix of ``info`` on ``frame`` when its factors are numeric columns.
+
+    ``columns`` (optional) holds some of ``frame``'s columns already taken out of it
+    (name -> Series with the frame's rows), read instead of the frame's.
+    """
+    plan = _plan(info)[0]
+    if plan is None or not frame.columns.is_unique:
         return None
-    factors = []
-    for term in info.terms:
-        names = []
-        for f in term.factors:
-            fi = info.factor_infos[f]
-            name = f.name()
-            if (fi.type != "numerical" or fi.num_columns != 1 or name not in frame.columns
-                    or frame[name].dtype.kind not in "fiu"):
+    arrays: dict[str, np.ndarray] = {}
+    for names in plan:
+        for name in names:
+            if name in arrays:
+                continue
+            s = columns.get(name) if columns is not None else None
+            if s is None:
+                if name not in frame.columns:
+                    return None
+                s = frame[name]
+            if s.dtype.kind not in "fiu":
                 return None
-            names.append(name)
-        factors.append(names)
+            arrays[name] = s.to_numpy()
     # every column written in place (products of the data's columns): no temporaries
-    out = np.empty((len(frame), len(factors)), order="F")       # pandas' own block layout
-    for i, names in enumerate(factors):
+    out = np.empty((len(frame), len(plan)), order="F")       # pandas' own block layout
+    for i, names in enumerate(plan):
         col = out[:, i]
         if not names:
             col.fill(1.0)
             continue
-        np.copyto(col, frame[names[0]].to_numpy(), casting="unsafe")
+        np.copyto(col, arrays[names[0]], casting="unsafe")
         for name in names[1:]:
-            np.multiply(col, frame[name].to_numpy(), out=col, casting="unsafe")
+            np.multiply(col, arrays[name], out=col, casting="unsafe")
     return out
 
 
 def _frame(values: np.ndarray, info: Any, index: pd.Index) -> pd.DataFrame:
-    df = pd.DataFrame(values, columns=list(info.column_names), index=index, copy=False)
-    df.design_info = info
+    # a view of the cached labels: their data shared, their name the frame's own
+    df = pd.DataFrame(values, columns=_plan(info)[1].view(), index=index, copy=False)
+    # the attribute as pandas would set it, without its search of the column labels first
+    object.__setattr__(df, "design_info", info)
     return df
 
 
-def dmatrices_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> tuple[pd.DataFrame,
-                                                                                 pd.DataFrame]:
-    """``patsy.dmatrices(formula, frame, return_type="dataframe", NA_action="raise")``."""
+def dmatrices_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any,
+                   columns: Mapping[str, pd.Series] | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``patsy.dmatrices(formula, frame, return_type="dataframe", NA_action="raise")``.
+
+    ``columns``: some of ``frame``'s columns already taken out (name -> Series).
+    """
     from patsy import dmatrices
 
     if len(frame) > 4 * _HEAD:
@@ -86,8 +133,8 @@ def dmatrices_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> tuple
                 infos = (y.design_info, X.design_info)
             except Exception:
                 infos = (None, None)
-        yv = _numeric_columns(infos[0], frame) if infos[0] is not None else None
-        Xv = _numeric_columns(infos[1], frame) if yv is not None else None
+        yv = _numeric_columns(infos[0], frame, columns) if infos[0] is not None else None
+        Xv = _numeric_columns(infos[1], frame, columns) if yv is not None else None
         if Xv is not None:
             _remember(key, infos)
             return _frame(yv, infos[0], frame.index), _frame(Xv, infos[1], frame.index)
@@ -95,8 +142,12 @@ def dmatrices_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> tuple
                      eval_env=eval_env)
 
 
-def dmatrix_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> pd.DataFrame:
-    """``patsy.dmatrix(formula, frame, return_type="dataframe", NA_action="raise")``."""
+def dmatrix_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any,
+                 columns: Mapping[str, pd.Series] | None = None) -> pd.DataFrame:
+    """``patsy.dmatrix(formula, frame, return_type="dataframe", NA_action="raise")``.
+
+    ``columns``: some of ``frame``'s columns already taken out (name -> Series).
+    """
     from patsy import dmatrix
 
     if len(frame) > 4 * _HEAD:
@@ -108,7 +159,7 @@ def dmatrix_fast(formula: str, frame: pd.DataFrame, *, eval_env: Any) -> pd.Data
                                  NA_action="raise", eval_env=eval_env).design_info,)
             except Exception:
                 infos = (None,)
-        Zv = _numeric_columns(infos[0], frame) if infos[0] is not None else None
+        Zv = _numeric_columns(infos[0], frame, columns) if infos[0] is not None else None
         if Zv is not None:
             _remember(key, infos)
             return _frame(Zv, infos[0], frame.index)

@@ -7,6 +7,7 @@ random effects: each column of the term's design gets its own variance.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -194,6 +195,12 @@ def parse_formula(formula: str) -> ParsedFormula:
     """
     if not isinstance(formula, str):
         raise TypeError(f"formula must be a string, got {type(formula).__name__}")
+    return _parse(formula)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(formula: str) -> ParsedFormula:
+    """:func:`parse_formula` of a string, cached (the result is immutable)."""
     _check_balanced(formula, "formula")
     if formula.count("~") != 1:
         raise FormulaSyntaxError(
