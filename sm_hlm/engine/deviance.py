@@ -1132,12 +1132,14 @@ class ProfiledDeviance:
         the within-group residual u' (sum_j E_j'E_j) u / (n - sum_j rank_j - p),
         and the random-effects variances by the method of moments,
         Var_j(b_jk) - sigma^2 mean_j [(Z_j'Z_j)^{-1}]_kk.  The start is the
-        diagonal factor sqrt(psi_kk / sigma^2), clipped to [0.05, 1e4], and
-        1 where psi_kk <= 0; the identity (lme4's start) where too few groups have a
-        full-rank Z_j.
+        diagonal factor sqrt(psi_kk / sigma^2), clipped to [0.05, 1e4]; where
+        psi_kk <= 0 (a variance the moments cannot see) lme4's 1, or
+        max(0.1, a tenth of the smallest seen factor) when the deviance is lower
+        there (two evaluations); the identity (lme4's start) where too few groups
+        have a full-rank Z_j.
         """
         rows, cols = self._index()
-        q, p, m = self._q, self._p, self._m
+        q, p = self._q, self._p
         ident = np.where(rows == cols, 1.0, 0.0)
         if not q:
             return ident

@@ -6,7 +6,8 @@ bound-constrained quadratic-model trust-region method, through NLopt; lme4's
 default) finds the optimum without derivatives; where an analytic gradient
 exists, a projected BFGS method (:func:`_projected_bfgs`; scipy's L-BFGS-B
 where it stalls) finds or polishes it, and Newton steps with the verdict's
-Hessian (differences of the gradient) finish it.  The verdict is a boundary-aware, scale-free test of the
+Hessian (differences of the gradient) finish it.  The verdict is a
+boundary-aware, scale-free test of the
 first- and second-order conditions (:func:`kkt_verdict`); a failed test is
 never turned into a success.
 """

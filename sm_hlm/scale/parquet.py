@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .stats import (ChunkDesign, SummedHLM, chunk_moments, chunk_partial, combine_moments,
