@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import lapack
-from threadpoolctl import ThreadpoolController
 
-from .linalg import batched_cholesky, batched_forward_solve_T, batched_inverse_lower
+from .linalg import (batched_cholesky, batched_forward_solve_T, batched_inverse_lower,
+                     single_blas_thread)
 from .structure import BlockedStructure
 from .terms import RETerm, ThetaLayout
 
@@ -41,16 +41,6 @@ __all__ = ["BlockedFactor", "BlockedDeviance", "LOG2PI"]
 LOG2PI = float(np.log(2.0 * np.pi))
 #: Below this size the dense factorization runs with the caller's BLAS threads.
 _PIN_MIN = 64
-_CONTROLLER: ThreadpoolController | None = None
-
-
-def _controller() -> ThreadpoolController:
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
-
-
 def lambda_transform(lam_a: np.ndarray | None, A: np.ndarray, lam_b: np.ndarray) -> np.ndarray:
     """Lambda_a' A_l Lambda_b for a stack A of shape (S_a, S_b, n); ``lam_a`` None is I."""
     Sa, Sb, n = A.shape
@@ -243,7 +233,7 @@ class BlockedDeviance:
                                                       minlength=len(st.d_update_pos[j]))
         # 3. dense block (C-order lower triangle = Fortran-order upper triangle)
         if self.pin_blas_threads and N >= _PIN_MIN:
-            with _controller().limit(limits=1, user_api="blas"):
+            with single_blas_thread():
                 _, info = lapack.dpotrf(D.T, lower=0, clean=0, overwrite_a=1)
         else:
             _, info = lapack.dpotrf(D.T, lower=0, clean=0, overwrite_a=1)
