@@ -305,6 +305,7 @@ class _Counted:
         self.best_f = np.inf
         self.best_x: np.ndarray | None = None
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None
+        self._last_value: tuple[np.ndarray, float] | None = None
 
     def _keep(self, x: np.ndarray, v: float) -> float:
         v = float(v) if np.isfinite(v) else 1e300
@@ -313,8 +314,13 @@ class _Counted:
         return v
 
     def __call__(self, x: np.ndarray) -> float:
+        last = self._last_value
+        if last is not None and np.array_equal(last[0], x):
+            return last[1]                        # the same point again
         self.count += 1
-        return self._keep(x, self.fun(x))
+        v = self._keep(x, self.fun(x))
+        self._last_value = (np.array(x, dtype=float), v)
+        return v
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         last = self._last
@@ -327,6 +333,7 @@ class _Counted:
             g = np.zeros_like(x)
         g = np.array(g, dtype=float)
         self._last = (np.array(x, dtype=float), v, g)
+        self._last_value = (self._last[0], v)
         return v, g.copy()
 
     def grad(self, x: np.ndarray) -> np.ndarray:
@@ -745,8 +752,9 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
                 ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
             if ok:
                 break
-    f = float(fun(x))
-    obj.count += 1
+    f = obj(x)                    # the objective at the end point (cached when just evaluated)
+    if not f < 1e300:
+        f = float(fun(x))         # not finite there: the objective's own value
     if code < 0 or code in (5, 6):
         notes.insert(0, f"BOBYQA stopped: {_NLOPT_MESSAGES.get(code, str(code))}")
     msg = "; ".join([("converged" if ok else "NOT converged") + f": {note}", *notes])
