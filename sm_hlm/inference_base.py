@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .results import HLMResults
 
-__all__ = ["_unwrap", "robust_kind", "cluster_factor", "ROBUST_KINDS"]
+__all__ = ["_unwrap", "robust_kind", "cluster_factor", "refit_response", "ROBUST_KINDS"]
 
 #: the cluster-robust covariances (clubSandwich's names); statsmodels' "cluster" is CR1S
 ROBUST_KINDS = ("CR0", "CR1", "CR1S", "CR2")
@@ -66,3 +68,14 @@ def cluster_factor(kind: str, n_clusters: int, nobs: int, k_fe: int) -> float:
     if kind == "CR1S":
         return m / (m - 1) * (nobs - 1) / (nobs - k_fe)
     return 1.0
+
+
+def refit_response(endog: Any, nobs: int) -> np.ndarray:
+    """A new response for ``refit``: one finite value per fitted row, as a float vector."""
+    y = np.asarray(endog, dtype=float).reshape(-1)
+    if y.shape != (nobs,):
+        raise ValueError(f"endog has {y.size} values; the model has {nobs} rows")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"endog has {int((~np.isfinite(y)).sum())} missing or infinite "
+                         "values; refit needs a complete response")
+    return y

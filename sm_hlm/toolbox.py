@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .inference_base import refit_response
 from .terms import droppable_terms, fixed_terms
 
 if TYPE_CHECKING:
@@ -89,12 +90,7 @@ def refit(results: Any, endog: Any) -> Any:
     """
     res = _unwrap(results)
     model = res.model
-    y = np.asarray(endog, dtype=float).reshape(-1)
-    if y.shape != (int(res.nobs),):
-        raise ValueError(f"endog has {y.size} values; the model has {int(res.nobs)} rows")
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"endog has {int((~np.isfinite(y)).sum())} missing or infinite "
-                         "values; refit needs a complete response")
+    y = refit_response(endog, int(res.nobs))
     new = model_with_fixed_columns(model, endog=y)
     start = np.concatenate([np.asarray(res.theta, float),
                             np.asarray(res.fit_result.residual_free, float)])

@@ -1008,32 +1008,23 @@ class ProfiledDeviance:
             self._small = SmallKernel(self._F, self._transposed_proj(), self._within)
         return self._small
 
-    def _reduced(self, lam_t: np.ndarray, *, pieces: bool = False):
-        """Cholesky factor of A, r^2, log|L|^2, log|R_X|^2 (working coordinates) or None.
-
-        With ``pieces`` (the fused small-q kernel only) the kernel's per-group
-        factor pieces follow, for the gradient.
-        """
-        p = self._p
+    def _reduced(self, lam_t: np.ndarray):
+        """Cholesky factor of A, r^2, log|L|^2, log|R_X|^2 (working coordinates) or None."""
         if not np.all(np.isfinite(lam_t)):
             return None
-        extra = None
         if self._small_ok:
-            out = self._small_kernel().factor(lam_t @ lam_t.T)
-            if out is None:
-                return None
-            R, logdet_L, extra = out[0], out[1], out[2:]
-        else:
-            A, logdet_L, Minv = self._system(lam_t)
-            try:
-                R = np.linalg.cholesky(A)
-            except np.linalg.LinAlgError:
-                return None
+            out = self._small_reduced(lam_t)
+            return None if out is None else out[:4]
+        p = self._p
+        A, logdet_L, Minv = self._system(lam_t)
+        try:
+            R = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return None
         pwrss = R[p, p] ** 2
         if not (np.isfinite(pwrss) and pwrss > 0 and np.isfinite(logdet_L)):
             return None
-        red = R, pwrss, logdet_L, 2.0 * float(np.log(np.diag(R)[:p]).sum())
-        return (red, extra) if pieces else red
+        return R, pwrss, logdet_L, 2.0 * float(np.log(np.diag(R)[:p]).sum())
 
     def _profiled(self, pwrss: float, logdet_L: float, logdet_RX: float) -> float:
         """The deviance in the coordinates its arguments are in (no reparametrisation
@@ -1047,17 +1038,10 @@ class ProfiledDeviance:
                          - self._logw)
         return float(logdet_L + n * (1.0 + LOG2PI + math.log(pwrss / n)) - self._logw)
 
-    def _small_eval(self, theta_t: np.ndarray, *, grad: bool):
-        """The deviance (and the gradient matrix) by the fused q <= 2 kernel at theta~;
-        None where it is not defined.  The same arithmetic as :meth:`_reduced` and
-        :meth:`_gradient_matrix` with the per-call checks merged (a small model's
-        evaluation is dominated by such fixed costs)."""
-        top = float(np.max(np.abs(theta_t)))
-        if not top <= _THETA_WORK_MAX:           # also NaN
-            return None
-        lam = self._lambda_of_work(theta_t)
-        kernel = self._small_kernel()
-        out = kernel.factor(lam @ lam.T)
+    def _small_reduced(self, lam_t: np.ndarray):
+        """:meth:`_reduced` by the fused q <= 2 kernel, followed by the kernel's per-group
+        factor pieces (for the gradient); None where A is not positive definite."""
+        out = self._small_kernel().factor(lam_t @ lam_t.T)
         if out is None:
             return None
         R, logdet_L = out[0], out[1]
@@ -1066,12 +1050,24 @@ class ProfiledDeviance:
         if not (pwrss > 0 and math.isfinite(pwrss)):
             return None
         logdet_RX = 2.0 * sum(math.log(R[i, i]) for i in range(p))
+        return R, pwrss, logdet_L, logdet_RX, out[2:]
+
+    def _small_eval(self, lam_t: np.ndarray, *, grad: bool):
+        """The deviance (and the gradient matrix) at Lambda~ by the fused q <= 2 kernel;
+        None where it is not defined.  (A small model's evaluation is dominated by fixed
+        per-call costs, hence one path with the checks merged.)"""
+        red = self._small_reduced(lam_t)
+        if red is None:
+            return None
+        R, pwrss, logdet_L, logdet_RX, pieces = red
         dev = self._profiled(pwrss, logdet_L, logdet_RX) + self._const
         if not grad:
             return dev
+        p = self._p
         dof = self._n - p if self.reml else self._n
-        inner = kernel.gradient_inner(R, out[2:], p=p, dof=dof, pwrss=pwrss, reml=self.reml)
-        return dev, 2.0 * inner @ lam
+        inner = self._small_kernel().gradient_inner(R, pieces, p=p, dof=dof, pwrss=pwrss,
+                                                    reml=self.reml)
+        return dev, 2.0 * inner @ lam_t
 
     # ------------------------------------------------ parametrisations
     def _lambda_work_of_theta(self, theta: np.ndarray) -> np.ndarray:
@@ -1191,11 +1187,11 @@ class ProfiledDeviance:
         decreases without end stops there, and says it did not converge.
         """
         self.n_evals += 1
-        if self._small_ok:
-            out = self._small_eval(theta_t, grad=False)
-            return np.inf if out is None else out
-        if np.max(np.abs(theta_t), initial=0.0) > _THETA_WORK_MAX:
+        if not np.max(np.abs(theta_t), initial=0.0) <= _THETA_WORK_MAX:     # also NaN
             return np.inf
+        if self._small_ok:
+            out = self._small_eval(self._lambda_of_work(theta_t), grad=False)
+            return np.inf if out is None else out
         red = self._reduced(self._lambda_of_work(theta_t))
         return np.inf if red is None else self._profiled(*red[1:]) + self._const
 
@@ -1210,14 +1206,7 @@ class ProfiledDeviance:
         if not q:
             return None
         if self._small_ok:
-            out = self._reduced(lam_t, pieces=True)
-            if out is None:
-                return None
-            (R, pwrss, logdet_L, logdet_RX), extra = out
-            dof = self._n - p if self.reml else self._n
-            inner = self._small_kernel().gradient_inner(R, extra, p=p, dof=dof, pwrss=pwrss,
-                                                        reml=self.reml)
-            return self._profiled(pwrss, logdet_L, logdet_RX) + self._const, 2.0 * inner @ lam_t
+            return self._small_eval(lam_t, grad=True) if np.all(np.isfinite(lam_t)) else None
         blocked = m > _CHUNK_GROUPS and self._wg is None     # the blocked kernels are unweighted
         A, logdet_L, Minv = self._system(lam_t, need_inverse=not blocked)
         try:
@@ -1253,12 +1242,7 @@ class ProfiledDeviance:
     def work_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
         """Deviance and its gradient in theta~ (working coordinates)."""
         rows, cols = self._index()
-        if self._small_ok and len(rows):
-            out = self._small_eval(theta_t, grad=True)
-            if out is None:
-                return np.inf, np.full(len(rows), np.nan)
-            return out[0], out[1][rows, cols]
-        if np.max(np.abs(theta_t), initial=0.0) > _THETA_WORK_MAX:
+        if not np.max(np.abs(theta_t), initial=0.0) <= _THETA_WORK_MAX:     # also NaN
             return np.inf, np.full(len(rows), np.nan)
         out = self._gradient_matrix(self._lambda_of_work(theta_t))
         if out is None:

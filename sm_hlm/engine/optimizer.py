@@ -609,6 +609,15 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
     lbfgs_ftol, lbfgs_gtol = max(1e-15, 1e-9 / size), max(1e-10, 1e-10 * size)
     used_lbfgs: list[bool] = []
 
+    def lbfgs(x: np.ndarray, f: float, ftol: float, gtol: float) -> tuple[np.ndarray, float]:
+        """scipy's L-BFGS-B from x; its end point when it lowers f, else (x, f)."""
+        used_lbfgs.append(True)
+        res = minimize(obj.value_and_grad, x, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": 500, "ftol": ftol, "gtol": gtol})
+        if np.isfinite(res.fun) and res.fun < f:
+            return np.clip(res.x, lower, upper), float(res.fun)
+        return x, f
+
     def attempt(start: np.ndarray, bobyqa: bool | None = None) -> tuple[np.ndarray, float, int]:
         if not (use_bobyqa if bobyqa is None else bobyqa):
             x1, f1, code = np.clip(start, lower, upper), obj(np.clip(start, lower, upper)), 1
@@ -621,11 +630,7 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
             x1, f1 = x2, f2
         if not settled:
             # the projected BFGS stalled: scipy's L-BFGS-B from where it stopped
-            used_lbfgs.append(True)
-            res = minimize(obj.value_and_grad, x1, jac=True, method="L-BFGS-B", bounds=bounds,
-                           options={"maxiter": 500, "ftol": lbfgs_ftol, "gtol": lbfgs_gtol})
-            if np.isfinite(res.fun) and res.fun < f1:
-                x1, f1 = np.clip(res.x, lower, upper), float(res.fun)
+            x1, f1 = lbfgs(x1, f1, lbfgs_ftol, lbfgs_gtol)
         return x1, f1, code
 
     use_bobyqa = not (skip_bobyqa or gradient_first)
@@ -679,11 +684,9 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
         differences) when it improves: for objectives far from quadratic near their
         minimum (e.g. a variance ratio near zero), where quasi-Newton and Newton steps
         with a fixed Hessian stop short."""
-        used_lbfgs.append(True)
-        res = minimize(obj.value_and_grad, x, jac=True, method="L-BFGS-B", bounds=bounds,
-                       options={"maxiter": 500, "ftol": 1e-15, "gtol": 1e-10})
-        if np.isfinite(res.fun) and res.fun < f:
-            x, f = np.clip(res.x, lower, upper), float(res.fun)
+        f0 = f
+        x, f = lbfgs(x, f, 1e-15, 1e-10)
+        if f < f0:
             x, f = _snap_to_bounds(obj, x, f, lower, upper)
             g = obj.grad(x)
             H = _hessian_from_gradient(obj.grad, x, lower, upper)

@@ -29,7 +29,7 @@ from ..engine.terms import parent_levels
 from ..inference import _SatterthwaiteState, _satterthwaite_df, _sym_power, satterthwaite_state
 from ..inference import _CS_EIG_TOL
 from ..cluster_tests import _kind, _omega_terms
-from ..inference_base import cluster_factor
+from ..inference_base import cluster_factor, refit_response
 
 if TYPE_CHECKING:
     from .results import MultilevelResults
@@ -385,12 +385,7 @@ def refit(results: "MultilevelResults", endog: Any, **fit_kwargs: Any) -> Any:
     """
     res = getattr(results, "_results", results)
     model = res.model
-    y = np.asarray(endog, dtype=float).reshape(-1)
-    if y.shape != (len(model.endog),):
-        raise ValueError(f"endog has {y.size} values; the model has {len(model.endog)} rows")
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"endog has {int((~np.isfinite(y)).sum())} missing or infinite "
-                         "values; refit needs a complete response")
+    y = refit_response(endog, len(model.endog))
     new = _with_endog(model, y)
     fit_kwargs.setdefault("start_params", np.asarray(res.theta, float))
     return new.fit(reml=bool(res.reml), **fit_kwargs)
