@@ -64,3 +64,65 @@ def test_deviance_is_infinite_far_beyond_any_variance_ratio(data) -> None:
     assert np.isfinite(dev.work_deviance(np.array([1e6])))
     assert dev.work_deviance(np.array([2e7])) == np.inf
     assert dev.work_gradient(np.array([2e7]))[0] == np.inf
+
+
+@pytest.mark.parametrize("formula", FORMULAS[:4])
+def test_small_conditional_modes_match_general_path(data, formula) -> None:
+    """BLUPs and their covariances from the closed-form M_j^{-1} and from the general one."""
+    model = HLM.from_formula(formula, data)
+    dev = model.deviance_function(reml=True)
+    theta = dev.theta_from_work(np.abs(dev.moment_start()) * 1.3)
+    beta = dev.terms(theta).beta
+    b1, c1 = dev.conditional_modes(theta, beta)
+    dev._small_ok = False
+    b2, c2 = dev.conditional_modes(theta, beta)
+    np.testing.assert_allclose(b1, b2, rtol=1e-12, atol=1e-12 * np.max(np.abs(b2)))
+    np.testing.assert_allclose(c1, c2, rtol=1e-12, atol=1e-12 * np.max(np.abs(c2)))
+
+
+@pytest.mark.parametrize("formula", FORMULAS[:4])
+def test_residual_quadratic_against_dense_marginal_covariance(data, formula) -> None:
+    """r'V^{-1}r and log|V| (V = I + Z Lambda Lambda' Z', per group) from the row
+    residuals, against dense per-group algebra."""
+    from sm_hlm.engine.deviance import residual_quadratic
+    model = HLM.from_formula(formula, data)
+    rd = model.re_design
+    rng = np.random.default_rng(7)
+    theta = np.abs(rd.theta_start() * (0.5 + rng.random(rd.n_theta)))
+    theta[rd.theta_lower == -np.inf] = 0.3 * rng.standard_normal((rd.theta_lower == -np.inf).sum())
+    r = model._sorted_rows(model.endog - model.exog @ rng.standard_normal(model.k_fe))
+    lam_t = model._reparam.Tinv @ rd.lambda_(theta)
+    quad, logdet = residual_quadratic(r, model._work_q, model._starts, model._work.root, lam_t)
+    lam = rd.lambda_(theta)
+    Z = model._sorted_rows(model.exog_re) if model.exog_re.ndim == 2 else None
+    bounds = np.append(model._starts, len(r))
+    q_ref = l_ref = 0.0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        Zj = Z[a:b] @ lam
+        V = np.eye(b - a) + Zj @ Zj.T
+        q_ref += r[a:b] @ np.linalg.solve(V, r[a:b])
+        l_ref += np.linalg.slogdet(V)[1]
+    assert quad == pytest.approx(q_ref, rel=1e-11)
+    assert logdet == pytest.approx(l_ref, rel=1e-11)
+
+
+def test_theta_and_gradient_and_lower_factor(data) -> None:
+    """The end point's theta and gradient in original coordinates from the working
+    point's inner matrix, against :meth:`gradient` at that theta; the closed-form
+    2 x 2 LQ factor against numpy's QR."""
+    model = HLM.from_formula(FORMULAS[0], data)
+    dev = model.deviance_function(reml=False)
+    x = np.abs(dev.moment_start()) * 1.7 + np.array([0.0, 0.2, 0.0])
+    theta, g = dev.theta_and_gradient(x)
+    np.testing.assert_allclose(theta, dev.theta_from_work(x), rtol=0, atol=0)
+    np.testing.assert_allclose(g, dev.gradient(theta), rtol=1e-10, atol=1e-10 * np.max(np.abs(g)))
+    rng = np.random.default_rng(3)
+    for M in [rng.standard_normal((2, 2)) for _ in range(20)] + [np.array([[0.0, 0.0], [1.0, 2.0]]),
+                                                               np.array([[3.0, 0.0], [0.0, 0.0]])]:
+        L = dev._lower_factor(M)
+        assert L[0, 1] == 0.0 and np.all(np.diag(L) >= 0)
+        np.testing.assert_allclose(L @ L.T, M @ M.T, rtol=1e-13, atol=1e-13)
+        Q, R = np.linalg.qr(M.T)
+        ref = R.T * np.where(np.diag(R) < 0, -1.0, 1.0)[None, :]
+        if abs(M[0] @ M[0]) > 0:
+            np.testing.assert_allclose(L, ref, rtol=1e-12, atol=1e-14)

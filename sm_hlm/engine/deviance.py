@@ -603,8 +603,8 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
     """
     q = Q.shape[1]
     n = len(r)
-    counts = np.diff(np.append(starts, n))
-    sw = None if group_weights is None else np.repeat(np.sqrt(group_weights), counts)
+    sw = (None if group_weights is None
+          else np.repeat(np.sqrt(group_weights), np.diff(np.append(starts, n))))
     if not q:
         rw = r if sw is None else r * sw
         return float(rw @ rw), 0.0
@@ -621,16 +621,29 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
         else:
             e2 += float(_within_crossprod(rb * sw[a:b, None], Qb,
                                           gj * np.sqrt(group_weights[ga:gb]), st)[0, 0])
-    K = np.einsum("bam,bc->acm", F, lam)
-    M = np.einsum("acm,bcm->abm", K, K)
-    M[np.arange(q), np.arange(q)] += 1.0
-    L = batched_cholesky(M)
-    H = batched_forward_solve(L, g)[:, 0, :]
-    logdets = 2.0 * np.log(L[np.arange(q), np.arange(q)]).sum(axis=0)     # (m,)
+    if q == 2:
+        # K_j = R_j Lambda (R_j = F_j'), M_j = I + K_j K_j' and its Cholesky factor L_j in
+        # closed form; H_j = L_j^{-1} g_j
+        k00, k01, k10, k11 = (F[0, a] * lam[0, c] + F[1, a] * lam[1, c]
+                              for a, c in ((0, 0), (0, 1), (1, 0), (1, 1)))
+        l00 = np.sqrt(1.0 + k00 * k00 + k01 * k01)
+        l10 = (k00 * k10 + k01 * k11) / l00
+        l11 = np.sqrt(1.0 + k10 * k10 + k11 * k11 - l10 * l10)
+        h0 = g[0, 0] / l00
+        h1 = (g[1, 0] - l10 * h0) / l11
+        hh = h0 * h0 + h1 * h1
+        logdets = 2.0 * np.log(l00 * l11)
+    else:
+        K = np.einsum("bam,bc->acm", F, lam)
+        M = np.einsum("acm,bcm->abm", K, K)
+        M[np.arange(q), np.arange(q)] += 1.0
+        L = batched_cholesky(M)
+        H = batched_forward_solve(L, g)[:, 0, :]
+        hh = np.sum(H * H, axis=0)
+        logdets = 2.0 * np.log(L[np.arange(q), np.arange(q)]).sum(axis=0)     # (m,)
     if group_weights is None:
-        return e2 + float(np.sum(H * H)), float(logdets.sum())
-    return (e2 + float(np.sum(H * H, axis=0) @ group_weights),
-            float(logdets @ group_weights))
+        return e2 + float(hh.sum()), float(logdets.sum())
+    return e2 + float(hh @ group_weights), float(logdets @ group_weights)
 
 
 class ProfiledDeviance:
@@ -707,6 +720,7 @@ class ProfiledDeviance:
         self._calls = 0
         # q <= 2, unweighted, the groups in one block: the fused kernel of sm_hlm.engine.small
         self._small_ok = q in (1, 2) and self._wg is None and 0 < m <= _CHUNK_GROUPS
+        self._small_cache: dict[bytes, tuple | None] = {}
         self._small: SmallKernel | None = None
         rp = self.reparam
         n = self._n
@@ -1040,20 +1054,33 @@ class ProfiledDeviance:
 
     def _small_reduced(self, lam_t: np.ndarray):
         """:meth:`_reduced` by the fused q <= 2 kernel, followed by the kernel's per-group
-        factor pieces (for the gradient); None where A is not positive definite."""
+        factor pieces (for the gradient); None where A is not positive definite.
+
+        The last two points' results are kept: a deviance evaluated and then
+        differentiated at the same point (the start; a line search's accepted
+        step) is factored once."""
+        key = lam_t.tobytes()
+        cache = self._small_cache
+        if key in cache:
+            return cache[key]
         out = self._small_kernel().factor(lam_t @ lam_t.T)
-        if out is None:
-            return None
-        R, logdet_L = out[0], out[1]
-        p = self._p
-        pwrss = float(R[p, p]) ** 2
-        if not (pwrss > 0 and math.isfinite(pwrss)):
-            return None
-        logdet_RX = 2.0 * sum(math.log(R[i, i]) for i in range(p))
-        return R, pwrss, logdet_L, logdet_RX, out[2:]
+        red = None
+        if out is not None:
+            R, logdet_L = out[0], out[1]
+            p = self._p
+            diag = R.diagonal().tolist()
+            pwrss = diag[p] ** 2
+            if pwrss > 0 and math.isfinite(pwrss):
+                logdet_RX = 2.0 * sum(map(math.log, diag[:p]))
+                red = (R, pwrss, logdet_L, logdet_RX, out[2:])
+        if len(cache) >= 2:
+            del cache[next(iter(cache))]
+        cache[key] = red
+        return red
 
     def _small_eval(self, lam_t: np.ndarray, *, grad: bool):
-        """The deviance (and the gradient matrix) at Lambda~ by the fused q <= 2 kernel;
+        """The deviance (and the gradient's inner matrix, see :meth:`_gradient_inner`) at
+        Lambda~ by the fused q <= 2 kernel;
         None where it is not defined.  (A small model's evaluation is dominated by fixed
         per-call costs, hence one path with the checks merged.)"""
         red = self._small_reduced(lam_t)
@@ -1067,7 +1094,7 @@ class ProfiledDeviance:
         dof = self._n - p if self.reml else self._n
         inner = self._small_kernel().gradient_inner(R, pieces, p=p, dof=dof, pwrss=pwrss,
                                                     reml=self.reml)
-        return dev, 2.0 * inner @ lam_t
+        return dev, inner
 
     # ------------------------------------------------ parametrisations
     def _lambda_work_of_theta(self, theta: np.ndarray) -> np.ndarray:
@@ -1091,6 +1118,14 @@ class ProfiledDeviance:
         """A lower-triangular L with L L' = M M' (LQ decomposition), diagonal >= 0."""
         if not M.size:
             return M
+        if M.shape == (1, 1):
+            return np.abs(M)
+        if M.shape == (2, 2):       # rows m0, m1: l00 = |m0|, l10 = m1.m0 / l00, l11 = |det| / l00
+            a, b, c, d = M.ravel().tolist()
+            l00 = math.hypot(a, b)
+            if l00 > 0.0:
+                return np.array([[l00, 0.0], [(a * c + b * d) / l00, abs(a * d - b * c) / l00]])
+            return np.array([[0.0, 0.0], [0.0, math.hypot(c, d)]])
         Q, R = np.linalg.qr(M.T)
         L = R.T
         s = np.where(np.diag(L) < 0, -1.0, 1.0)
@@ -1146,23 +1181,34 @@ class ProfiledDeviance:
             return ident
         u = np.append(-beta, 1.0)
         F = self._F
-        full = np.all(F[np.arange(q), np.arange(q)] > 0, axis=0)
-        if full.sum() < q + 2:
+        positive = F[np.arange(q), np.arange(q)] > 0             # (q, m)
+        full = positive.all(axis=0)
+        n_full = int(full.sum())
+        if n_full < q + 2:
             return ident
-        every = bool(full.all())                  # no copies of F and G then
+        every = n_full == self._m                 # no copies of F and G then
         Ff = F if every else F[:, :, full]
         g = np.einsum("arm,r->am", self._G if every else self._G[:, :, full], u)
-        b = np.zeros_like(g)
-        for i in range(q - 1, -1, -1):      # back-solve R_j b_j = g_j (R_j = F_j')
-            v = g[i] - (np.einsum("km,km->m", Ff[i + 1:, i], b[i + 1:]) if i < q - 1 else 0.0)
-            b[i] = v / Ff[i, i]
-        rank = int((F[np.arange(q), np.arange(q)] > 0).sum())
+        if q == 2:                                # R_j = [[f0, f1], [0, f2]] (closed forms)
+            f0, f1, f2 = Ff[0, 0], Ff[1, 0], Ff[1, 1]
+            b = np.empty_like(g)
+            np.divide(g[1], f2, out=b[1])
+            np.divide(g[0] - f1 * b[1], f0, out=b[0])
+            # diag((F F')^{-1}) = (1 / f0^2 + (f1 / (f0 f2))^2, 1 / f2^2)
+            Sinv_diag = np.stack([(1.0 + (f1 / f2) ** 2) / f0 ** 2, 1.0 / f2 ** 2])
+        else:
+            b = np.zeros_like(g)
+            for i in range(q - 1, -1, -1):      # back-solve R_j b_j = g_j (R_j = F_j')
+                v = g[i] - (np.einsum("km,km->m", Ff[i + 1:, i], b[i + 1:])
+                            if i < q - 1 else 0.0)
+                b[i] = v / Ff[i, i]
+            Finv = batched_inverse_lower(Ff)
+            Sinv_diag = np.einsum("kam,kam->am", Finv, Finv)     # diag((F F')^{-1})
+        rank = int(positive.sum())
         dof = max(self.stats.nobs - rank - p, 1)
         sigma2 = float(u @ self._within @ u) / dof
         if not (np.isfinite(sigma2) and sigma2 > 0):
             return ident
-        Finv = batched_inverse_lower(Ff)
-        Sinv_diag = np.einsum("kam,kam->am", Finv, Finv)         # diag((F F')^{-1})
         psi = b.var(axis=1) - sigma2 * Sinv_diag.mean(axis=1)
         # a variance the moments cannot see starts at lme4's 1, not near the boundary
         d = np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4)
@@ -1202,11 +1248,19 @@ class ProfiledDeviance:
 
     def _gradient_matrix(self, lam_t: np.ndarray) -> tuple[float, np.ndarray] | None:
         """Deviance and its derivative with respect to Lambda~'s entries (q x q)."""
+        out = self._gradient_inner(lam_t)
+        return None if out is None else (out[0], 2.0 * out[1] @ lam_t)
+
+    def _gradient_inner(self, lam_t: np.ndarray) -> tuple[float, np.ndarray] | None:
+        """Deviance and the symmetric q x q matrix B with d deviance / d Lambda~ = 2 B Lambda~.
+
+        B depends on Lambda~ only through Lambda~ Lambda~' (as the deviance does).
+        """
         q, p, m = self._q, self._p, self._m
         if not q:
             return None
         if self._small_ok:
-            return self._small_eval(lam_t, grad=True) if np.all(np.isfinite(lam_t)) else None
+            return self._small_eval(lam_t, grad=True) if np.isfinite(lam_t).all() else None
         blocked = m > _CHUNK_GROUPS and self._wg is None     # the blocked kernels are unweighted
         A, logdet_L, Minv = self._system(lam_t, need_inverse=not blocked)
         try:
@@ -1223,7 +1277,7 @@ class ProfiledDeviance:
         if blocked:
             inner = self._blocked_gradient_inner(lam_t, RX, u, pwrss)
             dev = self._profiled(pwrss, logdet_L, logdet_RX) + self._const
-            return dev, 2.0 * inner @ lam_t
+            return dev, inner
         F, G = self._F, self._Gw
         # sum_j w_j R_j' M_j^-1 R_j
         P = np.einsum("abm,bcm,dcm->ad", F, Minv if self._wg is None else Minv * self._wg, F)
@@ -1237,7 +1291,7 @@ class ProfiledDeviance:
             Y = np.linalg.solve(RX, Kx).reshape(p, q, m)            # R_X^{-1} K_jx'
             inner = inner - np.einsum("pam,pbm->ab", Y, Y)
         dev = self._profiled(pwrss, logdet_L, logdet_RX) + self._const
-        return dev, 2.0 * inner @ lam_t
+        return dev, inner
 
     def work_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
         """Deviance and its gradient in theta~ (working coordinates)."""
@@ -1248,6 +1302,24 @@ class ProfiledDeviance:
         if out is None:
             return np.inf, np.full(len(rows), np.nan)
         return out[0], out[1][rows, cols]
+
+    def theta_and_gradient(self, theta_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """theta (original coordinates) of theta~, and the gradient of the deviance there.
+
+        The gradient is :meth:`gradient` at that theta, from the inner matrix B
+        at theta~ (the same Lambda Lambda' up to rounding; B depends on nothing
+        else), so that an end point the optimiser has just evaluated is not
+        factored again.
+        """
+        theta = self.theta_from_work(theta_t)
+        rows, cols = self._index()
+        lam_t = self._lambda_of_work(theta_t)
+        out = self._gradient_inner(lam_t) if np.isfinite(lam_t).all() else None
+        if out is None:
+            return theta, np.full(len(rows), np.nan)
+        G = 2.0 * out[1] @ self._lambda_work_of_theta(theta)
+        g = G if self.reparam.is_identity else self.reparam.Tinv.T @ G
+        return theta, g[rows, cols]
 
     def gradient(self, theta: np.ndarray) -> np.ndarray:
         """Gradient of the deviance in theta (original coordinates)."""
@@ -1293,7 +1365,10 @@ class ProfiledDeviance:
         uw = np.linalg.solve(D, np.append(-np.asarray(beta, float), 1.0))
         uw = uw / uw[-1]
         lam_t = self._lambda_work_of_theta(theta)
-        _, _, Minv = self._system(lam_t, need_inverse=True)
+        if self._small_ok:
+            Minv = self._small_kernel().m_inverse(lam_t @ lam_t.T)
+        else:
+            Minv = self._system(lam_t, need_inverse=True)[2]
         g = np.einsum("arm,r->am", self._G, uw)                    # (q, m)
         Mg = np.einsum("abm,bm->am", Minv, g)
         Rt = np.einsum("abm,bm->am", self._F, Mg)                  # R_j' M_j^-1 g_j

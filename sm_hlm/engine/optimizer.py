@@ -213,22 +213,6 @@ def _hessian_from_values(fun: Callable[[np.ndarray], float], x: np.ndarray, lowe
     return H
 
 
-def _decrement(x: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndarray,
-               upper: np.ndarray) -> float:
-    """sqrt(g_F' H_FF^{-1} g_F) over the parameters not held on a bound (inf without a PD H_FF)."""
-    at_lo = (x - lower <= _BOUND_TOL) & (g >= 0)
-    at_hi = (upper - x <= _BOUND_TOL) & (g <= 0)
-    free = ~(at_lo | at_hi)
-    if not free.any():
-        return 0.0
-    try:
-        Lc = np.linalg.cholesky(H[np.ix_(free, free)])
-    except np.linalg.LinAlgError:
-        return np.inf
-    z = np.linalg.solve(Lc, g[free])
-    return float(np.sqrt(z @ z))
-
-
 def kkt_verdict(x: np.ndarray, g: np.ndarray, H: np.ndarray | None, lower: np.ndarray,
                 upper: np.ndarray, *, tol: float = NEWTON_TOL) -> tuple[bool, str]:
     """Whether ``x`` is a local minimum of a bound-constrained objective.
@@ -259,39 +243,49 @@ def kkt_verdict(x: np.ndarray, g: np.ndarray, H: np.ndarray | None, lower: np.nd
     the parameters), and H_FF must be positive definite (a strict local
     minimum along the free directions).
     """
+    return _kkt(x, g, H, lower, upper, tol=tol)[:2]
+
+
+def _kkt(x: np.ndarray, g: np.ndarray, H: np.ndarray | None, lower: np.ndarray,
+         upper: np.ndarray, *, tol: float) -> tuple[bool, str, float]:
+    """:func:`kkt_verdict` and the Newton decrement (inf where H_FF is not PD)."""
     x, g = np.asarray(x, float), np.asarray(g, float)
-    if not np.all(np.isfinite(g)):
-        return False, "the gradient is not finite at the end point"
+    if not np.isfinite(g).all():
+        return False, "the gradient is not finite at the end point", math.inf
     at_lo = (x - lower <= _BOUND_TOL) & (g >= 0)
     at_hi = (upper - x <= _BOUND_TOL) & (g <= 0)
-    if H is not None and np.all(np.isfinite(np.diag(H))):
+    held = at_lo | at_hi
+    some_held = bool(held.any())
+    if some_held and H is not None and np.isfinite(np.diag(H)).all():
         # a bound where the slope vanishes (a variance at zero: the deviance is even in its
         # factor) and the curvature is negative: moving inside lowers the objective
         dh = np.diag(H)
-        rising = (at_lo | at_hi) & (dh < 0) & (np.abs(g) <= tol * np.sqrt(np.abs(dh)))
+        rising = held & (dh < 0) & (np.abs(g) <= tol * np.sqrt(np.abs(dh)))
         if rising.any():
             return False, (f"parameter(s) {np.flatnonzero(rising).tolist()} on a bound with zero "
                            "slope and negative curvature: the objective decreases into the "
-                           "interior (a saddle on the boundary)")
-    free = ~(at_lo | at_hi)
-    if not free.any():
-        return True, "every parameter on a bound, the gradient points out of the box"
-    gf = g[free]
-    if H is None or not np.all(np.isfinite(H[np.ix_(free, free)])):
-        return False, "the Hessian is not available at the end point"
-    Hf = H[np.ix_(free, free)]
-    ev = np.linalg.eigvalsh(Hf)
-    top = max(float(np.max(np.abs(ev))), 1e-300)
+                           "interior (a saddle on the boundary)"), math.inf
+    free = ~held
+    if some_held and not free.any():
+        return True, "every parameter on a bound, the gradient points out of the box", 0.0
+    if H is None:
+        return False, "the Hessian is not available at the end point", math.inf
+    gf, Hf = (g[free], H[np.ix_(free, free)]) if some_held else (g, H)
+    if not np.isfinite(Hf).all():
+        return False, "the Hessian is not available at the end point", math.inf
+    ev, V = np.linalg.eigh(Hf)
+    top = max(abs(float(ev[0])), abs(float(ev[-1])), 1e-300)
     if ev[0] <= 1e-10 * top:
         kind = "negative" if ev[0] < -1e-8 * top else "zero"
         return False, (f"the Hessian has a {kind} eigenvalue ({ev[0]:.3g}; largest {ev[-1]:.3g}) "
                        "along the parameters off their bounds: not a strict minimum (a saddle "
-                       "point, or parameters the data do not identify)")
-    dec = float(np.sqrt(max(gf @ np.linalg.solve(Hf, gf), 0.0)))
+                       "point, or parameters the data do not identify)"), math.inf
+    z = V.T @ gf                                   # g_F' H_FF^{-1} g_F = sum_i z_i^2 / ev_i
+    dec = math.sqrt(max(float((z * z) @ (1.0 / ev)), 0.0))
     if dec > tol:
         return False, (f"Newton decrement {dec:.2e} exceeds {tol:g} (max |gradient| "
-                       f"{np.max(np.abs(gf)):.2e}): not at the optimum")
-    return True, f"Newton decrement {dec:.1e} <= {tol:g}, Hessian positive definite"
+                       f"{np.max(np.abs(gf)):.2e}): not at the optimum"), dec
+    return True, f"Newton decrement {dec:.1e} <= {tol:g}, Hessian positive definite", dec
 
 
 class _Counted:
@@ -722,7 +716,12 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
         # a last Newton step or two with the verdict's Hessian: quadratic convergence makes
         # the optimum exact to far below the verdict's tolerance at one gradient per step
         # (the Hessian barely changes over such a step)
+        dec = _kkt(x, g, H, lower, upper, tol=tol)[2]
         for _ in range(2):
+            if dec * dec <= 1e-16:
+                # g'H^{-1}g (twice the decrease a Newton step would bring) at most 1e-16,
+                # far below the objective's rounding: nothing left a step could find
+                break
             x2 = _newton_step(x, g, H, lower, upper)
             if x2 is None or np.array_equal(x2, x):
                 break
@@ -732,16 +731,11 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
                     and np.max(np.abs(g2)) < 0.5 * np.max(np.abs(g)))
             if not (f2 < f or flat):
                 break
-            ok2, note2 = kkt_verdict(x2, g2, H, lower, upper, tol=tol)
+            ok2, note2, dec2 = _kkt(x2, g2, H, lower, upper, tol=tol)
             if not ok2:
                 break
-            # g'H^{-1}g (twice the predicted decrease) at most 1e-16: the step left nothing
-            # a second one could find (quadratic convergence)
-            last = float(g @ (x - x2)) <= 1e-16
-            x, f, g, note = x2, f2, g2, note2
-            if last:
-                break
-        if _decrement(x, g, H, lower, upper) > 1e-6:
+            x, f, g, note, dec = x2, f2, g2, note2, dec2
+        if dec > 1e-6:
             # the Newton steps did not settle it
             x, f, g, H, ok, note = tight_polish(x, f, g, H, ok, note)
     if not ok:
@@ -784,9 +778,8 @@ def minimize_deviance(dev, lower: np.ndarray, *, start: np.ndarray | None = None
     restart = () if identity is None else (dev.theta_to_work(identity),)
     rec = minimize_with_gradient(dev.work_deviance, dev.work_gradient, x0, lower,
                                  restart_points=restart, **options)
-    theta = dev.theta_from_work(rec.end)
-    return replace(rec, start=dev.theta_from_work(rec.start), end=theta,
-                   gradient=dev.gradient(theta))
+    theta, gradient = dev.theta_and_gradient(rec.end)
+    return replace(rec, start=dev.theta_from_work(rec.start), end=theta, gradient=gradient)
 
 
 def minimize_bobyqa(fun: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray,

@@ -68,8 +68,12 @@ class SmallKernel:
             raise ValueError(f"the small kernel handles q = 1 or 2, got q = {q}")
         self.q, self.m = q, m
         r = self.r = Gt.shape[0]
-        self.G0 = np.ascontiguousarray(Gt[:, 0, :])
-        self.G1 = np.ascontiguousarray(Gt[:, 1, :]) if q == 2 else None
+        # [G_j0 | G_j1] side by side: G_j u for both columns in one product
+        self.Gc = np.ascontiguousarray(Gt).reshape(r, q * m)
+        self.G0 = self.Gc[:, :m]
+        self.G1 = self.Gc[:, m:] if q == 2 else None
+        self._u = np.ones(r)                   # (-beta, 1)
+        self._V = np.empty((6, m)) if q == 2 else None
         f0 = np.ascontiguousarray(F[0, 0])
         self.f0 = f0
         if q == 2:
@@ -94,6 +98,36 @@ class SmallKernel:
         else:
             self._H = np.empty((r, q * m))
 
+    def _m_entries(self, S: np.ndarray) -> np.ndarray:
+        """The distinct entries of M_j = I + R_j S R_j' as rows: (m00,) or (m00, m01, m11)."""
+        if self.q == 1:
+            Mb = S[0, 0] * self.P
+        else:
+            C = np.array([[S[0, 0], 2.0 * S[0, 1], S[1, 1], 0.0, 0.0, 0.0],
+                          [0.0, 0.0, 0.0, S[0, 1], S[1, 1], 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, S[1, 1]]])
+            Mb = C @ self.P
+            Mb[2] += 1.0
+        Mb[0] += 1.0
+        return Mb
+
+    def m_inverse(self, S: np.ndarray) -> np.ndarray:
+        """M_j^{-1} as (q, q, m) (closed form)."""
+        q, m = self.q, self.m
+        Mb = self._m_entries(S)
+        out = np.empty((q, q, m))
+        if q == 1:
+            np.divide(1.0, Mb[0], out=out[0, 0])
+            return out
+        m00, m01, m11 = Mb
+        idet = 1.0 / (m00 * m11 - m01 * m01)
+        np.multiply(m11, idet, out=out[0, 0])
+        np.multiply(m00, idet, out=out[1, 1])
+        np.multiply(m01, idet, out=out[0, 1])
+        np.negative(out[0, 1], out=out[0, 1])
+        out[1, 0] = out[0, 1]
+        return out
+
     def factor(self, S: np.ndarray):
         """Closed-form pieces of M_j and the Cholesky factor of A(theta); None where not PD.
 
@@ -102,20 +136,14 @@ class SmallKernel:
         """
         q, m = self.q, self.m
         if q == 1:
-            m00 = 1.0 + S[0, 0] * self.P[0]
+            m00 = self._m_entries(S)[0]
             logdet = float(np.log(m00).sum())
             i00 = 1.0 / np.sqrt(m00)
             l10 = i11 = None
             if self.pairs is not None:
                 np.multiply(i00, i00, out=self._coef)
         else:
-            C = np.array([[S[0, 0], 2.0 * S[0, 1], S[1, 1], 0.0, 0.0, 0.0],
-                          [0.0, 0.0, 0.0, S[0, 1], S[1, 1], 0.0],
-                          [0.0, 0.0, 0.0, 0.0, 0.0, S[1, 1]]])
-            Mb = C @ self.P
-            m00 = Mb[0] + 1.0
-            m01 = Mb[1]
-            m11 = Mb[2] + 1.0
+            m00, m01, m11 = self._m_entries(S)
             det = m00 * m11 - m01 * m01
             logdet = float(np.log(det).sum())
             i00 = 1.0 / np.sqrt(m00)
@@ -161,12 +189,13 @@ class SmallKernel:
         """The q x q bracket of the gradient (see the module notes) at the factor's theta."""
         q = self.q
         i00, l10, i11 = pieces
+        u = self._u
         if p:
             beta, info = lapack.dtrtrs(R[:p, :p], R[p, :p], lower=1, trans=1)
-            u = np.append(-beta, 1.0)
-        else:
-            u = np.ones(1)
-        h0 = (u @ self.G0) * i00                               # H_j u = L_j^{-1} G_j u
+            np.negative(beta, out=u[:p])
+        hg = u @ self.Gc                                       # G_j u, both columns
+        h0 = hg[:self.m]
+        h0 *= i00                                              # H_j u = L_j^{-1} G_j u
         inner = np.empty((q, q))
         if q == 1:
             J00 = self.f0 * i00
@@ -177,12 +206,24 @@ class SmallKernel:
                 Y, _ = lapack.dtrtrs(R[:p, :p], Hx0 * J00, lower=1)
                 inner[0, 0] -= float(np.einsum("ij,ij->", Y, Y))
             return inner
-        h1 = ((u @ self.G1) - l10 * h0) * i11
-        J00 = self.f0 * i00
-        J01 = self.f1 * i00
-        J10 = -l10 * J00 * i11
-        J11 = (self.f2 - l10 * J01) * i11
-        V = np.stack([J00, J10, J01, J11, J00 * h0 + J10 * h1, J01 * h0 + J11 * h1])
+        h1 = hg[self.m:]
+        h1 -= l10 * h0
+        h1 *= i11
+        # rows J00, J10, J01, J11, v_j0, v_j1 of one buffer: C = V V' in one product
+        V = self._V
+        J00, J10, J01, J11 = V[0], V[1], V[2], V[3]
+        np.multiply(self.f0, i00, out=J00)
+        np.multiply(self.f1, i00, out=J01)
+        np.multiply(l10, J00, out=J10)
+        J10 *= i11
+        np.negative(J10, out=J10)
+        np.multiply(l10, J01, out=J11)
+        np.subtract(self.f2, J11, out=J11)
+        J11 *= i11
+        np.multiply(J00, h0, out=V[4])
+        V[4] += J10 * h1
+        np.multiply(J01, h0, out=V[5])
+        V[5] += J11 * h1
         C = V @ V.T
         c = dof / pwrss
         inner[0, 0] = C[0, 0] + C[1, 1] - c * C[4, 4]
