@@ -1072,7 +1072,7 @@ class ProfiledDeviance:
             pwrss = diag[p] ** 2
             if pwrss > 0 and math.isfinite(pwrss):
                 logdet_RX = 2.0 * sum(map(math.log, diag[:p]))
-                red = (R, pwrss, logdet_L, logdet_RX, out[2:])
+                red = (R, pwrss, logdet_L, logdet_RX, out[2])
         if len(cache) >= 2:
             del cache[next(iter(cache))]
         cache[key] = red

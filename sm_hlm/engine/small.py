@@ -3,29 +3,34 @@
 For the common models with q <= 2 (a random intercept, or an intercept and a
 slope) and up to a few thousand groups, an evaluation of the profiled deviance
 is dominated by the fixed cost of each numpy call, not by arithmetic.  This
-kernel computes the deviance and, when asked, its gradient in one pass with the
-closed-form 2 x 2 Cholesky factors, about twenty whole-array operations and
-direct LAPACK calls for the small (p + 1) x (p + 1) factorisation.
+kernel computes the deviance and, when asked, its gradient from the closed-form
+2 x 2 inverses M_j^{-1}, with about fifteen whole-array operations per
+evaluation and direct LAPACK calls for the small (p + 1) x (p + 1)
+factorisation.
 
 Notes
 -----
 With R_j = F_j' (F_j = [[f0, 0], [f1, f2]], the per-group root of Z_j'Z_j),
 G_j = F_j^{-1} Z_j'W and S = Lambda~ Lambda~' (working coordinates):
 
-    M_j = I + R_j S R_j' = L_j L_j',
+    M_j = I + R_j S R_j',
     M_00 = 1 + s00 f0^2 + 2 s01 f0 f1 + s11 f1^2,  M_01 = s01 f0 f2 + s11 f1 f2,
     M_11 = 1 + s11 f2^2,
-    l00 = sqrt(M_00), l10 = M_01 / l00, l11 = sqrt(det M_j / M_00),
-    H_j = L_j^{-1} G_j,   A = sum_j E_j'E_j + sum_j H_j'H_j = R R'  (lower R),
+    M_j^{-1} = [[M_11, -M_01], [-M_01, M_00]] / det M_j,
+    A = sum_j E_j'E_j + sum_j G_j' M_j^{-1} G_j = R R'  (lower R),
 
 and the profiled deviance follows from log|L|^2 = sum_j log det M_j, the
-penalised residual sum of squares R[p, p]^2 and log|R_X|^2.  The gradient with
-respect to Lambda~ is 2 [sum_j J_j'J_j - (dof / r^2) sum_j v_j v_j'
-- sum_j Y_j'Y_j] Lambda~ with J_j = L_j^{-1} R_j, v_j = J_j' H_j u
-(u = (-beta, 1)) and, for REML, Y_j = R_X^{-1} (J_j' H_jx)'
+penalised residual sum of squares R[p, p]^2 and log|R_X|^2.  Since M_j >= I,
+the entries of M_j^{-1} are bounded by 1.  The gradient with respect to
+Lambda~ is 2 B Lambda~ with
+
+    B = sum_j R_j' M_j^{-1} R_j - (dof / r^2) sum_j v_j v_j' - sum_j K_j K_j',
+    v_j = R_j' M_j^{-1} G_j u   (u = (-beta, 1)),
+    K_j = R_X^{-1} G_jx' M_j^{-1} R_j   (REML only; G_jx the first p columns)
+
 (see :class:`sm_hlm.engine.deviance.ProfiledDeviance`).  The per-group
-products f0^2, f0 f1, ... are computed once, so M_j - I is one (3, 6) x (6, m)
-product per evaluation.
+products f0^2, f0 f1, ... are computed once, so M_j is one (3, 7) x (7, m)
+product per evaluation and sum_j R_j' M_j^{-1} R_j one (3, m) x (m, 6) product.
 """
 from __future__ import annotations
 
@@ -57,9 +62,8 @@ class SmallKernel:
     When the per-group outer products fit in :data:`PAIR_LIMIT` entries,
     A = sum_j E_j'E_j + sum_j G_j' M_j^{-1} G_j is one matrix-vector product of
     the precomputed products g_ja g_jb' (a <= b) with the entries of the 2 x 2
-    inverses M_j^{-1} (a sum of positive semi-definite terms, as the H_j form);
-    the gradient then needs H_j only through H_j u = L_j^{-1} (G_j u), and for
-    REML through its first p columns.
+    inverses M_j^{-1} (a sum of positive semi-definite terms); otherwise it is
+    H H' with H_j = L_j^{-1} G_j (L_j the closed-form Cholesky factor of M_j).
     """
 
     def __init__(self, F: np.ndarray, Gt: np.ndarray, within: np.ndarray):
@@ -73,27 +77,33 @@ class SmallKernel:
         self.G0 = self.Gc[:, :m]
         self.G1 = self.Gc[:, m:] if q == 2 else None
         self._u = np.ones(r)                   # (-beta, 1)
-        self._V = np.empty((6, m)) if q == 2 else None
         f0 = np.ascontiguousarray(F[0, 0])
         self.f0 = f0
         if q == 2:
             f1, f2 = np.ascontiguousarray(F[1, 0]), np.ascontiguousarray(F[1, 1])
             self.f1, self.f2 = f1, f2
-            self.P = np.stack([f0 * f0, f0 * f1, f1 * f1, f0 * f2, f1 * f2, f2 * f2])
+            # rows f0^2, f0 f1, f1^2, f0 f2, f1 f2, f2^2 and ones (the identity in M_j)
+            P = np.empty((7, m))
+            for k, (x, y) in enumerate([(f0, f0), (f0, f1), (f1, f1), (f0, f2), (f1, f2),
+                                        (f2, f2)]):
+                np.multiply(x, y, out=P[k])
+            P[6] = 1.0
         else:
-            self.P = (f0 * f0)[None, :]
+            P = np.stack([f0 * f0, np.ones(m)])
+        self.P = P
         self.within = within
         npair = 1 if q == 1 else 3
         self.pairs: np.ndarray | None = None
         if r * r * npair * m <= PAIR_LIMIT:
             G0, G1 = self.G0, self.G1
-            prods = [G0[:, None, :] * G0[None, :, :]]
-            if q == 2:
-                cross = G0[:, None, :] * G1[None, :, :]
-                prods += [cross + cross.transpose(1, 0, 2), G1[:, None, :] * G1[None, :, :]]
             # (r^2, npair * m): columns [00 | 01 + 10 | 11] per group
-            self.pairs = np.ascontiguousarray(np.concatenate(prods, axis=2).reshape(r * r, -1))
-            self._coef = np.empty(npair * m)
+            pairs = np.empty((r, r, npair, m))
+            np.multiply(G0[:, None, :], G0[None, :, :], out=pairs[:, :, 0])
+            if q == 2:
+                np.multiply(G0[:, None, :], G1[None, :, :], out=pairs[:, :, 1])
+                pairs[:, :, 1] += pairs[:, :, 1].transpose(1, 0, 2).copy()
+                np.multiply(G1[:, None, :], G1[None, :, :], out=pairs[:, :, 2])
+            self.pairs = pairs.reshape(r * r, npair * m)
             self._H = None
         else:
             self._H = np.empty((r, q * m))
@@ -101,142 +111,112 @@ class SmallKernel:
     def _m_entries(self, S: np.ndarray) -> np.ndarray:
         """The distinct entries of M_j = I + R_j S R_j' as rows: (m00,) or (m00, m01, m11)."""
         if self.q == 1:
-            Mb = S[0, 0] * self.P
+            C = np.array([[S[0, 0], 1.0]])
         else:
-            C = np.array([[S[0, 0], 2.0 * S[0, 1], S[1, 1], 0.0, 0.0, 0.0],
-                          [0.0, 0.0, 0.0, S[0, 1], S[1, 1], 0.0],
-                          [0.0, 0.0, 0.0, 0.0, 0.0, S[1, 1]]])
-            Mb = C @ self.P
-            Mb[2] += 1.0
-        Mb[0] += 1.0
-        return Mb
+            s00, s01, s11 = float(S[0, 0]), float(S[0, 1]), float(S[1, 1])
+            C = np.array([[s00, 2.0 * s01, s11, 0.0, 0.0, 0.0, 1.0],
+                          [0.0, 0.0, 0.0, s01, s11, 0.0, 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, s11, 1.0]])
+        return C @ self.P
+
+    def _inverse_entries(self, Mb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """det M_j (m,) and the distinct entries of M_j^{-1}, (a,) or (a, b, d) rows
+        (M_j^{-1} = [[a, b], [b, d]])."""
+        if self.q == 1:
+            return Mb[0], 1.0 / Mb
+        det = Mb[0] * Mb[2]
+        det -= Mb[1] * Mb[1]
+        inv = Mb[::-1] / det                      # (m11, m01, m00) / det
+        np.negative(inv[1], out=inv[1])
+        return det, inv
 
     def m_inverse(self, S: np.ndarray) -> np.ndarray:
         """M_j^{-1} as (q, q, m) (closed form)."""
         q, m = self.q, self.m
-        Mb = self._m_entries(S)
+        inv = self._inverse_entries(self._m_entries(S))[1]
         out = np.empty((q, q, m))
         if q == 1:
-            np.divide(1.0, Mb[0], out=out[0, 0])
+            out[0, 0] = inv[0]
             return out
-        m00, m01, m11 = Mb
-        idet = 1.0 / (m00 * m11 - m01 * m01)
-        np.multiply(m11, idet, out=out[0, 0])
-        np.multiply(m00, idet, out=out[1, 1])
-        np.multiply(m01, idet, out=out[0, 1])
-        np.negative(out[0, 1], out=out[0, 1])
-        out[1, 0] = out[0, 1]
+        out[0, 0], out[0, 1], out[1, 1] = inv
+        out[1, 0] = inv[1]
         return out
 
     def factor(self, S: np.ndarray):
-        """Closed-form pieces of M_j and the Cholesky factor of A(theta); None where not PD.
+        """The Cholesky factor of A(theta) and the pieces of the gradient; None where not PD.
 
-        Returns ``(R, logdet_L, i00, l10, i11)``: the lower Cholesky factor R of
-        A, log|L|^2, 1 / l00, l10 and 1 / l11 (the last two None for q = 1).
+        Returns ``(R, logdet_L, inv)``: the lower Cholesky factor R of A,
+        log|L|^2 and the distinct entries of the M_j^{-1} as rows (see
+        :meth:`_inverse_entries`).
         """
         q, m = self.q, self.m
-        if q == 1:
-            m00 = self._m_entries(S)[0]
-            logdet = float(np.log(m00).sum())
-            i00 = 1.0 / np.sqrt(m00)
-            l10 = i11 = None
-            if self.pairs is not None:
-                np.multiply(i00, i00, out=self._coef)
-        else:
-            m00, m01, m11 = self._m_entries(S)
-            det = m00 * m11 - m01 * m01
-            logdet = float(np.log(det).sum())
-            i00 = 1.0 / np.sqrt(m00)
-            l10 = m01 * i00
-            i11 = np.sqrt(m00 / det)
-            if self.pairs is not None:
-                idet = 1.0 / det                          # M_j^{-1} = [[m11, -m01], [., m00]] / det
-                c = self._coef
-                np.multiply(m11, idet, out=c[:m])
-                np.multiply(m01, idet, out=c[m:2 * m])
-                np.negative(c[m:2 * m], out=c[m:2 * m])
-                np.multiply(m00, idet, out=c[2 * m:])
+        Mb = self._m_entries(S)
+        det, inv = self._inverse_entries(Mb)
+        logdet = float(np.log(det).sum())
         if self.pairs is not None:
-            A = self.within + (self.pairs @ self._coef).reshape(self.r, self.r)
+            A = self.within + (self.pairs @ inv.reshape(-1)).reshape(self.r, self.r)
         else:
             H = self._H
+            i00 = 1.0 / np.sqrt(Mb[0])           # L_j = [[l00, 0], [l10, l11]]
             if q == 1:
                 np.multiply(self.G0, i00, out=H)
             else:
                 H0, H1 = H[:, :m], H[:, m:]
                 np.multiply(self.G0, i00, out=H0)
-                np.multiply(H0, l10, out=H1)
+                np.multiply(H0, Mb[1] * i00, out=H1)               # l10 = m01 / l00
                 np.subtract(self.G1, H1, out=H1)
-                H1 *= i11
+                H1 *= np.sqrt(Mb[0] / det)                         # 1 / l11
             A = self.within + H @ H.T
         R, info = lapack.dpotrf(A, lower=1, clean=1)
         if info != 0 or not np.isfinite(logdet):
             return None
-        return R, logdet, i00, l10, i11
+        return R, logdet, inv
 
-    def _hx(self, i00, l10, i11, rows: slice) -> tuple[np.ndarray, np.ndarray | None]:
-        """Rows ``rows`` of H_j0 and H_j1 (as (k, m) arrays) from the factor's pieces."""
-        if self._H is not None:
-            H = self._H
-            return H[rows, :self.m], (H[rows, self.m:] if self.q == 2 else None)
-        H0 = self.G0[rows] * i00
-        if self.q == 1:
-            return H0, None
-        return H0, (self.G1[rows] - l10 * H0) * i11
-
-    def gradient_inner(self, R: np.ndarray, pieces: tuple, *, p: int, dof: float,
+    def gradient_inner(self, R: np.ndarray, inv: np.ndarray, *, p: int, dof: float,
                        pwrss: float, reml: bool) -> np.ndarray:
-        """The q x q bracket of the gradient (see the module notes) at the factor's theta."""
-        q = self.q
-        i00, l10, i11 = pieces
+        """The q x q matrix B of the gradient (see the module notes) at the factor's theta."""
+        q, m = self.q, self.m
         u = self._u
         if p:
             beta, info = lapack.dtrtrs(R[:p, :p], R[p, :p], lower=1, trans=1)
             np.negative(beta, out=u[:p])
-        hg = u @ self.Gc                                       # G_j u, both columns
-        h0 = hg[:self.m]
-        h0 *= i00                                              # H_j u = L_j^{-1} G_j u
+        hg = u @ self.Gc                                       # g_j = G_j u, both columns
+        c = dof / pwrss
         inner = np.empty((q, q))
         if q == 1:
-            J00 = self.f0 * i00
-            v0 = J00 * h0
-            inner[0, 0] = J00 @ J00 - (dof / pwrss) * (v0 @ v0)
+            a = inv[0]
+            v0 = hg * a
+            v0 *= self.f0                                      # R_j' M_j^{-1} g_j
+            inner[0, 0] = a @ self.P[0] - c * (v0 @ v0)
             if reml and p:
-                Hx0, _ = self._hx(i00, l10, i11, slice(0, p))
-                Y, _ = lapack.dtrtrs(R[:p, :p], Hx0 * J00, lower=1)
+                Y, _ = lapack.dtrtrs(R[:p, :p], self.G0[:p] * (a * self.f0), lower=1)
                 inner[0, 0] -= float(np.einsum("ij,ij->", Y, Y))
             return inner
-        h1 = hg[self.m:]
-        h1 -= l10 * h0
-        h1 *= i11
-        # rows J00, J10, J01, J11, v_j0, v_j1 of one buffer: C = V V' in one product
-        V = self._V
-        J00, J10, J01, J11 = V[0], V[1], V[2], V[3]
-        np.multiply(self.f0, i00, out=J00)
-        np.multiply(self.f1, i00, out=J01)
-        np.multiply(l10, J00, out=J10)
-        J10 *= i11
-        np.negative(J10, out=J10)
-        np.multiply(l10, J01, out=J11)
-        np.subtract(self.f2, J11, out=J11)
-        J11 *= i11
-        np.multiply(J00, h0, out=V[4])
-        V[4] += J10 * h1
-        np.multiply(J01, h0, out=V[5])
-        V[5] += J11 * h1
-        C = V @ V.T
-        c = dof / pwrss
-        inner[0, 0] = C[0, 0] + C[1, 1] - c * C[4, 4]
-        inner[0, 1] = inner[1, 0] = C[0, 2] + C[1, 3] - c * C[4, 5]
-        inner[1, 1] = C[2, 2] + C[3, 3] - c * C[5, 5]
+        a, b, d = inv
+        g0, g1 = hg[:m], hg[m:]
+        w0 = a * g0                                            # M_j^{-1} g_j
+        w0 += b * g1
+        w1 = b * g0
+        w1 += d * g1
+        V = np.empty((2, m))                                   # v_j = R_j' M_j^{-1} g_j
+        np.multiply(self.f0, w0, out=V[0])
+        np.multiply(self.f1, w0, out=V[1])
+        V[1] += self.f2 * w1
+        vv = V @ V.T
+        T = inv @ self.P[:6].T          # T[k, l] = sum_j inv_kj P_lj (P: f0^2, f0 f1, ...)
+        inner[0, 0] = T[0, 0] - c * vv[0, 0]                          # a f0^2
+        inner[0, 1] = inner[1, 0] = T[0, 1] + T[1, 3] - c * vv[0, 1]  # a f0 f1 + b f0 f2
+        inner[1, 1] = T[0, 2] + 2.0 * T[1, 4] + T[2, 5] - c * vv[1, 1]
         if reml and p:
-            m = self.m
-            Hx0, Hx1 = self._hx(i00, l10, i11, slice(0, p))
-            Kx = np.empty((p, 2 * m))
-            np.multiply(Hx0, J00, out=Kx[:, :m])
-            Kx[:, :m] += Hx1 * J10
-            np.multiply(Hx0, J01, out=Kx[:, m:])
-            Kx[:, m:] += Hx1 * J11
+            Gx0, Gx1 = self.G0[:p], self.G1[:p]
+            W0 = Gx0 * a                                       # G_jx' M_j^{-1}
+            W0 += Gx1 * b
+            W1 = Gx0 * b
+            W1 += Gx1 * d
+            Kx = np.empty((p, 2 * m))                          # G_jx' M_j^{-1} R_j
+            np.multiply(W0, self.f0, out=Kx[:, :m])
+            np.multiply(W0, self.f1, out=Kx[:, m:])
+            Kx[:, m:] += W1 * self.f2
             Y, _ = lapack.dtrtrs(R[:p, :p], Kx, lower=1)
             Y0, Y1 = Y[:, :m], Y[:, m:]
             inner[0, 0] -= float(np.einsum("ij,ij->", Y0, Y0))
