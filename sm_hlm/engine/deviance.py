@@ -1233,7 +1233,7 @@ class ProfiledDeviance:
         decreases without end stops there, and says it did not converge.
         """
         self.n_evals += 1
-        if not np.max(np.abs(theta_t), initial=0.0) <= _THETA_WORK_MAX:     # also NaN
+        if not np.abs(theta_t).max(initial=0.0) <= _THETA_WORK_MAX:     # also NaN
             return np.inf
         if self._small_ok:
             out = self._small_eval(self._lambda_of_work(theta_t), grad=False)
@@ -1296,7 +1296,7 @@ class ProfiledDeviance:
     def work_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
         """Deviance and its gradient in theta~ (working coordinates)."""
         rows, cols = self._index()
-        if not np.max(np.abs(theta_t), initial=0.0) <= _THETA_WORK_MAX:     # also NaN
+        if not np.abs(theta_t).max(initial=0.0) <= _THETA_WORK_MAX:     # also NaN
             return np.inf, np.full(len(rows), np.nan)
         out = self._gradient_matrix(self._lambda_of_work(theta_t))
         if out is None:

@@ -298,36 +298,43 @@ class _Counted:
         self.count = 0
         self.best_f = np.inf
         self.best_x: np.ndarray | None = None
-        self._last: tuple[np.ndarray, float, np.ndarray] | None = None
-        self._last_value: tuple[np.ndarray, float] | None = None
+        # the last point (as bytes) with its value and gradient, and with its value
+        self._last: tuple[bytes, float, np.ndarray] | None = None
+        self._last_value: tuple[bytes, float] | None = None
 
     def _keep(self, x: np.ndarray, v: float) -> float:
-        v = float(v) if np.isfinite(v) else 1e300
+        v = float(v)
+        if not math.isfinite(v):
+            v = 1e300
         if v < self.best_f:
             self.best_f, self.best_x = v, np.array(x, dtype=float)
         return v
 
     def __call__(self, x: np.ndarray) -> float:
+        x = np.asarray(x, dtype=float)
+        key = x.tobytes()
         last = self._last_value
-        if last is not None and np.array_equal(last[0], x):
+        if last is not None and last[0] == key:
             return last[1]                        # the same point again
         self.count += 1
         v = self._keep(x, self.fun(x))
-        self._last_value = (np.array(x, dtype=float), v)
+        self._last_value = (key, v)
         return v
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        x = np.asarray(x, dtype=float)
+        key = x.tobytes()
         last = self._last
-        if last is not None and np.array_equal(last[0], x):
+        if last is not None and last[0] == key:
             return last[1], last[2].copy()        # the same point again (e.g. the verdict's)
         self.count += 1
         f, g = self.fun_grad(x)
         v = self._keep(x, f)
-        if not np.all(np.isfinite(g)):
-            g = np.zeros_like(x)
         g = np.array(g, dtype=float)
-        self._last = (np.array(x, dtype=float), v, g)
-        self._last_value = (self._last[0], v)
+        if not np.isfinite(g).all():
+            g = np.zeros_like(x)
+        self._last = (key, v, g)
+        self._last_value = (key, v)
         return v, g.copy()
 
     def grad(self, x: np.ndarray) -> np.ndarray:
@@ -477,13 +484,18 @@ def _projected_bfgs(obj: _Counted, x0: np.ndarray, lower: np.ndarray, upper: np.
         return x, f, False
     B: np.ndarray | None = None
     eye = np.eye(k)
+    bounded_above = bool(np.isfinite(upper).any())
     for _ in range(max_iter):
-        at_lo = (x - lower <= _BOUND_TOL) & (g > 0)
-        at_hi = (upper - x <= _BOUND_TOL) & (g < 0)
-        free = ~(at_lo | at_hi)
-        if not free.any() or np.max(np.abs(g[free])) <= gtol:
+        held = (x - lower <= _BOUND_TOL) & (g > 0)
+        if bounded_above:
+            held |= (upper - x <= _BOUND_TOL) & (g < 0)
+        every = not held.any()
+        free = ~held
+        if every:
+            if np.abs(g).max() <= gtol:
+                return x, f, True
+        elif not free.any() or np.abs(g[free]).max() <= gtol:
             return x, f, True
-        every = bool(free.all())
         d = np.zeros(k)
         if B is not None:
             if every:
@@ -502,14 +514,16 @@ def _projected_bfgs(obj: _Counted, x0: np.ndarray, lower: np.ndarray, upper: np.
             slope = float(g @ d)
         t, moved = 1.0, False
         for _ in range(40):
-            xn = np.clip(x + t * d, lower, upper)
+            xn = np.maximum(x + t * d, lower)
+            if bounded_above:
+                xn = np.minimum(xn, upper)
             fn, gn = obj.value_and_grad(xn)
-            if np.isfinite(fn) and fn <= f + 1e-4 * float(g @ (xn - x)):
+            if math.isfinite(fn) and fn <= f + 1e-4 * float(g @ (xn - x)):
                 moved = True
                 break
             # a quadratic fit along the step, kept within [0.1 t, 0.5 t]
-            denom = 2.0 * (fn - f - t * slope) if np.isfinite(fn) else np.inf
-            t = float(np.clip(-slope * t * t / denom, 0.1 * t, 0.5 * t)) if denom > 0 else 0.1 * t
+            denom = 2.0 * (fn - f - t * slope) if math.isfinite(fn) else math.inf
+            t = min(max(-slope * t * t / denom, 0.1 * t), 0.5 * t) if denom > 0 else 0.1 * t
         if not moved:
             return x, f, False
         s, y = xn - x, gn - g
