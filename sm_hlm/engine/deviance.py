@@ -1188,14 +1188,18 @@ class ProfiledDeviance:
             return ident
         every = n_full == self._m                 # no copies of F and G then
         Ff = F if every else F[:, :, full]
-        g = np.einsum("arm,r->am", self._G if every else self._G[:, :, full], u)
+        g = u @ (self._G if every else self._G[:, :, full])        # G_j u (q, m)
         if q == 2:                                # R_j = [[f0, f1], [0, f2]] (closed forms)
             f0, f1, f2 = Ff[0, 0], Ff[1, 0], Ff[1, 1]
             b = np.empty_like(g)
             np.divide(g[1], f2, out=b[1])
             np.divide(g[0] - f1 * b[1], f0, out=b[0])
             # diag((F F')^{-1}) = (1 / f0^2 + (f1 / (f0 f2))^2, 1 / f2^2)
-            Sinv_diag = np.stack([(1.0 + (f1 / f2) ** 2) / f0 ** 2, 1.0 / f2 ** 2])
+            Sinv_diag = np.empty_like(g)
+            np.divide(1.0, f2 * f2, out=Sinv_diag[1])
+            np.multiply(f1 * f1, Sinv_diag[1], out=Sinv_diag[0])
+            Sinv_diag[0] += 1.0
+            Sinv_diag[0] /= f0 * f0
         else:
             b = np.zeros_like(g)
             for i in range(q - 1, -1, -1):      # back-solve R_j b_j = g_j (R_j = F_j')
@@ -1209,7 +1213,8 @@ class ProfiledDeviance:
         sigma2 = float(u @ self._within @ u) / dof
         if not (np.isfinite(sigma2) and sigma2 > 0):
             return ident
-        psi = b.var(axis=1) - sigma2 * Sinv_diag.mean(axis=1)
+        b -= b.mean(axis=1, keepdims=True)
+        psi = np.einsum("am,am->a", b, b) / b.shape[1] - sigma2 * Sinv_diag.mean(axis=1)
         # a variance the moments cannot see starts at lme4's 1, not near the boundary
         d = np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4)
         unseen = ~(psi > 0)
