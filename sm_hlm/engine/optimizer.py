@@ -687,7 +687,7 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
         if f2 < f - 1e-9:
             notes.append(f"BOBYQA improved on the gradient path's boundary fit by {f - f2:.3g}")
             x, f, code = x2, f2, code2
-    def tight_polish(x, f, g, H, ok, note):
+    def tight_polish(x, f, g, H, ok, note, dec):
         """scipy's L-BFGS-B with tight tolerances from x, and the verdict afresh (central
         differences) when it improves: for objectives far from quadratic near their
         minimum (e.g. a variance ratio near zero), where quasi-Newton and Newton steps
@@ -698,15 +698,15 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
             x, f = _snap_to_bounds(obj, x, f, lower, upper)
             g = obj.grad(x)
             H = _hessian_from_gradient(obj.grad, x, lower, upper)
-            ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
-        return x, f, g, H, ok, note
+            ok, note, dec = _kkt(x, g, H, lower, upper, tol=tol)
+        return x, f, g, H, ok, note, dec
 
     x, f = _snap_to_bounds(obj, x, f, lower, upper)
     g = obj.grad(x)
     H = _verdict_hessian(obj, x, g, lower, upper)
-    ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
+    ok, note, dec = _kkt(x, g, H, lower, upper, tol=tol)
     if not ok:
-        x, f, g, H, ok, note = tight_polish(x, f, g, H, ok, note)
+        x, f, g, H, ok, note, dec = tight_polish(x, f, g, H, ok, note, dec)
     if not ok and gradient_first and not skip_bobyqa and not use_bobyqa:
         # the gradient path did not settle: BOBYQA from the start, then the polish
         use_bobyqa = True
@@ -717,7 +717,7 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
             x, f = _snap_to_bounds(obj, x, f, lower, upper)
             g = obj.grad(x)
             H = _verdict_hessian(obj, x, g, lower, upper)
-            ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
+            ok, note, dec = _kkt(x, g, H, lower, upper, tol=tol)
     if not ok:
         # a modified Newton polish: handles the ill-conditioning (variance ratios of 1e6)
         # and the saddle points that quasi-Newton and BOBYQA stop at
@@ -725,12 +725,11 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
         if f2 < f:
             notes.append(f"a Newton polish improved the objective by {f - f2:.3g}")
             x, f, g, H = x2, f2, g2, H2
-            ok, note = kkt_verdict(x, g, H, lower, upper, tol=tol)
+            ok, note, dec = _kkt(x, g, H, lower, upper, tol=tol)
     if ok:
         # a last Newton step or two with the verdict's Hessian: quadratic convergence makes
         # the optimum exact to far below the verdict's tolerance at one gradient per step
         # (the Hessian barely changes over such a step)
-        dec = _kkt(x, g, H, lower, upper, tol=tol)[2]
         for _ in range(2):
             if dec * dec <= 1e-16:
                 # g'H^{-1}g (twice the decrease a Newton step would bring) at most 1e-16,
@@ -751,7 +750,7 @@ def minimize_with_gradient(fun: Callable[[np.ndarray], float],
             x, f, g, note, dec = x2, f2, g2, note2, dec2
         if dec > 1e-6:
             # the Newton steps did not settle it
-            x, f, g, H, ok, note = tight_polish(x, f, g, H, ok, note)
+            x, f, g, H, ok, note, dec = tight_polish(x, f, g, H, ok, note, dec)
     if not ok:
         for start in (*restart_points, x):
             x2, f2, code2 = attempt(np.asarray(start, dtype=float))
