@@ -646,6 +646,11 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
     return e2 + float(hh @ group_weights), float(logdets @ group_weights)
 
 
+def _within_work_bound(theta_t: np.ndarray) -> bool:
+    """|theta~| <= :data:`_THETA_WORK_MAX` entrywise (False for NaN)."""
+    return all(abs(v) <= _THETA_WORK_MAX for v in np.asarray(theta_t, dtype=float).tolist())
+
+
 class ProfiledDeviance:
     """Callable profiled ML or REML deviance of theta, with its analytic gradient.
 
@@ -1063,7 +1068,7 @@ class ProfiledDeviance:
         cache = self._small_cache
         if key in cache:
             return cache[key]
-        out = self._small_kernel().factor(lam_t @ lam_t.T)
+        out = self._small_kernel().factor(lam_t)
         red = None
         if out is not None:
             R, logdet_L = out[0], out[1]
@@ -1238,7 +1243,7 @@ class ProfiledDeviance:
         decreases without end stops there, and says it did not converge.
         """
         self.n_evals += 1
-        if not np.abs(theta_t).max(initial=0.0) <= _THETA_WORK_MAX:     # also NaN
+        if not _within_work_bound(theta_t):
             return np.inf
         if self._small_ok:
             out = self._small_eval(self._lambda_of_work(theta_t), grad=False)
@@ -1301,9 +1306,14 @@ class ProfiledDeviance:
     def work_gradient(self, theta_t: np.ndarray) -> tuple[float, np.ndarray]:
         """Deviance and its gradient in theta~ (working coordinates)."""
         rows, cols = self._index()
-        if not np.abs(theta_t).max(initial=0.0) <= _THETA_WORK_MAX:     # also NaN
+        if not _within_work_bound(theta_t):
             return np.inf, np.full(len(rows), np.nan)
-        out = self._gradient_matrix(self._lambda_of_work(theta_t))
+        lam_t = self._lambda_of_work(theta_t)
+        if self._small_ok:                        # (finite: within the bound)
+            out = self._small_eval(lam_t, grad=True)
+            out = None if out is None else (out[0], 2.0 * out[1] @ lam_t)
+        else:
+            out = self._gradient_matrix(lam_t)
         if out is None:
             return np.inf, np.full(len(rows), np.nan)
         return out[0], out[1][rows, cols]
@@ -1371,7 +1381,7 @@ class ProfiledDeviance:
         uw = uw / uw[-1]
         lam_t = self._lambda_work_of_theta(theta)
         if self._small_ok:
-            Minv = self._small_kernel().m_inverse(lam_t @ lam_t.T)
+            Minv = self._small_kernel().m_inverse(lam_t)
         else:
             Minv = self._system(lam_t, need_inverse=True)[2]
         g = np.einsum("arm,r->am", self._G, uw)                    # (q, m)

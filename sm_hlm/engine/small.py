@@ -16,6 +16,7 @@ G_j = F_j^{-1} Z_j'W and S = Lambda~ Lambda~' (working coordinates):
     M_j = I + R_j S R_j',
     M_00 = 1 + s00 f0^2 + 2 s01 f0 f1 + s11 f1^2,  M_01 = s01 f0 f2 + s11 f1 f2,
     M_11 = 1 + s11 f2^2,
+    det M_j = M_00 + M_11 - 1 + det(S) f0^2 f2^2   (a sum of non-negative terms),
     M_j^{-1} = [[M_11, -M_01], [-M_01, M_00]] / det M_j,
     A = sum_j E_j'E_j + sum_j G_j' M_j^{-1} G_j = R R'  (lower R),
 
@@ -29,8 +30,9 @@ Lambda~ is 2 B Lambda~ with
     K_j = R_X^{-1} G_jx' M_j^{-1} R_j   (REML only; G_jx the first p columns)
 
 (see :class:`sm_hlm.engine.deviance.ProfiledDeviance`).  The per-group
-products f0^2, f0 f1, ... are computed once, so M_j is one (3, 7) x (7, m)
-product per evaluation and sum_j R_j' M_j^{-1} R_j one (3, m) x (m, 6) product.
+products f0^2, f0 f1, ..., f0^2 f2^2 are computed once, so M_11, -M_01, M_00 and
+det M_j are one (4, 8) x (8, m) product per evaluation (det(S) = det(Lambda~)^2
+exactly), and sum_j R_j' M_j^{-1} R_j one (3, m) x (m, 6) product.
 """
 from __future__ import annotations
 
@@ -82,12 +84,14 @@ class SmallKernel:
         if q == 2:
             f1, f2 = np.ascontiguousarray(F[1, 0]), np.ascontiguousarray(F[1, 1])
             self.f1, self.f2 = f1, f2
-            # rows f0^2, f0 f1, f1^2, f0 f2, f1 f2, f2^2 and ones (the identity in M_j)
-            P = np.empty((7, m))
+            # rows f0^2, f0 f1, f1^2, f0 f2, f1 f2, f2^2, f0^2 f2^2 and ones (the identity)
+            P = np.empty((8, m))
             for k, (x, y) in enumerate([(f0, f0), (f0, f1), (f1, f1), (f0, f2), (f1, f2),
                                         (f2, f2)]):
                 np.multiply(x, y, out=P[k])
-            P[6] = 1.0
+            np.multiply(P[0], P[5], out=P[6])
+            P[7] = 1.0
+            self._FA = np.stack([f0, f1])            # v_j = (f0, f1) w_j0 + (0, f2) w_j1
         else:
             P = np.stack([f0 * f0, np.ones(m)])
         self.P = P
@@ -108,32 +112,30 @@ class SmallKernel:
         else:
             self._H = np.empty((r, q * m))
 
-    def _m_entries(self, S: np.ndarray) -> np.ndarray:
-        """The distinct entries of M_j = I + R_j S R_j' as rows: (m00,) or (m00, m01, m11)."""
+    def _entries(self, lam: np.ndarray) -> np.ndarray:
+        """Rows (M_11, -M_01, M_00, det M_j) for q = 2, (M_00,) for q = 1, at Lambda~ = lam."""
         if self.q == 1:
-            C = np.array([[S[0, 0], 1.0]])
-        else:
-            s00, s01, s11 = float(S[0, 0]), float(S[0, 1]), float(S[1, 1])
-            C = np.array([[s00, 2.0 * s01, s11, 0.0, 0.0, 0.0, 1.0],
-                          [0.0, 0.0, 0.0, s01, s11, 0.0, 0.0],
-                          [0.0, 0.0, 0.0, 0.0, 0.0, s11, 1.0]])
+            return np.array([[float(lam[0, 0]) ** 2, 1.0]]) @ self.P
+        (l00, l01), (l10, l11) = lam.tolist()
+        s00, s01, s11 = l00 * l00 + l01 * l01, l00 * l10 + l01 * l11, l10 * l10 + l11 * l11
+        det_s = (l00 * l11 - l01 * l10) ** 2                   # det(S), S = lam lam'
+        C = np.array([[0.0, 0.0, 0.0, 0.0, 0.0, s11, 0.0, 1.0],
+                      [0.0, 0.0, 0.0, -s01, -s11, 0.0, 0.0, 0.0],
+                      [s00, 2.0 * s01, s11, 0.0, 0.0, 0.0, 0.0, 1.0],
+                      [s00, 2.0 * s01, s11, 0.0, 0.0, s11, det_s, 1.0]])
         return C @ self.P
 
-    def _inverse_entries(self, Mb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _inverse_entries(self, E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """det M_j (m,) and the distinct entries of M_j^{-1}, (a,) or (a, b, d) rows
-        (M_j^{-1} = [[a, b], [b, d]])."""
+        (M_j^{-1} = [[a, b], [b, d]]), from :meth:`_entries`."""
         if self.q == 1:
-            return Mb[0], 1.0 / Mb
-        det = Mb[0] * Mb[2]
-        det -= Mb[1] * Mb[1]
-        inv = Mb[::-1] / det                      # (m11, m01, m00) / det
-        np.negative(inv[1], out=inv[1])
-        return det, inv
+            return E[0], 1.0 / E
+        return E[3], E[:3] / E[3]
 
-    def m_inverse(self, S: np.ndarray) -> np.ndarray:
-        """M_j^{-1} as (q, q, m) (closed form)."""
+    def m_inverse(self, lam: np.ndarray) -> np.ndarray:
+        """M_j^{-1} as (q, q, m) at Lambda~ = lam (closed form)."""
         q, m = self.q, self.m
-        inv = self._inverse_entries(self._m_entries(S))[1]
+        inv = self._inverse_entries(self._entries(lam))[1]
         out = np.empty((q, q, m))
         if q == 1:
             out[0, 0] = inv[0]
@@ -142,30 +144,31 @@ class SmallKernel:
         out[1, 0] = inv[1]
         return out
 
-    def factor(self, S: np.ndarray):
+    def factor(self, lam: np.ndarray):
         """The Cholesky factor of A(theta) and the pieces of the gradient; None where not PD.
 
-        Returns ``(R, logdet_L, inv)``: the lower Cholesky factor R of A,
-        log|L|^2 and the distinct entries of the M_j^{-1} as rows (see
-        :meth:`_inverse_entries`).
+        ``lam`` is Lambda~ (q x q).  Returns ``(R, logdet_L, inv)``: the lower
+        Cholesky factor R of A, log|L|^2 and the distinct entries of the M_j^{-1}
+        as rows (see :meth:`_inverse_entries`).
         """
         q, m = self.q, self.m
-        Mb = self._m_entries(S)
-        det, inv = self._inverse_entries(Mb)
+        E = self._entries(lam)
+        det, inv = self._inverse_entries(E)
         logdet = float(np.log(det).sum())
         if self.pairs is not None:
             A = self.within + (self.pairs @ inv.reshape(-1)).reshape(self.r, self.r)
         else:
             H = self._H
-            i00 = 1.0 / np.sqrt(Mb[0])           # L_j = [[l00, 0], [l10, l11]]
+            m00 = E[0] if q == 1 else E[2]
+            i00 = 1.0 / np.sqrt(m00)             # L_j = [[l00, 0], [l10, l11]]
             if q == 1:
                 np.multiply(self.G0, i00, out=H)
             else:
                 H0, H1 = H[:, :m], H[:, m:]
                 np.multiply(self.G0, i00, out=H0)
-                np.multiply(H0, Mb[1] * i00, out=H1)               # l10 = m01 / l00
+                np.multiply(H0, -E[1] * i00, out=H1)               # l10 = m01 / l00
                 np.subtract(self.G1, H1, out=H1)
-                H1 *= np.sqrt(Mb[0] / det)                         # 1 / l11
+                H1 *= np.sqrt(m00 / det)                           # 1 / l11
             A = self.within + H @ H.T
         R, info = lapack.dpotrf(A, lower=1, clean=1)
         if info != 0 or not np.isfinite(logdet):
@@ -193,17 +196,12 @@ class SmallKernel:
                 inner[0, 0] -= float(np.einsum("ij,ij->", Y, Y))
             return inner
         a, b, d = inv
-        g0, g1 = hg[:m], hg[m:]
-        w0 = a * g0                                            # M_j^{-1} g_j
-        w0 += b * g1
-        w1 = b * g0
-        w1 += d * g1
-        V = np.empty((2, m))                                   # v_j = R_j' M_j^{-1} g_j
-        np.multiply(self.f0, w0, out=V[0])
-        np.multiply(self.f1, w0, out=V[1])
-        V[1] += self.f2 * w1
+        W = inv[:2] * hg[:m]                                   # M_j^{-1} g_j: rows w_j0, w_j1
+        W += inv[1:] * hg[m:]
+        V = self._FA * W[0]                                    # v_j = R_j' M_j^{-1} g_j
+        V[1] += self.f2 * W[1]
         vv = V @ V.T
-        T = inv @ self.P[:6].T          # T[k, l] = sum_j inv_kj P_lj (P: f0^2, f0 f1, ...)
+        T = inv @ self.P[:6].T         # T[k, l] = sum_j inv_kj P_lj (P: f0^2, f0 f1, ...)
         inner[0, 0] = T[0, 0] - c * vv[0, 0]                          # a f0^2
         inner[0, 1] = inner[1, 0] = T[0, 1] + T[1, 3] - c * vv[0, 1]  # a f0 f1 + b f0 f2
         inner[1, 1] = T[0, 2] + 2.0 * T[1, 4] + T[2, 5] - c * vv[1, 1]
