@@ -473,74 +473,80 @@ def _projected_bfgs(obj: _Counted, x0: np.ndarray, lower: np.ndarray, upper: np.
     from quadratic away from its minimum).  g_F' B_FF g_F estimates the squared
     Newton decrement, i.e. twice the distance to the minimum: it stops the
     iterations, and the verdict (:func:`kkt_verdict`, with a Hessian from
-    differences of the gradient) then decides.  With k <= ~20 parameters each
-    iteration costs a few microseconds of dense algebra on top of one
-    objective-and-gradient evaluation (scipy's L-BFGS-B adds ~0.1 ms).
+    differences of the gradient) then decides.  The update is
+
+        B+ = (I - rho s y') B (I - rho y s') + rho s s',   rho = 1 / s'y,
+
+    expanded into O(k^2) operations.  The k <= ~20 parameters' algebra runs on
+    Python floats (a few microseconds per iteration, several times less than
+    numpy calls on arrays this small); scipy's L-BFGS-B would add ~0.1 ms.
     """
-    k = len(x0)
-    x = np.clip(np.asarray(x0, dtype=float), lower, upper)
-    f, g = obj.value_and_grad(x)
-    if not np.isfinite(f):
-        return x, f, False
-    B: np.ndarray | None = None
-    eye = np.eye(k)
-    bounded_above = bool(np.isfinite(upper).any())
+    x_arr = np.clip(np.asarray(x0, dtype=float), lower, upper)
+    f, g_arr = obj.value_and_grad(x_arr)
+    if not math.isfinite(f):
+        return x_arr, f, False
+    k = len(x_arr)
+    idx = range(k)
+    lo, hi = np.asarray(lower, float).tolist(), np.asarray(upper, float).tolist()
+    x, g = x_arr.tolist(), g_arr.tolist()
+    B: list[list[float]] | None = None
     for _ in range(max_iter):
-        held = (x - lower <= _BOUND_TOL) & (g > 0)
-        if bounded_above:
-            held |= (upper - x <= _BOUND_TOL) & (g < 0)
-        every = not held.any()
-        free = ~held
-        if every:
-            if np.abs(g).max() <= gtol:
-                return x, f, True
-        elif not free.any() or np.abs(g[free]).max() <= gtol:
-            return x, f, True
-        d = np.zeros(k)
+        free = [i for i in idx if not ((x[i] - lo[i] <= _BOUND_TOL and g[i] > 0)
+                                       or (hi[i] - x[i] <= _BOUND_TOL and g[i] < 0))]
+        if not free or max(abs(g[i]) for i in free) <= gtol:
+            return x_arr, f, True
+        d = [0.0] * k
+        slope = 0.0
         if B is not None:
-            if every:
-                d = -(B @ g)
-            else:
-                d[free] = -(B[np.ix_(free, free)] @ g[free])
-            slope = float(g @ d)
+            for i in free:
+                Bi = B[i]
+                d[i] = -sum(Bi[j] * g[j] for j in free)
+            slope = sum(g[i] * d[i] for i in free)
             if not slope < 0:
                 B = None
             elif -slope <= 1e-8:
-                return x, f, True
+                return x_arr, f, True
         if B is None:
-            d[free] = -g[free]
-            size = np.maximum(np.abs(x), 1.0)
-            d *= 0.1 * float(np.min(size[free] / np.maximum(np.abs(d[free]), 1e-300)))
-            slope = float(g @ d)
+            scale = 0.1 * min(max(abs(x[i]), 1.0) / max(abs(g[i]), 1e-300) for i in free)
+            d = [0.0] * k
+            for i in free:
+                d[i] = -g[i] * scale
+            slope = sum(g[i] * d[i] for i in free)
         t, moved = 1.0, False
         for _ in range(40):
-            xn = np.maximum(x + t * d, lower)
-            if bounded_above:
-                xn = np.minimum(xn, upper)
-            fn, gn = obj.value_and_grad(xn)
-            if math.isfinite(fn) and fn <= f + 1e-4 * float(g @ (xn - x)):
+            xn = [min(max(x[i] + t * d[i], lo[i]), hi[i]) for i in idx]
+            xn_arr = np.array(xn)
+            fn, gn_arr = obj.value_and_grad(xn_arr)
+            if (math.isfinite(fn)
+                    and fn <= f + 1e-4 * sum(g[i] * (xn[i] - x[i]) for i in idx)):
                 moved = True
                 break
             # a quadratic fit along the step, kept within [0.1 t, 0.5 t]
             denom = 2.0 * (fn - f - t * slope) if math.isfinite(fn) else math.inf
             t = min(max(-slope * t * t / denom, 0.1 * t), 0.5 * t) if denom > 0 else 0.1 * t
         if not moved:
-            return x, f, False
-        s, y = xn - x, gn - g
-        sy = float(s @ y)
-        yy = float(y @ y)
-        if sy > 1e-12 * math.sqrt(float(s @ s) * yy):
+            return x_arr, f, False
+        gn = gn_arr.tolist()
+        s = [xn[i] - x[i] for i in idx]
+        y = [gn[i] - g[i] for i in idx]
+        sy = sum(a * b for a, b in zip(s, y))
+        yy = sum(b * b for b in y)
+        ss = sum(a * a for a in s)
+        if sy > 1e-12 * math.sqrt(ss * yy):
             if B is None:
-                B = (sy / yy) * eye
+                B = [[sy / yy if i == j else 0.0 for j in idx] for i in idx]
             rho = 1.0 / sy
-            V = eye - rho * np.outer(s, y)
-            B = V @ B @ V.T + rho * np.outer(s, s)
+            By = [sum(B[i][j] * y[j] for j in idx) for i in idx]
+            yB = [sum(y[i] * B[i][j] for i in idx) for j in idx]
+            c = rho * rho * sum(y[i] * By[i] for i in idx) + rho
+            B = [[B[i][j] - rho * (s[i] * yB[j] + By[i] * s[j]) + c * s[i] * s[j] for j in idx]
+                 for i in idx]
         decrease = f - fn
-        x, f, g = xn, fn, gn
+        x, f, g, x_arr = xn, fn, gn, xn_arr
         if decrease < ftol_abs:
             # no progress: settled when the decrement estimated before the step was small
-            return x, f, bool(B is not None and -slope <= 1e-6)
-    return x, f, False
+            return x_arr, f, bool(B is not None and -slope <= 1e-6)
+    return x_arr, f, False
 
 
 def _snap_to_bounds(obj: _Counted, x: np.ndarray, f: float, lower: np.ndarray,
