@@ -1186,26 +1186,48 @@ class ProfiledDeviance:
             return ident
         u = np.append(-beta, 1.0)
         F = self._F
-        positive = F[np.arange(q), np.arange(q)] > 0             # (q, m)
+        positive = np.diagonal(F, axis1=0, axis2=1).T > 0          # (q, m)
         full = positive.all(axis=0)
         n_full = int(full.sum())
         if n_full < q + 2:
             return ident
-        every = n_full == self._m                 # no copies of F and G then
-        Ff = F if every else F[:, :, full]
-        g = u @ (self._G if every else self._G[:, :, full])        # G_j u (q, m)
-        if q == 2:                                # R_j = [[f0, f1], [0, f2]] (closed forms)
-            f0, f1, f2 = Ff[0, 0], Ff[1, 0], Ff[1, 1]
+        every = n_full == self._m
+        rank = int(positive.sum())
+        dof = max(self.stats.nobs - rank - p, 1)
+        sigma2 = float(u @ self._within @ u) / dof
+        if not (np.isfinite(sigma2) and sigma2 > 0):
+            return ident
+        if q <= 2:
+            # closed forms on every group (the rank-deficient ones given unit roots and
+            # weight 0 in the moments): no copies of F and G
+            g = u @ self._G                                         # G_j u (q, m)
+            wt = None if every else full.astype(float)
+            diag = [F[i, i] if every else np.where(full, F[i, i], 1.0) for i in range(q)]
             b = np.empty_like(g)
-            np.divide(g[1], f2, out=b[1])
-            np.divide(g[0] - f1 * b[1], f0, out=b[0])
-            # diag((F F')^{-1}) = (1 / f0^2 + (f1 / (f0 f2))^2, 1 / f2^2)
             Sinv_diag = np.empty_like(g)
-            np.divide(1.0, f2 * f2, out=Sinv_diag[1])
-            np.multiply(f1 * f1, Sinv_diag[1], out=Sinv_diag[0])
-            Sinv_diag[0] += 1.0
-            Sinv_diag[0] /= f0 * f0
+            if q == 1:
+                np.divide(g[0], diag[0], out=b[0])
+                np.divide(1.0, diag[0] * diag[0], out=Sinv_diag[0])
+            else:                                 # R_j = [[f0, f1], [0, f2]]
+                f0, f1, f2 = diag[0], F[1, 0], diag[1]
+                np.divide(g[1], f2, out=b[1])
+                np.divide(g[0] - f1 * b[1], f0, out=b[0])
+                # diag((F F')^{-1}) = (1 / f0^2 + (f1 / (f0 f2))^2, 1 / f2^2)
+                np.divide(1.0, f2 * f2, out=Sinv_diag[1])
+                np.multiply(f1 * f1, Sinv_diag[1], out=Sinv_diag[0])
+                Sinv_diag[0] += 1.0
+                Sinv_diag[0] /= f0 * f0
+            if wt is None:
+                b -= b.mean(axis=1, keepdims=True)
+                var_b = np.einsum("am,am->a", b, b) / n_full
+                mean_sinv = Sinv_diag.mean(axis=1)
+            else:
+                b -= ((b @ wt) / n_full)[:, None]
+                var_b = ((b * b) @ wt) / n_full
+                mean_sinv = (Sinv_diag @ wt) / n_full
         else:
+            keep = np.flatnonzero(full)
+            Ff, g = F.take(keep, axis=2), u @ self._G.take(keep, axis=2)
             b = np.zeros_like(g)
             for i in range(q - 1, -1, -1):      # back-solve R_j b_j = g_j (R_j = F_j')
                 v = g[i] - (np.einsum("km,km->m", Ff[i + 1:, i], b[i + 1:])
@@ -1213,13 +1235,10 @@ class ProfiledDeviance:
                 b[i] = v / Ff[i, i]
             Finv = batched_inverse_lower(Ff)
             Sinv_diag = np.einsum("kam,kam->am", Finv, Finv)     # diag((F F')^{-1})
-        rank = int(positive.sum())
-        dof = max(self.stats.nobs - rank - p, 1)
-        sigma2 = float(u @ self._within @ u) / dof
-        if not (np.isfinite(sigma2) and sigma2 > 0):
-            return ident
-        b -= b.mean(axis=1, keepdims=True)
-        psi = np.einsum("am,am->a", b, b) / b.shape[1] - sigma2 * Sinv_diag.mean(axis=1)
+            b -= b.mean(axis=1, keepdims=True)
+            var_b = np.einsum("am,am->a", b, b) / n_full
+            mean_sinv = Sinv_diag.mean(axis=1)
+        psi = var_b - sigma2 * mean_sinv
         # a variance the moments cannot see starts at lme4's 1, not near the boundary
         d = np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4)
         unseen = ~(psi > 0)
