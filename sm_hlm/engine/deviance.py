@@ -286,6 +286,93 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
     return Q, np.ascontiguousarray(R.transpose(1, 0, 2)), kept
 
 
+def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
+                        counts: np.ndarray, tol: float = _QR_TOL, *,
+                        buf: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`group_qr`, the projections G_j and sum_j E_j'E_j when Z's first column is constant.
+
+    The common random intercept (and slope): with a constant first column c of Z
+    (q = 1 or 2) the per-group QR is closed-form, Q_j's first column is
+    sign(c)/sqrt(n_j) and projecting it out of a column subtracts its group mean,
+    so that every step is a per-group sum or a broadcast of the group values over
+    several columns at once (rows sorted by group).
+
+    Parameters
+    ----------
+    Zt : (q, n)
+        The rows of Z' (Z's columns, each contiguous), ``Zt[0]`` constant and
+        nonzero; overwritten by Q'.
+    Wt : (r, n)
+        The rows of W' (W's columns, each contiguous); overwritten by E'.
+    starts, counts
+        First row and row count of each group.
+    buf : (n,), optional
+        A float workspace.
+
+    Returns
+    -------
+    F : (q, q, m), G : (q, r, m), within : (r, r)
+        As :func:`group_qr` (F = R'), ``group_crossprod(Q, W)`` and
+        ``_within_crossprod(W, Q, G)``, equal to them up to rounding.
+
+    Notes
+    -----
+    With Q_j0 = s / sqrt(n_j) (s the sign of c): R_j00 = |c| sqrt(n_j),
+    G_j0 = s 1'W_j / sqrt(n_j), and W_j - Q_j0 G_j0 = W_j - 1 mean_j(W).  The
+    second column z is centred within its group twice (Gram-Schmidt with one
+    reorthogonalisation, as :func:`group_qr`): R_j01 = s (1'z_j + 1'z~_j) / sqrt(n_j)
+    with z~ the once-centred column; it is aliased in group j when the norm of the
+    centred column is at most ``tol`` times that of z_j.  Then Q_j1 = z_j / R_j11,
+    G_j1 = Q_j1'(W_j - 1 mean_j(W)) (equal to Q_j1'W_j, as Q_j1 is orthogonal to
+    1) and E_j = W_j - 1 mean_j(W) - Q_j1 G_j1, formed from the rows.
+    """
+    q, n = Zt.shape
+    r = Wt.shape[0]
+    m = len(starts)
+    buf = np.empty(n) if buf is None else buf
+    nj = counts.astype(float)
+    root_n = np.sqrt(nj)
+    c = float(Zt[0, 0])
+    sign = 1.0 if c > 0 else -1.0
+    F = np.zeros((q, q, m))
+    G = np.empty((q, r, m))
+    F[0, 0] = abs(c) * root_n
+    # one row (a column of W) at a time: a 2-d reduceat or repeat is no faster, and
+    # row-sized temporaries only (a large one per call costs page faults)
+    for i in range(r):
+        w = Wt[i]
+        s = np.add.reduceat(w, starts)
+        np.multiply(s, sign / root_n, out=G[0, i])
+        w -= np.repeat(s / nj, counts)                            # W - group means
+    if q == 2:
+        z = Zt[1]
+        np.multiply(z, z, out=buf)
+        norm0 = np.sqrt(np.add.reduceat(buf, starts))
+        s1 = np.add.reduceat(z, starts)
+        z -= np.repeat(s1 / nj, counts)
+        s2 = np.add.reduceat(z, starts)                           # reorthogonalisation
+        z -= np.repeat(s2 / nj, counts)
+        F[1, 0] = (s1 + s2) * (sign / root_n)
+        np.multiply(z, z, out=buf)
+        nk = np.sqrt(np.add.reduceat(buf, starts))
+        ok = nk > tol * norm0
+        F[1, 1] = np.where(ok, nk, 0.0)
+        z *= np.repeat(np.where(ok, 1.0 / np.where(ok, nk, 1.0), 0.0), counts)   # Q_1
+        for i in range(r):
+            w = Wt[i]
+            np.multiply(w, z, out=buf)
+            g = np.add.reduceat(buf, starts)
+            G[1, i] = g
+            np.multiply(np.repeat(g, counts), z, out=buf)
+            w -= buf
+    Zt[0] = np.repeat(sign / root_n, counts)
+    return F, G, Wt @ Wt.T
+
+
+#: Whether :func:`working_stats` uses the closed-form QR (:func:`_intercept_qr_stats`)
+#: where it applies (unweighted rows, q <= 2, Z's first column constant)
+_CLOSED_FORM_QR = True
 #: Rows per block of :func:`working_stats` (blocks end at group boundaries).
 _ROW_BLOCK = 1 << 16
 
@@ -494,6 +581,15 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         if not q:
             Wg = Wb if gsc is None else Wb * gsc
             WtW += Wg.T @ Wg
+            continue
+        if (_CLOSED_FORM_QR and gsc is None and sqrt_w is None and q <= 2
+                and is_constant(Zb[:, 0])):
+            # a random intercept (and slope), unweighted: the closed-form QR
+            Fb, Gb, wb = _intercept_qr_stats(Zb.T, Wb.T, st, counts[ga:gb],
+                                             buf=scratch[:b - a])
+            F[:, :, ga:gb] = Fb
+            G[:, :, ga:gb] = Gb
+            within += wb
             continue
         Qb, Fb, _ = group_qr(Zb, st, out=Zb, overwrite_z=True, buf=scratch[:b - a])
         Gb = group_crossprod(Qb, Wb, st)
