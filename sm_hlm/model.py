@@ -22,7 +22,8 @@ from . import groupwise
 from .data import (check_columns, check_numeric_response, factorize_sorted, group_order,
                    handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
-from .engine.deviance import ProfiledDeviance, SufficientStats, is_constant, working_stats
+from .engine.deviance import (ProfiledDeviance, SufficientStats, constant_columns,
+                               working_stats)
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from ._compat import require_nlopt
 from .formula.parse import RandomTermSpec, parse_formula
@@ -341,11 +342,14 @@ class HLM(LikelihoodModel):
             start += t.k
         rw = (self.weights if self.weights is not None else
               None if self.survey is None else self.survey.row)     # row order, as the data
+        #: which columns of X are constant and nonzero (:func:`constant_columns`)
+        self._exog_const = constant_columns(self.exog)
         return working_stats(self.exog, self.endog, self.exog_re, self._starts, blocks,
                              precision_weights=rw if self.weight_type == "precision" else None,
                              survey_weights=(None if self.survey is None
                                              else [rw, self.survey.group]),
-                             order=None if self._sorted else self._order)
+                             order=None if self._sorted else self._order,
+                             x_const=self._exog_const)
 
     def _aliased_columns(self) -> list[int]:
         """Columns of X that R's ``qr(X, tol = 1e-7)`` (lme4's rank check) finds aliased.
@@ -358,7 +362,9 @@ class HLM(LikelihoodModel):
         otherwise a QR decomposition of the columns decides, as R does.
         """
         p = self.k_fe
-        const = np.array([is_constant(self.exog[:, i]) for i in range(p)], dtype=bool)
+        const = self.__dict__.get("_exog_const")
+        if const is None or len(const) != p:
+            const = constant_columns(self.exog)
         gram = self._work.column_gram
         if gram is not None and p and (not const.any() or (const[0] and not const[1:].any())):
             # the working statistics hold these columns' cross products already: centred

@@ -279,3 +279,59 @@ def test_closed_form_qr_fit_equals_the_general_path(monkeypatch) -> None:
     assert a.llf == pytest.approx(b.llf, rel=1e-12)
     np.testing.assert_allclose(a.fe_params, b.fe_params, rtol=1e-9)
     np.testing.assert_allclose(a.cov_re, b.cov_re, rtol=1e-7)
+
+
+def _column_by_column_map(X, y):
+    """D_0 and the Gram matrix of [X y] D_0, column by column (the fallback of _fixed_map)."""
+    p = X.shape[1]
+    cols = [X[:, i] for i in range(p)] + [y]
+    const = [deviance_mod.is_constant(c) for c in cols]
+    D = deviance_mod._column_map(cols, [(0, p + 1, True)], const=const)
+    if p and not any(const[:p]):
+        D = deviance_mod._column_map(cols, [(0, p + 1, False)], const=const)
+    W = deviance_mod._w_times(X, y, slice(0, len(y)), D)
+    return D, W.T @ W
+
+
+@pytest.mark.parametrize("layout", ["first", "middle", "none", "two", "negative"])
+def test_fixed_map_equals_the_column_map(layout) -> None:
+    rng = np.random.default_rng(4)
+    n = 3000
+    x1 = 50.0 + 3.0 * rng.normal(size=n)
+    x2 = -1e4 + rng.normal(size=n)
+    one = np.ones(n)
+    X = {"first": [one, x1, x2], "middle": [x1, one, x2], "none": [x1, x2],
+         "two": [one, x1, np.full(n, 3.0), x2], "negative": [np.full(n, -2.0), x1]}[layout]
+    X = np.column_stack(X)
+    y = 7.0 + x1 + rng.normal(size=n)
+    const = deviance_mod.constant_columns(X)
+    np.testing.assert_array_equal(const, [deviance_mod.is_constant(c) for c in X.T])
+    wbuf = np.empty((n, X.shape[1] + 2), order="F")
+    mapped = deviance_mod._fixed_map(X, y, const, wbuf)
+    if layout == "two":           # a second constant column centres to zero: column by column
+        assert mapped is None
+        return
+    D, gram = mapped
+    D_ref, gram_ref = _column_by_column_map(X, y)
+    np.testing.assert_allclose(D, D_ref, rtol=1e-12, atol=1e-12 * np.abs(D_ref).max())
+    # entries that vanish (a centred column against the constant) are rounding noise of
+    # the size of n eps |mean| / sd in both
+    tol = 1e-10 * np.abs(gram_ref).max()
+    np.testing.assert_allclose(gram, gram_ref, rtol=1e-10, atol=tol)
+    W = deviance_mod._w_times(X, y, slice(0, n), D)
+    np.testing.assert_allclose(W.T @ W, gram, rtol=1e-10, atol=tol)
+
+
+def test_fixed_map_falls_back_on_zero_columns() -> None:
+    n = 200
+    x = np.linspace(-1.0, 1.0, n)
+    X = np.column_stack([np.ones(n), x, np.zeros(n)])
+    y = x ** 2
+    const = deviance_mod.constant_columns(X)
+    assert deviance_mod._fixed_map(X, y, const, np.empty((n, 5), order="F")) is None
+    assert deviance_mod._fixed_map(X[:, :0], y, const[:0], np.empty((n, 2), order="F")) is None
+    st, rp, _ = deviance_mod.working_stats(X, y, np.ones((n, 1)), np.arange(0, n, 10),
+                                           [(0, 1, False)])
+    D_ref, gram_ref = _column_by_column_map(X, y)
+    np.testing.assert_array_equal(st.column_gram, gram_ref)
+    assert np.all(np.isfinite(rp.D))

@@ -66,7 +66,8 @@ from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_so
 from .small import SmallKernel
 
 __all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
-           "working_stats", "root_factors", "group_qr", "residual_quadratic", "is_constant"]
+           "working_stats", "root_factors", "group_qr", "residual_quadratic", "is_constant",
+           "constant_columns"]
 #: A column of Z_j whose residual norm after the earlier columns (QR) is below this
 #: fraction of its norm is aliased in group j.
 _QR_TOL = 1e-11
@@ -387,6 +388,59 @@ def is_constant(x: np.ndarray) -> bool:
     return bool(np.all(x == x[0]))
 
 
+def constant_columns(A: np.ndarray) -> np.ndarray:
+    """:func:`is_constant` of each column of a 2-d array, as a boolean array."""
+    n, k = A.shape
+    out = np.zeros(k, dtype=bool)
+    if not n or not k:
+        return out
+    first = A[0]
+    # one comparison of a prefix of rows decides most varying columns
+    cand = (first != 0) & ~(A[:4096] != first).any(axis=0)
+    for i in np.flatnonzero(cand):                               # the few constant columns
+        out[i] = bool(np.all(A[:, i] == first[i]))
+    return out
+
+
+def _fixed_map(X: np.ndarray, y: np.ndarray, const: np.ndarray, wbuf: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The centring and scaling map D_0 of [X y] and the Gram matrix of [X y] D_0.
+
+    The map of :func:`_column_map` with X's first constant column (if any) as the
+    centring column of X and y (``const``: :func:`is_constant` of X's columns), the
+    scales taken from the Gram matrix of the centred columns: one pass over the rows
+    (plain blocks, in ``wbuf``) after their means.  None when a column's scale is zero
+    or not finite (:func:`_column_map` leaves such a column alone), or without X.
+    """
+    n, p = X.shape
+    if not p or not n:
+        return None
+    k = p + 1
+    cs = np.flatnonzero(const[:p])
+    j0 = int(cs[0]) if len(cs) else None
+    mu = np.zeros(k)
+    if j0 is not None:                  # columns after the constant one, and y, centred
+        mu[j0 + 1:p] = np.add.reduce(X[:, j0 + 1:], axis=0) / n
+        mu[p] = np.add.reduce(y) / n
+    gram0 = np.zeros((k, k))
+    for a in range(0, n, _ROW_BLOCK):
+        b = min(a + _ROW_BLOCK, n)
+        Wb = wbuf[:b - a, :k]
+        np.subtract(X[a:b], mu[:p], out=Wb[:, :p])
+        np.subtract(y[a:b], mu[p], out=Wb[:, p])
+        gram0 += Wb.T @ Wb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = 1.0 / np.sqrt(np.diag(gram0) / n)
+    if j0 is not None:
+        scale[j0] = 1.0 / X[0, j0]
+    if not np.all(np.isfinite(scale)):
+        return None
+    D = np.diag(scale)
+    if j0 is not None:
+        D[j0, j0 + 1:] = -mu[j0 + 1:] * scale[j0 + 1:] * scale[j0]
+    return D, gram0 * np.outer(scale, scale)
+
+
 def _column_map(cols: Sequence[np.ndarray], blocks: list[tuple[int, int, bool]], *,
                 const: Sequence[bool] | None = None, buf: np.ndarray | None = None
                 ) -> np.ndarray:
@@ -462,7 +516,7 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
                   z_blocks: list[tuple[int, int, bool]], *,
                   precision_weights: np.ndarray | None = None,
                   survey_weights: Sequence[np.ndarray] | None = None,
-                  order: np.ndarray | None = None
+                  order: np.ndarray | None = None, x_const: np.ndarray | None = None
                   ) -> tuple[SufficientStats, Reparametrization, np.ndarray]:
     """Sufficient statistics in centred and scaled coordinates, with the within part.
 
@@ -488,6 +542,8 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         The permutation sorting the rows by group (``X[order]`` is sorted);
         None: the rows are sorted.  Rows are gathered block by block, never
         copied whole.
+    x_const : (p,) bool, optional
+        :func:`constant_columns` of X (computed when omitted).
 
     Notes
     -----
@@ -522,18 +578,24 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     size = max([b - a for a, b, _, _ in blocks] + [min(n, _ROW_BLOCK)])
     wbuf = np.empty((size, p + 2), order="F")
     scratch = wbuf[:, p + 1]
-    wcols = [X[:, i] for i in range(p)] + [y]
-    const = [is_constant(c) for c in wcols]
-    D = _column_map(wcols, [(0, p + 1, True)], const=const, buf=scratch)
-    if p and not any(const[:p]):
-        D = _column_map(wcols, [(0, p + 1, False)], const=const, buf=scratch)
+    if x_const is None:
+        x_const = constant_columns(X)
+    mapped = _fixed_map(X, y, x_const, wbuf)
+    if mapped is not None:
+        D, gram = mapped
+    else:                               # a column of zero scale, or no X: column by column
+        wcols = [X[:, i] for i in range(p)] + [y]
+        const = list(x_const) + [is_constant(y)]
+        D = _column_map(wcols, [(0, p + 1, True)], const=const, buf=scratch)
+        if p and not any(const[:p]):
+            D = _column_map(wcols, [(0, p + 1, False)], const=const, buf=scratch)
+        gram = np.zeros((p + 1, p + 1))
+        for a in range(0, n, _ROW_BLOCK):          # the Gram matrix of W D, block by block
+            b = min(a + _ROW_BLOCK, n)
+            Wb = _w_times(X, y, slice(a, b), D, out=wbuf[:b - a])
+            gram += Wb.T @ Wb
     # then orthonormalise the columns (one step of Cholesky QR): W~'W~ = I up to rounding,
     # so that near-collinear predictors do not cost digits in A(theta) and its factor
-    gram = np.zeros((p + 1, p + 1))
-    for a in range(0, n, _ROW_BLOCK):          # the Gram matrix of W D, block by block
-        b = min(a + _ROW_BLOCK, n)
-        Wb = _w_times(X, y, slice(a, b), D, out=wbuf[:b - a])
-        gram += Wb.T @ Wb
     try:
         U = np.linalg.cholesky(gram).T                           # upper, W~'W~ = U'U
         Dq = D @ np.linalg.inv(U)                                 # still upper triangular
