@@ -324,7 +324,8 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
     second column z is centred within its group twice (Gram-Schmidt with one
     reorthogonalisation, as :func:`group_qr`): R_j01 = s (1'z_j + 1'z~_j) / sqrt(n_j)
     with z~ the once-centred column; it is aliased in group j when the norm of the
-    centred column is at most ``tol`` times that of z_j.  Then Q_j1 = z_j / R_j11,
+    centred column is at most ``tol`` times that of z_j (|z_j|^2 = |centred z_j|^2 +
+    (1'z_j)^2 / n_j).  Then Q_j1 = z_j / R_j11,
     G_j1 = Q_j1'(W_j - 1 mean_j(W)) (equal to Q_j1'W_j, as Q_j1 is orthogonal to
     1) and E_j = W_j - 1 mean_j(W) - Q_j1 G_j1, formed from the rows.
     """
@@ -348,16 +349,16 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
         w -= np.repeat(s / nj, counts)                            # W - group means
     if q == 2:
         z = Zt[1]
-        np.multiply(z, z, out=buf)
-        norm0 = np.sqrt(np.add.reduceat(buf, starts))
         s1 = np.add.reduceat(z, starts)
         z -= np.repeat(s1 / nj, counts)
         s2 = np.add.reduceat(z, starts)                           # reorthogonalisation
         z -= np.repeat(s2 / nj, counts)
         F[1, 0] = (s1 + s2) * (sign / root_n)
         np.multiply(z, z, out=buf)
-        nk = np.sqrt(np.add.reduceat(buf, starts))
-        ok = nk > tol * norm0
+        nk2 = np.add.reduceat(buf, starts)
+        nk = np.sqrt(nk2)
+        # |z_j|^2 = |centred z_j|^2 + (1'z_j)^2 / n_j: the norm of the tolerance
+        ok = nk > tol * np.sqrt(nk2 + s1 * s1 / nj)
         F[1, 1] = np.where(ok, nk, 0.0)
         z *= np.repeat(np.where(ok, 1.0 / np.where(ok, nk, 1.0), 0.0), counts)   # Q_1
         for i in range(r):
