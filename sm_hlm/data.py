@@ -16,7 +16,7 @@ import pandas as pd
 
 from .exceptions import DroppedRowsWarning, MissingDataError
 
-__all__ = ["factorize_sorted", "group_order", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
+__all__ = ["factorize_sorted", "factorize_groups", "group_order", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
            "check_numeric_response"]
 
 
@@ -170,7 +170,18 @@ def factorize_sorted(values: object) -> tuple[np.ndarray, pd.Index]:
     Labels that cannot be ordered (mixed types) keep their order of first
     appearance.  Codes are ``np.intp``; labels keep the name of a Series.
     """
+    return factorize_groups(values)[:2]
+
+
+def factorize_groups(values: object) -> tuple[np.ndarray, pd.Index, np.ndarray, bool]:
+    """:func:`factorize_sorted`, with each group's first row in the sorted order.
+
+    Returns ``(codes, labels, starts, is_sorted)``: ``starts[k]`` is the index of
+    group k's first row once the rows are sorted by code (stable), and
+    ``is_sorted`` whether they are already (codes non-decreasing).
+    """
     s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
+    name = getattr(values, "name", None)
     if isinstance(s.dtype, np.dtype) and s.dtype.kind in "iu" and len(s):
         # integer labels already in order (data sorted by group, the common layout): the
         # codes are a running count of changes, without hashing
@@ -182,9 +193,12 @@ def factorize_sorted(values: object) -> tuple[np.ndarray, pd.Index]:
             first = np.flatnonzero(new)
             codes = np.repeat(np.arange(len(first), dtype=np.intp),
                               np.diff(np.append(first, len(v))))
-            return codes, pd.Index(v[first], name=getattr(values, "name", None))
+            return codes, pd.Index(v[first], name=name), first.astype(np.intp), True
     try:
         codes, labels = pd.factorize(s, sort=True)
     except TypeError:
         codes, labels = pd.factorize(s, sort=False)
-    return np.asarray(codes, dtype=np.intp), pd.Index(labels, name=getattr(values, "name", None))
+    codes = np.asarray(codes, dtype=np.intp)
+    counts = np.bincount(codes, minlength=len(labels))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+    return codes, pd.Index(labels, name=name), starts, bool(np.all(codes[1:] >= codes[:-1]))

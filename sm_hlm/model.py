@@ -19,7 +19,7 @@ import pandas as pd
 from statsmodels.base.model import LikelihoodModel
 
 from . import groupwise
-from .data import (check_columns, check_numeric_response, factorize_sorted, group_order,
+from .data import (check_columns, check_numeric_response, factorize_groups, group_order,
                    handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
 from .engine.deviance import (ProfiledDeviance, SufficientStats, constant_columns,
@@ -218,7 +218,7 @@ class HLM(LikelihoodModel):
             raise ValueError(f"re_terms describe {self.re_design.q} columns but exog_re has "
                              f"{self.exog_re.shape[1]}")
         self.data.param_names = list(self.exog_names) + self.re_design.vcomp_names()
-        codes, labels = factorize_sorted(self.groups)
+        codes, labels, starts, is_sorted = factorize_groups(self.groups)
         self.group_codes = codes
         self.group_labels = labels
         self.n_groups = len(labels)
@@ -229,10 +229,8 @@ class HLM(LikelihoodModel):
         self.df_resid = self.nobs - self.k_fe
         # rows sorted by group (the common layout) need no permutation; otherwise a
         # counting sort by the codes (:attr:`_order`)
-        self._sorted = bool(np.all(codes[1:] >= codes[:-1]))
-        counts = np.bincount(codes, minlength=self.n_groups)
-        self.group_sizes = pd.Series(counts, index=labels, name="nobs")
-        self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+        self._sorted = is_sorted
+        self._starts = starts
         self._set_weights(weights, survey_weights, weight_scaling)
         self._work, self._reparam, self._work_q = self._working_stats()
         self._check_identifiable()
@@ -304,6 +302,12 @@ class HLM(LikelihoodModel):
         return None if self.survey is None else self.survey.group
 
     # ------------------------------------------------------------------ data
+    @functools.cached_property
+    def group_sizes(self) -> pd.Series:
+        """Rows of each group (``"nobs"``), indexed by the group labels."""
+        counts = np.diff(np.append(self._starts, len(self.group_codes)))
+        return pd.Series(counts, index=self.group_labels, name="nobs")
+
     @functools.cached_property
     def _order(self) -> np.ndarray:
         """The stable permutation sorting the rows by group (a counting sort by the codes)."""
