@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from statsmodels.base.data import ModelData, PandasData
 from statsmodels.base.model import LikelihoodModel
 
 from . import groupwise
@@ -75,6 +76,21 @@ def _weight_columns(data: pd.DataFrame, kwargs: dict[str, Any]
             data = data.assign(**{name: arr})
             out[role] = name
     return data, out
+
+
+class _FrameData(PandasData):
+    """statsmodels' :class:`~statsmodels.base.data.PandasData` for a response Series and
+    a design DataFrame, converted with ``to_numpy`` (the same arrays as ``np.asarray``,
+    without pandas' per-call dtype bookkeeping of ``DataFrame.__array__``)."""
+
+    def _convert_endog_exog(self, endog: Any, exog: Any = None) -> tuple[Any, Any]:
+        if not (isinstance(endog, pd.Series) and isinstance(exog, pd.DataFrame)):
+            return super()._convert_endog_exog(endog, exog)
+        yarr = endog.to_numpy()
+        if yarr.dtype == object:
+            raise ValueError("Pandas data cast to numpy dtype of object. "
+                             "Check input data with np.asarray(data).")
+        return ModelData._convert_endog_exog(self, yarr, exog.to_numpy(dtype=float))
 
 
 class HLM(LikelihoodModel):
@@ -242,6 +258,18 @@ class HLM(LikelihoodModel):
         if self.residual is not None:
             from .whitening import ResidualKernel
             self._residual_kernel = ResidualKernel(self, self.residual)
+
+    def _handle_data(self, endog: Any, exog: Any, missing: str, hasconst: bool | None,
+                     **kwargs: Any) -> Any:
+        """statsmodels' data handling; a Series and a DataFrame (the formula path) as
+        :class:`_FrameData` (a :class:`~statsmodels.base.data.PandasData`)."""
+        if not (isinstance(endog, pd.Series) and isinstance(exog, pd.DataFrame)):
+            return super()._handle_data(endog, exog, missing, hasconst, **kwargs)
+        data = _FrameData(endog, exog=exog, missing=missing, hasconst=hasconst, **kwargs)
+        for key in kwargs:          # the extra arrays move to the model, as statsmodels does
+            if key not in ("model_spec", "formula") and key in data.__dict__:
+                setattr(self, key, data.__dict__.pop(key))
+        return data
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
