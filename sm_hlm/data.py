@@ -186,14 +186,15 @@ def factorize_groups(values: object) -> tuple[np.ndarray, pd.Index, np.ndarray, 
         # integer labels already in order (data sorted by group, the common layout): the
         # codes are a running count of changes, without hashing
         v = s.to_numpy()
-        if np.all(v[1:] >= v[:-1]):
-            new = np.empty(len(v), dtype=bool)
-            new[0] = True
-            np.not_equal(v[1:], v[:-1], out=new[1:])
-            first = np.flatnonzero(new)
+        new = np.empty(len(v), dtype=bool)
+        new[0] = True
+        np.not_equal(v[1:], v[:-1], out=new[1:])
+        first = np.flatnonzero(new)
+        runs = v[first]                 # the label of each run of equal labels
+        if np.all(runs[1:] > runs[:-1]):                  # increasing: the rows are sorted
             codes = np.repeat(np.arange(len(first), dtype=np.intp),
                               np.diff(np.append(first, len(v))))
-            return codes, pd.Index(v[first], name=name), first.astype(np.intp), True
+            return codes, pd.Index(runs, name=name), first.astype(np.intp, copy=False), True
     try:
         codes, labels = pd.factorize(s, sort=True)
     except TypeError:

@@ -335,3 +335,18 @@ def test_fixed_map_falls_back_on_zero_columns() -> None:
     D_ref, gram_ref = _column_by_column_map(X, y)
     np.testing.assert_array_equal(st.column_gram, gram_ref)
     assert np.all(np.isfinite(rp.D))
+
+
+@pytest.mark.parametrize("labels", [[3, 3, 5, 9, 9, 9], [3, 3, 5, 3, 9], [9, 5, 5, 3],
+                                    ["b", "a", "b"], [7]])
+def test_factorize_groups_layout(labels) -> None:
+    from sm_hlm.data import factorize_groups
+    s = pd.Series(labels, name="g")
+    codes, lab, starts, is_sorted = factorize_groups(s)
+    rc, rl = pd.factorize(s, sort=True)
+    np.testing.assert_array_equal(codes, rc)
+    np.testing.assert_array_equal(lab.to_numpy(), np.asarray(rl))
+    assert lab.name == "g" and codes.dtype == np.intp and starts.dtype == np.intp
+    sizes = np.bincount(rc)
+    np.testing.assert_array_equal(starts, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+    assert is_sorted == bool(np.all(np.diff(rc) >= 0))
