@@ -472,15 +472,26 @@ class HLM(LikelihoodModel):
                 f"the fixed-effects design is rank deficient: column(s) {names} are linear "
                 "combinations of the columns before them (or constant); drop them")
         from .crosslevel import LEVEL2_ATOL, warn_level2_in_random
-        # columns constant over all rows are intercepts, not group-level variables
-        candidate = (np.ptp(self.exog_re, axis=0) > 0 if len(self.exog_re)
-                     else np.zeros(self.k_re, bool))
+        # columns constant over all rows are intercepts, not group-level variables (a
+        # prefix of the rows shows most columns vary)
+        Zr, starts = self.exog_re, self._starts
+        candidate = np.zeros(self.k_re, bool)
+        if len(Zr):
+            candidate = (Zr[:4096] != Zr[0]).any(axis=0)
+            rest = np.flatnonzero(~candidate)
+            candidate[rest] = np.ptp(Zr[:, rest], axis=0) > 0
         # a column that varies within some group is not a level-2 variable either: decided
-        # from each group's range on the sorted rows; only the others get the full check
+        # from each group's range on the sorted rows, first those of the groups in a prefix
+        # of them (a group cut short has a smaller range); only the others get the full check
+        lim = min(len(Zr), 4096)
+        head = slice(0, lim) if self._sorted else self._order[:lim]
+        head_starts = starts[starts < lim]
         for k in np.flatnonzero(candidate):                  # the tiny q dimension
-            z = self._sorted_rows(self.exog_re[:, k])
-            spread = np.maximum.reduceat(z, self._starts) - np.minimum.reduceat(z, self._starts)
-            candidate[k] = not np.any(spread > LEVEL2_ATOL)
+            for z, st in ((Zr[head, k], head_starts), (self._sorted_rows(Zr[:, k]), starts)):
+                spread = np.maximum.reduceat(z, st) - np.minimum.reduceat(z, st)
+                if np.any(spread > LEVEL2_ATOL):
+                    candidate[k] = False
+                    break
         re_cols = [c for c, v in zip(self.re_design.names, candidate) if v]
         if re_cols:
             frame = pd.DataFrame(self.exog_re[:, candidate], columns=re_cols)
