@@ -563,6 +563,13 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     each group's part of ``within`` (and of ``WtW``); G_j is kept unweighted
     and :class:`ProfiledDeviance` weights G_j'M_j^{-1}G_j and log|M_j|.
 
+    D_0 (the centring and scaling before the Cholesky QR step) takes its scales
+    from the Gram matrix of the centred columns (:func:`_fixed_map`).  Unweighted
+    rows whose Z has a constant first column and q <= 2 (a random intercept, or
+    intercept and slope) use the closed-form per-group QR of
+    :func:`_intercept_qr_stats` instead of :func:`group_qr`; the statistics are
+    the same up to rounding.
+
     Every row-level step runs on blocks of whole groups of about
     ``_ROW_BLOCK`` rows (the column maps and the Gram matrix of the first
     map on plain blocks of rows), so that no transformed copy of [X y] or Z
