@@ -648,8 +648,7 @@ class HLM(LikelihoodModel):
         if y.shape[1] != 1:
             raise TypeError(f"the response {parsed.response!r} must be a single numeric column, "
                             f"the formula made {y.shape[1]} columns {list(y.columns)}")
-        # the one column, as y.iloc[:, 0] (its own writable copy), at a fraction of its cost
-        y = pd.Series(np.array(y.to_numpy()[:, 0]), index=y.index, name=y.columns[0])
+        y = y[y.columns[0]]             # the one column (as y.iloc[:, 0], at a third of its cost)
         terms: list[RandomEffectsTerm] = []
         blocks = []
         for s in specs:
