@@ -289,7 +289,7 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
 
 def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
                         counts: np.ndarray, tol: float = _QR_TOL, *,
-                        buf: np.ndarray | None = None
+                        buf: np.ndarray | None = None, const_first: bool = False
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`group_qr`, the projections G_j and sum_j E_j'E_j when Z's first column is constant.
 
@@ -310,6 +310,10 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
         First row and row count of each group.
     buf : (n,), optional
         A float workspace.
+    const_first : bool
+        Whether W's first column is constant (X's intercept): its residuals are
+        zero and its projections closed-form (s c_w sqrt(n_j) on the first column
+        of Q_j, zero on the second).
 
     Returns
     -------
@@ -340,9 +344,15 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
     F = np.zeros((q, q, m))
     G = np.empty((q, r, m))
     F[0, 0] = abs(c) * root_n
+    first = 0
+    if const_first and r:
+        G[0, 0] = (sign * float(Wt[0, 0])) * root_n
+        G[1:, 0] = 0.0
+        Wt[0] = 0.0
+        first = 1
     # one row (a column of W) at a time: a 2-d reduceat or repeat is no faster, and
     # row-sized temporaries only (a large one per call costs page faults)
-    for i in range(r):
+    for i in range(first, r):
         w = Wt[i]
         s = np.add.reduceat(w, starts)
         np.multiply(s, sign / root_n, out=G[0, i])
@@ -361,7 +371,7 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
         ok = nk > tol * np.sqrt(nk2 + s1 * s1 / nj)
         F[1, 1] = np.where(ok, nk, 0.0)
         z *= np.repeat(np.where(ok, 1.0 / np.where(ok, nk, 1.0), 0.0), counts)   # Q_1
-        for i in range(r):
+        for i in range(first, r):
             w = Wt[i]
             np.multiply(w, z, out=buf)
             g = np.add.reduceat(buf, starts)
@@ -655,8 +665,10 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         if (_CLOSED_FORM_QR and gsc is None and sqrt_w is None and q <= 2
                 and is_constant(Zb[:, 0])):
             # a random intercept (and slope), unweighted: the closed-form QR
+            # W D's first column is D_00 times X's: constant with X's (D upper triangular)
             Fb, Gb, wb = _intercept_qr_stats(Zb.T, Wb.T, st, counts[ga:gb],
-                                             buf=scratch[:b - a])
+                                             buf=scratch[:b - a],
+                                             const_first=bool(p and x_const[0]))
             F[:, :, ga:gb] = Fb
             G[:, :, ga:gb] = Gb
             within += wb
