@@ -9,14 +9,14 @@ import ast
 import builtins
 import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from .exceptions import DroppedRowsWarning, MissingDataError
 
-__all__ = ["factorize_sorted", "factorize_groups", "group_order", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
+__all__ = ["ScopeNames", "factorize_sorted", "factorize_groups", "group_order", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
            "check_numeric_response"]
 
 
@@ -131,7 +131,24 @@ def _formula_variables(formula_rhs: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def check_columns(names: set[str] | list[str], data: pd.DataFrame, env_names: set[str] = frozenset(),
+class ScopeNames:
+    """The names a formula can use besides the data's columns: those of its namespaces
+    (a patsy ``EvalEnvironment``'s) and ``extra`` ones (the formula engine's functions).
+
+    Only membership is asked, so the namespaces are searched, never merged (a
+    notebook's namespace can hold thousands of names).
+    """
+
+    def __init__(self, env: object, extra: Iterable[str] = ()) -> None:
+        self._namespaces = list(getattr(env, "_namespaces", ()))
+        self._extra = frozenset(extra)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._extra or any(name in ns for ns in self._namespaces)
+
+
+def check_columns(names: set[str] | list[str], data: pd.DataFrame,
+                  env_names: Container[str] = frozenset(),
                   *, what: str = "formula") -> None:
     """Raise KeyError naming the variables found neither in ``data`` nor in scope."""
     missing = sorted(n for n in names if n not in data.columns and n not in env_names

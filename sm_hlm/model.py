@@ -20,8 +20,8 @@ from statsmodels.base.data import ModelData, PandasData
 from statsmodels.base.model import LikelihoodModel
 
 from . import groupwise
-from .data import (check_columns, check_numeric_response, factorize_groups, group_order,
-                   handle_missing)
+from .data import (ScopeNames, check_columns, check_numeric_response, factorize_groups,
+                   group_order, handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
 from .engine.deviance import (ProfiledDeviance, SufficientStats, constant_columns,
                                working_stats)
@@ -584,9 +584,9 @@ class HLM(LikelihoodModel):
             data = data.loc[subset]
         specs = list(parsed.random)
         env = EvalEnvironment.capture(eval_env + 1)
-        env_names = set().union(*[set(ns) for ns in env._namespaces]) | {
+        env_names = ScopeNames(env, (
             "C", "I", "Q", "center", "standardize", "scale", "bs", "cr", "cc", "te", "Treatment",
-            "Sum", "Poly", "Diff", "Helmert", "np"}
+            "Sum", "Poly", "Diff", "Helmert", "np"))
         if specs:
             if re_formula is not None:
                 raise ValueError("give random effects either as (expr | group) terms in the "

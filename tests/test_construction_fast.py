@@ -350,3 +350,17 @@ def test_factorize_groups_layout(labels) -> None:
     sizes = np.bincount(rc)
     np.testing.assert_array_equal(starts, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
     assert is_sorted == bool(np.all(np.diff(rc) >= 0))
+
+
+def test_scope_names_search_the_namespaces() -> None:
+    from patsy import EvalEnvironment
+
+    from sm_hlm.data import ScopeNames
+    d = simulate_nels(n_schools=20, seed=1)
+    local_only = np.linspace(0.0, 1.0, len(d))                # noqa: F841
+    scope = ScopeNames(EvalEnvironment.capture(0), ("C", "np"))
+    assert "local_only" in scope and "C" in scope and "pytest" in scope
+    assert "no_such_name_anywhere" not in scope
+    HLM.from_formula("mscore ~ ses + local_only + (1 | school)", d)   # a name in scope
+    with pytest.raises(KeyError, match="no_such_name_anywhere"):
+        HLM.from_formula("mscore ~ no_such_name_anywhere + (1 | school)", d)
