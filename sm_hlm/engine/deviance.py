@@ -379,7 +379,7 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
             np.multiply(np.repeat(g, counts), z, out=buf)
             w -= buf
     Zt[0] = np.repeat(sign / root_n, counts)
-    return F, G, Wt @ Wt.T
+    return F, G, _gram(list(Wt))
 
 
 #: Whether :func:`working_stats` uses the closed-form QR (:func:`_intercept_qr_stats`)
@@ -439,7 +439,7 @@ def _fixed_map(X: np.ndarray, y: np.ndarray, const: np.ndarray, wbuf: np.ndarray
         Wb = wbuf[:b - a, :k]
         np.subtract(X[a:b], mu[:p], out=Wb[:, :p])
         np.subtract(y[a:b], mu[p], out=Wb[:, p])
-        gram0 += Wb.T @ Wb
+        gram0 += _gram([Wb[:, i] for i in range(k)])
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = 1.0 / np.sqrt(np.diag(gram0) / n)
     if j0 is not None:
@@ -701,6 +701,20 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
                          group_weights=group_w, weight_nobs=weight_nobs, log_weight_sum=log_w,
                          column_gram=gram)
     return st, Reparametrization(D, T), Q
+
+
+def _gram(cols: Sequence[np.ndarray]) -> np.ndarray:
+    """The Gram matrix of a few long columns (contiguous 1-d arrays), by dot products.
+
+    For a handful of columns of many rows this is faster than BLAS's syrk/gemm on the
+    (n, k) matrix (which block for wide products); the same entries up to rounding.
+    """
+    k = len(cols)
+    out = np.empty((k, k))
+    for i in range(k):                                          # the few columns
+        for j in range(i + 1):
+            out[i, j] = out[j, i] = np.dot(cols[i], cols[j])
+    return out
 
 
 def _lower_times(F: np.ndarray, B: np.ndarray) -> np.ndarray:
