@@ -478,8 +478,8 @@ class HLM(LikelihoodModel):
         candidate = np.zeros(self.k_re, bool)
         if len(Zr):
             candidate = (Zr[:4096] != Zr[0]).any(axis=0)
-            rest = np.flatnonzero(~candidate)
-            candidate[rest] = np.ptp(Zr[:, rest], axis=0) > 0
+            for k in np.flatnonzero(~candidate):             # constant over the prefix
+                candidate[k] = not np.all(Zr[:, k] == Zr[0, k])
         # a column that varies within some group is not a level-2 variable either: decided
         # from each group's range on the sorted rows, first those of the groups in a prefix
         # of them (a group cut short has a smaller range); only the others get the full check
@@ -487,7 +487,8 @@ class HLM(LikelihoodModel):
         head = slice(0, lim) if self._sorted else self._order[:lim]
         head_starts = starts[starts < lim]
         for k in np.flatnonzero(candidate):                  # the tiny q dimension
-            for z, st in ((Zr[head, k], head_starts), (self._sorted_rows(Zr[:, k]), starts)):
+            for rows, st in ((head, head_starts), (None, starts)):
+                z = Zr[rows, k] if rows is not None else self._sorted_rows(Zr[:, k])
                 spread = np.maximum.reduceat(z, st) - np.minimum.reduceat(z, st)
                 if np.any(spread > LEVEL2_ATOL):
                     candidate[k] = False
