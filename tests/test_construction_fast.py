@@ -364,3 +364,12 @@ def test_scope_names_search_the_namespaces() -> None:
     HLM.from_formula("mscore ~ ses + local_only + (1 | school)", d)   # a name in scope
     with pytest.raises(KeyError, match="no_such_name_anywhere"):
         HLM.from_formula("mscore ~ no_such_name_anywhere + (1 | school)", d)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_lower_times_is_the_batched_product(q) -> None:
+    rng = np.random.default_rng(q)
+    F = np.tril(rng.normal(size=(5, q, q))).transpose(1, 2, 0).copy()      # (q, q, m)
+    B = rng.normal(size=(q, 4, 5))
+    np.testing.assert_allclose(deviance_mod._lower_times(F, B),
+                               np.einsum("akm,krm->arm", F, B), rtol=1e-14, atol=1e-14)

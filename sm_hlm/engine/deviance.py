@@ -476,7 +476,7 @@ def _column_map(cols: Sequence[np.ndarray], blocks: list[tuple[int, int, bool]],
                 continue
             x = cols[i]
             if j0 is not None and i > j0:
-                mu = float(x.mean())
+                mu = float(np.add.reduce(x)) / n              # x.mean(), without its wrapper
                 s = float(np.sqrt(_centred_ss(x, mu, buf=buf) / n))
             else:
                 mu, s = 0.0, float(np.sqrt(np.dot(x, x) / n))
@@ -621,7 +621,8 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             D = Dq
     except np.linalg.LinAlgError:
         pass                            # aliased columns: the model's rank check reports them
-    T = _column_map([Z[:, k] for k in range(q)], z_blocks, buf=scratch) if q else np.eye(0)
+    T = (_column_map([Z[:, k] for k in range(q)], z_blocks, const=constant_columns(Z),
+                     buf=scratch) if q else np.eye(0))
     m = len(starts)
     counts = np.diff(np.append(starts, n))
     row_w, group_w, weight_nobs, log_w = None, None, None, 0.0
@@ -720,9 +721,10 @@ def _gram(cols: Sequence[np.ndarray]) -> np.ndarray:
 def _lower_times(F: np.ndarray, B: np.ndarray) -> np.ndarray:
     """F_j B_j for lower-triangular F (q, q, m) and B (q, r, m), over the tiny q only."""
     q = F.shape[0]
-    out = np.zeros((q,) + B.shape[1:])
+    out = np.empty((q,) + B.shape[1:])
     for a in range(q):
-        for k in range(a + 1):
+        np.multiply(F[a, 0], B[0], out=out[a])
+        for k in range(1, a + 1):
             out[a] += F[a, k] * B[k]
     return out
 
