@@ -621,8 +621,9 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             D = Dq
     except np.linalg.LinAlgError:
         pass                            # aliased columns: the model's rank check reports them
-    T = (_column_map([Z[:, k] for k in range(q)], z_blocks, const=constant_columns(Z),
-                     buf=scratch) if q else np.eye(0))
+    z_const = constant_columns(Z)
+    T = (_column_map([Z[:, k] for k in range(q)], z_blocks, const=z_const, buf=scratch)
+         if q else np.eye(0))
     m = len(starts)
     counts = np.diff(np.append(starts, n))
     row_w, group_w, weight_nobs, log_w = None, None, None, 0.0
@@ -663,9 +664,9 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             Wg = Wb if gsc is None else Wb * gsc
             WtW += Wg.T @ Wg
             continue
-        if (_CLOSED_FORM_QR and gsc is None and sqrt_w is None and q <= 2
-                and is_constant(Zb[:, 0])):
-            # a random intercept (and slope), unweighted: the closed-form QR
+        if _CLOSED_FORM_QR and gsc is None and sqrt_w is None and q <= 2 and z_const[0]:
+            # a random intercept (and slope), unweighted: the closed-form QR (Z T's first
+            # column is T_00 times Z's, constant with it: T is upper triangular)
             # W D's first column is D_00 times X's: constant with X's (D upper triangular)
             Fb, Gb, wb = _intercept_qr_stats(Zb.T, Wb.T, st, counts[ga:gb],
                                              buf=scratch[:b - a],
