@@ -9,14 +9,14 @@ import ast
 import builtins
 import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from .exceptions import DroppedRowsWarning, MissingDataError
 
-__all__ = ["factorize_sorted", "group_order", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
+__all__ = ["ScopeNames", "factorize_sorted", "factorize_groups", "group_order", "nonfinite_rows", "handle_missing", "formula_variables", "check_columns",
            "check_numeric_response"]
 
 
@@ -131,7 +131,24 @@ def _formula_variables(formula_rhs: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def check_columns(names: set[str] | list[str], data: pd.DataFrame, env_names: set[str] = frozenset(),
+class ScopeNames:
+    """The names a formula can use besides the data's columns: those of its namespaces
+    (a patsy ``EvalEnvironment``'s) and ``extra`` ones (the formula engine's functions).
+
+    Only membership is asked, so the namespaces are searched, never merged (a
+    notebook's namespace can hold thousands of names).
+    """
+
+    def __init__(self, env: object, extra: Iterable[str] = ()) -> None:
+        self._namespaces = list(getattr(env, "_namespaces", ()))
+        self._extra = frozenset(extra)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._extra or any(name in ns for ns in self._namespaces)
+
+
+def check_columns(names: set[str] | list[str], data: pd.DataFrame,
+                  env_names: Container[str] = frozenset(),
                   *, what: str = "formula") -> None:
     """Raise KeyError naming the variables found neither in ``data`` nor in scope."""
     missing = sorted(n for n in names if n not in data.columns and n not in env_names
@@ -170,21 +187,36 @@ def factorize_sorted(values: object) -> tuple[np.ndarray, pd.Index]:
     Labels that cannot be ordered (mixed types) keep their order of first
     appearance.  Codes are ``np.intp``; labels keep the name of a Series.
     """
+    return factorize_groups(values)[:2]
+
+
+def factorize_groups(values: object) -> tuple[np.ndarray, pd.Index, np.ndarray, bool]:
+    """:func:`factorize_sorted`, with each group's first row in the sorted order.
+
+    Returns ``(codes, labels, starts, is_sorted)``: ``starts[k]`` is the index of
+    group k's first row once the rows are sorted by code (stable), and
+    ``is_sorted`` whether they are already (codes non-decreasing).
+    """
     s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
+    name = getattr(values, "name", None)
     if isinstance(s.dtype, np.dtype) and s.dtype.kind in "iu" and len(s):
         # integer labels already in order (data sorted by group, the common layout): the
         # codes are a running count of changes, without hashing
         v = s.to_numpy()
-        if np.all(v[1:] >= v[:-1]):
-            new = np.empty(len(v), dtype=bool)
-            new[0] = True
-            np.not_equal(v[1:], v[:-1], out=new[1:])
-            first = np.flatnonzero(new)
+        new = np.empty(len(v), dtype=bool)
+        new[0] = True
+        np.not_equal(v[1:], v[:-1], out=new[1:])
+        first = np.flatnonzero(new)
+        runs = v[first]                 # the label of each run of equal labels
+        if np.all(runs[1:] > runs[:-1]):                  # increasing: the rows are sorted
             codes = np.repeat(np.arange(len(first), dtype=np.intp),
                               np.diff(np.append(first, len(v))))
-            return codes, pd.Index(v[first], name=getattr(values, "name", None))
+            return codes, pd.Index(runs, name=name), first.astype(np.intp, copy=False), True
     try:
         codes, labels = pd.factorize(s, sort=True)
     except TypeError:
         codes, labels = pd.factorize(s, sort=False)
-    return np.asarray(codes, dtype=np.intp), pd.Index(labels, name=getattr(values, "name", None))
+    codes = np.asarray(codes, dtype=np.intp)
+    counts = np.bincount(codes, minlength=len(labels))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+    return codes, pd.Index(labels, name=name), starts, bool(np.all(codes[1:] >= codes[:-1]))

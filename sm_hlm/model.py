@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from statsmodels.base.data import ModelData, PandasData
 from statsmodels.base.model import LikelihoodModel
 
 from . import groupwise
-from .data import (check_columns, check_numeric_response, factorize_sorted, group_order,
-                   handle_missing)
+from .data import (ScopeNames, check_columns, check_numeric_response, factorize_groups,
+                   group_order, handle_missing)
 from .design import RandomEffectsDesign, RandomEffectsTerm
-from .engine.deviance import ProfiledDeviance, SufficientStats, is_constant, working_stats
+from .engine.deviance import (ProfiledDeviance, SufficientStats, constant_columns,
+                               working_stats)
 from .exceptions import IdentificationError, SingularFitWarning, ConvergenceWarning
 from ._compat import require_nlopt
 from .formula.parse import RandomTermSpec, parse_formula
@@ -74,6 +76,21 @@ def _weight_columns(data: pd.DataFrame, kwargs: dict[str, Any]
             data = data.assign(**{name: arr})
             out[role] = name
     return data, out
+
+
+class _FrameData(PandasData):
+    """statsmodels' :class:`~statsmodels.base.data.PandasData` for a response Series and
+    a design DataFrame, converted with ``to_numpy`` (the same arrays as ``np.asarray``,
+    without pandas' per-call dtype bookkeeping of ``DataFrame.__array__``)."""
+
+    def _convert_endog_exog(self, endog: Any, exog: Any = None) -> tuple[Any, Any]:
+        if not (isinstance(endog, pd.Series) and isinstance(exog, pd.DataFrame)):
+            return super()._convert_endog_exog(endog, exog)
+        yarr = endog.to_numpy()
+        if yarr.dtype == object:
+            raise ValueError("Pandas data cast to numpy dtype of object. "
+                             "Check input data with np.asarray(data).")
+        return ModelData._convert_endog_exog(self, yarr, exog.to_numpy(dtype=float))
 
 
 class HLM(LikelihoodModel):
@@ -217,7 +234,7 @@ class HLM(LikelihoodModel):
             raise ValueError(f"re_terms describe {self.re_design.q} columns but exog_re has "
                              f"{self.exog_re.shape[1]}")
         self.data.param_names = list(self.exog_names) + self.re_design.vcomp_names()
-        codes, labels = factorize_sorted(self.groups)
+        codes, labels, starts, is_sorted = factorize_groups(self.groups)
         self.group_codes = codes
         self.group_labels = labels
         self.n_groups = len(labels)
@@ -228,10 +245,8 @@ class HLM(LikelihoodModel):
         self.df_resid = self.nobs - self.k_fe
         # rows sorted by group (the common layout) need no permutation; otherwise a
         # counting sort by the codes (:attr:`_order`)
-        self._sorted = bool(np.all(codes[1:] >= codes[:-1]))
-        counts = np.bincount(codes, minlength=self.n_groups)
-        self.group_sizes = pd.Series(counts, index=labels, name="nobs")
-        self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+        self._sorted = is_sorted
+        self._starts = starts
         self._set_weights(weights, survey_weights, weight_scaling)
         self._work, self._reparam, self._work_q = self._working_stats()
         self._check_identifiable()
@@ -243,6 +258,18 @@ class HLM(LikelihoodModel):
         if self.residual is not None:
             from .whitening import ResidualKernel
             self._residual_kernel = ResidualKernel(self, self.residual)
+
+    def _handle_data(self, endog: Any, exog: Any, missing: str, hasconst: bool | None,
+                     **kwargs: Any) -> Any:
+        """statsmodels' data handling; a Series and a DataFrame (the formula path) as
+        :class:`_FrameData` (a :class:`~statsmodels.base.data.PandasData`)."""
+        if not (isinstance(endog, pd.Series) and isinstance(exog, pd.DataFrame)):
+            return super()._handle_data(endog, exog, missing, hasconst, **kwargs)
+        data = _FrameData(endog, exog=exog, missing=missing, hasconst=hasconst, **kwargs)
+        for key in kwargs:          # the extra arrays move to the model, as statsmodels does
+            if key not in ("model_spec", "formula") and key in data.__dict__:
+                setattr(self, key, data.__dict__.pop(key))
+        return data
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -304,6 +331,12 @@ class HLM(LikelihoodModel):
 
     # ------------------------------------------------------------------ data
     @functools.cached_property
+    def group_sizes(self) -> pd.Series:
+        """Rows of each group (``"nobs"``), indexed by the group labels."""
+        counts = np.diff(np.append(self._starts, len(self.group_codes)))
+        return pd.Series(counts, index=self.group_labels, name="nobs")
+
+    @functools.cached_property
     def _order(self) -> np.ndarray:
         """The stable permutation sorting the rows by group (a counting sort by the codes)."""
         if self._sorted:
@@ -341,11 +374,14 @@ class HLM(LikelihoodModel):
             start += t.k
         rw = (self.weights if self.weights is not None else
               None if self.survey is None else self.survey.row)     # row order, as the data
+        #: which columns of X are constant and nonzero (:func:`constant_columns`)
+        self._exog_const = constant_columns(self.exog)
         return working_stats(self.exog, self.endog, self.exog_re, self._starts, blocks,
                              precision_weights=rw if self.weight_type == "precision" else None,
                              survey_weights=(None if self.survey is None
                                              else [rw, self.survey.group]),
-                             order=None if self._sorted else self._order)
+                             order=None if self._sorted else self._order,
+                             x_const=self._exog_const)
 
     def _aliased_columns(self) -> list[int]:
         """Columns of X that R's ``qr(X, tol = 1e-7)`` (lme4's rank check) finds aliased.
@@ -358,7 +394,9 @@ class HLM(LikelihoodModel):
         otherwise a QR decomposition of the columns decides, as R does.
         """
         p = self.k_fe
-        const = np.array([is_constant(self.exog[:, i]) for i in range(p)], dtype=bool)
+        const = self.__dict__.get("_exog_const")
+        if const is None or len(const) != p:
+            const = constant_columns(self.exog)
         gram = self._work.column_gram
         if gram is not None and p and (not const.any() or (const[0] and not const[1:].any())):
             # the working statistics hold these columns' cross products already: centred
@@ -434,15 +472,27 @@ class HLM(LikelihoodModel):
                 f"the fixed-effects design is rank deficient: column(s) {names} are linear "
                 "combinations of the columns before them (or constant); drop them")
         from .crosslevel import LEVEL2_ATOL, warn_level2_in_random
-        # columns constant over all rows are intercepts, not group-level variables
-        candidate = (np.ptp(self.exog_re, axis=0) > 0 if len(self.exog_re)
-                     else np.zeros(self.k_re, bool))
+        # columns constant over all rows are intercepts, not group-level variables (a
+        # prefix of the rows shows most columns vary)
+        Zr, starts = self.exog_re, self._starts
+        candidate = np.zeros(self.k_re, bool)
+        if len(Zr):
+            candidate = (Zr[:4096] != Zr[0]).any(axis=0)
+            for k in np.flatnonzero(~candidate):             # constant over the prefix
+                candidate[k] = not np.all(Zr[:, k] == Zr[0, k])
         # a column that varies within some group is not a level-2 variable either: decided
-        # from each group's range on the sorted rows; only the others get the full check
+        # from each group's range on the sorted rows, first those of the groups in a prefix
+        # of them (a group cut short has a smaller range); only the others get the full check
+        lim = min(len(Zr), 4096)
+        head = slice(0, lim) if self._sorted else self._order[:lim]
+        head_starts = starts[starts < lim]
         for k in np.flatnonzero(candidate):                  # the tiny q dimension
-            z = self._sorted_rows(self.exog_re[:, k])
-            spread = np.maximum.reduceat(z, self._starts) - np.minimum.reduceat(z, self._starts)
-            candidate[k] = not np.any(spread > LEVEL2_ATOL)
+            for rows, st in ((head, head_starts), (None, starts)):
+                z = Zr[rows, k] if rows is not None else self._sorted_rows(Zr[:, k])
+                spread = np.maximum.reduceat(z, st) - np.minimum.reduceat(z, st)
+                if np.any(spread > LEVEL2_ATOL):
+                    candidate[k] = False
+                    break
         re_cols = [c for c, v in zip(self.re_design.names, candidate) if v]
         if re_cols:
             frame = pd.DataFrame(self.exog_re[:, candidate], columns=re_cols)
@@ -535,9 +585,9 @@ class HLM(LikelihoodModel):
             data = data.loc[subset]
         specs = list(parsed.random)
         env = EvalEnvironment.capture(eval_env + 1)
-        env_names = set().union(*[set(ns) for ns in env._namespaces]) | {
+        env_names = ScopeNames(env, (
             "C", "I", "Q", "center", "standardize", "scale", "bs", "cr", "cc", "te", "Treatment",
-            "Sum", "Poly", "Diff", "Helmert", "np"}
+            "Sum", "Poly", "Diff", "Helmert", "np"))
         if specs:
             if re_formula is not None:
                 raise ValueError("give random effects either as (expr | group) terms in the "

@@ -66,7 +66,8 @@ from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_so
 from .small import SmallKernel
 
 __all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
-           "working_stats", "root_factors", "group_qr", "residual_quadratic", "is_constant"]
+           "working_stats", "root_factors", "group_qr", "residual_quadratic", "is_constant",
+           "constant_columns"]
 #: A column of Z_j whose residual norm after the earlier columns (QR) is below this
 #: fraction of its norm is aliased in group j.
 _QR_TOL = 1e-11
@@ -286,6 +287,104 @@ def group_qr(Z: np.ndarray, starts: np.ndarray, tol: float = _QR_TOL, *,
     return Q, np.ascontiguousarray(R.transpose(1, 0, 2)), kept
 
 
+def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
+                        counts: np.ndarray, tol: float = _QR_TOL, *,
+                        buf: np.ndarray | None = None, const_first: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`group_qr`, the projections G_j and sum_j E_j'E_j when Z's first column is constant.
+
+    The common random intercept (and slope): with a constant first column c of Z
+    (q = 1 or 2) the per-group QR is closed-form, Q_j's first column is
+    sign(c)/sqrt(n_j) and projecting it out of a column subtracts its group mean,
+    so that every step is a per-group sum or a broadcast of the group values over
+    several columns at once (rows sorted by group).
+
+    Parameters
+    ----------
+    Zt : (q, n)
+        The rows of Z' (Z's columns, each contiguous), ``Zt[0]`` constant and
+        nonzero; overwritten by Q'.
+    Wt : (r, n)
+        The rows of W' (W's columns, each contiguous); overwritten by E'.
+    starts, counts
+        First row and row count of each group.
+    buf : (n,), optional
+        A float workspace.
+    const_first : bool
+        Whether W's first column is constant (X's intercept): its residuals are
+        zero and its projections closed-form (s c_w sqrt(n_j) on the first column
+        of Q_j, zero on the second).
+
+    Returns
+    -------
+    F : (q, q, m), G : (q, r, m), within : (r, r)
+        As :func:`group_qr` (F = R'), ``group_crossprod(Q, W)`` and
+        ``_within_crossprod(W, Q, G)``, equal to them up to rounding.
+
+    Notes
+    -----
+    With Q_j0 = s / sqrt(n_j) (s the sign of c): R_j00 = |c| sqrt(n_j),
+    G_j0 = s 1'W_j / sqrt(n_j), and W_j - Q_j0 G_j0 = W_j - 1 mean_j(W).  The
+    second column z is centred within its group twice (Gram-Schmidt with one
+    reorthogonalisation, as :func:`group_qr`): R_j01 = s (1'z_j + 1'z~_j) / sqrt(n_j)
+    with z~ the once-centred column; it is aliased in group j when the norm of the
+    centred column is at most ``tol`` times that of z_j (|z_j|^2 = |centred z_j|^2 +
+    (1'z_j)^2 / n_j).  Then Q_j1 = z_j / R_j11,
+    G_j1 = Q_j1'(W_j - 1 mean_j(W)) (equal to Q_j1'W_j, as Q_j1 is orthogonal to
+    1) and E_j = W_j - 1 mean_j(W) - Q_j1 G_j1, formed from the rows.
+    """
+    q, n = Zt.shape
+    r = Wt.shape[0]
+    m = len(starts)
+    buf = np.empty(n) if buf is None else buf
+    nj = counts.astype(float)
+    root_n = np.sqrt(nj)
+    c = float(Zt[0, 0])
+    sign = 1.0 if c > 0 else -1.0
+    F = np.zeros((q, q, m))
+    G = np.empty((q, r, m))
+    F[0, 0] = abs(c) * root_n
+    first = 0
+    if const_first and r:
+        G[0, 0] = (sign * float(Wt[0, 0])) * root_n
+        G[1:, 0] = 0.0
+        Wt[0] = 0.0
+        first = 1
+    # one row (a column of W) at a time: a 2-d reduceat or repeat is no faster, and
+    # row-sized temporaries only (a large one per call costs page faults)
+    for i in range(first, r):
+        w = Wt[i]
+        s = np.add.reduceat(w, starts)
+        np.multiply(s, sign / root_n, out=G[0, i])
+        w -= np.repeat(s / nj, counts)                            # W - group means
+    if q == 2:
+        z = Zt[1]
+        s1 = np.add.reduceat(z, starts)
+        z -= np.repeat(s1 / nj, counts)
+        s2 = np.add.reduceat(z, starts)                           # reorthogonalisation
+        z -= np.repeat(s2 / nj, counts)
+        F[1, 0] = (s1 + s2) * (sign / root_n)
+        np.multiply(z, z, out=buf)
+        nk2 = np.add.reduceat(buf, starts)
+        nk = np.sqrt(nk2)
+        # |z_j|^2 = |centred z_j|^2 + (1'z_j)^2 / n_j: the norm of the tolerance
+        ok = nk > tol * np.sqrt(nk2 + s1 * s1 / nj)
+        F[1, 1] = np.where(ok, nk, 0.0)
+        z *= np.repeat(np.where(ok, 1.0 / np.where(ok, nk, 1.0), 0.0), counts)   # Q_1
+        for i in range(first, r):
+            w = Wt[i]
+            np.multiply(w, z, out=buf)
+            g = np.add.reduceat(buf, starts)
+            G[1, i] = g
+            np.multiply(np.repeat(g, counts), z, out=buf)
+            w -= buf
+    Zt[0] = np.repeat(sign / root_n, counts)
+    return F, G, _gram(list(Wt))
+
+
+#: Whether :func:`working_stats` uses the closed-form QR (:func:`_intercept_qr_stats`)
+#: where it applies (unweighted rows, q <= 2, Z's first column constant)
+_CLOSED_FORM_QR = True
 #: Rows per block of :func:`working_stats` (blocks end at group boundaries).
 _ROW_BLOCK = 1 << 16
 
@@ -298,6 +397,59 @@ def is_constant(x: np.ndarray) -> bool:
     if np.any(head != x[0]):
         return False
     return bool(np.all(x == x[0]))
+
+
+def constant_columns(A: np.ndarray) -> np.ndarray:
+    """:func:`is_constant` of each column of a 2-d array, as a boolean array."""
+    n, k = A.shape
+    out = np.zeros(k, dtype=bool)
+    if not n or not k:
+        return out
+    first = A[0]
+    # one comparison of a prefix of rows decides most varying columns
+    cand = (first != 0) & ~(A[:4096] != first).any(axis=0)
+    for i in np.flatnonzero(cand):                               # the few constant columns
+        out[i] = bool(np.all(A[:, i] == first[i]))
+    return out
+
+
+def _fixed_map(X: np.ndarray, y: np.ndarray, const: np.ndarray, wbuf: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The centring and scaling map D_0 of [X y] and the Gram matrix of [X y] D_0.
+
+    The map of :func:`_column_map` with X's first constant column (if any) as the
+    centring column of X and y (``const``: :func:`is_constant` of X's columns), the
+    scales taken from the Gram matrix of the centred columns: one pass over the rows
+    (plain blocks, in ``wbuf``) after their means.  None when a column's scale is zero
+    or not finite (:func:`_column_map` leaves such a column alone), or without X.
+    """
+    n, p = X.shape
+    if not p or not n:
+        return None
+    k = p + 1
+    cs = np.flatnonzero(const[:p])
+    j0 = int(cs[0]) if len(cs) else None
+    mu = np.zeros(k)
+    if j0 is not None:                  # columns after the constant one, and y, centred
+        mu[j0 + 1:p] = np.add.reduce(X[:, j0 + 1:], axis=0) / n
+        mu[p] = np.add.reduce(y) / n
+    gram0 = np.zeros((k, k))
+    for a in range(0, n, _ROW_BLOCK):
+        b = min(a + _ROW_BLOCK, n)
+        Wb = wbuf[:b - a, :k]
+        np.subtract(X[a:b], mu[:p], out=Wb[:, :p])
+        np.subtract(y[a:b], mu[p], out=Wb[:, p])
+        gram0 += _gram([Wb[:, i] for i in range(k)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = 1.0 / np.sqrt(np.diag(gram0) / n)
+    if j0 is not None:
+        scale[j0] = 1.0 / X[0, j0]
+    if not np.all(np.isfinite(scale)):
+        return None
+    D = np.diag(scale)
+    if j0 is not None:
+        D[j0, j0 + 1:] = -mu[j0 + 1:] * scale[j0 + 1:] * scale[j0]
+    return D, gram0 * np.outer(scale, scale)
 
 
 def _column_map(cols: Sequence[np.ndarray], blocks: list[tuple[int, int, bool]], *,
@@ -324,7 +476,7 @@ def _column_map(cols: Sequence[np.ndarray], blocks: list[tuple[int, int, bool]],
                 continue
             x = cols[i]
             if j0 is not None and i > j0:
-                mu = float(x.mean())
+                mu = float(np.add.reduce(x)) / n              # x.mean(), without its wrapper
                 s = float(np.sqrt(_centred_ss(x, mu, buf=buf) / n))
             else:
                 mu, s = 0.0, float(np.sqrt(np.dot(x, x) / n))
@@ -375,7 +527,7 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
                   z_blocks: list[tuple[int, int, bool]], *,
                   precision_weights: np.ndarray | None = None,
                   survey_weights: Sequence[np.ndarray] | None = None,
-                  order: np.ndarray | None = None
+                  order: np.ndarray | None = None, x_const: np.ndarray | None = None
                   ) -> tuple[SufficientStats, Reparametrization, np.ndarray]:
     """Sufficient statistics in centred and scaled coordinates, with the within part.
 
@@ -401,6 +553,8 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
         The permutation sorting the rows by group (``X[order]`` is sorted);
         None: the rows are sorted.  Rows are gathered block by block, never
         copied whole.
+    x_const : (p,) bool, optional
+        :func:`constant_columns` of X (computed when omitted).
 
     Notes
     -----
@@ -419,6 +573,13 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     each group's part of ``within`` (and of ``WtW``); G_j is kept unweighted
     and :class:`ProfiledDeviance` weights G_j'M_j^{-1}G_j and log|M_j|.
 
+    D_0 (the centring and scaling before the Cholesky QR step) takes its scales
+    from the Gram matrix of the centred columns (:func:`_fixed_map`).  Unweighted
+    rows whose Z has a constant first column and q <= 2 (a random intercept, or
+    intercept and slope) use the closed-form per-group QR of
+    :func:`_intercept_qr_stats` instead of :func:`group_qr`; the statistics are
+    the same up to rounding.
+
     Every row-level step runs on blocks of whole groups of about
     ``_ROW_BLOCK`` rows (the column maps and the Gram matrix of the first
     map on plain blocks of rows), so that no transformed copy of [X y] or Z
@@ -435,18 +596,24 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     size = max([b - a for a, b, _, _ in blocks] + [min(n, _ROW_BLOCK)])
     wbuf = np.empty((size, p + 2), order="F")
     scratch = wbuf[:, p + 1]
-    wcols = [X[:, i] for i in range(p)] + [y]
-    const = [is_constant(c) for c in wcols]
-    D = _column_map(wcols, [(0, p + 1, True)], const=const, buf=scratch)
-    if p and not any(const[:p]):
-        D = _column_map(wcols, [(0, p + 1, False)], const=const, buf=scratch)
+    if x_const is None:
+        x_const = constant_columns(X)
+    mapped = _fixed_map(X, y, x_const, wbuf)
+    if mapped is not None:
+        D, gram = mapped
+    else:                               # a column of zero scale, or no X: column by column
+        wcols = [X[:, i] for i in range(p)] + [y]
+        const = list(x_const) + [is_constant(y)]
+        D = _column_map(wcols, [(0, p + 1, True)], const=const, buf=scratch)
+        if p and not any(const[:p]):
+            D = _column_map(wcols, [(0, p + 1, False)], const=const, buf=scratch)
+        gram = np.zeros((p + 1, p + 1))
+        for a in range(0, n, _ROW_BLOCK):          # the Gram matrix of W D, block by block
+            b = min(a + _ROW_BLOCK, n)
+            Wb = _w_times(X, y, slice(a, b), D, out=wbuf[:b - a])
+            gram += Wb.T @ Wb
     # then orthonormalise the columns (one step of Cholesky QR): W~'W~ = I up to rounding,
     # so that near-collinear predictors do not cost digits in A(theta) and its factor
-    gram = np.zeros((p + 1, p + 1))
-    for a in range(0, n, _ROW_BLOCK):          # the Gram matrix of W D, block by block
-        b = min(a + _ROW_BLOCK, n)
-        Wb = _w_times(X, y, slice(a, b), D, out=wbuf[:b - a])
-        gram += Wb.T @ Wb
     try:
         U = np.linalg.cholesky(gram).T                           # upper, W~'W~ = U'U
         Dq = D @ np.linalg.inv(U)                                 # still upper triangular
@@ -454,7 +621,9 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             D = Dq
     except np.linalg.LinAlgError:
         pass                            # aliased columns: the model's rank check reports them
-    T = _column_map([Z[:, k] for k in range(q)], z_blocks, buf=scratch) if q else np.eye(0)
+    z_const = constant_columns(Z)
+    T = (_column_map([Z[:, k] for k in range(q)], z_blocks, const=z_const, buf=scratch)
+         if q else np.eye(0))
     m = len(starts)
     counts = np.diff(np.append(starts, n))
     row_w, group_w, weight_nobs, log_w = None, None, None, 0.0
@@ -495,6 +664,17 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             Wg = Wb if gsc is None else Wb * gsc
             WtW += Wg.T @ Wg
             continue
+        if _CLOSED_FORM_QR and gsc is None and sqrt_w is None and q <= 2 and z_const[0]:
+            # a random intercept (and slope), unweighted: the closed-form QR (Z T's first
+            # column is T_00 times Z's, constant with it: T is upper triangular)
+            # W D's first column is D_00 times X's: constant with X's (D upper triangular)
+            Fb, Gb, wb = _intercept_qr_stats(Zb.T, Wb.T, st, counts[ga:gb],
+                                             buf=scratch[:b - a],
+                                             const_first=bool(p and x_const[0]))
+            F[:, :, ga:gb] = Fb
+            G[:, :, ga:gb] = Gb
+            within += wb
+            continue
         Qb, Fb, _ = group_qr(Zb, st, out=Zb, overwrite_z=True, buf=scratch[:b - a])
         Gb = group_crossprod(Qb, Wb, st)
         F[:, :, ga:gb] = Fb
@@ -525,12 +705,27 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     return st, Reparametrization(D, T), Q
 
 
+def _gram(cols: Sequence[np.ndarray]) -> np.ndarray:
+    """The Gram matrix of a few long columns (contiguous 1-d arrays), by dot products.
+
+    For a handful of columns of many rows this is faster than BLAS's syrk/gemm on the
+    (n, k) matrix (which block for wide products); the same entries up to rounding.
+    """
+    k = len(cols)
+    out = np.empty((k, k))
+    for i in range(k):                                          # the few columns
+        for j in range(i + 1):
+            out[i, j] = out[j, i] = np.dot(cols[i], cols[j])
+    return out
+
+
 def _lower_times(F: np.ndarray, B: np.ndarray) -> np.ndarray:
     """F_j B_j for lower-triangular F (q, q, m) and B (q, r, m), over the tiny q only."""
     q = F.shape[0]
-    out = np.zeros((q,) + B.shape[1:])
+    out = np.empty((q,) + B.shape[1:])
     for a in range(q):
-        for k in range(a + 1):
+        np.multiply(F[a, 0], B[0], out=out[a])
+        for k in range(1, a + 1):
             out[a] += F[a, k] * B[k]
     return out
 

@@ -22,7 +22,7 @@ import pandas as pd
 from statsmodels.base.model import LikelihoodModel
 
 from .._compat import require_nlopt
-from ..data import check_columns, check_numeric_response, handle_missing
+from ..data import ScopeNames, check_columns, check_numeric_response, handle_missing
 from ..engine.blocked import BlockedDeviance
 from ..engine.deviance import LOG2PI
 from ..engine.gradient import deviance_gradient
@@ -393,8 +393,8 @@ class MultilevelHLM(LikelihoodModel):
                 specs.append(RandomTermSpec(expr=rf, group=groups))
             specs += specs_from_vc_formula(groups, vc_formula or {})
         env = EvalEnvironment.capture(eval_env + 1)
-        env_names = set().union(*[set(ns) for ns in env._namespaces]) | {
-            "C", "I", "Q", "center", "standardize", "scale", "Treatment", "Sum", "Poly", "np"}
+        env_names = ScopeNames(env, (
+            "C", "I", "Q", "center", "standardize", "scale", "Treatment", "Sum", "Poly", "np"))
         group_cols = list(dict.fromkeys(c for s in specs for c in s.columns))
         check_columns(group_cols, data, what="grouping factor")
         from ..residual import model_variables, resolve_structure, structure_columns
