@@ -1607,10 +1607,27 @@ class ProfiledDeviance:
         # conditional covariance / sigma^2 in working coordinates:
         # Lambda~ (I + Lambda~' S_j Lambda~)^{-1} Lambda~'
         #   = LLt - LLt R_j' M_j^{-1} R_j LLt   (Woodbury)
-        RL = np.einsum("bam,bc->acm", self._F, LLt)               # R_j LLt (q, q, m)
-        cov_w = LLt[:, :, None] - np.einsum("bam,bcm,cdm->adm", RL, Minv, RL)
         # Cov(b_j) = sigma^2 T cov~_j T' (sigma~^2 = sigma^2 D[p, p]^2 cancels the 1 / D[p, p])
-        cov = np.einsum("ab,bcm,dc->adm", rp.T, cov_w, rp.T)
+        if self._small_ok:
+            # T Lambda~ K_j^{-1} Lambda~' T' with the closed-form K_j^{-1}: its entries are
+            # linear in those of K_j^{-1} (no difference of large terms)
+            Kinv = self._small_kernel().k_inverse_entries(lam_t)
+            TL = (rp.T @ lam_t).tolist()
+            cov = np.empty((q, q, m))
+            if q == 1:
+                cov[0, 0] = TL[0][0] ** 2 * Kinv[0]
+                return b.T, cov
+            (a0, a1), (b0, b1) = TL
+            E = np.array([[a0 * a0, 2.0 * a0 * a1, a1 * a1],
+                          [a0 * b0, a0 * b1 + a1 * b0, a1 * b1],
+                          [b0 * b0, 2.0 * b0 * b1, b1 * b1]]) @ Kinv
+            cov[0, 0], cov[0, 1], cov[1, 1] = E
+            cov[1, 0] = E[1]
+            return b.T, cov
+        RL = np.einsum("bam,bc->acm", self._F, LLt)               # R_j LLt (q, q, m)
+        MRL = np.einsum("abm,bcm->acm", Minv, RL)                  # M_j^{-1} R_j LLt
+        cov_w = LLt[:, :, None] - np.einsum("acm,adm->cdm", RL, MRL)
+        cov = np.einsum("acm,dc->adm", np.einsum("ab,bcm->acm", rp.T, cov_w), rp.T)
         return b.T, cov
 
     def from_terms(self, t: DevianceTerms) -> float:

@@ -132,6 +132,25 @@ class SmallKernel:
             return E[0], 1.0 / E
         return E[3], E[:3] / E[3]
 
+    def k_inverse_entries(self, lam: np.ndarray) -> np.ndarray:
+        """The distinct entries of K_j^{-1} = (I + Lambda~' R_j'R_j Lambda~)^{-1}: (a,) or
+        (a, b, d) rows, at Lambda~ = lam (any q x q matrix).
+
+        With Y_j = R_j Lambda~, K_j = I + Y_j'Y_j has entries quadratic in
+        (f0, f1, f2), i.e. linear in the precomputed products, and
+        det K_j = det M_j = 1 + tr(K_j - I) + det(Lambda~)^2 f0^2 f2^2.
+        """
+        if self.q == 1:
+            return 1.0 / (np.array([[float(lam[0, 0]) ** 2, 1.0]]) @ self.P)
+        (l00, l01), (l10, l11) = lam.tolist()
+        k11 = [l01 * l01, 2.0 * l01 * l11, l11 * l11, 0.0, 0.0, l11 * l11, 0.0, 1.0]
+        k01 = [l00 * l01, l00 * l11 + l10 * l01, l10 * l11, 0.0, 0.0, l10 * l11, 0.0, 0.0]
+        k00 = [l00 * l00, 2.0 * l00 * l10, l10 * l10, 0.0, 0.0, l10 * l10, 0.0, 1.0]
+        det = [a + b for a, b in zip(k00, k11)]
+        det[6], det[7] = (l00 * l11 - l01 * l10) ** 2, 1.0
+        E = np.array([k11, [-v for v in k01], k00, det]) @ self.P
+        return E[:3] / E[3]
+
     def m_inverse(self, lam: np.ndarray) -> np.ndarray:
         """M_j^{-1} as (q, q, m) at Lambda~ = lam (closed form)."""
         q, m = self.q, self.m
