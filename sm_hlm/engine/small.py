@@ -99,15 +99,16 @@ class SmallKernel:
         npair = 1 if q == 1 else 3
         self.pairs: np.ndarray | None = None
         if r * r * npair * m <= PAIR_LIMIT:
-            G0, G1 = self.G0, self.G1
-            # (r^2, npair * m): columns [00 | 01 + 10 | 11] per group
-            pairs = np.empty((r, r, npair, m))
-            np.multiply(G0[:, None, :], G0[None, :, :], out=pairs[:, :, 0])
+            # rows (a, b), a <= b, of the upper triangle of A (A is symmetric); columns
+            # [00 | 01 + 10 | 11] per group, matching the entries (a, b, d) of M_j^{-1}
+            iu = np.triu_indices(r)
+            self._iu, self._il = iu, (iu[1], iu[0])
+            G0a, G0b = self.G0[iu[0]], self.G0[iu[1]]
+            blocks = [G0a * G0b]
             if q == 2:
-                np.multiply(G0[:, None, :], G1[None, :, :], out=pairs[:, :, 1])
-                pairs[:, :, 1] += pairs[:, :, 1].transpose(1, 0, 2).copy()
-                np.multiply(G1[:, None, :], G1[None, :, :], out=pairs[:, :, 2])
-            self.pairs = pairs.reshape(r * r, npair * m)
+                G1a, G1b = self.G1[iu[0]], self.G1[iu[1]]
+                blocks += [G0a * G1b + G1a * G0b, G1a * G1b]
+            self.pairs = np.concatenate(blocks, axis=1)
             self._H = None
         else:
             self._H = np.empty((r, q * m))
@@ -175,7 +176,11 @@ class SmallKernel:
         det, inv = self._inverse_entries(E)
         logdet = float(np.log(det).sum())
         if self.pairs is not None:
-            A = self.within + (self.pairs @ inv.reshape(-1)).reshape(self.r, self.r)
+            upper = self.pairs @ inv.reshape(-1)
+            A = np.empty((self.r, self.r))
+            A[self._iu] = upper
+            A[self._il] = upper
+            A += self.within
         else:
             H = self._H
             m00 = E[0] if q == 1 else E[2]
