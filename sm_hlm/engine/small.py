@@ -42,8 +42,9 @@ from scipy.linalg import lapack
 __all__ = ["SmallKernel"]
 
 
-#: Largest number of entries of the per-group outer products G_j' G_j (r^2 x 3m) kept
-#: for the pair-product form of A (8 MB); beyond it A comes from H_j = L_j^{-1} G_j.
+#: Largest r^2 x 3m (r = p + 1) for which the per-group outer products of G_j's rows
+#: (their upper triangle, r (r + 1) / 2 x 3m entries) are kept for the pair-product form
+#: of A (at most 8 MB); beyond it A comes from H_j = L_j^{-1} G_j.
 PAIR_LIMIT = 1_000_000
 
 
