@@ -1522,12 +1522,7 @@ class ProfiledDeviance:
         rows, cols = self._index()
         if not _within_work_bound(theta_t):
             return np.inf, np.full(len(rows), np.nan)
-        lam_t = self._lambda_of_work(theta_t)
-        if self._small_ok:                        # (finite: within the bound)
-            out = self._small_eval(lam_t, grad=True)
-            out = None if out is None else (out[0], 2.0 * out[1] @ lam_t)
-        else:
-            out = self._gradient_matrix(lam_t)
+        out = self._gradient_matrix(self._lambda_of_work(theta_t))
         if out is None:
             return np.inf, np.full(len(rows), np.nan)
         return out[0], out[1][rows, cols]
@@ -1546,9 +1541,7 @@ class ProfiledDeviance:
         out = self._gradient_inner(lam_t) if np.isfinite(lam_t).all() else None
         if out is None:
             return theta, np.full(len(rows), np.nan)
-        G = 2.0 * out[1] @ self._lambda_work_of_theta(theta)
-        g = G if self.reparam.is_identity else self.reparam.Tinv.T @ G
-        return theta, g[rows, cols]
+        return theta, self._original_gradient(2.0 * out[1] @ self._lambda_work_of_theta(theta))
 
     def gradient(self, theta: np.ndarray) -> np.ndarray:
         """Gradient of the deviance in theta (original coordinates)."""
@@ -1556,7 +1549,12 @@ class ProfiledDeviance:
         out = self._gradient_matrix(self._lambda_work_of_theta(theta))
         if out is None:
             return np.full(len(rows), np.nan)
-        g = out[1] if self.reparam.is_identity else self.reparam.Tinv.T @ out[1]
+        return self._original_gradient(out[1])
+
+    def _original_gradient(self, G: np.ndarray) -> np.ndarray:
+        """The gradient in theta from d deviance / d Lambda~ at Lambda~ = T^{-1} Lambda(theta)."""
+        rows, cols = self._index()
+        g = G if self.reparam.is_identity else self.reparam.Tinv.T @ G
         return g[rows, cols]
 
     # ------------------------------------------------------------ results
@@ -1584,6 +1582,14 @@ class ProfiledDeviance:
         b~_j = Lambda~ Lambda~' R_j' M_j^{-1} G_j u~ in working coordinates
         (u~ = (-beta~, 1)); b_j = T b~_j / D[p, p].  The covariance is
         Lambda (I + Lambda' Z_j'Z_j Lambda)^{-1} Lambda'.
+
+        Notes
+        -----
+        For q <= 2 both come from the closed-form K_j^{-1} = (I + Lambda~' R_j'R_j
+        Lambda~)^{-1} (:meth:`~sm_hlm.engine.small.SmallKernel.k_inverse_entries`):
+        b~_j = Lambda~ K_j^{-1} Lambda~' R_j' g_j (Lambda~ Lambda~' R_j' M_j^{-1} =
+        Lambda~ K_j^{-1} Lambda~' R_j') and cov~_j = Lambda~ K_j^{-1} Lambda~', whose
+        entries are linear in those of K_j^{-1} (no difference of large terms).
         """
         q, p, m = self._q, self._p, self._m
         if not q:
@@ -1594,25 +1600,19 @@ class ProfiledDeviance:
         uw = np.linalg.solve(D, np.append(-np.asarray(beta, float), 1.0))
         uw = uw / uw[-1]
         lam_t = self._lambda_work_of_theta(theta)
-        if self._small_ok:
-            Minv = self._small_kernel().m_inverse(lam_t)
-        else:
-            Minv = self._system(lam_t, need_inverse=True)[2]
         g = np.einsum("arm,r->am", self._G, uw)                    # (q, m)
-        Mg = np.einsum("abm,bm->am", Minv, g)
-        Rt = np.einsum("abm,bm->am", self._F, Mg)                  # R_j' M_j^-1 g_j
-        LLt = lam_t @ lam_t.T
-        bw = LLt @ Rt                                              # (q, m)
-        b = (rp.T @ bw) / D[p, p]
-        # conditional covariance / sigma^2 in working coordinates:
-        # Lambda~ (I + Lambda~' S_j Lambda~)^{-1} Lambda~'
-        #   = LLt - LLt R_j' M_j^{-1} R_j LLt   (Woodbury)
         # Cov(b_j) = sigma^2 T cov~_j T' (sigma~^2 = sigma^2 D[p, p]^2 cancels the 1 / D[p, p])
         if self._small_ok:
-            # T Lambda~ K_j^{-1} Lambda~' T' with the closed-form K_j^{-1}: its entries are
-            # linear in those of K_j^{-1} (no difference of large terms)
             Kinv = self._small_kernel().k_inverse_entries(lam_t)
-            TL = (rp.T @ lam_t).tolist()
+            y = lam_t.T @ np.einsum("abm,bm->am", self._F, g)        # Lambda~' R_j' g_j
+            if q == 1:
+                z = Kinv * y
+            else:
+                z = Kinv[:2] * y[0]                                  # K_j^{-1} y_j
+                z += Kinv[1:] * y[1]
+            TLm = rp.T @ lam_t
+            b = (TLm @ z) / D[p, p]
+            TL = TLm.tolist()
             cov = np.empty((q, q, m))
             if q == 1:
                 cov[0, 0] = TL[0][0] ** 2 * Kinv[0]
@@ -1624,6 +1624,13 @@ class ProfiledDeviance:
             cov[0, 0], cov[0, 1], cov[1, 1] = E
             cov[1, 0] = E[1]
             return b.T, cov
+        Minv = self._system(lam_t, need_inverse=True)[2]
+        Mg = np.einsum("abm,bm->am", Minv, g)
+        Rt = np.einsum("abm,bm->am", self._F, Mg)                  # R_j' M_j^-1 g_j
+        LLt = lam_t @ lam_t.T
+        b = (rp.T @ (LLt @ Rt)) / D[p, p]
+        # conditional covariance / sigma^2 in working coordinates (Woodbury):
+        # Lambda~ (I + Lambda~' S_j Lambda~)^{-1} Lambda~' = LLt - LLt R_j' M_j^{-1} R_j LLt
         RL = np.einsum("bam,bc->acm", self._F, LLt)               # R_j LLt (q, q, m)
         MRL = np.einsum("abm,bcm->acm", Minv, RL)                  # M_j^{-1} R_j LLt
         cov_w = LLt[:, :, None] - np.einsum("acm,adm->cdm", RL, MRL)

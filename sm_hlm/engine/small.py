@@ -153,18 +153,6 @@ class SmallKernel:
         E = np.array([k11, [-v for v in k01], k00, det]) @ self.P
         return E[:3] / E[3]
 
-    def m_inverse(self, lam: np.ndarray) -> np.ndarray:
-        """M_j^{-1} as (q, q, m) at Lambda~ = lam (closed form)."""
-        q, m = self.q, self.m
-        inv = self._inverse_entries(self._entries(lam))[1]
-        out = np.empty((q, q, m))
-        if q == 1:
-            out[0, 0] = inv[0]
-            return out
-        out[0, 0], out[0, 1], out[1, 1] = inv
-        out[1, 0] = inv[1]
-        return out
-
     def factor(self, lam: np.ndarray):
         """The Cholesky factor of A(theta) and the pieces of the gradient; None where not PD.
 
