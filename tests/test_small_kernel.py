@@ -20,12 +20,18 @@ def data():
 
 @pytest.mark.parametrize("formula", FORMULAS)
 @pytest.mark.parametrize("reml", [False, True])
-@pytest.mark.parametrize("pairs", [True, False], ids=["pair-products", "H"])
-def test_small_kernel_matches_general_kernels(data, formula, reml, pairs, monkeypatch) -> None:
-    """Both forms of A (pair products of G_j, or H_j = L_j^{-1} G_j) against the
-    general kernels, with the gradient."""
+@pytest.mark.parametrize("form", ["compiled", "pair-products", "H"])
+def test_small_kernel_matches_general_kernels(data, formula, reml, form, monkeypatch) -> None:
+    """The three forms of A (the compiled loop; pair products of G_j; H_j = L_j^{-1} G_j)
+    against the general kernels, with the gradient."""
     import sm_hlm.engine.small as small
-    if not pairs:
+    from sm_hlm.engine import compiled
+    if form == "compiled":
+        if compiled.csmall() is None:
+            pytest.skip(f"the compiled small kernel is {compiled.status()['_csmall']}")
+    else:
+        monkeypatch.setattr(small, "COMPILED_MAX_R", 0)
+    if form == "H":
         monkeypatch.setattr(small, "PAIR_LIMIT", 0)
     model = HLM.from_formula(formula, data)
     dev = model.deviance_function(reml=reml)
@@ -44,7 +50,8 @@ def test_small_kernel_matches_general_kernels(data, formula, reml, pairs, monkey
         v2 = dev.work_deviance(x)
         t2 = dev.terms(dev.theta_from_work(x))
         dev._small_ok = True
-        assert (dev._small.pairs is not None) == pairs
+        assert (dev._small._c is not None) == (form == "compiled")
+        assert (dev._small.pairs is not None) == (form == "pair-products")
         assert d1 == pytest.approx(d2, rel=1e-13, abs=1e-9)
         assert v1 == pytest.approx(v2, rel=1e-13, abs=1e-9)
         np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-9 * np.max(np.abs(g2)))

@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <math.h>
 #include <string.h>
+#include <stdint.h>
 
 /* A C-contiguous float64 buffer of at least `len` entries (len < 0: any). */
 static int
@@ -36,6 +37,151 @@ get_doubles(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t len,
     }
     return 0;
 }
+
+#if defined(__GNUC__) || defined(__clang__)
+#define HOT static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define HOT static __forceinline
+#else
+#define HOT static inline
+#endif
+
+/* The largest r = p + 1 with loops specialised for it (fully unrolled, sums in registers). */
+#define MAX_UNROLLED_R 8
+
+/*
+ * sum_j log x_j for positive x_j as log(prod of mantissas) + (sum of exponents) log 2:
+ * four running products of mantissas in [1, 2), their exponents moved into an integer
+ * count every 64 terms (exact), one log per product at the end.
+ */
+typedef struct {
+    double prod[4];
+    long long exps;
+    int bad;
+} logsum_t;
+
+HOT double
+split_mantissa(double x, long long *e)
+{
+    uint64_t u;
+    memcpy(&u, &x, 8);
+    *e += (long long)((u >> 52) & 0x7ff) - 1023;
+    u = (u & 0x800fffffffffffffULL) | (1023ULL << 52);
+    memcpy(&x, &u, 8);
+    return x;
+}
+
+HOT void
+logsum_init(logsum_t *ls)
+{
+    ls->prod[0] = ls->prod[1] = ls->prod[2] = ls->prod[3] = 1.0;
+    ls->exps = 0;
+    ls->bad = 0;
+}
+
+HOT void
+logsum_add(logsum_t *ls, double x, Py_ssize_t j)
+{
+    /* x in [DBL_MIN, DBL_MAX] (normal, positive): anything else makes the sum undefined */
+    ls->bad |= !(x >= 2.2250738585072014e-308 && x <= 1.7976931348623157e308);
+    ls->prod[j & 3] *= split_mantissa(x, &ls->exps);
+    if ((j & 63) == 63)
+        for (int k = 0; k < 4; k++)
+            ls->prod[k] = split_mantissa(ls->prod[k], &ls->exps);
+}
+
+static double
+logsum_value(logsum_t *ls)
+{
+    if (ls->bad)
+        return NAN;
+    double total = (double)ls->exps * 0.69314718055994530942;
+    for (int k = 0; k < 4; k++)
+        total += log(ls->prod[k]);
+    return total;
+}
+
+/* One pass over the groups, q = 2: inv's rows and sum_j G_j' M_j^{-1} G_j's upper triangle. */
+HOT double
+factor_q2_loop(const Py_ssize_t r, Py_ssize_t m, const double *G, const double *f0,
+               const double *f1, const double *f2, const double *s, double *inv,
+               double *acc, double *g0, double *g1)
+{
+    const double s00 = s[0], s01 = s[1], s11 = s[2], dets = s[3];
+    const double t01 = 2.0 * s01;
+    double *ia = inv, *ib = inv + m, *id = inv + 2 * m;
+    const Py_ssize_t ldg = 2 * m;
+    logsum_t ls;
+    logsum_init(&ls);
+    for (Py_ssize_t j = 0; j < m; j++) {
+        double a0 = f0[j], a1 = f1[j], a2 = f2[j];
+        double p00 = a0 * a0, p01 = a0 * a1, p11 = a1 * a1, p02 = a0 * a2;
+        double p12 = a1 * a2, p22 = a2 * a2;
+        double quad = s00 * p00 + t01 * p01 + s11 * p11;
+        double m11 = s11 * p22 + 1.0;
+        double nm01 = -(s01 * p02 + s11 * p12);
+        double m00 = quad + 1.0;
+        /* a sum of non-negative terms: no cancellation */
+        double det = quad + s11 * p22 + dets * (p00 * p22) + 1.0;
+        double rdet = 1.0 / det;
+        double a = m11 * rdet, b = nm01 * rdet, d = m00 * rdet;
+        ia[j] = a;
+        ib[j] = b;
+        id[j] = d;
+        logsum_add(&ls, det, j);
+        for (Py_ssize_t x = 0; x < r; x++) {
+            g0[x] = G[x * ldg + j];
+            g1[x] = G[x * ldg + m + j];
+        }
+        Py_ssize_t k = 0;
+        for (Py_ssize_t x = 0; x < r; x++) {
+            /* row x of G_j M_j^{-1}: (a g0x + b g1x, b g0x + d g1x) */
+            double u0 = a * g0[x] + b * g1[x], u1 = b * g0[x] + d * g1[x];
+            for (Py_ssize_t y = x; y < r; y++)
+                acc[k++] += u0 * g0[y] + u1 * g1[y];
+        }
+    }
+    return logsum_value(&ls);
+}
+
+/* The same for q = 1. */
+HOT double
+factor_q1_loop(const Py_ssize_t r, Py_ssize_t m, const double *G, const double *f0,
+               const double *s, double *inv, double *acc, double *g0)
+{
+    const double s00 = s[0];
+    logsum_t ls;
+    logsum_init(&ls);
+    for (Py_ssize_t j = 0; j < m; j++) {
+        double det = 1.0 + s00 * (f0[j] * f0[j]);
+        double a = 1.0 / det;
+        inv[j] = a;
+        logsum_add(&ls, det, j);
+        for (Py_ssize_t x = 0; x < r; x++)
+            g0[x] = G[x * m + j];
+        Py_ssize_t k = 0;
+        for (Py_ssize_t x = 0; x < r; x++) {
+            double ax = a * g0[x];
+            for (Py_ssize_t y = x; y < r; y++)
+                acc[k++] += ax * g0[y];
+        }
+    }
+    return logsum_value(&ls);
+}
+
+/* The loops with r a compile-time constant (1..8), the pair sums a local array. */
+#define UNROLLED_Q2(R) \
+    case R: { \
+        double a_[R * (R + 1) / 2] = {0}, g_[2 * R]; \
+        logdet = factor_q2_loop(R, m, G, f0, f1, f2, s, inv, a_, g_, g_ + R); \
+        memcpy(acc, a_, sizeof a_); \
+        break; }
+#define UNROLLED_Q1(R) \
+    case R: { \
+        double a_[R * (R + 1) / 2] = {0}, g_[R]; \
+        logdet = factor_q1_loop(R, m, G, f0, s, inv, a_, g_); \
+        memcpy(acc, a_, sizeof a_); \
+        break; }
 
 /*
  * factor(q, Gc, f0, f1, f2, s, A, inv) -> log|L|^2 = sum_j log det M_j
@@ -83,63 +229,29 @@ small_factor(PyObject *self, PyObject *args)
 
     const double *f0 = b0.buf, *f1 = b1.buf, *f2 = b2.buf, *s = bs.buf, *G = bG.buf;
     double *A = bA.buf, *inv = binv.buf;
-    Py_ssize_t npair = r * (r + 1) / 2, ldg = q * m;
-    double *acc = PyMem_Calloc(npair > 0 ? npair : 1, sizeof(double));
-    double *g0 = PyMem_Malloc(2 * (r > 0 ? r : 1) * sizeof(double));
-    if (acc == NULL || g0 == NULL) {
-        PyMem_Free(acc);
-        PyMem_Free(g0);
+    Py_ssize_t npair = r * (r + 1) / 2;
+    /* the pair sums, then room for a group's rows of G (the loops for large r) */
+    double *acc = PyMem_Calloc(npair + 2 * r + 1, sizeof(double));
+    if (acc == NULL) {
         PyErr_NoMemory();
         goto fail6;
     }
-    double *g1 = g0 + r;
-    double logdet = 0.0;
+    double logdet;
     if (q == 1) {
-        const double s00 = s[0];
-        for (Py_ssize_t j = 0; j < m; j++) {
-            double det = 1.0 + s00 * (f0[j] * f0[j]);
-            double a = 1.0 / det;
-            inv[j] = a;
-            logdet += log(det);
-            Py_ssize_t k = 0;
-            for (Py_ssize_t x = 0; x < r; x++)
-                g0[x] = G[x * ldg + j];
-            for (Py_ssize_t x = 0; x < r; x++) {
-                double ax = a * g0[x];
-                for (Py_ssize_t y = x; y < r; y++)
-                    acc[k++] += ax * g0[y];
-            }
+        switch (r) {
+            UNROLLED_Q1(1) UNROLLED_Q1(2) UNROLLED_Q1(3) UNROLLED_Q1(4)
+            UNROLLED_Q1(5) UNROLLED_Q1(6) UNROLLED_Q1(7) UNROLLED_Q1(8)
+            default:
+                logdet = factor_q1_loop(r, m, G, f0, s, inv, acc, acc + npair);
         }
     }
     else {
-        const double s00 = s[0], s01 = s[1], s11 = s[2], dets = s[3];
-        double *ia = inv, *ib = inv + m, *id = inv + 2 * m;
-        for (Py_ssize_t j = 0; j < m; j++) {
-            double a0 = f0[j], a1 = f1[j], a2 = f2[j];
-            double p00 = a0 * a0, p01 = a0 * a1, p11 = a1 * a1, p02 = a0 * a2;
-            double p12 = a1 * a2, p22 = a2 * a2;
-            double m11 = s11 * p22 + 1.0;
-            double nm01 = -s01 * p02 - s11 * p12;
-            double m00 = s00 * p00 + 2.0 * s01 * p01 + s11 * p11 + 1.0;
-            /* a sum of non-negative terms: no cancellation */
-            double det = s00 * p00 + 2.0 * s01 * p01 + s11 * p11 + s11 * p22
-                         + dets * (p00 * p22) + 1.0;
-            double a = m11 / det, b = nm01 / det, d = m00 / det;
-            ia[j] = a;
-            ib[j] = b;
-            id[j] = d;
-            logdet += log(det);
-            for (Py_ssize_t x = 0; x < r; x++) {
-                g0[x] = G[x * ldg + j];
-                g1[x] = G[x * ldg + m + j];
-            }
-            Py_ssize_t k = 0;
-            for (Py_ssize_t x = 0; x < r; x++) {
-                /* row x of M_j^{-1} applied: (a g0x + b g1x, b g0x + d g1x) */
-                double u0 = a * g0[x] + b * g1[x], u1 = b * g0[x] + d * g1[x];
-                for (Py_ssize_t y = x; y < r; y++)
-                    acc[k++] += u0 * g0[y] + u1 * g1[y];
-            }
+        switch (r) {
+            UNROLLED_Q2(1) UNROLLED_Q2(2) UNROLLED_Q2(3) UNROLLED_Q2(4)
+            UNROLLED_Q2(5) UNROLLED_Q2(6) UNROLLED_Q2(7) UNROLLED_Q2(8)
+            default:
+                logdet = factor_q2_loop(r, m, G, f0, f1, f2, s, inv, acc, acc + npair,
+                                        acc + npair + r);
         }
     }
     Py_ssize_t k = 0;
@@ -150,7 +262,6 @@ small_factor(PyObject *self, PyObject *args)
                 A[y * r + x] = A[x * r + y];
         }
     PyMem_Free(acc);
-    PyMem_Free(g0);
     PyBuffer_Release(&binv);
     PyBuffer_Release(&bG);
     PyBuffer_Release(&bA);
@@ -158,8 +269,6 @@ small_factor(PyObject *self, PyObject *args)
     PyBuffer_Release(&b2);
     PyBuffer_Release(&b1);
     PyBuffer_Release(&b0);
-    if (!isfinite(logdet))
-        logdet = NAN;
     return PyFloat_FromDouble(logdet);
 
 fail6: PyBuffer_Release(&binv);

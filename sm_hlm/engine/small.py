@@ -39,6 +39,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import lapack
 
+from . import compiled
+
 __all__ = ["SmallKernel"]
 
 
@@ -46,6 +48,10 @@ __all__ = ["SmallKernel"]
 #: (their upper triangle, r (r + 1) / 2 x 3m entries) are kept for the pair-product form
 #: of A (at most 8 MB); beyond it A comes from H_j = L_j^{-1} G_j.
 PAIR_LIMIT = 1_000_000
+#: Largest r = p + 1 for which the compiled loops (:mod:`sm_hlm.engine._csmall`, r^2 / 2
+#: scalar multiply-adds per group) are used; beyond it the numpy forms' BLAS products
+#: are faster.
+COMPILED_MAX_R = 12
 
 
 class SmallKernel:
@@ -96,10 +102,17 @@ class SmallKernel:
         else:
             P = np.stack([f0 * f0, np.ones(m)])
         self.P = P
-        self.within = within
+        self.within = np.ascontiguousarray(within, dtype=float)
+        # the compiled loops (one pass over the groups per call) where built and r is small
+        self._c = compiled.csmall() if r <= COMPILED_MAX_R else None
+        if self._c is not None:
+            self._f12 = (self.f1, self.f2) if q == 2 else (f0, f0)
         npair = 1 if q == 1 else 3
         self.pairs: np.ndarray | None = None
-        if r * r * npair * m <= PAIR_LIMIT:
+        self._H = None
+        if self._c is not None:
+            pass                                   # neither the pairs nor H are needed
+        elif r * r * npair * m <= PAIR_LIMIT:
             # rows (a, b), a <= b, of the upper triangle of A (A is symmetric); columns
             # [00 | 01 + 10 | 11] per group, matching the entries (a, b, d) of M_j^{-1}
             iu = np.triu_indices(r)
@@ -161,6 +174,8 @@ class SmallKernel:
         as rows (see :meth:`_inverse_entries`).
         """
         q, m = self.q, self.m
+        if self._c is not None:
+            return self._compiled_factor(lam)
         E = self._entries(lam)
         det, inv = self._inverse_entries(E)
         logdet = float(np.log(det).sum())
@@ -188,6 +203,25 @@ class SmallKernel:
             return None
         return R, logdet, inv
 
+    def _compiled_factor(self, lam: np.ndarray):
+        """:meth:`factor` by the compiled loop (:func:`sm_hlm.engine._csmall.factor`)."""
+        q = self.q
+        if q == 1:
+            s = np.array([float(lam[0, 0]) ** 2])
+        else:
+            (l00, l01), (l10, l11) = lam.tolist()
+            s = np.array([l00 * l00 + l01 * l01, l00 * l10 + l01 * l11, l10 * l10 + l11 * l11,
+                          (l00 * l11 - l01 * l10) ** 2])
+        A = self.within.copy()
+        inv = np.empty((3 if q == 2 else 1, self.m))
+        logdet = self._c.factor(q, self.Gc, self.f0, *self._f12, s, A, inv)
+        if not np.isfinite(logdet):
+            return None
+        R, info = lapack.dpotrf(A, lower=1, clean=1)
+        if info != 0:
+            return None
+        return R, logdet, inv
+
     def gradient_inner(self, R: np.ndarray, inv: np.ndarray, *, p: int, dof: float,
                        pwrss: float, reml: bool) -> np.ndarray:
         """The q x q matrix B of the gradient (see the module notes) at the factor's theta."""
@@ -196,9 +230,13 @@ class SmallKernel:
         if p:
             beta, info = lapack.dtrtrs(R[:p, :p], R[p, :p], lower=1, trans=1)
             np.negative(beta, out=u[:p])
-        hg = u @ self.Gc                                       # g_j = G_j u, both columns
         c = dof / pwrss
         inner = np.empty((q, q))
+        if self._c is not None:
+            RX = np.ascontiguousarray(R[:p, :p]) if (reml and p) else None
+            self._c.gradient(q, self.Gc, self.f0, *self._f12, inv, u, c, RX, p, inner)
+            return inner
+        hg = u @ self.Gc                                       # g_j = G_j u, both columns
         if q == 1:
             a = inv[0]
             v0 = hg * a
