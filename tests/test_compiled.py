@@ -103,27 +103,33 @@ def test_compiled_factor_undefined_where_not_finite(monkeypatch) -> None:
 @needs_csmall
 def test_compiled_loops_reject_bad_buffers() -> None:
     m, r = 4, 3
-    f = np.ones(m)
-    G = np.ones((r, 2 * m))
+    fp = np.ones((m, 3))
+    gp = np.ones((m, 2 * r))
     s = np.array([1.0, 0.0, 1.0, 1.0])
-    A, inv = np.zeros((r, r)), np.empty((3, m))
-    csmall.factor(2, G, f, f, f, s, A, inv)                  # well formed
-    with pytest.raises(TypeError, match="f0 must be a float64 array"):
-        csmall.factor(2, G, f.astype(np.float32), f, f, s, A, inv)
-    with pytest.raises(ValueError, match="Gc has 6 entries, 24 needed"):
-        csmall.factor(2, G[:, :2].copy(), f, f, f, s, A, inv)
+    A, inv = np.eye(r), np.empty((m, 3))
+    assert csmall.factor(2, gp, fp, s, A, inv)[1] == 0        # well formed
+    with pytest.raises(TypeError, match="fp must be a float64 array"):
+        csmall.factor(2, gp, fp.astype(np.float32), s, np.eye(r), inv)
+    with pytest.raises(ValueError, match="gp has 12 entries, 24 expected"):
+        csmall.factor(2, gp[:2].copy(), fp, s, np.eye(r), inv)
+    with pytest.raises(ValueError, match="fp must hold 3 numbers per group"):
+        csmall.factor(2, gp, np.ones(7), s, np.eye(r), inv)
     with pytest.raises(ValueError, match="A must be square"):
-        csmall.factor(2, G, f, f, f, s, np.zeros(5), inv)
+        csmall.factor(2, gp, fp, s, np.zeros(5), inv)
     with pytest.raises(ValueError, match="q must be 1 or 2"):
-        csmall.factor(3, G, f, f, f, s, A, inv)
+        csmall.factor(3, gp, fp, s, np.eye(r), inv)
     with pytest.raises(ValueError):                           # not contiguous
-        csmall.factor(2, np.ones((r, 4 * m))[:, ::2], f, f, f, s, A, inv)
+        csmall.factor(2, np.ones((m, 4 * r))[:, ::2], fp, s, np.eye(r), inv)
+    A = np.eye(r)
     A.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):        # an output must be writable
-        csmall.factor(2, G, f, f, f, s, A, inv)
+        csmall.factor(2, gp, fp, s, A, inv)
     out = np.empty((2, 2))
-    with pytest.raises(ValueError, match="p must lie in"):
-        csmall.gradient(2, G, f, f, f, inv, np.ones(r), 1.0, None, r, out)
+    with pytest.raises(ValueError, match="RX must be square"):
+        csmall.gradient(2, gp, fp, inv, np.ones(r), 1.0, np.eye(r), out)
+    # not positive definite: the leading minor that fails
+    bad = np.diag([1.0, -1.0, 1.0])
+    assert csmall.factor(2, np.zeros((m, 2 * r)), fp, s, bad, inv)[1] == 2
 
 
 @needs_csmall

@@ -4,9 +4,10 @@
  * One pass over the groups per call, where the numpy form needs about fifteen
  * whole-array operations (each a pass, a temporary and a fixed call cost).  The
  * arithmetic is that of the numpy form (see small.py's notes); only the order of
- * the sums over groups differs.  Arrays come in through the buffer protocol
- * (C-contiguous float64), so that the module builds against Python's headers
- * alone.
+ * the sums over groups differs.  The per-group inputs are group-major (each
+ * group's numbers contiguous: one stream in, one out), and arrays come in through
+ * the buffer protocol (C-contiguous float64), so that the module builds against
+ * Python's headers alone.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -14,7 +15,18 @@
 #include <string.h>
 #include <stdint.h>
 
-/* A C-contiguous float64 buffer of at least `len` entries (len < 0: any). */
+#if defined(__GNUC__) || defined(__clang__)
+#define HOT static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define HOT static __forceinline
+#else
+#define HOT static inline
+#endif
+
+/* The largest r = p + 1 with loops specialised for it (unrolled, sums in registers). */
+#define MAX_UNROLLED_R 8
+
+/* A C-contiguous float64 buffer of exactly `len` entries (len < 0: any). */
 static int
 get_doubles(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t len,
             const char *name)
@@ -29,8 +41,8 @@ get_doubles(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t len,
         PyBuffer_Release(view);
         return -1;
     }
-    if (len >= 0 && view->len / 8 < len) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd entries, %zd needed", name,
+    if (len >= 0 && view->len / 8 != len) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd entries, %zd expected", name,
                      view->len / 8, len);
         PyBuffer_Release(view);
         return -1;
@@ -38,21 +50,10 @@ get_doubles(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t len,
     return 0;
 }
 
-#if defined(__GNUC__) || defined(__clang__)
-#define HOT static inline __attribute__((always_inline))
-#elif defined(_MSC_VER)
-#define HOT static __forceinline
-#else
-#define HOT static inline
-#endif
-
-/* The largest r = p + 1 with loops specialised for it (fully unrolled, sums in registers). */
-#define MAX_UNROLLED_R 8
-
 /*
  * sum_j log x_j for positive x_j as log(prod of mantissas) + (sum of exponents) log 2:
  * four running products of mantissas in [1, 2), their exponents moved into an integer
- * count every 64 terms (exact), one log per product at the end.
+ * count every 64 terms (exactly), one log per product at the end.
  */
 typedef struct {
     double prod[4];
@@ -82,7 +83,7 @@ logsum_init(logsum_t *ls)
 HOT void
 logsum_add(logsum_t *ls, double x, Py_ssize_t j)
 {
-    /* x in [DBL_MIN, DBL_MAX] (normal, positive): anything else makes the sum undefined */
+    /* x normal and positive: anything else leaves the sum undefined */
     ls->bad |= !(x >= 2.2250738585072014e-308 && x <= 1.7976931348623157e308);
     ls->prod[j & 3] *= split_mantissa(x, &ls->exps);
     if ((j & 63) == 63)
@@ -91,7 +92,7 @@ logsum_add(logsum_t *ls, double x, Py_ssize_t j)
 }
 
 static double
-logsum_value(logsum_t *ls)
+logsum_value(const logsum_t *ls)
 {
     if (ls->bad)
         return NAN;
@@ -101,20 +102,22 @@ logsum_value(logsum_t *ls)
     return total;
 }
 
-/* One pass over the groups, q = 2: inv's rows and sum_j G_j' M_j^{-1} G_j's upper triangle. */
+/*
+ * One pass over the groups, q = 2.  Per group j: fp[3j..] = (f0, f1, f2),
+ * gp[2rj..] = (G_j0 (r), G_j1 (r)); out inv[3j..] = (a, b, d) of M_j^{-1} and the
+ * upper triangle of sum_j G_j' M_j^{-1} G_j added to acc (row by row).
+ */
 HOT double
-factor_q2_loop(const Py_ssize_t r, Py_ssize_t m, const double *G, const double *f0,
-               const double *f1, const double *f2, const double *s, double *inv,
-               double *acc, double *g0, double *g1)
+factor_q2_loop(const Py_ssize_t r, Py_ssize_t m, const double *gp, const double *fp,
+               const double *s, double *inv, double *acc)
 {
     const double s00 = s[0], s01 = s[1], s11 = s[2], dets = s[3];
     const double t01 = 2.0 * s01;
-    double *ia = inv, *ib = inv + m, *id = inv + 2 * m;
-    const Py_ssize_t ldg = 2 * m;
     logsum_t ls;
     logsum_init(&ls);
     for (Py_ssize_t j = 0; j < m; j++) {
-        double a0 = f0[j], a1 = f1[j], a2 = f2[j];
+        const double *f = fp + 3 * j, *g0 = gp + 2 * r * j, *g1 = g0 + r;
+        double a0 = f[0], a1 = f[1], a2 = f[2];
         double p00 = a0 * a0, p01 = a0 * a1, p11 = a1 * a1, p02 = a0 * a2;
         double p12 = a1 * a2, p22 = a2 * a2;
         double quad = s00 * p00 + t01 * p01 + s11 * p11;
@@ -125,14 +128,10 @@ factor_q2_loop(const Py_ssize_t r, Py_ssize_t m, const double *G, const double *
         double det = quad + s11 * p22 + dets * (p00 * p22) + 1.0;
         double rdet = 1.0 / det;
         double a = m11 * rdet, b = nm01 * rdet, d = m00 * rdet;
-        ia[j] = a;
-        ib[j] = b;
-        id[j] = d;
+        inv[3 * j] = a;
+        inv[3 * j + 1] = b;
+        inv[3 * j + 2] = d;
         logsum_add(&ls, det, j);
-        for (Py_ssize_t x = 0; x < r; x++) {
-            g0[x] = G[x * ldg + j];
-            g1[x] = G[x * ldg + m + j];
-        }
         Py_ssize_t k = 0;
         for (Py_ssize_t x = 0; x < r; x++) {
             /* row x of G_j M_j^{-1}: (a g0x + b g1x, b g0x + d g1x) */
@@ -144,21 +143,20 @@ factor_q2_loop(const Py_ssize_t r, Py_ssize_t m, const double *G, const double *
     return logsum_value(&ls);
 }
 
-/* The same for q = 1. */
+/* The same for q = 1: fp[j] = f0, gp[rj..] = G_j0, inv[j] = 1 / M_j. */
 HOT double
-factor_q1_loop(const Py_ssize_t r, Py_ssize_t m, const double *G, const double *f0,
-               const double *s, double *inv, double *acc, double *g0)
+factor_q1_loop(const Py_ssize_t r, Py_ssize_t m, const double *gp, const double *fp,
+               const double *s, double *inv, double *acc)
 {
     const double s00 = s[0];
     logsum_t ls;
     logsum_init(&ls);
     for (Py_ssize_t j = 0; j < m; j++) {
-        double det = 1.0 + s00 * (f0[j] * f0[j]);
+        const double *g0 = gp + r * j;
+        double det = 1.0 + s00 * (fp[j] * fp[j]);
         double a = 1.0 / det;
         inv[j] = a;
         logsum_add(&ls, det, j);
-        for (Py_ssize_t x = 0; x < r; x++)
-            g0[x] = G[x * m + j];
         Py_ssize_t k = 0;
         for (Py_ssize_t x = 0; x < r; x++) {
             double ax = a * g0[x];
@@ -169,212 +167,242 @@ factor_q1_loop(const Py_ssize_t r, Py_ssize_t m, const double *G, const double *
     return logsum_value(&ls);
 }
 
-/* The loops with r a compile-time constant (1..8), the pair sums a local array. */
-#define UNROLLED_Q2(R) \
-    case R: { \
-        double a_[R * (R + 1) / 2] = {0}, g_[2 * R]; \
-        logdet = factor_q2_loop(R, m, G, f0, f1, f2, s, inv, a_, g_, g_ + R); \
-        memcpy(acc, a_, sizeof a_); \
-        break; }
-#define UNROLLED_Q1(R) \
-    case R: { \
-        double a_[R * (R + 1) / 2] = {0}, g_[R]; \
-        logdet = factor_q1_loop(R, m, G, f0, s, inv, a_, g_); \
-        memcpy(acc, a_, sizeof a_); \
-        break; }
+/* The loops with r a compile-time constant (1..8), one function each. */
+typedef double (*factor_loop_t)(Py_ssize_t, const double *, const double *,
+                                const double *, double *, double *);
+#define DEFINE_UNROLLED(R) \
+    static double factor_q2_r##R(Py_ssize_t m, const double *gp, const double *fp, \
+                                 const double *s, double *inv, double *acc) \
+    { \
+        double a_[R * (R + 1) / 2] = {0}; \
+        double ld = factor_q2_loop(R, m, gp, fp, s, inv, a_); \
+        for (int k = 0; k < R * (R + 1) / 2; k++) \
+            acc[k] = a_[k]; \
+        return ld; \
+    } \
+    static double factor_q1_r##R(Py_ssize_t m, const double *gp, const double *fp, \
+                                 const double *s, double *inv, double *acc) \
+    { \
+        double a_[R * (R + 1) / 2] = {0}; \
+        double ld = factor_q1_loop(R, m, gp, fp, s, inv, a_); \
+        for (int k = 0; k < R * (R + 1) / 2; k++) \
+            acc[k] = a_[k]; \
+        return ld; \
+    }
+DEFINE_UNROLLED(1) DEFINE_UNROLLED(2) DEFINE_UNROLLED(3) DEFINE_UNROLLED(4)
+DEFINE_UNROLLED(5) DEFINE_UNROLLED(6) DEFINE_UNROLLED(7) DEFINE_UNROLLED(8)
+static const factor_loop_t q2_unrolled[MAX_UNROLLED_R + 1] = {
+    NULL, factor_q2_r1, factor_q2_r2, factor_q2_r3, factor_q2_r4, factor_q2_r5,
+    factor_q2_r6, factor_q2_r7, factor_q2_r8};
+static const factor_loop_t q1_unrolled[MAX_UNROLLED_R + 1] = {
+    NULL, factor_q1_r1, factor_q1_r2, factor_q1_r3, factor_q1_r4, factor_q1_r5,
+    factor_q1_r6, factor_q1_r7, factor_q1_r8};
+
+/* Lower Cholesky factor of the symmetric r x r A in place (row-major, upper part zeroed);
+ * 0, or k + 1 when the leading minor of order k + 1 is not positive definite. */
+static int
+cholesky_lower(double *A, Py_ssize_t r)
+{
+    for (Py_ssize_t k = 0; k < r; k++) {
+        double d = A[k * r + k];
+        for (Py_ssize_t i = 0; i < k; i++)
+            d -= A[k * r + i] * A[k * r + i];
+        if (!(d > 0.0) || !isfinite(d))
+            return (int)k + 1;
+        d = sqrt(d);
+        A[k * r + k] = d;
+        for (Py_ssize_t i = k + 1; i < r; i++) {
+            double t = A[i * r + k];
+            for (Py_ssize_t l = 0; l < k; l++)
+                t -= A[i * r + l] * A[k * r + l];
+            A[i * r + k] = t / d;
+        }
+        for (Py_ssize_t i = k + 1; i < r; i++)
+            A[k * r + i] = 0.0;
+    }
+    return 0;
+}
 
 /*
- * factor(q, Gc, f0, f1, f2, s, A, inv) -> log|L|^2 = sum_j log det M_j
+ * factor(q, gp, fp, s, A, inv) -> (log|L|^2, info)
  *
- * Gc   (r, q m)  [G_j0 | G_j1] for all groups, row a holding G's row a
- * f0, f1, f2 (m) the per-group roots F_j = [[f0, 0], [f1, f2]] (f1, f2 unused for q = 1)
- * s    (4)       s00, s01, s11, det(S) of S = Lambda~ Lambda~' (q = 1: s[0] = lambda^2)
- * A    (r, r)    in: sum_j E_j'E_j; out: A = in + sum_j G_j' M_j^{-1} G_j (symmetric)
- * inv  (3, m)    out: the rows a, b, d of M_j^{-1} = [[a, b], [b, d]] (q = 1: (m) rows a)
+ * gp   (m, q r)  per group [G_j0 | G_j1] (G_j's columns, each of length r)
+ * fp   (m, 3)    per group (f0, f1, f2) of F_j = [[f0, 0], [f1, f2]]  (q = 1: (m,), f0)
+ * s    (4)       s00, s01, s11, det(S) of S = Lambda~ Lambda~'  (q = 1: (1,), lambda^2)
+ * A    (r, r)    in: sum_j E_j'E_j; out: the lower Cholesky factor of
+ *                A = in + sum_j G_j' M_j^{-1} G_j (upper part zero)
+ * inv  (m, 3)    out: (a, b, d) of M_j^{-1} = [[a, b], [b, d]]  (q = 1: (m,), a)
  *
- * Returns NaN where a det M_j is not positive and finite.
+ * log|L|^2 = sum_j log det M_j is NaN where a det M_j is not positive and finite;
+ * info is 0, or k + 1 where A's leading minor of order k + 1 is not positive definite.
  */
 static PyObject *
 small_factor(PyObject *self, PyObject *args)
 {
     int q;
-    PyObject *oG, *o0, *o1, *o2, *os, *oA, *oinv;
-    if (!PyArg_ParseTuple(args, "iOOOOOOO", &q, &oG, &o0, &o1, &o2, &os, &oA, &oinv))
+    PyObject *og, *of, *os, *oA, *oinv;
+    if (!PyArg_ParseTuple(args, "iOOOOO", &q, &og, &of, &os, &oA, &oinv))
         return NULL;
     if (q != 1 && q != 2) {
         PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
         return NULL;
     }
-    Py_buffer bG, b0, b1, b2, bs, bA, binv;
-    if (get_doubles(o0, &b0, 0, -1, "f0") < 0)
-        return NULL;
-    Py_ssize_t m = b0.len / 8;
-    if (get_doubles(o1, &b1, 0, q == 2 ? m : 0, "f1") < 0)
-        goto fail0;
-    if (get_doubles(o2, &b2, 0, q == 2 ? m : 0, "f2") < 0)
-        goto fail1;
-    if (get_doubles(os, &bs, 0, q == 2 ? 4 : 1, "s") < 0)
-        goto fail2;
+    const Py_ssize_t nf = q == 2 ? 3 : 1;
+    Py_buffer bg, bf, bs, bA, binv;
     if (get_doubles(oA, &bA, 1, -1, "A") < 0)
-        goto fail3;
+        return NULL;
     Py_ssize_t r = (Py_ssize_t)(sqrt((double)(bA.len / 8)) + 0.5);
     if (r * r != bA.len / 8) {
         PyErr_SetString(PyExc_ValueError, "A must be square");
-        goto fail4;
+        goto fail0;
     }
-    if (get_doubles(oG, &bG, 0, r * q * m, "Gc") < 0)
-        goto fail4;
-    if (get_doubles(oinv, &binv, 1, (q == 2 ? 3 : 1) * m, "inv") < 0)
-        goto fail5;
+    if (get_doubles(of, &bf, 0, -1, "fp") < 0)
+        goto fail0;
+    Py_ssize_t m = bf.len / 8 / nf;
+    if (m * nf != bf.len / 8) {
+        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
+        goto fail1;
+    }
+    if (get_doubles(og, &bg, 0, m * q * r, "gp") < 0)
+        goto fail1;
+    if (get_doubles(os, &bs, 0, q == 2 ? 4 : 1, "s") < 0)
+        goto fail2;
+    if (get_doubles(oinv, &binv, 1, m * nf, "inv") < 0)
+        goto fail3;
 
-    const double *f0 = b0.buf, *f1 = b1.buf, *f2 = b2.buf, *s = bs.buf, *G = bG.buf;
+    const double *gp = bg.buf, *fp = bf.buf, *s = bs.buf;
     double *A = bA.buf, *inv = binv.buf;
     Py_ssize_t npair = r * (r + 1) / 2;
-    /* the pair sums, then room for a group's rows of G (the loops for large r) */
-    double *acc = PyMem_Calloc(npair + 2 * r + 1, sizeof(double));
+    double *acc = PyMem_Calloc(npair + 1, sizeof(double));
     if (acc == NULL) {
         PyErr_NoMemory();
-        goto fail6;
+        goto fail4;
     }
     double logdet;
-    if (q == 1) {
-        switch (r) {
-            UNROLLED_Q1(1) UNROLLED_Q1(2) UNROLLED_Q1(3) UNROLLED_Q1(4)
-            UNROLLED_Q1(5) UNROLLED_Q1(6) UNROLLED_Q1(7) UNROLLED_Q1(8)
-            default:
-                logdet = factor_q1_loop(r, m, G, f0, s, inv, acc, acc + npair);
-        }
-    }
-    else {
-        switch (r) {
-            UNROLLED_Q2(1) UNROLLED_Q2(2) UNROLLED_Q2(3) UNROLLED_Q2(4)
-            UNROLLED_Q2(5) UNROLLED_Q2(6) UNROLLED_Q2(7) UNROLLED_Q2(8)
-            default:
-                logdet = factor_q2_loop(r, m, G, f0, f1, f2, s, inv, acc, acc + npair,
-                                        acc + npair + r);
-        }
-    }
+    if (q == 1)
+        logdet = (r >= 1 && r <= MAX_UNROLLED_R)
+            ? q1_unrolled[r](m, gp, fp, s, inv, acc)
+            : factor_q1_loop(r, m, gp, fp, s, inv, acc);
+    else
+        logdet = (r >= 1 && r <= MAX_UNROLLED_R)
+            ? q2_unrolled[r](m, gp, fp, s, inv, acc)
+            : factor_q2_loop(r, m, gp, fp, s, inv, acc);
     Py_ssize_t k = 0;
     for (Py_ssize_t x = 0; x < r; x++)
         for (Py_ssize_t y = x; y < r; y++, k++) {
             A[x * r + y] += acc[k];
-            if (y != x)
-                A[y * r + x] = A[x * r + y];
+            A[y * r + x] = A[x * r + y];
         }
     PyMem_Free(acc);
+    int info = cholesky_lower(A, r);
     PyBuffer_Release(&binv);
-    PyBuffer_Release(&bG);
-    PyBuffer_Release(&bA);
     PyBuffer_Release(&bs);
-    PyBuffer_Release(&b2);
-    PyBuffer_Release(&b1);
-    PyBuffer_Release(&b0);
-    return PyFloat_FromDouble(logdet);
+    PyBuffer_Release(&bg);
+    PyBuffer_Release(&bf);
+    PyBuffer_Release(&bA);
+    return Py_BuildValue("(di)", logdet, info);
 
-fail6: PyBuffer_Release(&binv);
-fail5: PyBuffer_Release(&bG);
-fail4: PyBuffer_Release(&bA);
+fail4: PyBuffer_Release(&binv);
 fail3: PyBuffer_Release(&bs);
-fail2: PyBuffer_Release(&b2);
-fail1: PyBuffer_Release(&b1);
-fail0: PyBuffer_Release(&b0);
+fail2: PyBuffer_Release(&bg);
+fail1: PyBuffer_Release(&bf);
+fail0: PyBuffer_Release(&bA);
     return NULL;
 }
 
 /*
- * gradient(q, Gc, f0, f1, f2, inv, u, c, RX, p, out)
+ * gradient(q, gp, fp, inv, u, c, RX, out)
  *
  * The q x q matrix B of the gradient (small.py's notes), into out (q, q):
  *   B = sum_j R_j' M_j^{-1} R_j - c sum_j v_j v_j' - sum_j K_j K_j',
- *   v_j = R_j' M_j^{-1} G_j u,  K_j = R_X^{-1} G_jx' M_j^{-1} R_j  (when RX is given:
- *   (p, p) lower triangular, the first p rows of G being G_jx').
+ *   v_j = R_j' M_j^{-1} G_j u,  K_j = R_X^{-1} G_jx' M_j^{-1} R_j,
+ * the last term when RX (p, p), lower triangular, is given (REML), G_jx being the
+ * first p rows of G_j.  gp, fp and inv as for factor; u (r).
  */
 static PyObject *
 small_gradient(PyObject *self, PyObject *args)
 {
-    int q, p;
+    int q;
     double c;
-    PyObject *oG, *o0, *o1, *o2, *oinv, *ou, *oR, *oout;
-    if (!PyArg_ParseTuple(args, "iOOOOOOdOiO", &q, &oG, &o0, &o1, &o2, &oinv, &ou, &c,
-                          &oR, &p, &oout))
+    PyObject *og, *of, *oinv, *ou, *oR, *oout;
+    if (!PyArg_ParseTuple(args, "iOOOOdOO", &q, &og, &of, &oinv, &ou, &c, &oR, &oout))
         return NULL;
     if (q != 1 && q != 2) {
         PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
         return NULL;
     }
-    int reml = oR != Py_None && p > 0;
-    Py_buffer bG, b0, b1, b2, binv, bu, bR, bout;
-    if (get_doubles(o0, &b0, 0, -1, "f0") < 0)
-        return NULL;
-    Py_ssize_t m = b0.len / 8;
-    if (get_doubles(o1, &b1, 0, q == 2 ? m : 0, "f1") < 0)
-        goto fail0;
-    if (get_doubles(o2, &b2, 0, q == 2 ? m : 0, "f2") < 0)
-        goto fail1;
-    if (get_doubles(oinv, &binv, 0, (q == 2 ? 3 : 1) * m, "inv") < 0)
-        goto fail2;
+    const Py_ssize_t nf = q == 2 ? 3 : 1;
+    Py_buffer bg, bf, binv, bu, bR, bout;
+    int reml = oR != Py_None;
+    Py_ssize_t p = 0;
     if (get_doubles(ou, &bu, 0, -1, "u") < 0)
-        goto fail3;
+        return NULL;
     Py_ssize_t r = bu.len / 8;
-    if (p < 0 || p > r - 1) {
-        PyErr_SetString(PyExc_ValueError, "p must lie in [0, r - 1]");
-        goto fail4;
+    if (get_doubles(of, &bf, 0, -1, "fp") < 0)
+        goto fail0;
+    Py_ssize_t m = bf.len / 8 / nf;
+    if (m * nf != bf.len / 8) {
+        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
+        goto fail1;
     }
-    if (get_doubles(oG, &bG, 0, r * q * m, "Gc") < 0)
-        goto fail4;
+    if (get_doubles(og, &bg, 0, m * q * r, "gp") < 0)
+        goto fail1;
+    if (get_doubles(oinv, &binv, 0, m * nf, "inv") < 0)
+        goto fail2;
     if (reml) {
-        if (get_doubles(oR, &bR, 0, (Py_ssize_t)p * p, "RX") < 0)
-            goto fail5;
+        if (get_doubles(oR, &bR, 0, -1, "RX") < 0)
+            goto fail3;
+        p = (Py_ssize_t)(sqrt((double)(bR.len / 8)) + 0.5);
+        if (p * p != bR.len / 8 || p > r - 1) {
+            PyErr_SetString(PyExc_ValueError, "RX must be square, of order at most r - 1");
+            PyBuffer_Release(&bR);
+            goto fail3;
+        }
     }
     if (get_doubles(oout, &bout, 1, (Py_ssize_t)q * q, "out") < 0)
-        goto fail6;
+        goto fail4;
 
-    const double *f0 = b0.buf, *f1 = b1.buf, *f2 = b2.buf, *inv = binv.buf;
-    const double *u = bu.buf, *G = bG.buf, *RX = reml ? bR.buf : NULL;
+    const double *gp = bg.buf, *fp = bf.buf, *inv = binv.buf, *u = bu.buf;
+    const double *RX = reml ? bR.buf : NULL;
     double *out = bout.buf;
-    Py_ssize_t ldg = q * m;
-    double *work = PyMem_Malloc((2 * r + 2 * (p > 0 ? p : 1)) * sizeof(double) + 8);
-    if (work == NULL) {
+    double *k0 = PyMem_Malloc((2 * p + 2) * sizeof(double));
+    if (k0 == NULL) {
         PyErr_NoMemory();
-        goto fail7;
+        goto fail5;
     }
-    double *g0 = work, *g1 = work + r, *k0 = work + 2 * r, *k1 = k0 + (p > 0 ? p : 1);
+    double *k1 = k0 + p + 1;
     if (q == 1) {
         double t00 = 0.0, vv = 0.0, kk = 0.0;
         for (Py_ssize_t j = 0; j < m; j++) {
-            double a = inv[j], f = f0[j];
+            const double *g0 = gp + r * j;
+            double a = inv[j], f = fp[j];
             double h = 0.0;
-            for (Py_ssize_t x = 0; x < r; x++) {
-                g0[x] = G[x * ldg + j];
+            for (Py_ssize_t x = 0; x < r; x++)
                 h += u[x] * g0[x];
-            }
             double v = f * (a * h);
             t00 += a * (f * f);
             vv += v * v;
-            if (reml) {
-                double af = a * f;
-                for (Py_ssize_t x = 0; x < p; x++) {       /* k = RX^{-1} (G_jx a f) */
-                    double t = g0[x] * af;
-                    for (Py_ssize_t y = 0; y < x; y++)
-                        t -= RX[x * p + y] * k0[y];
-                    k0[x] = t / RX[x * p + x];
-                    kk += k0[x] * k0[x];
-                }
+            double af = a * f;
+            for (Py_ssize_t x = 0; x < p; x++) {         /* k = RX^{-1} G_jx a f */
+                double t = g0[x] * af;
+                for (Py_ssize_t y = 0; y < x; y++)
+                    t -= RX[x * p + y] * k0[y];
+                k0[x] = t / RX[x * p + x];
+                kk += k0[x] * k0[x];
             }
         }
         out[0] = t00 - c * vv - kk;
     }
     else {
-        const double *ia = inv, *ib = inv + m, *id = inv + 2 * m;
         double t00 = 0.0, t01 = 0.0, t11 = 0.0, v00 = 0.0, v01 = 0.0, v11 = 0.0;
         double y00 = 0.0, y01 = 0.0, y11 = 0.0;
         for (Py_ssize_t j = 0; j < m; j++) {
-            double a = ia[j], b = ib[j], d = id[j];
-            double a0 = f0[j], a1 = f1[j], a2 = f2[j];
+            const double *f = fp + 3 * j, *g0 = gp + 2 * r * j, *g1 = g0 + r;
+            const double *iv = inv + 3 * j;
+            double a = iv[0], b = iv[1], d = iv[2];
+            double a0 = f[0], a1 = f[1], a2 = f[2];
             double h0 = 0.0, h1 = 0.0;
             for (Py_ssize_t x = 0; x < r; x++) {
-                g0[x] = G[x * ldg + j];
-                g1[x] = G[x * ldg + m + j];
                 h0 += u[x] * g0[x];
                 h1 += u[x] * g1[x];
             }
@@ -387,54 +415,49 @@ small_gradient(PyObject *self, PyObject *args)
             t00 += a * (a0 * a0);
             t01 += a * (a0 * a1) + b * (a0 * a2);
             t11 += a * (a1 * a1) + 2.0 * b * (a1 * a2) + d * (a2 * a2);
-            if (reml) {
-                for (Py_ssize_t x = 0; x < p; x++) {
-                    double e0 = g0[x] * a + g1[x] * b, e1 = g0[x] * b + g1[x] * d;
-                    double s0 = e0 * a0, s1 = e0 * a1 + e1 * a2;    /* G_jx' M^-1 R_j */
-                    for (Py_ssize_t y = 0; y < x; y++) {
-                        s0 -= RX[x * p + y] * k0[y];
-                        s1 -= RX[x * p + y] * k1[y];
-                    }
-                    k0[x] = s0 / RX[x * p + x];
-                    k1[x] = s1 / RX[x * p + x];
-                    y00 += k0[x] * k0[x];
-                    y01 += k0[x] * k1[x];
-                    y11 += k1[x] * k1[x];
+            for (Py_ssize_t x = 0; x < p; x++) {
+                double e0 = g0[x] * a + g1[x] * b, e1 = g0[x] * b + g1[x] * d;
+                double s0 = e0 * a0, s1 = e0 * a1 + e1 * a2;        /* G_jx' M_j^-1 R_j */
+                for (Py_ssize_t y = 0; y < x; y++) {
+                    s0 -= RX[x * p + y] * k0[y];
+                    s1 -= RX[x * p + y] * k1[y];
                 }
+                k0[x] = s0 / RX[x * p + x];
+                k1[x] = s1 / RX[x * p + x];
+                y00 += k0[x] * k0[x];
+                y01 += k0[x] * k1[x];
+                y11 += k1[x] * k1[x];
             }
         }
         out[0] = t00 - c * v00 - y00;
         out[1] = out[2] = t01 - c * v01 - y01;
         out[3] = t11 - c * v11 - y11;
     }
-    PyMem_Free(work);
+    PyMem_Free(k0);
     PyBuffer_Release(&bout);
     if (reml)
         PyBuffer_Release(&bR);
-    PyBuffer_Release(&bG);
-    PyBuffer_Release(&bu);
     PyBuffer_Release(&binv);
-    PyBuffer_Release(&b2);
-    PyBuffer_Release(&b1);
-    PyBuffer_Release(&b0);
+    PyBuffer_Release(&bg);
+    PyBuffer_Release(&bf);
+    PyBuffer_Release(&bu);
     Py_RETURN_NONE;
 
-fail7: PyBuffer_Release(&bout);
-fail6: if (reml) PyBuffer_Release(&bR);
-fail5: PyBuffer_Release(&bG);
-fail4: PyBuffer_Release(&bu);
+fail5: PyBuffer_Release(&bout);
+fail4: if (reml) PyBuffer_Release(&bR);
 fail3: PyBuffer_Release(&binv);
-fail2: PyBuffer_Release(&b2);
-fail1: PyBuffer_Release(&b1);
-fail0: PyBuffer_Release(&b0);
+fail2: PyBuffer_Release(&bg);
+fail1: PyBuffer_Release(&bf);
+fail0: PyBuffer_Release(&bu);
     return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"factor", small_factor, METH_VARARGS,
-     "factor(q, Gc, f0, f1, f2, s, A, inv) -> sum_j log det M_j; A += sum_j G_j' M_j^-1 G_j"},
+     "factor(q, gp, fp, s, A, inv) -> (sum_j log det M_j, info): A <- chol(A + "
+     "sum_j G_j' M_j^-1 G_j), inv <- the entries of the M_j^-1"},
     {"gradient", small_gradient, METH_VARARGS,
-     "gradient(q, Gc, f0, f1, f2, inv, u, c, RX, p, out): the gradient's inner matrix B"},
+     "gradient(q, gp, fp, inv, u, c, RX, out): the gradient's inner matrix B into out"},
     {NULL, NULL, 0, NULL}
 };
 

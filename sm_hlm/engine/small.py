@@ -36,6 +36,8 @@ exactly), and sum_j R_j' M_j^{-1} R_j one (3, m) x (m, 6) product.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.linalg import lapack
 
@@ -106,7 +108,9 @@ class SmallKernel:
         # the compiled loops (one pass over the groups per call) where built and r is small
         self._c = compiled.csmall() if r <= COMPILED_MAX_R else None
         if self._c is not None:
-            self._f12 = (self.f1, self.f2) if q == 2 else (f0, f0)
+            # group-major copies: each group's f's and G_j contiguous (one stream per call)
+            self._fp = np.stack([f0, self.f1, self.f2], axis=1) if q == 2 else f0
+            self._gp = np.ascontiguousarray(Gt.transpose(2, 1, 0)).reshape(m, q * r)
         npair = 1 if q == 1 else 3
         self.pairs: np.ndarray | None = None
         self._H = None
@@ -212,15 +216,12 @@ class SmallKernel:
             (l00, l01), (l10, l11) = lam.tolist()
             s = np.array([l00 * l00 + l01 * l01, l00 * l10 + l01 * l11, l10 * l10 + l11 * l11,
                           (l00 * l11 - l01 * l10) ** 2])
-        A = self.within.copy()
-        inv = np.empty((3 if q == 2 else 1, self.m))
-        logdet = self._c.factor(q, self.Gc, self.f0, *self._f12, s, A, inv)
-        if not np.isfinite(logdet):
+        R = self.within.copy()
+        inv = np.empty((self.m, 3 if q == 2 else 1))               # group-major
+        logdet, info = self._c.factor(q, self._gp, self._fp, s, R, inv)
+        if info != 0 or not math.isfinite(logdet):
             return None
-        R, info = lapack.dpotrf(A, lower=1, clean=1)
-        if info != 0:
-            return None
-        return R, logdet, inv
+        return R, logdet, inv.T
 
     def gradient_inner(self, R: np.ndarray, inv: np.ndarray, *, p: int, dof: float,
                        pwrss: float, reml: bool) -> np.ndarray:
@@ -234,7 +235,7 @@ class SmallKernel:
         inner = np.empty((q, q))
         if self._c is not None:
             RX = np.ascontiguousarray(R[:p, :p]) if (reml and p) else None
-            self._c.gradient(q, self.Gc, self.f0, *self._f12, inv, u, c, RX, p, inner)
+            self._c.gradient(q, self._gp, self._fp, inv.T, u, c, RX, inner)
             return inner
         hg = u @ self.Gc                                       # g_j = G_j u, both columns
         if q == 1:
