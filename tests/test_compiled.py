@@ -125,8 +125,10 @@ def test_compiled_loops_reject_bad_buffers() -> None:
     with pytest.raises(ValueError, match="read-only"):        # an output must be writable
         csmall.factor(2, gp, fp, s, A, inv)
     out = np.empty((2, 2))
-    with pytest.raises(ValueError, match="RX must be square"):
-        csmall.gradient(2, gp, fp, inv, np.ones(r), 1.0, np.eye(r), out)
+    with pytest.raises(ValueError, match="R must be square"):
+        csmall.gradient(2, gp, fp, inv, np.ones(r), 1.0, True, out)
+    with pytest.raises(ValueError, match="gp has 24 entries, 32 expected"):
+        csmall.gradient(2, gp, fp, inv, np.eye(r + 1), 1.0, True, out)
     # not positive definite: the leading minor that fails
     bad = np.diag([1.0, -1.0, 1.0])
     assert csmall.factor(2, np.zeros((m, 2 * r)), fp, s, bad, inv)[1] == 2

@@ -311,33 +311,37 @@ fail0: PyBuffer_Release(&bA);
 }
 
 /*
- * gradient(q, gp, fp, inv, u, c, RX, out)
+ * gradient(q, gp, fp, inv, R, c, reml, out)
  *
  * The q x q matrix B of the gradient (small.py's notes), into out (q, q):
  *   B = sum_j R_j' M_j^{-1} R_j - c sum_j v_j v_j' - sum_j K_j K_j',
- *   v_j = R_j' M_j^{-1} G_j u,  K_j = R_X^{-1} G_jx' M_j^{-1} R_j,
- * the last term when RX (p, p), lower triangular, is given (REML), G_jx being the
- * first p rows of G_j.  gp, fp and inv as for factor; u (r).
+ *   v_j = R_j' M_j^{-1} G_j u,  K_j = R_X^{-1} G_jx' M_j^{-1} R_j  (the last term for
+ * REML), with R (r, r) the lower Cholesky factor of A from factor, R_X its leading
+ * p x p block (p = r - 1), u = (-beta, 1) and R_X' beta = R[p, :p]; G_jx the first p
+ * rows of G_j.  gp, fp and inv as for factor.
  */
 static PyObject *
 small_gradient(PyObject *self, PyObject *args)
 {
-    int q;
+    int q, reml;
     double c;
-    PyObject *og, *of, *oinv, *ou, *oR, *oout;
-    if (!PyArg_ParseTuple(args, "iOOOOdOO", &q, &og, &of, &oinv, &ou, &c, &oR, &oout))
+    PyObject *og, *of, *oinv, *oR, *oout;
+    if (!PyArg_ParseTuple(args, "iOOOOdpO", &q, &og, &of, &oinv, &oR, &c, &reml, &oout))
         return NULL;
     if (q != 1 && q != 2) {
         PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
         return NULL;
     }
     const Py_ssize_t nf = q == 2 ? 3 : 1;
-    Py_buffer bg, bf, binv, bu, bR, bout;
-    int reml = oR != Py_None;
-    Py_ssize_t p = 0;
-    if (get_doubles(ou, &bu, 0, -1, "u") < 0)
+    Py_buffer bg, bf, binv, bR, bout;
+    if (get_doubles(oR, &bR, 0, -1, "R") < 0)
         return NULL;
-    Py_ssize_t r = bu.len / 8;
+    Py_ssize_t r = (Py_ssize_t)(sqrt((double)(bR.len / 8)) + 0.5);
+    if (r * r != bR.len / 8 || r < 1) {
+        PyErr_SetString(PyExc_ValueError, "R must be square");
+        goto fail0;
+    }
+    Py_ssize_t p = reml ? r - 1 : 0;
     if (get_doubles(of, &bf, 0, -1, "fp") < 0)
         goto fail0;
     Py_ssize_t m = bf.len / 8 / nf;
@@ -349,28 +353,30 @@ small_gradient(PyObject *self, PyObject *args)
         goto fail1;
     if (get_doubles(oinv, &binv, 0, m * nf, "inv") < 0)
         goto fail2;
-    if (reml) {
-        if (get_doubles(oR, &bR, 0, -1, "RX") < 0)
-            goto fail3;
-        p = (Py_ssize_t)(sqrt((double)(bR.len / 8)) + 0.5);
-        if (p * p != bR.len / 8 || p > r - 1) {
-            PyErr_SetString(PyExc_ValueError, "RX must be square, of order at most r - 1");
-            PyBuffer_Release(&bR);
-            goto fail3;
-        }
-    }
     if (get_doubles(oout, &bout, 1, (Py_ssize_t)q * q, "out") < 0)
-        goto fail4;
+        goto fail3;
 
-    const double *gp = bg.buf, *fp = bf.buf, *inv = binv.buf, *u = bu.buf;
-    const double *RX = reml ? bR.buf : NULL;
+    const double *gp = bg.buf, *fp = bf.buf, *inv = binv.buf, *R = bR.buf;
     double *out = bout.buf;
-    double *k0 = PyMem_Malloc((2 * p + 2) * sizeof(double));
-    if (k0 == NULL) {
+    /* u, then 1 / R_X's diagonal and K_j's two columns */
+    double *u = PyMem_Malloc((r + 3 * (r + 1)) * sizeof(double));
+    if (u == NULL) {
         PyErr_NoMemory();
-        goto fail5;
+        goto fail4;
     }
-    double *k1 = k0 + p + 1;
+    double *rdiag = u + r, *k0 = rdiag + r + 1, *k1 = k0 + r + 1;
+    /* R_X' beta = R[r-1, :r-1] (R_X' upper triangular: back substitution); u = (-beta, 1) */
+    for (Py_ssize_t i = r - 2; i >= 0; i--) {
+        double t = R[(r - 1) * r + i];
+        for (Py_ssize_t k = i + 1; k < r - 1; k++)
+            t += R[k * r + i] * u[k];                  /* u[k] = -beta_k */
+        u[i] = -t / R[i * r + i];
+    }
+    u[r - 1] = 1.0;
+    for (Py_ssize_t i = 0; i < p; i++)
+        rdiag[i] = 1.0 / R[i * r + i];
+    const double *RX = R;                              /* R_X[x, y] = R[x * r + y] */
+#define RXL(x, y) RX[(x) * r + (y)]
     if (q == 1) {
         double t00 = 0.0, vv = 0.0, kk = 0.0;
         for (Py_ssize_t j = 0; j < m; j++) {
@@ -386,8 +392,8 @@ small_gradient(PyObject *self, PyObject *args)
             for (Py_ssize_t x = 0; x < p; x++) {         /* k = RX^{-1} G_jx a f */
                 double t = g0[x] * af;
                 for (Py_ssize_t y = 0; y < x; y++)
-                    t -= RX[x * p + y] * k0[y];
-                k0[x] = t / RX[x * p + x];
+                    t -= RXL(x, y) * k0[y];
+                k0[x] = t * rdiag[x];
                 kk += k0[x] * k0[x];
             }
         }
@@ -419,11 +425,11 @@ small_gradient(PyObject *self, PyObject *args)
                 double e0 = g0[x] * a + g1[x] * b, e1 = g0[x] * b + g1[x] * d;
                 double s0 = e0 * a0, s1 = e0 * a1 + e1 * a2;        /* G_jx' M_j^-1 R_j */
                 for (Py_ssize_t y = 0; y < x; y++) {
-                    s0 -= RX[x * p + y] * k0[y];
-                    s1 -= RX[x * p + y] * k1[y];
+                    s0 -= RXL(x, y) * k0[y];
+                    s1 -= RXL(x, y) * k1[y];
                 }
-                k0[x] = s0 / RX[x * p + x];
-                k1[x] = s1 / RX[x * p + x];
+                k0[x] = s0 * rdiag[x];
+                k1[x] = s1 * rdiag[x];
                 y00 += k0[x] * k0[x];
                 y01 += k0[x] * k1[x];
                 y11 += k1[x] * k1[x];
@@ -433,22 +439,20 @@ small_gradient(PyObject *self, PyObject *args)
         out[1] = out[2] = t01 - c * v01 - y01;
         out[3] = t11 - c * v11 - y11;
     }
-    PyMem_Free(k0);
+#undef RXL
+    PyMem_Free(u);
     PyBuffer_Release(&bout);
-    if (reml)
-        PyBuffer_Release(&bR);
     PyBuffer_Release(&binv);
     PyBuffer_Release(&bg);
     PyBuffer_Release(&bf);
-    PyBuffer_Release(&bu);
+    PyBuffer_Release(&bR);
     Py_RETURN_NONE;
 
-fail5: PyBuffer_Release(&bout);
-fail4: if (reml) PyBuffer_Release(&bR);
+fail4: PyBuffer_Release(&bout);
 fail3: PyBuffer_Release(&binv);
 fail2: PyBuffer_Release(&bg);
 fail1: PyBuffer_Release(&bf);
-fail0: PyBuffer_Release(&bu);
+fail0: PyBuffer_Release(&bR);
     return NULL;
 }
 
@@ -457,7 +461,7 @@ static PyMethodDef methods[] = {
      "factor(q, gp, fp, s, A, inv) -> (sum_j log det M_j, info): A <- chol(A + "
      "sum_j G_j' M_j^-1 G_j), inv <- the entries of the M_j^-1"},
     {"gradient", small_gradient, METH_VARARGS,
-     "gradient(q, gp, fp, inv, u, c, RX, out): the gradient's inner matrix B into out"},
+     "gradient(q, gp, fp, inv, R, c, reml, out): the gradient's inner matrix B into out"},
     {NULL, NULL, 0, NULL}
 };
 

@@ -1522,10 +1522,13 @@ class ProfiledDeviance:
         rows, cols = self._index()
         if not _within_work_bound(theta_t):
             return np.inf, np.full(len(rows), np.nan)
-        out = self._gradient_matrix(self._lambda_of_work(theta_t))
+        lam_t = self._lambda_of_work(theta_t)
+        # the fused q <= 2 kernel directly (lam_t finite: within the bound)
+        out = (self._small_eval(lam_t, grad=True) if self._small_ok
+               else self._gradient_inner(lam_t))
         if out is None:
             return np.inf, np.full(len(rows), np.nan)
-        return out[0], out[1][rows, cols]
+        return out[0], (2.0 * out[1] @ lam_t)[rows, cols]
 
     def theta_and_gradient(self, theta_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """theta (original coordinates) of theta~, and the gradient of the deviance there.

@@ -227,16 +227,15 @@ class SmallKernel:
                        pwrss: float, reml: bool) -> np.ndarray:
         """The q x q matrix B of the gradient (see the module notes) at the factor's theta."""
         q, m = self.q, self.m
+        c = dof / pwrss
+        inner = np.empty((q, q))
+        if self._c is not None:         # beta from R (p = r - 1) in the compiled loop
+            self._c.gradient(q, self._gp, self._fp, inv.T, R, c, reml and p > 0, inner)
+            return inner
         u = self._u
         if p:
             beta, info = lapack.dtrtrs(R[:p, :p], R[p, :p], lower=1, trans=1)
             np.negative(beta, out=u[:p])
-        c = dof / pwrss
-        inner = np.empty((q, q))
-        if self._c is not None:
-            RX = np.ascontiguousarray(R[:p, :p]) if (reml and p) else None
-            self._c.gradient(q, self._gp, self._fp, inv.T, u, c, RX, inner)
-            return inner
         hg = u @ self.Gc                                       # g_j = G_j u, both columns
         if q == 1:
             a = inv[0]
