@@ -152,3 +152,17 @@ def test_fits_with_compiled_and_numpy_kernels_agree(formula, reml, monkeypatch) 
     # (steps ~1e-4) at optima that agree to ~1e-8: agreement to ~1e-5 is all it carries
     np.testing.assert_allclose(fit_c.bse[k:], fit_n.bse[k:], rtol=1e-5)
     assert fit_c.converged and fit_n.converged
+
+
+@needs_csmall
+def test_compiled_quadratic_rejects_bad_starts() -> None:
+    n, m = 10, 3
+    r, Qt, F, lam = np.ones(n), np.ones((2, n)), np.ones((2, 2, m)), np.eye(2)
+    csmall.quadratic(2, r, Qt, np.array([0, 4, 7]), F, lam)          # well formed
+    for bad in ([1, 4, 7], [0, 7, 4], [0, 4, 11]):
+        with pytest.raises(ValueError, match="starts must increase from 0"):
+            csmall.quadratic(2, r, Qt, np.array(bad), F, lam)
+    with pytest.raises(TypeError, match="starts must be an int64 array"):
+        csmall.quadratic(2, r, Qt, np.array([0.0, 4.0, 7.0]), F, lam)
+    with pytest.raises(ValueError, match="Qt has 20 entries, 10 expected"):
+        csmall.quadratic(1, r, Qt, np.array([0, 4, 7]), np.ones(m), np.eye(1))

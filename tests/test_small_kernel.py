@@ -89,10 +89,17 @@ def test_small_conditional_modes_match_general_path(data, formula) -> None:
 
 
 @pytest.mark.parametrize("formula", FORMULAS[:4])
-def test_residual_quadratic_against_dense_marginal_covariance(data, formula) -> None:
+@pytest.mark.parametrize("kernels", ["compiled", "numpy"])
+def test_residual_quadratic_against_dense_marginal_covariance(data, formula, kernels,
+                                                              monkeypatch) -> None:
     """r'V^{-1}r and log|V| (V = I + Z Lambda Lambda' Z', per group) from the row
-    residuals, against dense per-group algebra."""
+    residuals, against dense per-group algebra (the compiled pass and the numpy form)."""
+    from sm_hlm.engine import compiled
     from sm_hlm.engine.deviance import residual_quadratic
+    if kernels == "numpy":
+        monkeypatch.setattr(compiled, "_DISABLED", True)
+    elif compiled.csmall() is None:
+        pytest.skip(f"the compiled small kernel is {compiled.status()['_csmall']}")
     model = HLM.from_formula(formula, data)
     rd = model.re_design
     rng = np.random.default_rng(7)

@@ -456,12 +456,149 @@ fail0: PyBuffer_Release(&bR);
     return NULL;
 }
 
+/* A C-contiguous int64 buffer of exactly `len` entries. */
+static int
+get_int64s(PyObject *obj, Py_buffer *view, Py_ssize_t len, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    const char *f = view->format;
+    if (f != NULL && (f[0] == '<' || f[0] == '=' || f[0] == '@'))
+        f++;
+    if (view->itemsize != 8 || f == NULL
+            || !(strcmp(f, "q") == 0 || strcmp(f, "l") == 0)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int64 array", name);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    if (view->len / 8 != len) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd entries, %zd expected", name,
+                     view->len / 8, len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * quadratic(q, r, Qt, starts, F, lam) -> (r'V^{-1}r, log|V|)
+ *
+ * For row residuals r (n) sorted by group, V = I + Z Lambda Lambda' Z', q = 1 or 2:
+ * Qt (q, n) the per-group orthonormal Q_j' (rows of Q', each contiguous), starts (m)
+ * each group's first row (increasing, starts[0] = 0), F (q, q, m) the per-group
+ * lower roots (R_j = F_j', Z_j = Q_j R_j) and lam (q, q) Lambda, row-major.
+ * As the numpy form (deviance.residual_quadratic): per group g_j = Q_j'r_j, the
+ * within-group residual sum of squares |r_j - Q_j g_j|^2 from the rows, and
+ * |L_j^{-1} g_j|^2 with L_j the closed-form Cholesky factor of
+ * M_j = I + R_j Lambda Lambda' R_j'; log|V| = sum_j log|M_j|.
+ */
+static PyObject *
+small_quadratic(PyObject *self, PyObject *args)
+{
+    int q;
+    PyObject *or_, *oQ, *ost, *oF, *olam;
+    if (!PyArg_ParseTuple(args, "iOOOOO", &q, &or_, &oQ, &ost, &oF, &olam))
+        return NULL;
+    if (q != 1 && q != 2) {
+        PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
+        return NULL;
+    }
+    Py_buffer br, bQ, bst, bF, blam;
+    if (get_doubles(or_, &br, 0, -1, "r") < 0)
+        return NULL;
+    Py_ssize_t n = br.len / 8;
+    if (get_doubles(oF, &bF, 0, -1, "F") < 0)
+        goto fail0;
+    Py_ssize_t m = bF.len / 8 / (q * q);
+    if (m * q * q != bF.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "F must be (q, q, m)");
+        goto fail1;
+    }
+    if (get_doubles(oQ, &bQ, 0, q * n, "Qt") < 0)
+        goto fail1;
+    if (get_int64s(ost, &bst, m, "starts") < 0)
+        goto fail2;
+    if (get_doubles(olam, &blam, 0, q * q, "lam") < 0)
+        goto fail3;
+
+    const double *r = br.buf, *Q0 = bQ.buf, *Q1 = (const double *)bQ.buf + (q == 2 ? n : 0);
+    const int64_t *st = bst.buf;
+    const double *F = bF.buf, *lam = blam.buf;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        int64_t a = st[j], b = j + 1 < m ? st[j + 1] : (int64_t)n;
+        if (a < 0 || b < a || b > n || (j == 0 && a != 0)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "starts must increase from 0 and stay below the number of rows");
+            goto fail4;
+        }
+    }
+    if (m == 0 && n != 0) {
+        PyErr_SetString(PyExc_ValueError, "rows without groups");
+        goto fail4;
+    }
+    double quad = 0.0;
+    logsum_t ls;
+    logsum_init(&ls);
+    for (Py_ssize_t j = 0; j < m; j++) {
+        Py_ssize_t a = (Py_ssize_t)st[j], b = j + 1 < m ? (Py_ssize_t)st[j + 1] : n;
+        double g0 = 0.0, g1 = 0.0, e2 = 0.0, h0, h1 = 0.0, l00, l11 = 1.0;
+        if (q == 1) {
+            for (Py_ssize_t i = a; i < b; i++)
+                g0 += Q0[i] * r[i];
+            for (Py_ssize_t i = a; i < b; i++) {
+                double e = r[i] - Q0[i] * g0;
+                e2 += e * e;
+            }
+            double k = F[j] * lam[0];
+            l00 = sqrt(1.0 + k * k);
+            h0 = g0 / l00;
+        }
+        else {
+            for (Py_ssize_t i = a; i < b; i++) {
+                g0 += Q0[i] * r[i];
+                g1 += Q1[i] * r[i];
+            }
+            for (Py_ssize_t i = a; i < b; i++) {
+                double e = r[i] - Q0[i] * g0 - Q1[i] * g1;
+                e2 += e * e;
+            }
+            /* K_j = R_j Lambda with R_j = [[f0, f1], [0, f2]] */
+            double f0 = F[j], f1 = F[2 * m + j], f2 = F[3 * m + j];
+            double k00 = f0 * lam[0] + f1 * lam[2], k01 = f0 * lam[1] + f1 * lam[3];
+            double k10 = f2 * lam[2], k11 = f2 * lam[3];
+            l00 = sqrt(1.0 + k00 * k00 + k01 * k01);
+            double l10 = (k00 * k10 + k01 * k11) / l00;
+            l11 = sqrt(1.0 + k10 * k10 + k11 * k11 - l10 * l10);
+            h0 = g0 / l00;
+            h1 = (g1 - l10 * h0) / l11;
+        }
+        quad += e2 + h0 * h0 + h1 * h1;
+        double dj = l00 * l11;
+        logsum_add(&ls, dj * dj, j);
+    }
+    PyBuffer_Release(&blam);
+    PyBuffer_Release(&bst);
+    PyBuffer_Release(&bQ);
+    PyBuffer_Release(&bF);
+    PyBuffer_Release(&br);
+    return Py_BuildValue("(dd)", quad, logsum_value(&ls));
+
+fail4: PyBuffer_Release(&blam);
+fail3: PyBuffer_Release(&bst);
+fail2: PyBuffer_Release(&bQ);
+fail1: PyBuffer_Release(&bF);
+fail0: PyBuffer_Release(&br);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"factor", small_factor, METH_VARARGS,
      "factor(q, gp, fp, s, A, inv) -> (sum_j log det M_j, info): A <- chol(A + "
      "sum_j G_j' M_j^-1 G_j), inv <- the entries of the M_j^-1"},
     {"gradient", small_gradient, METH_VARARGS,
      "gradient(q, gp, fp, inv, R, c, reml, out): the gradient's inner matrix B into out"},
+    {"quadratic", small_quadratic, METH_VARARGS,
+     "quadratic(q, r, Qt, starts, F, lam) -> (r'V^-1 r, log|V|) from the row residuals"},
     {NULL, NULL, 0, NULL}
 };
 

@@ -63,6 +63,7 @@ import numpy as np
 
 from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_solve_T,
                      batched_inverse_lower, group_crossprod)
+from . import compiled
 from .small import SmallKernel
 
 __all__ = ["SufficientStats", "Reparametrization", "DevianceTerms", "ProfiledDeviance",
@@ -798,6 +799,14 @@ def residual_quadratic(r: np.ndarray, Q: np.ndarray, starts: np.ndarray, F: np.n
     """
     q = Q.shape[1]
     n = len(r)
+    c = compiled.csmall()
+    if c is not None and group_weights is None and q in (1, 2) and len(starts):
+        # one compiled pass over the rows (the same arithmetic, group by group)
+        return c.quadratic(q, np.ascontiguousarray(r, dtype=float),
+                           np.ascontiguousarray(Q.T, dtype=float),
+                           np.ascontiguousarray(starts, dtype=np.int64),
+                           np.ascontiguousarray(F, dtype=float),
+                           np.ascontiguousarray(lam, dtype=float))
     sw = (None if group_weights is None
           else np.repeat(np.sqrt(group_weights), np.diff(np.append(starts, n))))
     if not q:
