@@ -25,6 +25,13 @@
 
 /* The largest r = p + 1 with loops specialised for it (unrolled, sums in registers). */
 #define MAX_UNROLLED_R 8
+#if defined(__clang__)
+#define UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define UNROLL _Pragma("GCC unroll 8")
+#else
+#define UNROLL
+#endif
 
 /* A C-contiguous float64 buffer of exactly `len` entries (len < 0: any). */
 static int
@@ -132,12 +139,14 @@ factor_q2_loop(const Py_ssize_t r, Py_ssize_t m, const double *gp, const double 
         inv[3 * j + 1] = b;
         inv[3 * j + 2] = d;
         logsum_add(&ls, det, j);
-        Py_ssize_t k = 0;
+        UNROLL
         for (Py_ssize_t x = 0; x < r; x++) {
             /* row x of G_j M_j^{-1}: (a g0x + b g1x, b g0x + d g1x) */
             double u0 = a * g0[x] + b * g1[x], u1 = b * g0[x] + d * g1[x];
+            double *row = acc + x * r - x * (x - 1) / 2 - x;      /* row x's pairs (x, y >= x) */
+            UNROLL
             for (Py_ssize_t y = x; y < r; y++)
-                acc[k++] += u0 * g0[y] + u1 * g1[y];
+                row[y] += u0 * g0[y] + u1 * g1[y];
         }
     }
     return logsum_value(&ls);
@@ -157,11 +166,13 @@ factor_q1_loop(const Py_ssize_t r, Py_ssize_t m, const double *gp, const double 
         double a = 1.0 / det;
         inv[j] = a;
         logsum_add(&ls, det, j);
-        Py_ssize_t k = 0;
+        UNROLL
         for (Py_ssize_t x = 0; x < r; x++) {
             double ax = a * g0[x];
+            double *row = acc + x * r - x * (x - 1) / 2 - x;
+            UNROLL
             for (Py_ssize_t y = x; y < r; y++)
-                acc[k++] += ax * g0[y];
+                row[y] += ax * g0[y];
         }
     }
     return logsum_value(&ls);
