@@ -144,9 +144,17 @@ def test_theta_and_gradient_and_lower_factor(data) -> None:
 
 
 @pytest.mark.parametrize("formula", FORMULAS[:4])
-def test_moment_start_closed_forms_match_dense_group_algebra(formula) -> None:
+@pytest.mark.parametrize("kernels", ["compiled", "numpy"])
+def test_moment_start_closed_forms_match_dense_group_algebra(formula, kernels,
+                                                             monkeypatch) -> None:
     """The q <= 2 moment start (closed forms on every group, rank-deficient groups
-    weighted out) against per-group dense algebra on the full-rank groups only."""
+    weighted out; the compiled pass and the numpy form) against per-group dense algebra
+    on the full-rank groups only."""
+    from sm_hlm.engine import compiled
+    if kernels == "numpy":
+        monkeypatch.setattr(compiled, "_DISABLED", True)
+    elif compiled.csmall() is None:
+        pytest.skip(f"the compiled small kernel is {compiled.status()['_csmall']}")
     data = simulate_nels(n_schools=80, seed=5)
     single = data.groupby("school").head(1).iloc[:6]        # six one-row schools
     single = single.assign(school=single.school + 10_000)
@@ -175,3 +183,4 @@ def test_moment_start_closed_forms_match_dense_group_algebra(formula) -> None:
     diag_pos = rows == cols
     np.testing.assert_allclose(start[diag_pos][seen], expect[seen], rtol=1e-10)
     assert np.all(start[~diag_pos] == 0.0)
+    assert (dev._small._c is not None) == (kernels == "compiled")

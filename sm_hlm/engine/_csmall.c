@@ -602,6 +602,93 @@ fail0: PyBuffer_Release(&br);
     return NULL;
 }
 
+/*
+ * moments(q, gp, fp, u) -> (n_full, rank, var_b (q-tuple), mean_sinv (q-tuple))
+ *
+ * The method-of-moments pieces of the start (deviance.moment_start): per group
+ * with a full-rank Z_j (its roots f0, f2 > 0) the OLS coefficients b_j = R_j^{-1} G_j u
+ * of the residuals on Z_j and diag((Z_j'Z_j)^{-1}); over those n_full groups the
+ * variance of b_j (about its mean, divided by n_full: two passes) and the mean of the
+ * diagonal; rank the number of positive roots over all groups.  gp, fp as for factor.
+ */
+static PyObject *
+small_moments(PyObject *self, PyObject *args)
+{
+    int q;
+    PyObject *og, *of, *ou;
+    if (!PyArg_ParseTuple(args, "iOOO", &q, &og, &of, &ou))
+        return NULL;
+    if (q != 1 && q != 2) {
+        PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
+        return NULL;
+    }
+    const Py_ssize_t nf = q == 2 ? 3 : 1;
+    Py_buffer bg, bf, bu;
+    if (get_doubles(ou, &bu, 0, -1, "u") < 0)
+        return NULL;
+    Py_ssize_t r = bu.len / 8;
+    if (get_doubles(of, &bf, 0, -1, "fp") < 0)
+        goto fail0;
+    Py_ssize_t m = bf.len / 8 / nf;
+    if (m * nf != bf.len / 8) {
+        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
+        goto fail1;
+    }
+    if (get_doubles(og, &bg, 0, m * q * r, "gp") < 0)
+        goto fail1;
+    const double *gp = bg.buf, *fp = bf.buf, *u = bu.buf;
+    Py_ssize_t n_full = 0, rank = 0;
+    double sb[2] = {0.0, 0.0}, ss[2] = {0.0, 0.0}, vb[2] = {0.0, 0.0};
+    for (int pass = 0; pass < 2; pass++) {
+        double mean0 = pass ? sb[0] / (double)n_full : 0.0;
+        double mean1 = pass ? sb[1] / (double)n_full : 0.0;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            const double *g0 = gp + q * r * j, *g1 = g0 + r;
+            double f0 = fp[nf * j], f1 = q == 2 ? fp[nf * j + 1] : 0.0;
+            double f2 = q == 2 ? fp[nf * j + 2] : 1.0;
+            int ok0 = f0 > 0.0, ok2 = f2 > 0.0;
+            if (pass == 0)
+                rank += ok0 + (q == 2 ? ok2 : 0);
+            if (!(ok0 && ok2))
+                continue;
+            double h0 = 0.0, h1 = 0.0;
+            for (Py_ssize_t x = 0; x < r; x++)
+                h0 += u[x] * g0[x];
+            if (q == 2)
+                for (Py_ssize_t x = 0; x < r; x++)
+                    h1 += u[x] * g1[x];
+            double b1 = q == 2 ? h1 / f2 : 0.0;                /* R_j b_j = g_j */
+            double b0 = (h0 - f1 * b1) / f0;
+            if (pass == 0) {
+                n_full++;
+                sb[0] += b0;
+                sb[1] += b1;
+                double s1 = 1.0 / (f2 * f2);
+                ss[0] += (1.0 + f1 * f1 * s1) / (f0 * f0);     /* diag((F_j F_j')^{-1}) */
+                ss[1] += s1;
+            }
+            else {
+                vb[0] += (b0 - mean0) * (b0 - mean0);
+                vb[1] += (b1 - mean1) * (b1 - mean1);
+            }
+        }
+        if (n_full == 0)
+            break;
+    }
+    PyBuffer_Release(&bg);
+    PyBuffer_Release(&bf);
+    PyBuffer_Release(&bu);
+    double nfd = n_full > 0 ? (double)n_full : NAN;
+    if (q == 1)
+        return Py_BuildValue("(nn(d)(d))", n_full, rank, vb[0] / nfd, ss[0] / nfd);
+    return Py_BuildValue("(nn(dd)(dd))", n_full, rank, vb[0] / nfd, vb[1] / nfd,
+                         ss[0] / nfd, ss[1] / nfd);
+
+fail1: PyBuffer_Release(&bf);
+fail0: PyBuffer_Release(&bu);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"factor", small_factor, METH_VARARGS,
      "factor(q, gp, fp, s, A, inv) -> (sum_j log det M_j, info): A <- chol(A + "
@@ -610,6 +697,8 @@ static PyMethodDef methods[] = {
      "gradient(q, gp, fp, inv, R, c, reml, out): the gradient's inner matrix B into out"},
     {"quadratic", small_quadratic, METH_VARARGS,
      "quadratic(q, r, Qt, starts, F, lam) -> (r'V^-1 r, log|V|) from the row residuals"},
+    {"moments", small_moments, METH_VARARGS,
+     "moments(q, gp, fp, u) -> (n_full, rank, var_b, mean_sinv): the moment start's pieces"},
     {NULL, NULL, 0, NULL}
 };
 

@@ -1390,18 +1390,26 @@ class ProfiledDeviance:
             return ident
         u = np.append(-beta, 1.0)
         F = self._F
-        positive = np.diagonal(F, axis1=0, axis2=1).T > 0          # (q, m)
-        full = positive.all(axis=0)
-        n_full = int(full.sum())
+        kern = self._small_kernel() if self._small_ok else None
+        if kern is not None and kern._c is not None:
+            # the moments in one compiled pass over the groups (the forms below)
+            n_full, rank, var_b, mean_sinv = kern._c.moments(q, kern._gp, kern._fp, u)
+            every = True
+        else:
+            positive = np.diagonal(F, axis1=0, axis2=1).T > 0          # (q, m)
+            full = positive.all(axis=0)
+            n_full = int(full.sum())
+            every = n_full == self._m
+            rank = int(positive.sum())
         if n_full < q + 2:
             return ident
-        every = n_full == self._m
-        rank = int(positive.sum())
         dof = max(self.stats.nobs - rank - p, 1)
         sigma2 = float(u @ self._within @ u) / dof
         if not (np.isfinite(sigma2) and sigma2 > 0):
             return ident
-        if q <= 2:
+        if kern is not None and kern._c is not None:
+            var_b, mean_sinv = np.array(var_b), np.array(mean_sinv)
+        elif q <= 2:
             # closed forms on every group (the rank-deficient ones given unit roots and
             # weight 0 in the moments): no copies of F and G
             g = u @ self._G                                         # G_j u (q, m)
@@ -1444,7 +1452,7 @@ class ProfiledDeviance:
             mean_sinv = Sinv_diag.mean(axis=1)
         psi = var_b - sigma2 * mean_sinv
         # a variance the moments cannot see starts at lme4's 1, not near the boundary
-        d = np.clip(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05, 1e4)
+        d = np.minimum(np.maximum(np.sqrt(np.maximum(psi, 0.0) / sigma2), 0.05), 1e4)
         unseen = ~(psi > 0)
         start = np.where(rows == cols, np.where(unseen, 1.0, d)[rows], 0.0)
         if unseen.any() and unseen.sum() < q:
