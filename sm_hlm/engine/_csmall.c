@@ -209,6 +209,127 @@ static const factor_loop_t q1_unrolled[MAX_UNROLLED_R + 1] = {
     NULL, factor_q1_r1, factor_q1_r2, factor_q1_r3, factor_q1_r4, factor_q1_r5,
     factor_q1_r6, factor_q1_r7, factor_q1_r8};
 
+/*
+ * The gradient's sums over the groups, into sums[9]: (t00, t01, t11) of
+ * sum_j R_j' M_j^{-1} R_j, (v00, v01, v11) of sum_j v_j v_j' and (y00, y01, y11) of
+ * sum_j K_j K_j' (REML: p = r - 1; zero for ML).  R is the (r, r) lower factor of A
+ * (R_X its leading block, rdiag 1 / its diagonal), u = (-beta, 1), k a workspace of
+ * 2 r numbers.
+ */
+HOT void
+grad_q2_loop(const Py_ssize_t r, const int reml, Py_ssize_t m, const double *gp,
+             const double *fp, const double *inv, const double *u, const double *R,
+             const double *rdiag, double *k, double *sums)
+{
+    const Py_ssize_t p = reml ? r - 1 : 0;
+    double *k0 = k, *k1 = k + r;
+    double t00 = 0.0, t01 = 0.0, t11 = 0.0, v00 = 0.0, v01 = 0.0, v11 = 0.0;
+    double y00 = 0.0, y01 = 0.0, y11 = 0.0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        const double *f = fp + 3 * j, *g0 = gp + 2 * r * j, *g1 = g0 + r;
+        const double *iv = inv + 3 * j;
+        double a = iv[0], b = iv[1], d = iv[2];
+        double a0 = f[0], a1 = f[1], a2 = f[2];
+        double h0 = 0.0, h1 = 0.0;
+        UNROLL
+        for (Py_ssize_t x = 0; x < r; x++) {
+            h0 += u[x] * g0[x];
+            h1 += u[x] * g1[x];
+        }
+        double w0 = a * h0 + b * h1, w1 = b * h0 + d * h1;     /* M_j^{-1} g_j */
+        double v0 = a0 * w0, v1 = a1 * w0 + a2 * w1;           /* R_j' M_j^{-1} g_j */
+        v00 += v0 * v0;
+        v01 += v0 * v1;
+        v11 += v1 * v1;
+        /* R_j' M_j^{-1} R_j with R_j = [[f0, f1], [0, f2]] */
+        t00 += a * (a0 * a0);
+        t01 += a * (a0 * a1) + b * (a0 * a2);
+        t11 += a * (a1 * a1) + 2.0 * b * (a1 * a2) + d * (a2 * a2);
+        UNROLL
+        for (Py_ssize_t x = 0; x < p; x++) {             /* K_j = R_X^{-1} G_jx' M_j^-1 R_j */
+            double e0 = g0[x] * a + g1[x] * b, e1 = g0[x] * b + g1[x] * d;
+            double s0 = e0 * a0, s1 = e0 * a1 + e1 * a2;
+            UNROLL
+            for (Py_ssize_t y = 0; y < x; y++) {
+                s0 -= R[x * r + y] * k0[y];
+                s1 -= R[x * r + y] * k1[y];
+            }
+            k0[x] = s0 * rdiag[x];
+            k1[x] = s1 * rdiag[x];
+            y00 += k0[x] * k0[x];
+            y01 += k0[x] * k1[x];
+            y11 += k1[x] * k1[x];
+        }
+    }
+    sums[0] = t00; sums[1] = t01; sums[2] = t11;
+    sums[3] = v00; sums[4] = v01; sums[5] = v11;
+    sums[6] = y00; sums[7] = y01; sums[8] = y11;
+}
+
+/* The same for q = 1 (sums[0], [3], [6]). */
+HOT void
+grad_q1_loop(const Py_ssize_t r, const int reml, Py_ssize_t m, const double *gp,
+             const double *fp, const double *inv, const double *u, const double *R,
+             const double *rdiag, double *k, double *sums)
+{
+    const Py_ssize_t p = reml ? r - 1 : 0;
+    double t00 = 0.0, vv = 0.0, kk = 0.0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        const double *g0 = gp + r * j;
+        double a = inv[j], f = fp[j];
+        double h = 0.0;
+        UNROLL
+        for (Py_ssize_t x = 0; x < r; x++)
+            h += u[x] * g0[x];
+        double v = f * (a * h);
+        t00 += a * (f * f);
+        vv += v * v;
+        double af = a * f;
+        UNROLL
+        for (Py_ssize_t x = 0; x < p; x++) {             /* k = R_X^{-1} G_jx a f */
+            double t = g0[x] * af;
+            UNROLL
+            for (Py_ssize_t y = 0; y < x; y++)
+                t -= R[x * r + y] * k[y];
+            k[x] = t * rdiag[x];
+            kk += k[x] * k[x];
+        }
+    }
+    sums[0] = t00; sums[3] = vv; sums[6] = kk;
+}
+
+typedef void (*grad_loop_t)(Py_ssize_t, Py_ssize_t, const double *, const double *,
+                            const double *, const double *, const double *, const double *,
+                            double *, double *);
+#define DEFINE_GRAD(Q, KIND, REML, R) \
+    static void grad_q##Q##_##KIND##_r##R(Py_ssize_t r, Py_ssize_t m, const double *gp, \
+            const double *fp, const double *inv, const double *u, const double *Rf, \
+            const double *rdiag, double *k, double *sums) \
+    { \
+        (void)r; \
+        grad_q##Q##_loop(R, REML, m, gp, fp, inv, u, Rf, rdiag, k, sums); \
+    }
+#define DEFINE_GRADS(R) \
+    DEFINE_GRAD(1, ml, 0, R) DEFINE_GRAD(1, reml, 1, R) \
+    DEFINE_GRAD(2, ml, 0, R) DEFINE_GRAD(2, reml, 1, R)
+DEFINE_GRADS(1) DEFINE_GRADS(2) DEFINE_GRADS(3) DEFINE_GRADS(4)
+DEFINE_GRADS(5) DEFINE_GRADS(6) DEFINE_GRADS(7) DEFINE_GRADS(8)
+#define DEFINE_GRAD_ANY(Q, KIND, REML) \
+    static void grad_q##Q##_##KIND##_any(Py_ssize_t r, Py_ssize_t m, const double *gp, \
+            const double *fp, const double *inv, const double *u, const double *Rf, \
+            const double *rdiag, double *k, double *sums) \
+    { \
+        grad_q##Q##_loop(r, REML, m, gp, fp, inv, u, Rf, rdiag, k, sums); \
+    }
+DEFINE_GRAD_ANY(1, ml, 0) DEFINE_GRAD_ANY(1, reml, 1)
+DEFINE_GRAD_ANY(2, ml, 0) DEFINE_GRAD_ANY(2, reml, 1)
+#define GRAD_TABLE(Q, KIND) \
+    static const grad_loop_t q##Q##_##KIND[MAX_UNROLLED_R + 1] = { \
+        NULL, grad_q##Q##_##KIND##_r1, grad_q##Q##_##KIND##_r2, grad_q##Q##_##KIND##_r3, \
+        grad_q##Q##_##KIND##_r4, grad_q##Q##_##KIND##_r5, grad_q##Q##_##KIND##_r6, \
+        grad_q##Q##_##KIND##_r7, grad_q##Q##_##KIND##_r8};
+GRAD_TABLE(1, ml) GRAD_TABLE(1, reml) GRAD_TABLE(2, ml) GRAD_TABLE(2, reml)
+
 /* Lower Cholesky factor of the symmetric r x r A in place (row-major, upper part zeroed);
  * 0, or k + 1 when the leading minor of order k + 1 is not positive definite. */
 static int
@@ -352,7 +473,6 @@ small_gradient(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "R must be square");
         goto fail0;
     }
-    Py_ssize_t p = reml ? r - 1 : 0;
     if (get_doubles(of, &bf, 0, -1, "fp") < 0)
         goto fail0;
     Py_ssize_t m = bf.len / 8 / nf;
@@ -375,7 +495,7 @@ small_gradient(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto fail4;
     }
-    double *rdiag = u + r, *k0 = rdiag + r + 1, *k1 = k0 + r + 1;
+    double *rdiag = u + r, *k0 = rdiag + r + 1;
     /* R_X' beta = R[r-1, :r-1] (R_X' upper triangular: back substitution); u = (-beta, 1) */
     for (Py_ssize_t i = r - 2; i >= 0; i--) {
         double t = R[(r - 1) * r + i];
@@ -384,73 +504,24 @@ small_gradient(PyObject *self, PyObject *args)
         u[i] = -t / R[i * r + i];
     }
     u[r - 1] = 1.0;
-    for (Py_ssize_t i = 0; i < p; i++)
+    for (Py_ssize_t i = 0; i < r - 1; i++)
         rdiag[i] = 1.0 / R[i * r + i];
-    const double *RX = R;                              /* R_X[x, y] = R[x * r + y] */
-#define RXL(x, y) RX[(x) * r + (y)]
-    if (q == 1) {
-        double t00 = 0.0, vv = 0.0, kk = 0.0;
-        for (Py_ssize_t j = 0; j < m; j++) {
-            const double *g0 = gp + r * j;
-            double a = inv[j], f = fp[j];
-            double h = 0.0;
-            for (Py_ssize_t x = 0; x < r; x++)
-                h += u[x] * g0[x];
-            double v = f * (a * h);
-            t00 += a * (f * f);
-            vv += v * v;
-            double af = a * f;
-            for (Py_ssize_t x = 0; x < p; x++) {         /* k = RX^{-1} G_jx a f */
-                double t = g0[x] * af;
-                for (Py_ssize_t y = 0; y < x; y++)
-                    t -= RXL(x, y) * k0[y];
-                k0[x] = t * rdiag[x];
-                kk += k0[x] * k0[x];
-            }
-        }
-        out[0] = t00 - c * vv - kk;
-    }
+    double sums[9];
+    if (q == 1)
+        (r <= MAX_UNROLLED_R ? (reml ? q1_reml[r] : q1_ml[r]) : (reml ? grad_q1_reml_any
+                                                                     : grad_q1_ml_any))(
+            r, m, gp, fp, inv, u, R, rdiag, k0, sums);
+    else
+        (r <= MAX_UNROLLED_R ? (reml ? q2_reml[r] : q2_ml[r]) : (reml ? grad_q2_reml_any
+                                                                     : grad_q2_ml_any))(
+            r, m, gp, fp, inv, u, R, rdiag, k0, sums);
+    if (q == 1)
+        out[0] = sums[0] - c * sums[3] - sums[6];
     else {
-        double t00 = 0.0, t01 = 0.0, t11 = 0.0, v00 = 0.0, v01 = 0.0, v11 = 0.0;
-        double y00 = 0.0, y01 = 0.0, y11 = 0.0;
-        for (Py_ssize_t j = 0; j < m; j++) {
-            const double *f = fp + 3 * j, *g0 = gp + 2 * r * j, *g1 = g0 + r;
-            const double *iv = inv + 3 * j;
-            double a = iv[0], b = iv[1], d = iv[2];
-            double a0 = f[0], a1 = f[1], a2 = f[2];
-            double h0 = 0.0, h1 = 0.0;
-            for (Py_ssize_t x = 0; x < r; x++) {
-                h0 += u[x] * g0[x];
-                h1 += u[x] * g1[x];
-            }
-            double w0 = a * h0 + b * h1, w1 = b * h0 + d * h1;     /* M_j^{-1} g_j */
-            double v0 = a0 * w0, v1 = a1 * w0 + a2 * w1;           /* R_j' M_j^{-1} g_j */
-            v00 += v0 * v0;
-            v01 += v0 * v1;
-            v11 += v1 * v1;
-            /* R_j' M_j^{-1} R_j with R_j = [[f0, f1], [0, f2]] */
-            t00 += a * (a0 * a0);
-            t01 += a * (a0 * a1) + b * (a0 * a2);
-            t11 += a * (a1 * a1) + 2.0 * b * (a1 * a2) + d * (a2 * a2);
-            for (Py_ssize_t x = 0; x < p; x++) {
-                double e0 = g0[x] * a + g1[x] * b, e1 = g0[x] * b + g1[x] * d;
-                double s0 = e0 * a0, s1 = e0 * a1 + e1 * a2;        /* G_jx' M_j^-1 R_j */
-                for (Py_ssize_t y = 0; y < x; y++) {
-                    s0 -= RXL(x, y) * k0[y];
-                    s1 -= RXL(x, y) * k1[y];
-                }
-                k0[x] = s0 * rdiag[x];
-                k1[x] = s1 * rdiag[x];
-                y00 += k0[x] * k0[x];
-                y01 += k0[x] * k1[x];
-                y11 += k1[x] * k1[x];
-            }
-        }
-        out[0] = t00 - c * v00 - y00;
-        out[1] = out[2] = t01 - c * v01 - y01;
-        out[3] = t11 - c * v11 - y11;
+        out[0] = sums[0] - c * sums[3] - sums[6];
+        out[1] = out[2] = sums[1] - c * sums[4] - sums[7];
+        out[3] = sums[2] - c * sums[5] - sums[8];
     }
-#undef RXL
     PyMem_Free(u);
     PyBuffer_Release(&bout);
     PyBuffer_Release(&binv);
