@@ -37,6 +37,7 @@ exactly), and sum_j R_j' M_j^{-1} R_j one (3, m) x (m, 6) product.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import numpy as np
 from scipy.linalg import lapack
@@ -91,19 +92,7 @@ class SmallKernel:
         f0 = np.ascontiguousarray(F[0, 0])
         self.f0 = f0
         if q == 2:
-            f1, f2 = np.ascontiguousarray(F[1, 0]), np.ascontiguousarray(F[1, 1])
-            self.f1, self.f2 = f1, f2
-            # rows f0^2, f0 f1, f1^2, f0 f2, f1 f2, f2^2, f0^2 f2^2 and ones (the identity)
-            P = np.empty((8, m))
-            for k, (x, y) in enumerate([(f0, f0), (f0, f1), (f1, f1), (f0, f2), (f1, f2),
-                                        (f2, f2)]):
-                np.multiply(x, y, out=P[k])
-            np.multiply(P[0], P[5], out=P[6])
-            P[7] = 1.0
-            self._FA = np.stack([f0, f1])            # v_j = (f0, f1) w_j0 + (0, f2) w_j1
-        else:
-            P = np.stack([f0 * f0, np.ones(m)])
-        self.P = P
+            self.f1, self.f2 = np.ascontiguousarray(F[1, 0]), np.ascontiguousarray(F[1, 1])
         self.within = np.ascontiguousarray(within, dtype=float)
         # the compiled loops (one pass over the groups per call) where built and r is small
         self._c = compiled.csmall() if r <= COMPILED_MAX_R else None
@@ -130,6 +119,27 @@ class SmallKernel:
             self._H = None
         else:
             self._H = np.empty((r, q * m))
+
+    @cached_property
+    def P(self) -> np.ndarray:
+        """The per-group products: rows f0^2, f0 f1, f1^2, f0 f2, f1 f2, f2^2, f0^2 f2^2
+        and ones (q = 2); f0^2 and ones (q = 1)."""
+        f0 = self.f0
+        if self.q == 1:
+            return np.stack([f0 * f0, np.ones(self.m)])
+        f1, f2 = self.f1, self.f2
+        P = np.empty((8, self.m))
+        for k, (x, y) in enumerate([(f0, f0), (f0, f1), (f1, f1), (f0, f2), (f1, f2),
+                                    (f2, f2)]):
+            np.multiply(x, y, out=P[k])
+        np.multiply(P[0], P[5], out=P[6])
+        P[7] = 1.0
+        return P
+
+    @cached_property
+    def _FA(self) -> np.ndarray:
+        """Rows f0, f1: v_j = (f0, f1) w_j0 + (0, f2) w_j1 (the numpy gradient, q = 2)."""
+        return np.stack([self.f0, self.f1])
 
     def _entries(self, lam: np.ndarray) -> np.ndarray:
         """Rows (M_11, -M_01, M_00, det M_j) for q = 2, (M_00,) for q = 1, at Lambda~ = lam."""
