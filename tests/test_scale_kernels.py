@@ -18,9 +18,16 @@ def _model(q: int) -> HLM:
     return HLM.from_formula(f"y ~ x1 + x2 + ({rhs} | group)", df)
 
 
-@pytest.mark.parametrize("q", [1, 2, 3])
+@pytest.mark.parametrize("q, beyond", [(1, "blocked"), (2, "blocked"), (3, "blocked"),
+                                       (1, "compiled"), (2, "compiled")])
 @pytest.mark.parametrize("reml", [False, True])
-def test_blocked_matches_unblocked(q: int, reml: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blocked_matches_unblocked(q: int, reml: bool, beyond: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond a block of groups: the blocked numpy kernels, or (q <= 2) the compiled
+    fused kernel over all groups at once, against the unblocked kernels."""
+    from sm_hlm.engine import compiled
+    if beyond == "compiled" and compiled.csmall() is None:
+        pytest.skip(f"the compiled small kernel is {compiled.status()['_csmall']}")
     mod = _model(q)
     dev = mod.deviance_function(reml=reml)
     rng = np.random.default_rng(q)
@@ -29,7 +36,9 @@ def test_blocked_matches_unblocked(q: int, reml: bool, monkeypatch: pytest.Monke
     ref = [(dev.work_deviance(t), dev.work_gradient(t)[1]) for t in thetas]
     llf = mod.fit(reml=reml).llf
     monkeypatch.setattr(deviance, "_CHUNK_GROUPS", 7)     # 60 groups: 9 blocks, a ragged last
+    monkeypatch.setattr(deviance, "_SMALL_ANY_M", beyond == "compiled")
     dev2 = mod.deviance_function(reml=reml)
+    assert dev2._small_ok == (beyond == "compiled")
     for t, (f, g) in zip(thetas, ref):
         assert dev2.work_deviance(t) == pytest.approx(f, rel=1e-12, abs=1e-9)
         f2, g2 = dev2.work_gradient(t)

@@ -81,6 +81,9 @@ _PAIR_PRODUCT_LIMIT = 1_000_000
 #: this many groups an evaluation runs block by block so that every per-group temporary of a
 #: block stays in the CPU cache; the cost per group is then independent of m.
 _CHUNK_GROUPS = 8192
+#: Whether the compiled q <= 2 kernel serves any number of groups (else up to
+#: ``_CHUNK_GROUPS``, as its numpy form).
+_SMALL_ANY_M = True
 #: Largest |theta~| (working coordinates) at which the deviance is evaluated (see
 #: :meth:`ProfiledDeviance.work_deviance`).
 _THETA_WORK_MAX = 1e7
@@ -928,7 +931,12 @@ class ProfiledDeviance:
         self._use_pairs = bool(q) and r * r * len(self._pairs) * m <= _PAIR_PRODUCT_LIMIT
         self._calls = 0
         # q <= 2, unweighted, the groups in one block: the fused kernel of sm_hlm.engine.small
-        self._small_ok = q in (1, 2) and self._wg is None and 0 < m <= _CHUNK_GROUPS
+        # the fused q <= 2 kernel: for any number of groups where it is compiled (one pass
+        # over the groups, no temporaries but M_j^{-1}'s entries), up to a block of groups
+        # in its numpy form (beyond, the blocked kernels keep the temporaries in cache)
+        self._small_ok = (q in (1, 2) and self._wg is None and m > 0
+                          and (m <= _CHUNK_GROUPS
+                               or (_SMALL_ANY_M and compiled.csmall() is not None)))
         self._small_cache: dict[bytes, tuple | None] = {}
         self._small: SmallKernel | None = None
         rp = self.reparam
