@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import compiled
 from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_solve_T,
                      batched_inverse_lower, group_crossprod)
 from .small import SmallKernel
@@ -323,6 +324,11 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
 
     Notes
     -----
+    Where the compiled row loops are in use (:func:`sm_hlm.engine.compiled.crows`)
+    and ``Zt`` and ``Wt`` are float64 with contiguous rows, the same steps run in one
+    loop over the groups (:mod:`sm_hlm.engine._crows`; the same roundings, the sums
+    over a group in another order); otherwise as numpy passes over all rows.
+
     With Q_j0 = s / sqrt(n_j) (s the sign of c): R_j00 = |c| sqrt(n_j),
     G_j0 = s 1'W_j / sqrt(n_j), and W_j - Q_j0 G_j0 = W_j - 1 mean_j(W).  The
     second column z is centred within its group twice (Gram-Schmidt with one
@@ -336,6 +342,13 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
     q, n = Zt.shape
     r = Wt.shape[0]
     m = len(starts)
+    crows = compiled.crows()
+    if crows is not None and _contiguous_rows(Zt) and _contiguous_rows(Wt):
+        # the same steps in one loop over the groups (sm_hlm.engine._crows)
+        F, G, within = np.empty((q, q, m)), np.empty((q, r, m)), np.empty((r, r))
+        crows.intercept_qr(Zt, Wt, np.ascontiguousarray(starts, dtype=np.int64), float(tol),
+                           bool(const_first), F, G, within)
+        return F, G, within
     buf = np.empty(n) if buf is None else buf
     nj = counts.astype(float)
     root_n = np.sqrt(nj)
@@ -380,6 +393,14 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
             w -= buf
     Zt[0] = np.repeat(sign / root_n, counts)
     return F, G, _gram(list(Wt))
+
+
+def _contiguous_rows(A: np.ndarray) -> bool:
+    """Whether ``A`` is a writable 2-d float64 array with contiguous rows (as the
+    compiled row loops of :mod:`sm_hlm.engine._crows` take them)."""
+    return (A.ndim == 2 and A.dtype == np.float64 and A.flags.writeable
+            and (A.shape[1] <= 1 or A.strides[1] == 8)
+            and (A.shape[0] <= 1 or (A.strides[0] % 8 == 0 and A.strides[0] >= 8 * A.shape[1])))
 
 
 #: Whether :func:`working_stats` uses the closed-form QR (:func:`_intercept_qr_stats`)
