@@ -52,7 +52,7 @@ def _design(q: int, const_first: bool, seed: int, *, n_groups: int = 200, mean_s
 
 
 def _run(Z, W, starts, counts, const_first, *, use_c: bool, monkeypatch):
-    """_intercept_qr_stats with (use_c) or without the compiled loops: F, G, within, Q'."""
+    """_intercept_qr_stats with (use_c) or without the compiled loops: F, G, within, Q', E'."""
     with monkeypatch.context() as mp:
         if not use_c:
             mp.setattr(compiled, "crows", lambda: None)
@@ -60,7 +60,7 @@ def _run(Z, W, starts, counts, const_first, *, use_c: bool, monkeypatch):
         Wt = np.array(W.T, order="C")
         F, G, within = deviance_mod._intercept_qr_stats(Zt, Wt, starts, counts,
                                                         const_first=const_first)
-    return F, G, within, Zt
+    return F, G, within, Zt, Wt
 
 
 def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-12) -> None:
@@ -76,9 +76,11 @@ def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-12) -> None:
 @pytest.mark.parametrize("seed", [1, 2])
 def test_compiled_intercept_qr_matches_numpy(q, const_first, seed, monkeypatch) -> None:
     Z, W, starts, counts = _design(q, const_first, seed)
-    Fc, Gc, Ec, Qc = _run(Z, W, starts, counts, const_first, use_c=True, monkeypatch=monkeypatch)
-    Fn, Gn, En, Qn = _run(Z, W, starts, counts, const_first, use_c=False, monkeypatch=monkeypatch)
-    for a, b in ((Fc, Fn), (Gc, Gn), (Ec, En), (Qc, Qn)):
+    Fc, Gc, Ec, Qc, Rc = _run(Z, W, starts, counts, const_first, use_c=True,
+                              monkeypatch=monkeypatch)
+    Fn, Gn, En, Qn, Rn = _run(Z, W, starts, counts, const_first, use_c=False,
+                              monkeypatch=monkeypatch)
+    for a, b in ((Fc, Fn), (Gc, Gn), (Ec, En), (Qc, Qn), (Rc, Rn)):
         assert a.shape == b.shape
         _close(a, b)
     # per-group checks of what the numbers mean, on the compiled output
@@ -124,9 +126,10 @@ def test_compiled_intercept_qr_large_block_and_large_group(q, monkeypatch) -> No
 
 
 @needs_crows
-@pytest.mark.parametrize("r", [1, 9, 12])
+@pytest.mark.parametrize("r", [1, 5, 6, 9, 12])
 def test_compiled_intercept_qr_any_number_of_columns(r, monkeypatch) -> None:
-    """The loops specialised for 1 <= r <= 8 and the general one."""
+    """The loops specialised for 1 <= r <= 8 and the general one; sum_j E_j'E_j in the
+    loop (at most _CROWS_PAIRS_MAX_R columns) or from the residuals it leaves."""
     Z, W, starts, counts = _design(2, False, 11)
     rng = np.random.default_rng(r)
     W = np.column_stack([W, rng.normal(size=(len(W), 12))])[:, :r]
@@ -151,7 +154,7 @@ def test_compiled_intercept_qr_on_strided_blocks(monkeypatch) -> None:
     Zt, Wt = Zbuf[:n].T, Wbuf[:n, :-1].T
     assert not Zt.flags.c_contiguous and deviance_mod._contiguous_rows(Zt)
     F, G, within = deviance_mod._intercept_qr_stats(Zt, Wt, starts, counts, const_first=True)
-    Fn, Gn, En, Qn = _run(Z, W, starts, counts, True, use_c=False, monkeypatch=monkeypatch)
+    Fn, Gn, En, Qn, _ = _run(Z, W, starts, counts, True, use_c=False, monkeypatch=monkeypatch)
     for a, b in ((F, Fn), (G, Gn), (within, En), (Zt, Qn)):
         _close(a, b)
     assert np.all(Zbuf[n:] == 0.0) and np.all(Wbuf[n:] == 0.0)     # nothing written beyond

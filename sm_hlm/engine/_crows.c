@@ -17,6 +17,15 @@
 #include <math.h>
 #include <string.h>
 
+#if defined(__GNUC__) || defined(__clang__)
+#define INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define INLINE static __forceinline
+#define restrict __restrict
+#else
+#define INLINE static inline
+#endif
+
 
 static int
 is_double_format(const char *f)
@@ -157,7 +166,7 @@ typedef struct {
 /* acc += the pairs x <= y of e e' for the row e (entries ld apart, just stored: read
  * back one by one, as packing them into a local array invites vector loads of two
  * scalar stores). */
-static inline __attribute__((always_inline)) void
+INLINE void
 add_pairs(const double *e, const Py_ssize_t ld, const Py_ssize_t r, double *restrict acc)
 {
     Py_ssize_t k = 0;
@@ -168,7 +177,7 @@ add_pairs(const double *e, const Py_ssize_t ld, const Py_ssize_t r, double *rest
     }
 }
 
-static inline __attribute__((always_inline)) void
+INLINE void
 qr_groups(const qr_args *A, const Py_ssize_t r, double *restrict mean, double *restrict g1,
           double *restrict acc)
 {

@@ -344,11 +344,14 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
     m = len(starts)
     crows = compiled.crows()
     if crows is not None and _contiguous_rows(Zt) and _contiguous_rows(Wt):
-        # the same steps in one loop over the groups (sm_hlm.engine._crows)
-        F, G, within = np.empty((q, q, m)), np.empty((q, r, m)), np.empty((r, r))
+        # the same steps in one loop over the groups (sm_hlm.engine._crows); sum_j E_j'E_j
+        # there too for a few columns, else by dot products of the residuals it leaves in Wt
+        pairs = r - bool(const_first) <= _CROWS_PAIRS_MAX_R
+        F, G = np.empty((q, q, m)), np.empty((q, r, m))
+        within = np.empty((r, r)) if pairs else None
         crows.intercept_qr(Zt, Wt, np.ascontiguousarray(starts, dtype=np.int64), float(tol),
                            bool(const_first), F, G, within)
-        return F, G, within
+        return F, G, within if pairs else _gram(list(Wt))
     buf = np.empty(n) if buf is None else buf
     nj = counts.astype(float)
     root_n = np.sqrt(nj)
@@ -393,6 +396,12 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
             w -= buf
     Zt[0] = np.repeat(sign / root_n, counts)
     return F, G, _gram(list(Wt))
+
+
+#: Largest number of non-constant columns of W for which the compiled closed-form QR
+#: also accumulates sum_j E_j'E_j (r (r + 1) / 2 products per row, in registers);
+#: beyond it dot products of the residual columns are faster.
+_CROWS_PAIRS_MAX_R = 5
 
 
 def _contiguous_rows(A: np.ndarray) -> bool:
