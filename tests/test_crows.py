@@ -252,3 +252,61 @@ def test_numpy_row_loops_when_compiled_ones_are_off(monkeypatch) -> None:
     Q, Fq, _ = deviance_mod.group_qr(Z, starts)
     _close(F, Fq, rtol=1e-10)
     _close(Zt, Q.T, rtol=1e-10)
+
+
+def _fixed_map_both(X, y, monkeypatch):
+    X = np.asfortranarray(X)
+    const = deviance_mod.constant_columns(X)
+    wbuf = np.empty((len(y), X.shape[1] + 2), order="F")
+    c = deviance_mod._fixed_map(X, y, const, wbuf)
+    with monkeypatch.context() as mp:
+        mp.setattr(compiled, "crows", lambda: None)
+        n_ = deviance_mod._fixed_map(X, y, const, wbuf)
+    return c, n_
+
+
+@needs_crows
+@pytest.mark.parametrize("layout", ["intercept first", "intercept third", "no intercept",
+                                    "one column", "five columns", "six columns"])
+def test_compiled_centred_gram_matches_numpy(layout, monkeypatch) -> None:
+    """_fixed_map's map D_0 and Gram matrix with the compiled pass and the numpy one
+    (centring column first, later, absent; up to and beyond _CROWS_GRAM_MAX_K columns)."""
+    rng = np.random.default_rng(len(layout))
+    n = 70_001                                             # blocks of rows, and a remainder
+    cols = [1e4 + rng.normal(size=n), 3.0 * rng.normal(size=n), rng.integers(0, 5, n) * 1.0,
+            1e-3 * rng.normal(size=n), rng.normal(size=n)]
+    one = np.full(n, 2.0)
+    X = {"intercept first": [one] + cols[:3], "intercept third": cols[:2] + [one] + cols[2:4],
+         "no intercept": cols[:3], "one column": [one], "five columns": [one] + cols[:4],
+         "six columns": [one] + cols}[layout]
+    X = np.column_stack(X)
+    y = 50.0 + X[:, -1] + rng.normal(size=n)
+    (Dc, gc), (Dn, gn) = _fixed_map_both(X, y, monkeypatch)
+    _close(Dc, Dn)
+    np.testing.assert_allclose(np.diag(gc), np.diag(gn), rtol=1e-12)
+    # off the diagonal, relative to sqrt(g_ii g_jj); the sum of a centred column (zero in
+    # exact arithmetic) is rounding noise from the mean of a column whose mean is 1e4
+    # times its spread: ~1e-12 of the diagonal in both forms
+    d = np.sqrt(np.diag(gn))
+    np.testing.assert_allclose(gc / np.outer(d, d), gn / np.outer(d, d), rtol=0, atol=1e-11)
+
+
+@needs_crows
+def test_compiled_centred_gram_rejects_bad_input() -> None:
+    n = 50
+    Xt, y = np.ones((3, n)), np.arange(n, dtype=float)
+    mu, g = np.empty(4), np.empty((4, 4))
+    crows.centred_gram(Xt, y, 0, mu, g)                       # well formed
+    np.testing.assert_allclose(mu, [0.0, 1.0, 1.0, (n - 1) / 2])
+    with pytest.raises(TypeError, match="y must be a float64 array"):
+        crows.centred_gram(Xt, y.astype(np.int64), 0, mu, g)
+    with pytest.raises(ValueError, match="y has 49 entries, 50 expected"):
+        crows.centred_gram(Xt, y[:-1].copy(), 0, mu, g)
+    with pytest.raises(ValueError, match="j0 must lie in"):
+        crows.centred_gram(Xt, y, 3, mu, g)
+    with pytest.raises(ValueError, match="at most 5 columns"):
+        crows.centred_gram(np.ones((6, n)), y, 0, np.empty(7), np.empty((7, 7)))
+    with pytest.raises(ValueError, match="gram has"):
+        crows.centred_gram(Xt, y, 0, mu, np.empty((3, 3)))
+    with pytest.raises(ValueError, match="contiguous"):
+        crows.centred_gram(np.asfortranarray(Xt), y, 0, mu, g)

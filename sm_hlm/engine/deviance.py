@@ -404,10 +404,16 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
 _CROWS_PAIRS_MAX_R = 5
 
 
-def _contiguous_rows(A: np.ndarray) -> bool:
-    """Whether ``A`` is a writable 2-d float64 array with contiguous rows (as the
-    compiled row loops of :mod:`sm_hlm.engine._crows` take them)."""
-    return (A.ndim == 2 and A.dtype == np.float64 and A.flags.writeable
+#: Most columns of [X y] for which :func:`_fixed_map` takes the compiled Gram pass
+#: (k (k + 1) / 2 products per row in registers; beyond it dot products are faster).
+_CROWS_GRAM_MAX_K = 6
+
+
+def _contiguous_rows(A: np.ndarray, *, writeable: bool = True) -> bool:
+    """Whether ``A`` is a 2-d float64 array (writable unless ``writeable`` is false)
+    with contiguous rows, as the compiled row loops of :mod:`sm_hlm.engine._crows`
+    take them."""
+    return (A.ndim == 2 and A.dtype == np.float64 and (A.flags.writeable or not writeable)
             and (A.shape[1] <= 1 or A.strides[1] == 8)
             and (A.shape[0] <= 1 or (A.strides[0] % 8 == 0 and A.strides[0] >= 8 * A.shape[1])))
 
@@ -460,16 +466,23 @@ def _fixed_map(X: np.ndarray, y: np.ndarray, const: np.ndarray, wbuf: np.ndarray
     cs = np.flatnonzero(const[:p])
     j0 = int(cs[0]) if len(cs) else None
     mu = np.zeros(k)
-    if j0 is not None:                  # columns after the constant one, and y, centred
-        mu[j0 + 1:p] = np.add.reduce(X[:, j0 + 1:], axis=0) / n
-        mu[p] = np.add.reduce(y) / n
     gram0 = np.zeros((k, k))
-    for a in range(0, n, _ROW_BLOCK):
-        b = min(a + _ROW_BLOCK, n)
-        Wb = wbuf[:b - a, :k]
-        np.subtract(X[a:b], mu[:p], out=Wb[:, :p])
-        np.subtract(y[a:b], mu[p], out=Wb[:, p])
-        gram0 += _gram([Wb[:, i] for i in range(k)])
+    crows = compiled.crows()
+    if (crows is not None and k <= _CROWS_GRAM_MAX_K and X.dtype == np.float64
+            and _contiguous_rows(X.T, writeable=False) and y.dtype == np.float64
+            and y.flags.c_contiguous):
+        # both passes (the means, the products of the centred rows) in sm_hlm.engine._crows
+        crows.centred_gram(X.T, y, -1 if j0 is None else j0, mu, gram0)
+    else:
+        if j0 is not None:              # columns after the constant one, and y, centred
+            mu[j0 + 1:p] = np.add.reduce(X[:, j0 + 1:], axis=0) / n
+            mu[p] = np.add.reduce(y) / n
+        for a in range(0, n, _ROW_BLOCK):
+            b = min(a + _ROW_BLOCK, n)
+            Wb = wbuf[:b - a, :k]
+            np.subtract(X[a:b], mu[:p], out=Wb[:, :p])
+            np.subtract(y[a:b], mu[p], out=Wb[:, p])
+            gram0 += _gram([Wb[:, i] for i in range(k)])
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = 1.0 / np.sqrt(np.diag(gram0) / n)
     if j0 is not None:
