@@ -154,45 +154,7 @@ typedef struct {
     double *F, *G;            /* F (q, q, m) C order; G: G_j's entry (x, i) at G[x gld + i m + j] */
     double tol, sign, absc;
     int q, within;
-    /* with sources (fill): the rows of W = [X y] D and Z T formed group by group */
-    int fill, first;
-    Py_ssize_t p, ldx, ldzs, ldd;
-    const double *X, *y, *zs0, *zs1, *D;
-    double t01, t11;
 } qr_args;
-
-/* Rows a..b of [X y] D (columns first.. of W) into W, and of Z T's second column into z1
- * (D and T upper triangular: column i of [X y] D is sum_{k <= i} of the columns k,
- * in the order of the numpy form: X's columns, then y's term). */
-INLINE void
-fill_rows(const qr_args *A, const Py_ssize_t r, const Py_ssize_t a, const Py_ssize_t b)
-{
-    const Py_ssize_t p = A->p, ldx = A->ldx, ldw = A->ldw, ldd = A->ldd, first = A->first;
-    const double *restrict X = A->X, *restrict D = A->D;
-    double *restrict W = A->W;
-    for (Py_ssize_t i = 0; i < r; i++) {
-        const Py_ssize_t c = i + first, kmax = c < p ? c : p - 1;
-        double *restrict w = W + i * ldw;
-        for (Py_ssize_t t = a; t < b; t++)
-            w[t] = 0.0;
-        for (Py_ssize_t k = 0; k <= kmax; k++) {
-            const double d = D[k * ldd + c];
-            const double *restrict x = X + k * ldx;
-            for (Py_ssize_t t = a; t < b; t++)
-                w[t] += x[t] * d;
-        }
-        if (c == p) {
-            const double d = D[p * ldd + p];
-            for (Py_ssize_t t = a; t < b; t++)
-                w[t] += d * A->y[t];
-        }
-    }
-    if (A->q == 2) {
-        const double t01 = A->t01, t11 = A->t11;
-        for (Py_ssize_t t = a; t < b; t++)
-            A->z1[t] = A->zs0[t] * t01 + A->zs1[t] * t11;
-    }
-}
 
 /*
  * The loop over the groups for the r columns of W that are not constant.
@@ -240,8 +202,6 @@ qr_groups(const qr_args *A, const Py_ssize_t r, double *restrict mean, double *r
         const Py_ssize_t b2 = a + ((b - a) & ~(Py_ssize_t)1);      /* pairs of rows end */
         const double nj = (double)(b - a), root_n = sqrt(nj), sr = sign / root_n;
         F[j] = absc * root_n;
-        if (A->fill)
-            fill_rows(A, r, a, b);
         /* the first column of Q_j: the group sums (and Z's second column's) */
         for (Py_ssize_t i = 0; i < r; i++)
             mean[i] = mean2[i] = 0.0;
@@ -380,20 +340,12 @@ QR_FIXED(8)
 static PyObject *
 crows_intercept_qr(PyObject *self, PyObject *args)
 {
-    PyObject *oZ, *oW, *ost, *oF, *oG, *oE, *osrc = Py_None;
+    PyObject *oZ, *oW, *ost, *oF, *oG, *oE;
     double tol;
     int const_first;
-    if (!PyArg_ParseTuple(args, "OOOdpOOO|O", &oZ, &oW, &ost, &tol, &const_first, &oF, &oG,
-                          &oE, &osrc))
+    if (!PyArg_ParseTuple(args, "OOOdpOOO", &oZ, &oW, &ost, &tol, &const_first, &oF, &oG, &oE))
         return NULL;
-    Py_buffer bZ, bW, bst, bF, bG, bE, bX, by, bZs, bD, bT;
-    Py_ssize_t p = 0, ldx = 0, ldzs = 0;
-    const int fill = osrc != Py_None;
-    PyObject *oX = NULL, *oy = NULL, *oZs = NULL, *oD = NULL, *oT = NULL;
-    if (fill && !PyArg_ParseTuple(osrc, "OOOOO", &oX, &oy, &oZs, &oD, &oT)) {
-        PyErr_SetString(PyExc_TypeError, "src must be a tuple (Xt, y, Zt_source, D, T)");
-        return NULL;
-    }
+    Py_buffer bZ, bW, bst, bF, bG, bE;
     Py_ssize_t q, n, ldz, r, ldw, rows;
     if (get_rows(oZ, &bZ, 1, -1, "Zt", &q, &n, &ldz) < 0)
         return NULL;
@@ -417,34 +369,9 @@ crows_intercept_qr(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "const_first needs a column of W");
         goto fail5;
     }
-    if (fill) {
-        /* the sources: Xt (p, n), y (n), Zs (q, n) rows; D (r, r), T (q, q) C order */
-        Py_ssize_t rows2, qs;
-        if (get_rows(oX, &bX, 0, n, "Xt", &p, &rows2, &ldx) < 0)
-            goto fail5;
-        if (p + 1 != r) {
-            PyErr_Format(PyExc_ValueError, "Xt has %zd rows, %zd expected (Wt's less one)",
-                         p, r - 1);
-            goto fail6;
-        }
-        if (get_vector(oy, &by, 0, n, "y") < 0)
-            goto fail6;
-        if (get_rows(oZs, &bZs, 0, n, "Zt_source", &qs, &rows2, &ldzs) < 0)
-            goto fail7;
-        if (qs != q) {
-            PyErr_Format(PyExc_ValueError, "Zt_source has %zd rows, %zd expected", qs, q);
-            goto fail8;
-        }
-        if (get_vector(oD, &bD, 0, r * r, "D") < 0)
-            goto fail8;
-        if (get_vector(oT, &bT, 0, q * q, "T") < 0)
-            goto fail9;
-    }
-    const double c = m == 0 ? 1.0
-        : fill ? ((double *)bZs.buf)[0] * ((double *)bT.buf)[0] : ((double *)bZ.buf)[0];
-    if (m > 0 && (c == 0.0 || !isfinite(c))) {
+    if (m > 0 && ((double *)bZ.buf)[0] == 0.0) {
         PyErr_SetString(PyExc_ValueError, "Z's first column must be constant and nonzero");
-        goto fail10;
+        goto fail5;
     }
 
     /* the columns after a constant first one, and their pairs x <= y */
@@ -453,28 +380,21 @@ crows_intercept_qr(PyObject *self, PyObject *args)
                                 sizeof(double));
     if (work == NULL) {
         PyErr_NoMemory();
-        goto fail10;
+        goto fail5;
     }
     double *acc = work + 4 * (rr > 0 ? rr : 1);
     const long long *st = bst.buf;
     double *Z = bZ.buf, *W = bW.buf, *F = bF.buf, *G = bG.buf;
-    const double sign = c > 0 ? 1.0 : -1.0;
+    const double c = m > 0 ? Z[0] : 1.0, sign = c > 0 ? 1.0 : -1.0;
     qr_args args_ = {
         .st = st, .m = m, .n = n, .ldw = ldw, .gld = r * m, .z0 = Z,
         .z1 = q == 2 ? Z + ldz : NULL, .W = W + first * ldw, .F = F, .G = G + first * m,
         .tol = tol, .sign = sign, .absc = fabs(c), .q = (int)q, .within = want_within,
-        .fill = fill, .first = (int)first, .p = p, .ldx = ldx, .ldzs = ldzs, .ldd = r,
-        .X = fill ? bX.buf : NULL, .y = fill ? by.buf : NULL,
-        .zs0 = fill ? bZs.buf : NULL,
-        .zs1 = (fill && q == 2) ? (double *)bZs.buf + ldzs : NULL,
-        .D = fill ? bD.buf : NULL,
-        .t01 = (fill && q == 2) ? ((double *)bT.buf)[1] : 0.0,
-        .t11 = (fill && q == 2) ? ((double *)bT.buf)[3] : 0.0,
     };
     Py_BEGIN_ALLOW_THREADS
     if (const_first) {
         /* W's constant column: projection s c_w sqrt(n_j) on Q_j0, residuals zero */
-        const double w00 = fill ? ((double *)bX.buf)[0] * ((double *)bD.buf)[0] : W[0];
+        const double w00 = W[0];
         for (Py_ssize_t j = 0; j < m; j++) {
             const Py_ssize_t a = (Py_ssize_t)st[j], b = j + 1 < m ? (Py_ssize_t)st[j + 1] : n;
             G[j] = (sign * w00) * sqrt((double)(b - a));
@@ -502,17 +422,9 @@ crows_intercept_qr(PyObject *self, PyObject *args)
         for (Py_ssize_t x = 0; x < r; x++)
             for (Py_ssize_t y = x; y < r; y++)
                 E[x * r + y] = E[y * r + x] = x >= first ? acc[k++] : 0.0;
+        PyBuffer_Release(&bE);
     }
     PyMem_Free(work);
-    if (fill) {
-        PyBuffer_Release(&bT);
-        PyBuffer_Release(&bD);
-        PyBuffer_Release(&bZs);
-        PyBuffer_Release(&by);
-        PyBuffer_Release(&bX);
-    }
-    if (want_within)
-        PyBuffer_Release(&bE);
     PyBuffer_Release(&bG);
     PyBuffer_Release(&bF);
     PyBuffer_Release(&bst);
@@ -520,11 +432,6 @@ crows_intercept_qr(PyObject *self, PyObject *args)
     PyBuffer_Release(&bZ);
     Py_RETURN_NONE;
 
-fail10: if (fill) PyBuffer_Release(&bT);
-fail9: if (fill) PyBuffer_Release(&bD);
-fail8: if (fill) PyBuffer_Release(&bZs);
-fail7: if (fill) PyBuffer_Release(&by);
-fail6: if (fill) PyBuffer_Release(&bX);
 fail5: if (want_within) PyBuffer_Release(&bE);
 fail4: PyBuffer_Release(&bG);
 fail3: PyBuffer_Release(&bF);

@@ -688,21 +688,7 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
     G = np.empty((q, p + 1, m))
     within = np.zeros((p + 1, p + 1))
     WtW = np.zeros((p + 1, p + 1))
-    closed = (_CLOSED_FORM_QR and group_w is None and sqrt_w is None and 0 < q <= 2
-              and bool(z_const[0]))
-    # sorted rows: the compiled closed-form QR forms W D and Z T itself, group by group
-    crows = compiled.crows() if closed and order is None and p else None
-    fused = crows is not None and _fusable(X, y, Z)
     for a, b, ga, gb in blocks:
-        st = starts[ga:gb] - a
-        if fused:
-            Fb, Gb, wb = _intercept_qr_fused(crows, X, y, Z, D, T, a, b, st, Q[a:b],
-                                             wbuf[:b - a, :p + 1],
-                                             const_first=bool(x_const[0]))
-            F[:, :, ga:gb] = Fb
-            G[:, :, ga:gb] = Gb
-            within += wb
-            continue
         rows = slice(a, b) if order is None else order[a:b]
         Wb = _w_times(X, y, rows, D, out=wbuf[:b - a])
         Zb = None
@@ -714,13 +700,14 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
             Wb *= sw
             if q:
                 Zb *= sw
+        st = starts[ga:gb] - a
         gsc = None if group_w is None else np.repeat(np.sqrt(group_w[ga:gb]),
                                                       counts[ga:gb])[:, None]
         if not q:
             Wg = Wb if gsc is None else Wb * gsc
             WtW += Wg.T @ Wg
             continue
-        if closed:
+        if _CLOSED_FORM_QR and gsc is None and sqrt_w is None and q <= 2 and z_const[0]:
             # a random intercept (and slope), unweighted: the closed-form QR (Z T's first
             # column is T_00 times Z's, constant with it: T is upper triangular)
             # W D's first column is D_00 times X's: constant with X's (D upper triangular)
@@ -759,36 +746,6 @@ def working_stats(X: np.ndarray, y: np.ndarray, Z: np.ndarray, starts: np.ndarra
                          group_weights=group_w, weight_nobs=weight_nobs, log_weight_sum=log_w,
                          column_gram=gram)
     return st, Reparametrization(D, T), Q
-
-
-def _fusable(X: np.ndarray, y: np.ndarray, Z: np.ndarray) -> bool:
-    """Whether the compiled closed-form QR can read X, y and Z as they are (float64,
-    contiguous columns)."""
-    return (X.dtype == np.float64 and _contiguous_rows(X.T, writeable=False)
-            and y.dtype == np.float64 and y.ndim == 1 and y.flags.c_contiguous
-            and Z.dtype == np.float64 and _contiguous_rows(Z.T, writeable=False))
-
-
-def _intercept_qr_fused(crows, X: np.ndarray, y: np.ndarray, Z: np.ndarray, D: np.ndarray,
-                        T: np.ndarray, a: int, b: int, starts: np.ndarray, Zb: np.ndarray,
-                        Wb: np.ndarray, *, const_first: bool, tol: float = _QR_TOL
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_intercept_qr_stats` of the rows ``a:b`` of [X y] D and Z T, formed group by
-    group inside the compiled loop (:mod:`sm_hlm.engine._crows`) rather than by
-    :func:`_w_times` and a product beforehand.
-
-    ``Zb`` (b - a, q) receives Q (its columns contiguous) and ``Wb`` (b - a, p + 1) is
-    the workspace (left holding E); ``starts`` are relative to row ``a``.
-    """
-    q, r, m = Zb.shape[1], Wb.shape[1], len(starts)
-    pairs = r - const_first <= _CROWS_PAIRS_MAX_R
-    F, G = np.empty((q, q, m)), np.empty((q, r, m))
-    within = np.empty((r, r)) if pairs else None
-    crows.intercept_qr(Zb.T, Wb.T, np.ascontiguousarray(starts, dtype=np.int64), float(tol),
-                       const_first, F, G, within,
-                       (X[a:b].T, y[a:b], Z[a:b].T, np.ascontiguousarray(D, dtype=float),
-                        np.ascontiguousarray(T, dtype=float)))
-    return F, G, within if pairs else _gram(list(Wb.T))
 
 
 def _gram(cols: Sequence[np.ndarray]) -> np.ndarray:
