@@ -167,8 +167,9 @@ def test_compiled_intercept_qr_rejects_bad_input() -> None:
     st = starts.astype(np.int64)
 
     def args(**kw):
-        a = dict(Zt=np.ascontiguousarray(Z.T), Wt=np.ascontiguousarray(W.T), starts=st, tol=1e-11, const_first=False,
-                 F=np.empty((2, 2, m)), G=np.empty((2, r, m)), within=np.empty((r, r)))
+        a = dict(Zt=np.ascontiguousarray(Z.T), Wt=np.ascontiguousarray(W.T), starts=st,
+                 tol=1e-11, const_first=False, F=np.empty((2, 2, m)), G=np.empty((2, r, m)),
+                 within=np.empty((r, r)))
         a.update(kw)
         return tuple(a.values())
 

@@ -456,8 +456,10 @@ def _fixed_map(X: np.ndarray, y: np.ndarray, const: np.ndarray, wbuf: np.ndarray
     The map of :func:`_column_map` with X's first constant column (if any) as the
     centring column of X and y (``const``: :func:`is_constant` of X's columns), the
     scales taken from the Gram matrix of the centred columns: one pass over the rows
-    (plain blocks, in ``wbuf``) after their means.  None when a column's scale is zero
-    or not finite (:func:`_column_map` leaves such a column alone), or without X.
+    (plain blocks, in ``wbuf``) after their means, or both passes in the compiled row
+    loops (:func:`sm_hlm.engine.compiled.crows`; at most ``_CROWS_GRAM_MAX_K`` columns,
+    X with contiguous columns).  None when a column's scale is zero or not finite
+    (:func:`_column_map` leaves such a column alone), or without X.
     """
     n, p = X.shape
     if not p or not n:
