@@ -337,3 +337,30 @@ def test_working_stats_with_compiled_and_numpy_row_loops_agree(formula, block,
         n_ = HLM.from_formula(formula, data)
     for a, b in zip(_work(c), _work(n_)):
         _close(a, b, rtol=1e-11)
+
+
+@needs_crows
+@pytest.mark.parametrize("n", [1, 2, 5000, 70_000])
+def test_compiled_constant_columns_match_numpy(n, monkeypatch) -> None:
+    rng = np.random.default_rng(n)
+    cols = {"constant": np.full(n, 2.5), "zero": np.zeros(n), "minus zero": np.full(n, -0.0),
+            "varying": rng.normal(size=n), "last differs": np.full(n, 3.0),
+            "nan first": np.full(n, np.nan), "nan later": np.full(n, -1.0),
+            "inf": np.full(n, np.inf)}
+    cols["last differs"][-1] = 3.0 + 1e-15 * (n > 1)
+    cols["nan later"][n // 2] = np.nan if n > 1 else -1.0
+    A = np.asfortranarray(np.column_stack(list(cols.values())))
+    with monkeypatch.context() as mp:
+        mp.setattr(compiled, "crows", lambda: None)
+        expect = deviance_mod.constant_columns(A)
+    got = deviance_mod.constant_columns(A)
+    np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(
+        got, [True, False, False, n == 1, n == 1, False, n == 1, True])
+    np.testing.assert_array_equal(deviance_mod.constant_columns(np.ascontiguousarray(A)),
+                                  expect)                 # rows contiguous: the numpy form
+    out = np.empty(A.shape[1], dtype=bool)
+    with pytest.raises(TypeError, match="out must be a bool array"):
+        crows.constant_columns(A.T, out.view(np.uint8))
+    with pytest.raises(ValueError, match="out has 7 entries, 8 expected"):
+        crows.constant_columns(A.T, out[:-1])

@@ -11,6 +11,9 @@
  * centred_gram: the means and the Gram matrix of the centred columns of
  * [X y] (_fixed_map), in two passes over the rows.
  *
+ * constant_columns: which columns are constant and nonzero (a loop that stops at
+ * a column's first differing entry).
+ *
  * Arrays come in through the buffer protocol (float64; 2-d arrays with
  * contiguous rows, any row stride), so that the module builds against Python's
  * headers alone.
@@ -591,6 +594,59 @@ fail0: PyBuffer_Release(&bX);
     return NULL;
 }
 
+/*
+ * constant_columns(At, out)
+ *
+ * At   (k, n)  the rows of A' (A's columns).
+ * out  (k,)    out (bool, one byte each): whether column i is constant and nonzero
+ *              (n > 0, A[0, i] != 0 and every entry equal to it; NaN is never equal).
+ *
+ * A varying column usually differs in its first few rows: the loop stops there.
+ */
+static PyObject *
+crows_constant_columns(PyObject *self, PyObject *args)
+{
+    PyObject *oA, *oout;
+    if (!PyArg_ParseTuple(args, "OO", &oA, &oout))
+        return NULL;
+    Py_buffer bA, bout;
+    Py_ssize_t k, n, lda;
+    if (get_rows(oA, &bA, 0, -1, "At", &k, &n, &lda) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(oout, &bout, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        goto fail0;
+    if (bout.itemsize != 1 || bout.format == NULL || strcmp(bout.format, "?") != 0) {
+        PyErr_SetString(PyExc_TypeError, "out must be a bool array");
+        goto fail1;
+    }
+    if (bout.len != k) {
+        PyErr_Format(PyExc_ValueError, "out has %zd entries, %zd expected", bout.len, k);
+        goto fail1;
+    }
+    const double *A = bA.buf;
+    unsigned char *out = bout.buf;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        const double *x = A + i * lda;
+        int constant = n > 0 && x[0] != 0.0;
+        if (constant) {
+            const double x0 = x[0];
+            for (Py_ssize_t t = 0; t < n; t++)          /* from 0: a NaN is not constant */
+                if (x[t] != x0) {
+                    constant = 0;
+                    break;
+                }
+        }
+        out[i] = (unsigned char)constant;
+    }
+    PyBuffer_Release(&bout);
+    PyBuffer_Release(&bA);
+    Py_RETURN_NONE;
+
+fail1: PyBuffer_Release(&bout);
+fail0: PyBuffer_Release(&bA);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"intercept_qr", crows_intercept_qr, METH_VARARGS,
      "intercept_qr(Zt, Wt, starts, tol, const_first, F, G, within): the closed-form "
@@ -598,6 +654,8 @@ static PyMethodDef methods[] = {
     {"centred_gram", crows_centred_gram, METH_VARARGS,
      "centred_gram(Xt, y, j0, mu, gram): the means of [X y]'s columns after j0 (into mu) "
      "and the Gram matrix of the centred columns"},
+    {"constant_columns", crows_constant_columns, METH_VARARGS,
+     "constant_columns(At, out): whether each column of A is constant and nonzero"},
     {NULL, NULL, 0, NULL}
 };
 

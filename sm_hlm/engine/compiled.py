@@ -16,7 +16,8 @@ extension      replaces
 ``_csmall``    :class:`sm_hlm.engine.small.SmallKernel`'s per-group loops
 ``_crows``     :func:`sm_hlm.engine.deviance.working_stats`'s row passes (the
                closed-form QR of :func:`~sm_hlm.engine.deviance._intercept_qr_stats`,
-               the Gram pass of :func:`~sm_hlm.engine.deviance._fixed_map`)
+               the Gram pass of :func:`~sm_hlm.engine.deviance._fixed_map`,
+               :func:`~sm_hlm.engine.deviance.constant_columns`)
 =============  ==============================================================
 """
 from __future__ import annotations

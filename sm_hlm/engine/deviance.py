@@ -436,10 +436,18 @@ def is_constant(x: np.ndarray) -> bool:
 
 
 def constant_columns(A: np.ndarray) -> np.ndarray:
-    """:func:`is_constant` of each column of a 2-d array, as a boolean array."""
+    """:func:`is_constant` of each column of a 2-d array, as a boolean array.
+
+    Float64 columns that are contiguous go to the compiled loop where it is in use
+    (:func:`sm_hlm.engine.compiled.crows`): each column until its first differing entry.
+    """
     n, k = A.shape
     out = np.zeros(k, dtype=bool)
     if not n or not k:
+        return out
+    crows = compiled.crows()
+    if crows is not None and _contiguous_rows(A.T, writeable=False):
+        crows.constant_columns(A.T, out)                   # each column until it differs
         return out
     first = A[0]
     # one comparison of a prefix of rows decides most varying columns
