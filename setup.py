@@ -8,4 +8,5 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[
     Extension("sm_hlm.engine._csmall", ["sm_hlm/engine/_csmall.c"], optional=True),
+    Extension("sm_hlm.engine._crows", ["sm_hlm/engine/_crows.c"], optional=True),
 ])

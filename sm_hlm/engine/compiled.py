@@ -14,6 +14,10 @@ up to rounding; the numpy forms remain, and are used
 extension      replaces
 =============  ==============================================================
 ``_csmall``    :class:`sm_hlm.engine.small.SmallKernel`'s per-group loops
+``_crows``     :func:`sm_hlm.engine.deviance.working_stats`'s row passes (the
+               closed-form QR of :func:`~sm_hlm.engine.deviance._intercept_qr_stats`,
+               the Gram pass of :func:`~sm_hlm.engine.deviance._fixed_map`,
+               :func:`~sm_hlm.engine.deviance.constant_columns`)
 =============  ==============================================================
 """
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-__all__ = ["csmall", "status"]
+__all__ = ["crows", "csmall", "status"]
 
 _DISABLED = os.environ.get("SM_HLM_NUMPY_KERNELS", "") not in ("", "0")
 
@@ -29,11 +33,20 @@ try:
     from . import _csmall as _csmall_module
 except ImportError:                      # not built (no compiler at install)
     _csmall_module = None
+try:
+    from . import _crows as _crows_module
+except ImportError:                      # not built (no compiler at install)
+    _crows_module = None
 
 
 def csmall() -> ModuleType | None:
     """The compiled small-kernel loops, or None where they are not in use."""
     return None if _DISABLED else _csmall_module
+
+
+def crows() -> ModuleType | None:
+    """The compiled row loops of the construction path, or None where they are not in use."""
+    return None if _DISABLED else _crows_module
 
 
 def status() -> dict[str, str]:
@@ -43,4 +56,5 @@ def status() -> dict[str, str]:
         if mod is None:
             return "not built"
         return "disabled" if _DISABLED else "in use"
-    return {"_csmall": one(_csmall_module)}
+    return {"_csmall": one(_csmall_module),
+            "_crows": one(_crows_module)}

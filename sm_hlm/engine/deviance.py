@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import compiled
 from .linalg import (batched_cholesky, batched_forward_solve, batched_forward_solve_T,
                      batched_inverse_lower, group_crossprod)
 from . import compiled
@@ -327,6 +328,11 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
 
     Notes
     -----
+    Where the compiled row loops are in use (:func:`sm_hlm.engine.compiled.crows`)
+    and ``Zt`` and ``Wt`` are float64 with contiguous rows, the same steps run in one
+    loop over the groups (:mod:`sm_hlm.engine._crows`; the same roundings, the sums
+    over a group in another order); otherwise as numpy passes over all rows.
+
     With Q_j0 = s / sqrt(n_j) (s the sign of c): R_j00 = |c| sqrt(n_j),
     G_j0 = s 1'W_j / sqrt(n_j), and W_j - Q_j0 G_j0 = W_j - 1 mean_j(W).  The
     second column z is centred within its group twice (Gram-Schmidt with one
@@ -340,6 +346,16 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
     q, n = Zt.shape
     r = Wt.shape[0]
     m = len(starts)
+    crows = compiled.crows()
+    if crows is not None and _contiguous_rows(Zt) and _contiguous_rows(Wt):
+        # the same steps in one loop over the groups (sm_hlm.engine._crows); sum_j E_j'E_j
+        # there too for a few columns, else by dot products of the residuals it leaves in Wt
+        pairs = r - bool(const_first) <= _CROWS_PAIRS_MAX_R
+        F, G = np.empty((q, q, m)), np.empty((q, r, m))
+        within = np.empty((r, r)) if pairs else None
+        crows.intercept_qr(Zt, Wt, np.ascontiguousarray(starts, dtype=np.int64), float(tol),
+                           bool(const_first), F, G, within)
+        return F, G, within if pairs else _gram(list(Wt))
     buf = np.empty(n) if buf is None else buf
     nj = counts.astype(float)
     root_n = np.sqrt(nj)
@@ -386,6 +402,26 @@ def _intercept_qr_stats(Zt: np.ndarray, Wt: np.ndarray, starts: np.ndarray,
     return F, G, _gram(list(Wt))
 
 
+#: Largest number of non-constant columns of W for which the compiled closed-form QR
+#: also accumulates sum_j E_j'E_j (r (r + 1) / 2 products per row, in registers);
+#: beyond it dot products of the residual columns are faster.
+_CROWS_PAIRS_MAX_R = 5
+
+
+#: Most columns of [X y] for which :func:`_fixed_map` takes the compiled Gram pass
+#: (k (k + 1) / 2 products per row in registers; beyond it dot products are faster).
+_CROWS_GRAM_MAX_K = 6
+
+
+def _contiguous_rows(A: np.ndarray, *, writeable: bool = True) -> bool:
+    """Whether ``A`` is a 2-d float64 array (writable unless ``writeable`` is false)
+    with contiguous rows, as the compiled row loops of :mod:`sm_hlm.engine._crows`
+    take them."""
+    return (A.ndim == 2 and A.dtype == np.float64 and (A.flags.writeable or not writeable)
+            and (A.shape[1] <= 1 or A.strides[1] == 8)
+            and (A.shape[0] <= 1 or (A.strides[0] % 8 == 0 and A.strides[0] >= 8 * A.shape[1])))
+
+
 #: Whether :func:`working_stats` uses the closed-form QR (:func:`_intercept_qr_stats`)
 #: where it applies (unweighted rows, q <= 2, Z's first column constant)
 _CLOSED_FORM_QR = True
@@ -404,10 +440,18 @@ def is_constant(x: np.ndarray) -> bool:
 
 
 def constant_columns(A: np.ndarray) -> np.ndarray:
-    """:func:`is_constant` of each column of a 2-d array, as a boolean array."""
+    """:func:`is_constant` of each column of a 2-d array, as a boolean array.
+
+    Float64 columns that are contiguous go to the compiled loop where it is in use
+    (:func:`sm_hlm.engine.compiled.crows`): each column until its first differing entry.
+    """
     n, k = A.shape
     out = np.zeros(k, dtype=bool)
     if not n or not k:
+        return out
+    crows = compiled.crows()
+    if crows is not None and _contiguous_rows(A.T, writeable=False):
+        crows.constant_columns(A.T, out)                   # each column until it differs
         return out
     first = A[0]
     # one comparison of a prefix of rows decides most varying columns
@@ -424,8 +468,10 @@ def _fixed_map(X: np.ndarray, y: np.ndarray, const: np.ndarray, wbuf: np.ndarray
     The map of :func:`_column_map` with X's first constant column (if any) as the
     centring column of X and y (``const``: :func:`is_constant` of X's columns), the
     scales taken from the Gram matrix of the centred columns: one pass over the rows
-    (plain blocks, in ``wbuf``) after their means.  None when a column's scale is zero
-    or not finite (:func:`_column_map` leaves such a column alone), or without X.
+    (plain blocks, in ``wbuf``) after their means, or both passes in the compiled row
+    loops (:func:`sm_hlm.engine.compiled.crows`; at most ``_CROWS_GRAM_MAX_K`` columns,
+    X with contiguous columns).  None when a column's scale is zero or not finite
+    (:func:`_column_map` leaves such a column alone), or without X.
     """
     n, p = X.shape
     if not p or not n:
@@ -434,16 +480,23 @@ def _fixed_map(X: np.ndarray, y: np.ndarray, const: np.ndarray, wbuf: np.ndarray
     cs = np.flatnonzero(const[:p])
     j0 = int(cs[0]) if len(cs) else None
     mu = np.zeros(k)
-    if j0 is not None:                  # columns after the constant one, and y, centred
-        mu[j0 + 1:p] = np.add.reduce(X[:, j0 + 1:], axis=0) / n
-        mu[p] = np.add.reduce(y) / n
     gram0 = np.zeros((k, k))
-    for a in range(0, n, _ROW_BLOCK):
-        b = min(a + _ROW_BLOCK, n)
-        Wb = wbuf[:b - a, :k]
-        np.subtract(X[a:b], mu[:p], out=Wb[:, :p])
-        np.subtract(y[a:b], mu[p], out=Wb[:, p])
-        gram0 += _gram([Wb[:, i] for i in range(k)])
+    crows = compiled.crows()
+    if (crows is not None and k <= _CROWS_GRAM_MAX_K and X.dtype == np.float64
+            and _contiguous_rows(X.T, writeable=False) and y.dtype == np.float64
+            and y.flags.c_contiguous):
+        # both passes (the means, the products of the centred rows) in sm_hlm.engine._crows
+        crows.centred_gram(X.T, y, -1 if j0 is None else j0, mu, gram0)
+    else:
+        if j0 is not None:              # columns after the constant one, and y, centred
+            mu[j0 + 1:p] = np.add.reduce(X[:, j0 + 1:], axis=0) / n
+            mu[p] = np.add.reduce(y) / n
+        for a in range(0, n, _ROW_BLOCK):
+            b = min(a + _ROW_BLOCK, n)
+            Wb = wbuf[:b - a, :k]
+            np.subtract(X[a:b], mu[:p], out=Wb[:, :p])
+            np.subtract(y[a:b], mu[p], out=Wb[:, p])
+            gram0 += _gram([Wb[:, i] for i in range(k)])
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = 1.0 / np.sqrt(np.diag(gram0) / n)
     if j0 is not None:
