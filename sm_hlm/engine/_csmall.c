@@ -23,6 +23,12 @@
 #define HOT static inline
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+/* two doubles in one SSE2 register (GCC's and clang's vector extension) */
+#define HAVE_V2D 1
+typedef double v2d __attribute__((vector_size(16)));
+#endif
+
 /* The largest r = p + 1 with loops specialised for it (unrolled, sums in registers). */
 #define MAX_UNROLLED_R 8
 #if defined(__clang__)
@@ -122,7 +128,52 @@ factor_q2_loop(const Py_ssize_t r, Py_ssize_t m, const double *gp, const double 
     const double t01 = 2.0 * s01;
     logsum_t ls;
     logsum_init(&ls);
-    for (Py_ssize_t j = 0; j < m; j++) {
+    Py_ssize_t j = 0;
+#ifdef HAVE_V2D
+    if (r <= MAX_UNROLLED_R) {
+        /* two groups at a time, one in each lane: the same arithmetic per group (no
+         * contraction), the pair sums kept per lane and added at the end */
+        v2d acc2[MAX_UNROLLED_R * (MAX_UNROLLED_R + 1) / 2];
+        v2d g0[MAX_UNROLLED_R], g1[MAX_UNROLLED_R];
+        for (Py_ssize_t k = 0; k < r * (r + 1) / 2; k++)
+            acc2[k] = (v2d){0.0, 0.0};
+        for (; j + 1 < m; j += 2) {
+            const double *fA = fp + 3 * j, *fB = fA + 3;
+            v2d a0 = {fA[0], fB[0]}, a1 = {fA[1], fB[1]}, a2 = {fA[2], fB[2]};
+            v2d p00 = a0 * a0, p01 = a0 * a1, p11 = a1 * a1, p02 = a0 * a2;
+            v2d p12 = a1 * a2, p22 = a2 * a2;
+            v2d quad = s00 * p00 + t01 * p01 + s11 * p11;
+            v2d m11 = s11 * p22 + 1.0;
+            v2d nm01 = -(s01 * p02 + s11 * p12);
+            v2d m00 = quad + 1.0;
+            v2d det = quad + s11 * p22 + dets * (p00 * p22) + 1.0;
+            v2d rdet = 1.0 / det;
+            v2d a = m11 * rdet, b = nm01 * rdet, d = m00 * rdet;
+            double *iv = inv + 3 * j;
+            iv[0] = a[0]; iv[1] = b[0]; iv[2] = d[0];
+            iv[3] = a[1]; iv[4] = b[1]; iv[5] = d[1];
+            logsum_add(&ls, det[0], j);
+            logsum_add(&ls, det[1], j + 1);
+            const double *gA = gp + 2 * r * j, *gB = gA + 2 * r;
+            UNROLL
+            for (Py_ssize_t x = 0; x < r; x++) {
+                g0[x] = (v2d){gA[x], gB[x]};
+                g1[x] = (v2d){gA[r + x], gB[r + x]};
+            }
+            UNROLL
+            for (Py_ssize_t x = 0; x < r; x++) {
+                v2d u0 = a * g0[x] + b * g1[x], u1 = b * g0[x] + d * g1[x];
+                v2d *row = acc2 + x * r - x * (x - 1) / 2 - x;
+                UNROLL
+                for (Py_ssize_t y = x; y < r; y++)
+                    row[y] += u0 * g0[y] + u1 * g1[y];
+            }
+        }
+        for (Py_ssize_t k = 0; k < r * (r + 1) / 2; k++)
+            acc[k] += acc2[k][0] + acc2[k][1];
+    }
+#endif
+    for (; j < m; j++) {
         const double *f = fp + 3 * j, *g0 = gp + 2 * r * j, *g1 = g0 + r;
         double a0 = f[0], a1 = f[1], a2 = f[2];
         double p00 = a0 * a0, p01 = a0 * a1, p11 = a1 * a1, p02 = a0 * a2;
@@ -225,7 +276,56 @@ grad_q2_loop(const Py_ssize_t r, const int reml, Py_ssize_t m, const double *gp,
     double *k0 = k, *k1 = k + r;
     double t00 = 0.0, t01 = 0.0, t11 = 0.0, v00 = 0.0, v01 = 0.0, v11 = 0.0;
     double y00 = 0.0, y01 = 0.0, y11 = 0.0;
-    for (Py_ssize_t j = 0; j < m; j++) {
+    Py_ssize_t j = 0;
+#ifdef HAVE_V2D
+    if (r <= MAX_UNROLLED_R) {
+        /* two groups at a time, one in each lane (the same arithmetic per group) */
+        v2d T00 = {0.0, 0.0}, T01 = T00, T11 = T00, V00 = T00, V01 = T00, V11 = T00;
+        v2d Y00 = T00, Y01 = T00, Y11 = T00;
+        v2d K0[MAX_UNROLLED_R], K1[MAX_UNROLLED_R];
+        for (; j + 1 < m; j += 2) {
+            const double *fA = fp + 3 * j, *fB = fA + 3;
+            const double *gA = gp + 2 * r * j, *gB = gA + 2 * r;
+            const double *iA = inv + 3 * j, *iB = iA + 3;
+            v2d a = {iA[0], iB[0]}, b = {iA[1], iB[1]}, d = {iA[2], iB[2]};
+            v2d a0 = {fA[0], fB[0]}, a1 = {fA[1], fB[1]}, a2 = {fA[2], fB[2]};
+            v2d h0 = {0.0, 0.0}, h1 = {0.0, 0.0};
+            UNROLL
+            for (Py_ssize_t x = 0; x < r; x++) {
+                h0 += u[x] * (v2d){gA[x], gB[x]};
+                h1 += u[x] * (v2d){gA[r + x], gB[r + x]};
+            }
+            v2d w0 = a * h0 + b * h1, w1 = b * h0 + d * h1;
+            v2d v0 = a0 * w0, v1 = a1 * w0 + a2 * w1;
+            V00 += v0 * v0;
+            V01 += v0 * v1;
+            V11 += v1 * v1;
+            T00 += a * (a0 * a0);
+            T01 += a * (a0 * a1) + b * (a0 * a2);
+            T11 += a * (a1 * a1) + 2.0 * b * (a1 * a2) + d * (a2 * a2);
+            UNROLL
+            for (Py_ssize_t x = 0; x < p; x++) {
+                v2d g0x = {gA[x], gB[x]}, g1x = {gA[r + x], gB[r + x]};
+                v2d e0 = g0x * a + g1x * b, e1 = g0x * b + g1x * d;
+                v2d s0 = e0 * a0, s1 = e0 * a1 + e1 * a2;
+                UNROLL
+                for (Py_ssize_t y = 0; y < x; y++) {
+                    s0 -= R[x * r + y] * K0[y];
+                    s1 -= R[x * r + y] * K1[y];
+                }
+                K0[x] = s0 * rdiag[x];
+                K1[x] = s1 * rdiag[x];
+                Y00 += K0[x] * K0[x];
+                Y01 += K0[x] * K1[x];
+                Y11 += K1[x] * K1[x];
+            }
+        }
+        t00 = T00[0] + T00[1]; t01 = T01[0] + T01[1]; t11 = T11[0] + T11[1];
+        v00 = V00[0] + V00[1]; v01 = V01[0] + V01[1]; v11 = V11[0] + V11[1];
+        y00 = Y00[0] + Y00[1]; y01 = Y01[0] + Y01[1]; y11 = Y11[0] + Y11[1];
+    }
+#endif
+    for (; j < m; j++) {
         const double *f = fp + 3 * j, *g0 = gp + 2 * r * j, *g1 = g0 + r;
         const double *iv = inv + 3 * j;
         double a = iv[0], b = iv[1], d = iv[2];
