@@ -172,9 +172,13 @@ class Reparametrization:
     Tinv: np.ndarray = field(init=False)
     logdet_Dx: float = field(init=False)
     log_scale_y: float = field(init=False)
+    is_identity: bool = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.D.shape[0] - 1
+        object.__setattr__(self, "is_identity",
+                           bool(np.array_equal(self.D, np.eye(len(self.D)))
+                                and np.array_equal(self.T, np.eye(len(self.T)))))
         object.__setattr__(self, "Tinv", np.linalg.inv(self.T) if self.T.size else self.T)
         object.__setattr__(self, "logdet_Dx",
                            float(np.sum(np.log(np.abs(np.diag(self.D)[:p])))))
@@ -183,11 +187,6 @@ class Reparametrization:
     @classmethod
     def identity(cls, p: int, q: int) -> "Reparametrization":
         return cls(np.eye(p + 1), np.eye(q))
-
-    @property
-    def is_identity(self) -> bool:
-        return bool(np.array_equal(self.D, np.eye(len(self.D)))
-                    and np.array_equal(self.T, np.eye(len(self.T))))
 
 
 @dataclass(frozen=True)
@@ -1606,7 +1605,20 @@ class ProfiledDeviance:
                else self._gradient_inner(lam_t))
         if out is None:
             return np.inf, np.full(len(rows), np.nan)
+        if self._q <= 2:            # d/dLambda~ = 2 B Lambda~ on Python floats (tiny q)
+            B, L = out[1].tolist(), lam_t.tolist()
+            return out[0], np.array([2.0 * sum(B[a][k] * L[k][c] for k in range(len(L)))
+                                     for a, c in self._index_list()])
         return out[0], (2.0 * out[1] @ lam_t)[rows, cols]
+
+    def _index_list(self) -> list[tuple[int, int]]:
+        """theta's (row, column) positions in Lambda as Python ints."""
+        pairs = self.__dict__.get("_index_pairs")
+        if pairs is None:
+            rows, cols = self._index()
+            pairs = self._index_pairs = list(zip(np.asarray(rows).tolist(),
+                                                 np.asarray(cols).tolist()))
+        return pairs
 
     def theta_and_gradient(self, theta_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """theta (original coordinates) of theta~, and the gradient of the deviance there.

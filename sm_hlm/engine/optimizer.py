@@ -331,7 +331,7 @@ class _Counted:
         f, g = self.fun_grad(x)
         v = self._keep(x, f)
         g = np.array(g, dtype=float)
-        if not np.isfinite(g).all():
+        if not all(map(math.isfinite, g.tolist())):
             g = np.zeros_like(x)
         self._last = (key, v, g)
         self._last_value = (key, v)
