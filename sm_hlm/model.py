@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.linalg import lapack
 from statsmodels.base.data import ModelData, PandasData
 from statsmodels.base.model import LikelihoodModel
 
@@ -406,11 +407,9 @@ class HLM(LikelihoodModel):
             # norm, far from R's 1e-14) exactly when the Cholesky exists with such pivots
             d = np.maximum(np.sqrt(np.diag(gram)[:p]), np.finfo(float).tiny)
             G = gram[:p, :p] / np.outer(d, d)
-            try:
-                L = np.linalg.cholesky(G)
-            except np.linalg.LinAlgError:
-                L = None
-            if L is not None and np.all(np.diag(L) ** 2 > 1e-10 * np.diag(G)):
+            L, info = lapack.dpotrf(G, lower=1)
+            if info == 0 and all(l * l > 1e-10 * g for l, g in zip(np.diag(L).tolist(),
+                                                                  np.diag(G).tolist())):
                 return []
         return aliased_columns(self.exog)
 
@@ -452,10 +451,18 @@ class HLM(LikelihoodModel):
         if self.re_design.q and p:
             # residual variance zero: y is fitted exactly by X and the groups' Z
             within = self._work.within
-            u = np.linalg.lstsq(within[:p, :p], within[:p, p], rcond=None)[0]
-            rss = within[p, p] - within[p, :p] @ u
-            exact = (rss <= 1e-12 * max(within[p, p], np.finfo(float).tiny)
-                     or within[p, p] <= 1e-24 * self._work.WtW[p, p])
+            wyy = max(within[p, p], np.finfo(float).tiny)
+            exact = within[p, p] <= 1e-24 * self._work.WtW[p, p]
+            # the residual sum of squares of y on X within groups: clearly away from zero
+            # when the Cholesky factor of [X y]'s within cross product (columns without
+            # within-group variation left out) ends in a pivot far above the test's
+            # threshold; else least squares decides
+            used = [i for i in range(p) if within[i, i] != 0.0] + [p]
+            R, info = lapack.dpotrf(within[np.ix_(used, used)], lower=1)
+            if exact or info != 0 or not R[-1, -1] ** 2 > 1e-10 * wyy:
+                u = np.linalg.lstsq(within[:p, :p], within[:p, p], rcond=None)[0]
+                rss = within[p, p] - within[p, :p] @ u
+                exact = exact or rss <= 1e-12 * wyy
             # unbounded only when a within-group residual space is left (n > sum_j rank Z_j)
             rank = int((np.diagonal(self._work.root) > 0).sum())
             if exact and n > rank:
