@@ -156,6 +156,17 @@ class SufficientStats:
         return float(self.nobs) if self.weight_nobs is None else float(self.weight_nobs)
 
 
+def _eye_list(k: int) -> list[list[float]]:
+    """The k x k identity as nested Python lists (for comparisons with ``tolist()``)."""
+    return [[1.0 if i == j else 0.0 for j in range(k)] for i in range(k)]
+
+
+def _log_abs(v: float) -> float:
+    """log|v| as numpy gives it (-inf at 0, NaN for NaN), on a Python float."""
+    a = abs(v)
+    return math.log(a) if a > 0.0 and a != math.inf else float(np.log(a))
+
+
 @dataclass(frozen=True)
 class Reparametrization:
     """An exact change of coordinates W~ = W D, Z~ = Z T.
@@ -175,14 +186,18 @@ class Reparametrization:
     is_identity: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        p = self.D.shape[0] - 1
-        object.__setattr__(self, "is_identity",
-                           bool(np.array_equal(self.D, np.eye(len(self.D)))
-                                and np.array_equal(self.T, np.eye(len(self.T)))))
-        object.__setattr__(self, "Tinv", np.linalg.inv(self.T) if self.T.size else self.T)
-        object.__setattr__(self, "logdet_Dx",
-                           float(np.sum(np.log(np.abs(np.diag(self.D)[:p])))))
-        object.__setattr__(self, "log_scale_y", float(-np.log(abs(self.D[p, p]))))
+        D, T = self.D.tolist(), self.T.tolist()
+        p = len(D) - 1
+        object.__setattr__(self, "is_identity", D == _eye_list(p + 1) and T == _eye_list(len(T)))
+        if len(T) == 2 and T[1][0] == 0.0 and T[0][0] != 0.0 and T[1][1] != 0.0:
+            # upper triangular 2 x 2 (the usual intercept-and-slope map): closed form
+            (a, b), (_, d) = T
+            Tinv = np.array([[1.0 / a, -b / (a * d)], [0.0, 1.0 / d]])
+        else:
+            Tinv = np.linalg.inv(self.T) if self.T.size else self.T
+        object.__setattr__(self, "Tinv", Tinv)
+        object.__setattr__(self, "logdet_Dx", math.fsum(_log_abs(D[i][i]) for i in range(p)))
+        object.__setattr__(self, "log_scale_y", -_log_abs(D[p][p]))
 
     @classmethod
     def identity(cls, p: int, q: int) -> "Reparametrization":
