@@ -7,6 +7,8 @@ says which is in use).
 from setuptools import Extension, setup
 
 setup(ext_modules=[
-    Extension("sm_hlm.engine._csmall", ["sm_hlm/engine/_csmall.c"], optional=True),
-    Extension("sm_hlm.engine._crows", ["sm_hlm/engine/_crows.c"], optional=True),
+    Extension("sm_hlm.engine._csmall", ["sm_hlm/engine/_csmall.c"],
+              depends=["sm_hlm/engine/_cbuffers.h"], optional=True),
+    Extension("sm_hlm.engine._crows", ["sm_hlm/engine/_crows.c"],
+              depends=["sm_hlm/engine/_cbuffers.h"], optional=True),
 ])

@@ -159,9 +159,13 @@ def test_compiled_quadratic_rejects_bad_starts() -> None:
     n, m = 10, 3
     r, Qt, F, lam = np.ones(n), np.ones((2, n)), np.ones((2, 2, m)), np.eye(2)
     csmall.quadratic(2, r, Qt, np.array([0, 4, 7]), F, lam)          # well formed
-    for bad in ([1, 4, 7], [0, 7, 4], [0, 4, 11]):
-        with pytest.raises(ValueError, match="starts must increase from 0"):
+    for bad, message in (([1, 4, 7], "starts must begin at row 0"),
+                         ([0, 7, 4], "starts must be strictly increasing"),
+                         ([0, 4, 11], "the last group starts at row 11, beyond the 10 rows")):
+        with pytest.raises(ValueError, match=message):
             csmall.quadratic(2, r, Qt, np.array(bad), F, lam)
+    with pytest.raises(ValueError, match="starts has 2 entries, 3 groups in F"):
+        csmall.quadratic(2, r, Qt, np.array([0, 4]), F, lam)
     with pytest.raises(TypeError, match="starts must be an int64 array"):
         csmall.quadratic(2, r, Qt, np.array([0.0, 4.0, 7.0]), F, lam)
     with pytest.raises(ValueError, match="Qt has 20 entries, 10 expected"):

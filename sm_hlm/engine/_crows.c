@@ -23,6 +23,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "_cbuffers.h"
+
 #if defined(__GNUC__) && !defined(__clang__)
 /* GCC's loop vectoriser turns these row loops (a few columns, short groups) into
  * shuffles through the stack: two to three times slower than the scalar loops. */
@@ -38,33 +40,6 @@
 #define INLINE static inline
 #endif
 
-
-static int
-is_double_format(const char *f)
-{
-    return f != NULL && (strcmp(f, "d") == 0 || strcmp(f, "<d") == 0 || strcmp(f, "=d") == 0);
-}
-
-/* A C-contiguous float64 buffer of exactly `len` entries (len < 0: any). */
-static int
-get_vector(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t len, const char *name)
-{
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) < 0)
-        return -1;
-    if (view->itemsize != 8 || !is_double_format(view->format)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a float64 array", name);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    if (len >= 0 && view->len / 8 != len) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd entries, %zd expected", name,
-                     view->len / 8, len);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
 
 /*
  * A 2-d float64 buffer whose rows are contiguous (any row stride, e.g. the
@@ -106,47 +81,6 @@ fail:
     return -1;
 }
 
-/* The group starts: a contiguous int64 vector, 0 first, strictly increasing, below n. */
-static int
-get_starts(PyObject *obj, Py_buffer *view, Py_ssize_t n)
-{
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
-        return -1;
-    const char *f = view->format, *g = f;
-    if (g != NULL && (g[0] == '<' || g[0] == '=' || g[0] == '@'))
-        g++;
-    if (view->itemsize != 8 || g == NULL || !((g[0] == 'l' || g[0] == 'q') && g[1] == '\0')) {
-        PyErr_SetString(PyExc_TypeError, "starts must be an int64 array");
-        PyBuffer_Release(view);
-        return -1;
-    }
-    const long long *s = view->buf;
-    Py_ssize_t m = view->len / 8;
-    if (m == 0 && n != 0) {
-        PyErr_SetString(PyExc_ValueError, "starts is empty but there are rows");
-        goto fail;
-    }
-    if (m > 0 && s[0] != 0) {
-        PyErr_Format(PyExc_ValueError, "starts must begin at row 0, not %lld", s[0]);
-        goto fail;
-    }
-    for (Py_ssize_t j = 1; j < m; j++)
-        if (s[j] <= s[j - 1]) {
-            PyErr_Format(PyExc_ValueError,
-                         "starts must be strictly increasing (group %zd starts at row %lld, "
-                         "after row %lld)", j, s[j], s[j - 1]);
-            goto fail;
-        }
-    if (m > 0 && s[m - 1] >= n) {
-        PyErr_Format(PyExc_ValueError, "the last group starts at row %lld, beyond the %zd rows",
-                     s[m - 1], n);
-        goto fail;
-    }
-    return 0;
-fail:
-    PyBuffer_Release(view);
-    return -1;
-}
 
 /* The arrays and constants of one intercept_qr call. */
 typedef struct {
@@ -361,12 +295,12 @@ crows_intercept_qr(PyObject *self, PyObject *args)
     if (get_starts(ost, &bst, n) < 0)
         goto fail1;
     Py_ssize_t m = bst.len / 8;
-    if (get_vector(oF, &bF, 1, q * q * m, "F") < 0)
+    if (get_doubles(oF, &bF, 1, q * q * m, "F") < 0)
         goto fail2;
-    if (get_vector(oG, &bG, 1, q * r * m, "G") < 0)
+    if (get_doubles(oG, &bG, 1, q * r * m, "G") < 0)
         goto fail3;
     int want_within = oE != Py_None;
-    if (want_within && get_vector(oE, &bE, 1, r * r, "within") < 0)
+    if (want_within && get_doubles(oE, &bE, 1, r * r, "within") < 0)
         goto fail4;
     if (const_first && r == 0) {
         PyErr_SetString(PyExc_ValueError, "const_first needs a column of W");
@@ -534,11 +468,11 @@ crows_centred_gram(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "j0 must lie in [-1, %zd), not %zd", p, j0);
         goto fail0;
     }
-    if (get_vector(oy, &by, 0, n, "y") < 0)
+    if (get_doubles(oy, &by, 0, n, "y") < 0)
         goto fail0;
-    if (get_vector(omu, &bmu, 1, k, "mu") < 0)
+    if (get_doubles(omu, &bmu, 1, k, "mu") < 0)
         goto fail1;
-    if (get_vector(og, &bg, 1, k * k, "gram") < 0)
+    if (get_doubles(og, &bg, 1, k * k, "gram") < 0)
         goto fail2;
     const double *X = bX.buf, *y = by.buf;
     double *mu = bmu.buf, *gram = bg.buf;

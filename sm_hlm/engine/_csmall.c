@@ -15,6 +15,8 @@
 #include <string.h>
 #include <stdint.h>
 
+#include "_cbuffers.h"
+
 #if defined(__GNUC__) || defined(__clang__)
 #define HOT static inline __attribute__((always_inline))
 #elif defined(_MSC_VER)
@@ -38,30 +40,6 @@ typedef double v2d __attribute__((vector_size(16)));
 #else
 #define UNROLL
 #endif
-
-/* A C-contiguous float64 buffer of exactly `len` entries (len < 0: any). */
-static int
-get_doubles(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t len,
-            const char *name)
-{
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) < 0)
-        return -1;
-    if (view->itemsize != 8 || view->format == NULL
-            || !(strcmp(view->format, "d") == 0 || strcmp(view->format, "<d") == 0
-                 || strcmp(view->format, "=d") == 0)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a float64 array", name);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    if (len >= 0 && view->len / 8 != len) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd entries, %zd expected", name,
-                     view->len / 8, len);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
 
 /*
  * sum_j log x_j for positive x_j as log(prod of mantissas) + (sum of exponents) log 2:
@@ -638,30 +616,6 @@ fail0: PyBuffer_Release(&bR);
     return NULL;
 }
 
-/* A C-contiguous int64 buffer of exactly `len` entries. */
-static int
-get_int64s(PyObject *obj, Py_buffer *view, Py_ssize_t len, const char *name)
-{
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
-        return -1;
-    const char *f = view->format;
-    if (f != NULL && (f[0] == '<' || f[0] == '=' || f[0] == '@'))
-        f++;
-    if (view->itemsize != 8 || f == NULL
-            || !(strcmp(f, "q") == 0 || strcmp(f, "l") == 0)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int64 array", name);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    if (view->len / 8 != len) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd entries, %zd expected", name,
-                     view->len / 8, len);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 /*
  * quadratic(q, r, Qt, starts, F, lam) -> (r'V^{-1}r, log|V|)
  *
@@ -698,26 +652,20 @@ small_quadratic(PyObject *self, PyObject *args)
     }
     if (get_doubles(oQ, &bQ, 0, q * n, "Qt") < 0)
         goto fail1;
-    if (get_int64s(ost, &bst, m, "starts") < 0)
+    if (get_starts(ost, &bst, n) < 0)
         goto fail2;
+    if (bst.len / 8 != m) {
+        PyErr_Format(PyExc_ValueError, "starts has %zd entries, %zd groups in F",
+                     bst.len / 8, m);
+        PyBuffer_Release(&bst);
+        goto fail2;
+    }
     if (get_doubles(olam, &blam, 0, q * q, "lam") < 0)
         goto fail3;
 
     const double *r = br.buf, *Q0 = bQ.buf, *Q1 = (const double *)bQ.buf + (q == 2 ? n : 0);
     const int64_t *st = bst.buf;
     const double *F = bF.buf, *lam = blam.buf;
-    for (Py_ssize_t j = 0; j < m; j++) {
-        int64_t a = st[j], b = j + 1 < m ? st[j + 1] : (int64_t)n;
-        if (a < 0 || b < a || b > n || (j == 0 && a != 0)) {
-            PyErr_SetString(PyExc_ValueError,
-                            "starts must increase from 0 and stay below the number of rows");
-            goto fail4;
-        }
-    }
-    if (m == 0 && n != 0) {
-        PyErr_SetString(PyExc_ValueError, "rows without groups");
-        goto fail4;
-    }
     double quad = 0.0;
     logsum_t ls;
     logsum_init(&ls);
@@ -765,7 +713,6 @@ small_quadratic(PyObject *self, PyObject *args)
     PyBuffer_Release(&br);
     return Py_BuildValue("(dd)", quad, logsum_value(&ls));
 
-fail4: PyBuffer_Release(&blam);
 fail3: PyBuffer_Release(&bst);
 fail2: PyBuffer_Release(&bQ);
 fail1: PyBuffer_Release(&bF);
