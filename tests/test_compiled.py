@@ -170,3 +170,17 @@ def test_compiled_quadratic_rejects_bad_starts() -> None:
         csmall.quadratic(2, r, Qt, np.array([0.0, 4.0, 7.0]), F, lam)
     with pytest.raises(ValueError, match="Qt has 20 entries, 10 expected"):
         csmall.quadratic(1, r, Qt, np.array([0, 4, 7]), np.ones(m), np.eye(1))
+
+
+@needs_csmall
+def test_compiled_blups_reject_bad_buffers() -> None:
+    m, r = 4, 3
+    gp, fp, u = np.ones((m, 2 * r)), np.ones((m, 3)), np.ones(r)
+    lam, TL = np.eye(2), np.eye(2)
+    b, cov = np.empty((m, 2)), np.empty((2, 2, m))
+    csmall.blups(2, gp, fp, u, lam, TL, 1.0, b, cov)               # well formed
+    assert np.all(np.isfinite(b)) and np.all(cov[0, 1] == cov[1, 0])
+    with pytest.raises(ValueError, match="cov has 12 entries, 16 expected"):
+        csmall.blups(2, gp, fp, u, lam, TL, 1.0, b, np.empty((3, m)))
+    with pytest.raises(ValueError, match="TL has 1 entries, 4 expected"):
+        csmall.blups(2, gp, fp, u, lam, np.ones(1), 1.0, b, cov)

@@ -75,13 +75,22 @@ def test_deviance_is_infinite_far_beyond_any_variance_ratio(data) -> None:
 
 
 @pytest.mark.parametrize("formula", FORMULAS[:4])
-def test_small_conditional_modes_match_general_path(data, formula) -> None:
-    """BLUPs and their covariances from the closed-form M_j^{-1} and from the general one."""
+@pytest.mark.parametrize("kernels", ["compiled", "numpy"])
+def test_small_conditional_modes_match_general_path(data, formula, kernels,
+                                                    monkeypatch) -> None:
+    """BLUPs and their covariances from the closed-form K_j^{-1} (the compiled pass and
+    the numpy form) and from the general path."""
+    from sm_hlm.engine import compiled
+    if kernels == "numpy":
+        monkeypatch.setattr(compiled, "_DISABLED", True)
+    elif compiled.csmall() is None:
+        pytest.skip(f"the compiled small kernel is {compiled.status()['_csmall']}")
     model = HLM.from_formula(formula, data)
     dev = model.deviance_function(reml=True)
     theta = dev.theta_from_work(np.abs(dev.moment_start()) * 1.3)
     beta = dev.terms(theta).beta
     b1, c1 = dev.conditional_modes(theta, beta)
+    assert (dev._small._c is not None) == (kernels == "compiled")
     dev._small_ok = False
     b2, c2 = dev.conditional_modes(theta, beta)
     np.testing.assert_allclose(b1, b2, rtol=1e-12, atol=1e-12 * np.max(np.abs(b2)))

@@ -807,6 +807,115 @@ fail0: PyBuffer_Release(&bu);
     return NULL;
 }
 
+/*
+ * blups(q, gp, fp, u, lam, TL, scale, b, cov)
+ *
+ * The conditional modes and their covariances (deviance.conditional_modes) for
+ * q = 1 or 2: per group g_j = G_j u, y_j = Lambda~' R_j' g_j,
+ * K_j = I + Lambda~' R_j'R_j Lambda~ (det K_j = det M_j as a sum of non-negative
+ * terms), b_j = scale TL K_j^{-1} y_j into b (m, q) and TL K_j^{-1} TL' into cov
+ * (q, q, m), TL = T Lambda~ (q, q).  gp, fp as for factor; u (r); lam (q, q).
+ */
+static PyObject *
+small_blups(PyObject *self, PyObject *args)
+{
+    int q;
+    double scale;
+    PyObject *og, *of, *ou, *olam, *oTL, *ob, *ocov;
+    if (!PyArg_ParseTuple(args, "iOOOOOdOO", &q, &og, &of, &ou, &olam, &oTL, &scale, &ob,
+                          &ocov))
+        return NULL;
+    if (q != 1 && q != 2) {
+        PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
+        return NULL;
+    }
+    const Py_ssize_t nf = q == 2 ? 3 : 1;
+    Py_buffer bg, bf, bu, blam, bTL, bb, bcov;
+    if (get_doubles(ou, &bu, 0, -1, "u") < 0)
+        return NULL;
+    Py_ssize_t r = bu.len / 8;
+    if (get_doubles(of, &bf, 0, -1, "fp") < 0)
+        goto fail0;
+    Py_ssize_t m = bf.len / 8 / nf;
+    if (m * nf != bf.len / 8) {
+        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
+        goto fail1;
+    }
+    if (get_doubles(og, &bg, 0, m * q * r, "gp") < 0)
+        goto fail1;
+    if (get_doubles(olam, &blam, 0, q * q, "lam") < 0)
+        goto fail2;
+    if (get_doubles(oTL, &bTL, 0, q * q, "TL") < 0)
+        goto fail3;
+    if (get_doubles(ob, &bb, 1, m * q, "b") < 0)
+        goto fail4;
+    if (get_doubles(ocov, &bcov, 1, q * q * m, "cov") < 0)
+        goto fail5;
+    const double *gp = bg.buf, *fp = bf.buf, *u = bu.buf, *L = blam.buf, *TL = bTL.buf;
+    double *b = bb.buf, *cov = bcov.buf;
+    if (q == 1) {
+        const double l = L[0], t = TL[0];
+        for (Py_ssize_t j = 0; j < m; j++) {
+            const double *g0 = gp + r * j;
+            double h = 0.0;
+            for (Py_ssize_t x = 0; x < r; x++)
+                h += u[x] * g0[x];
+            double y = fp[j] * h * l, k = 1.0 + (fp[j] * l) * (fp[j] * l);
+            b[j] = scale * (t * (y / k));
+            cov[j] = t * t / k;
+        }
+    }
+    else {
+        const double l00 = L[0], l01 = L[1], l10 = L[2], l11 = L[3];
+        const double a0 = TL[0], a1 = TL[1], c0 = TL[2], c1 = TL[3];
+        const double dl = l00 * l11 - l01 * l10, dl2 = dl * dl;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            const double *f = fp + 3 * j, *g0 = gp + 2 * r * j, *g1 = g0 + r;
+            double f0 = f[0], f1 = f[1], f2 = f[2];
+            double h0 = 0.0, h1 = 0.0;
+            for (Py_ssize_t x = 0; x < r; x++) {
+                h0 += u[x] * g0[x];
+                h1 += u[x] * g1[x];
+            }
+            double w0 = f0 * h0, w1 = f1 * h0 + f2 * h1;         /* R_j' g_j = F_j g_j */
+            double y0 = l00 * w0 + l10 * w1, y1 = l01 * w0 + l11 * w1;   /* Lambda~' R_j' g_j */
+            /* Y = R_j Lambda~ (R_j = [[f0, f1], [0, f2]]); K = I + Y'Y */
+            double y00 = f0 * l00 + f1 * l10, y01 = f0 * l01 + f1 * l11;
+            double y10 = f2 * l10, y11 = f2 * l11;
+            double e00 = y00 * y00 + y10 * y10, e11 = y01 * y01 + y11 * y11;
+            double k01 = y00 * y01 + y10 * y11;
+            double det = 1.0 + e00 + e11 + dl2 * (f0 * f0) * (f2 * f2);
+            double i00 = (1.0 + e11) / det, i01 = -k01 / det, i11 = (1.0 + e00) / det;
+            double z0 = i00 * y0 + i01 * y1, z1 = i01 * y0 + i11 * y1;
+            b[2 * j] = scale * (a0 * z0 + a1 * z1);
+            b[2 * j + 1] = scale * (c0 * z0 + c1 * z1);
+            double v00 = a0 * a0 * i00 + 2.0 * a0 * a1 * i01 + a1 * a1 * i11;
+            double v01 = a0 * c0 * i00 + (a0 * c1 + a1 * c0) * i01 + a1 * c1 * i11;
+            double v11 = c0 * c0 * i00 + 2.0 * c0 * c1 * i01 + c1 * c1 * i11;
+            cov[j] = v00;
+            cov[m + j] = v01;
+            cov[2 * m + j] = v01;
+            cov[3 * m + j] = v11;
+        }
+    }
+    PyBuffer_Release(&bcov);
+    PyBuffer_Release(&bb);
+    PyBuffer_Release(&bTL);
+    PyBuffer_Release(&blam);
+    PyBuffer_Release(&bg);
+    PyBuffer_Release(&bf);
+    PyBuffer_Release(&bu);
+    Py_RETURN_NONE;
+
+fail5: PyBuffer_Release(&bb);
+fail4: PyBuffer_Release(&bTL);
+fail3: PyBuffer_Release(&blam);
+fail2: PyBuffer_Release(&bg);
+fail1: PyBuffer_Release(&bf);
+fail0: PyBuffer_Release(&bu);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"factor", small_factor, METH_VARARGS,
      "factor(q, gp, fp, s, A, inv) -> (sum_j log det M_j, info): A <- chol(A + "
@@ -817,6 +926,8 @@ static PyMethodDef methods[] = {
      "quadratic(q, r, Qt, starts, F, lam) -> (r'V^-1 r, log|V|) from the row residuals"},
     {"moments", small_moments, METH_VARARGS,
      "moments(q, gp, fp, u) -> (n_full, rank, var_b, mean_sinv): the moment start's pieces"},
+    {"blups", small_blups, METH_VARARGS,
+     "blups(q, gp, fp, u, lam, TL, scale, b, cov): conditional modes and their covariances"},
     {NULL, NULL, 0, NULL}
 };
 

@@ -1708,8 +1708,17 @@ class ProfiledDeviance:
         uw = np.linalg.solve(D, np.append(-np.asarray(beta, float), 1.0))
         uw = uw / uw[-1]
         lam_t = self._lambda_work_of_theta(theta)
-        g = np.einsum("arm,r->am", self._G, uw)                    # (q, m)
         # Cov(b_j) = sigma^2 T cov~_j T' (sigma~^2 = sigma^2 D[p, p]^2 cancels the 1 / D[p, p])
+        kern = self._small_kernel() if self._small_ok else None
+        if kern is not None and kern._c is not None:
+            # the same closed forms in one compiled pass over the groups
+            b, cov = np.empty((m, q)), np.empty((q, q, m))
+            kern._c.blups(q, kern._gp, kern._fp, np.ascontiguousarray(uw, dtype=float),
+                          np.ascontiguousarray(lam_t, dtype=float),
+                          np.ascontiguousarray(rp.T @ lam_t, dtype=float), 1.0 / D[p, p],
+                          b, cov)
+            return b, cov
+        g = np.einsum("arm,r->am", self._G, uw)                    # (q, m)
         if self._small_ok:
             Kinv = self._small_kernel().k_inverse_entries(lam_t)
             y = lam_t.T @ np.einsum("abm,bm->am", self._F, g)        # Lambda~' R_j' g_j
