@@ -79,4 +79,52 @@ fail:
     return -1;
 }
 
+/* Buffers taken one after another and released together (a function's arguments). */
+typedef struct {
+    Py_buffer view[12];
+    int n;
+} buffers_t;
+
+static inline void
+release_buffers(buffers_t *b)
+{
+    while (b->n > 0)
+        PyBuffer_Release(&b->view[--b->n]);
+}
+
+/* get_doubles onto the stack b: the data, or NULL with an error set; the number of
+ * entries in *got when got is not NULL. */
+static inline double *
+take_doubles(buffers_t *b, PyObject *obj, int writable, Py_ssize_t len, const char *name,
+             Py_ssize_t *got)
+{
+    Py_buffer *v = &b->view[b->n];
+    if (b->n >= (int)(sizeof b->view / sizeof b->view[0])) {
+        PyErr_SetString(PyExc_RuntimeError, "too many buffers");
+        return NULL;
+    }
+    if (get_doubles(obj, v, writable, len, name) < 0)
+        return NULL;
+    b->n++;
+    if (got != NULL)
+        *got = v->len / 8;
+    return v->buf;
+}
+
+/* get_starts onto the stack b: the starts, or NULL with an error set; their number in *m. */
+static inline const long long *
+take_starts(buffers_t *b, PyObject *obj, Py_ssize_t n, Py_ssize_t *m)
+{
+    Py_buffer *v = &b->view[b->n];
+    if (b->n >= (int)(sizeof b->view / sizeof b->view[0])) {
+        PyErr_SetString(PyExc_RuntimeError, "too many buffers");
+        return NULL;
+    }
+    if (get_starts(obj, v, n) < 0)
+        return NULL;
+    b->n++;
+    *m = v->len / 8;
+    return v->buf;
+}
+
 #endif

@@ -433,6 +433,47 @@ cholesky_lower(double *A, Py_ssize_t r)
     return 0;
 }
 
+/* q must be 1 or 2: 0, or -1 with the error set. */
+static int
+check_q(int q)
+{
+    if (q == 1 || q == 2)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
+    return -1;
+}
+
+/* The order of a square matrix of len entries (at least 1), or -1 with an error naming it. */
+static Py_ssize_t
+square_order(Py_ssize_t len, const char *name)
+{
+    Py_ssize_t r = (Py_ssize_t)(sqrt((double)len) + 0.5);
+    if (r * r == len && r >= 1)
+        return r;
+    PyErr_Format(PyExc_ValueError, "%s must be square", name);
+    return -1;
+}
+
+/* The per-group inputs onto the stack b: fp (m, 3) (q = 1: (m,)) and gp (m, q r),
+ * the number of groups m from fp.  0, or -1 with the error set. */
+static int
+take_groups(buffers_t *b, int q, PyObject *og, PyObject *of, Py_ssize_t r,
+            const double **gp, const double **fp, Py_ssize_t *m)
+{
+    const Py_ssize_t nf = q == 2 ? 3 : 1;
+    Py_ssize_t len;
+    if ((*fp = take_doubles(b, of, 0, -1, "fp", &len)) == NULL)
+        return -1;
+    *m = len / nf;
+    if (*m * nf != len) {
+        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
+        return -1;
+    }
+    if ((*gp = take_doubles(b, og, 0, *m * q * r, "gp", NULL)) == NULL)
+        return -1;
+    return 0;
+}
+
 /*
  * factor(q, gp, fp, s, A, inv) -> (log|L|^2, info)
  *
@@ -451,42 +492,23 @@ small_factor(PyObject *self, PyObject *args)
 {
     int q;
     PyObject *og, *of, *os, *oA, *oinv;
-    if (!PyArg_ParseTuple(args, "iOOOOO", &q, &og, &of, &os, &oA, &oinv))
+    if (!PyArg_ParseTuple(args, "iOOOOO", &q, &og, &of, &os, &oA, &oinv) || check_q(q) < 0)
         return NULL;
-    if (q != 1 && q != 2) {
-        PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
-        return NULL;
-    }
-    const Py_ssize_t nf = q == 2 ? 3 : 1;
-    Py_buffer bg, bf, bs, bA, binv;
-    if (get_doubles(oA, &bA, 1, -1, "A") < 0)
-        return NULL;
-    Py_ssize_t r = (Py_ssize_t)(sqrt((double)(bA.len / 8)) + 0.5);
-    if (r * r != bA.len / 8) {
-        PyErr_SetString(PyExc_ValueError, "A must be square");
-        goto fail0;
-    }
-    if (get_doubles(of, &bf, 0, -1, "fp") < 0)
-        goto fail0;
-    Py_ssize_t m = bf.len / 8 / nf;
-    if (m * nf != bf.len / 8) {
-        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
-        goto fail1;
-    }
-    if (get_doubles(og, &bg, 0, m * q * r, "gp") < 0)
-        goto fail1;
-    if (get_doubles(os, &bs, 0, q == 2 ? 4 : 1, "s") < 0)
-        goto fail2;
-    if (get_doubles(oinv, &binv, 1, m * nf, "inv") < 0)
-        goto fail3;
-
-    const double *gp = bg.buf, *fp = bf.buf, *s = bs.buf;
-    double *A = bA.buf, *inv = binv.buf;
+    buffers_t b = {.n = 0};
+    const double *gp, *fp, *s;
+    double *A, *inv;
+    Py_ssize_t len, r, m;
+    if ((A = take_doubles(&b, oA, 1, -1, "A", &len)) == NULL
+            || (r = square_order(len, "A")) < 0
+            || take_groups(&b, q, og, of, r, &gp, &fp, &m) < 0
+            || (s = take_doubles(&b, os, 0, q == 2 ? 4 : 1, "s", NULL)) == NULL
+            || (inv = take_doubles(&b, oinv, 1, m * (q == 2 ? 3 : 1), "inv", NULL)) == NULL)
+        goto fail;
     Py_ssize_t npair = r * (r + 1) / 2;
     double *acc = PyMem_Calloc(npair + 1, sizeof(double));
     if (acc == NULL) {
         PyErr_NoMemory();
-        goto fail4;
+        goto fail;
     }
     double logdet;
     if (q == 1)
@@ -505,18 +527,11 @@ small_factor(PyObject *self, PyObject *args)
         }
     PyMem_Free(acc);
     int info = cholesky_lower(A, r);
-    PyBuffer_Release(&binv);
-    PyBuffer_Release(&bs);
-    PyBuffer_Release(&bg);
-    PyBuffer_Release(&bf);
-    PyBuffer_Release(&bA);
+    release_buffers(&b);
     return Py_BuildValue("(di)", logdet, info);
 
-fail4: PyBuffer_Release(&binv);
-fail3: PyBuffer_Release(&bs);
-fail2: PyBuffer_Release(&bg);
-fail1: PyBuffer_Release(&bf);
-fail0: PyBuffer_Release(&bA);
+fail:
+    release_buffers(&b);
     return NULL;
 }
 
@@ -536,42 +551,24 @@ small_gradient(PyObject *self, PyObject *args)
     int q, reml;
     double c;
     PyObject *og, *of, *oinv, *oR, *oout;
-    if (!PyArg_ParseTuple(args, "iOOOOdpO", &q, &og, &of, &oinv, &oR, &c, &reml, &oout))
+    if (!PyArg_ParseTuple(args, "iOOOOdpO", &q, &og, &of, &oinv, &oR, &c, &reml, &oout)
+            || check_q(q) < 0)
         return NULL;
-    if (q != 1 && q != 2) {
-        PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
-        return NULL;
-    }
-    const Py_ssize_t nf = q == 2 ? 3 : 1;
-    Py_buffer bg, bf, binv, bR, bout;
-    if (get_doubles(oR, &bR, 0, -1, "R") < 0)
-        return NULL;
-    Py_ssize_t r = (Py_ssize_t)(sqrt((double)(bR.len / 8)) + 0.5);
-    if (r * r != bR.len / 8 || r < 1) {
-        PyErr_SetString(PyExc_ValueError, "R must be square");
-        goto fail0;
-    }
-    if (get_doubles(of, &bf, 0, -1, "fp") < 0)
-        goto fail0;
-    Py_ssize_t m = bf.len / 8 / nf;
-    if (m * nf != bf.len / 8) {
-        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
-        goto fail1;
-    }
-    if (get_doubles(og, &bg, 0, m * q * r, "gp") < 0)
-        goto fail1;
-    if (get_doubles(oinv, &binv, 0, m * nf, "inv") < 0)
-        goto fail2;
-    if (get_doubles(oout, &bout, 1, (Py_ssize_t)q * q, "out") < 0)
-        goto fail3;
-
-    const double *gp = bg.buf, *fp = bf.buf, *inv = binv.buf, *R = bR.buf;
-    double *out = bout.buf;
+    buffers_t b = {.n = 0};
+    const double *gp, *fp, *inv, *R;
+    double *out;
+    Py_ssize_t len, r, m;
+    if ((R = take_doubles(&b, oR, 0, -1, "R", &len)) == NULL
+            || (r = square_order(len, "R")) < 0
+            || take_groups(&b, q, og, of, r, &gp, &fp, &m) < 0
+            || (inv = take_doubles(&b, oinv, 0, m * (q == 2 ? 3 : 1), "inv", NULL)) == NULL
+            || (out = take_doubles(&b, oout, 1, (Py_ssize_t)q * q, "out", NULL)) == NULL)
+        goto fail;
     /* u, then 1 / R_X's diagonal and K_j's two columns */
     double *u = PyMem_Malloc((r + 3 * (r + 1)) * sizeof(double));
     if (u == NULL) {
         PyErr_NoMemory();
-        goto fail4;
+        goto fail;
     }
     double *rdiag = u + r, *k0 = rdiag + r + 1;
     /* R_X' beta = R[r-1, :r-1] (R_X' upper triangular: back substitution); u = (-beta, 1) */
@@ -601,18 +598,11 @@ small_gradient(PyObject *self, PyObject *args)
         out[3] = sums[2] - c * sums[5] - sums[8];
     }
     PyMem_Free(u);
-    PyBuffer_Release(&bout);
-    PyBuffer_Release(&binv);
-    PyBuffer_Release(&bg);
-    PyBuffer_Release(&bf);
-    PyBuffer_Release(&bR);
+    release_buffers(&b);
     Py_RETURN_NONE;
 
-fail4: PyBuffer_Release(&bout);
-fail3: PyBuffer_Release(&binv);
-fail2: PyBuffer_Release(&bg);
-fail1: PyBuffer_Release(&bf);
-fail0: PyBuffer_Release(&bR);
+fail:
+    release_buffers(&b);
     return NULL;
 }
 
@@ -633,39 +623,29 @@ small_quadratic(PyObject *self, PyObject *args)
 {
     int q;
     PyObject *or_, *oQ, *ost, *oF, *olam;
-    if (!PyArg_ParseTuple(args, "iOOOOO", &q, &or_, &oQ, &ost, &oF, &olam))
+    if (!PyArg_ParseTuple(args, "iOOOOO", &q, &or_, &oQ, &ost, &oF, &olam) || check_q(q) < 0)
         return NULL;
-    if (q != 1 && q != 2) {
-        PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
-        return NULL;
-    }
-    Py_buffer br, bQ, bst, bF, blam;
-    if (get_doubles(or_, &br, 0, -1, "r") < 0)
-        return NULL;
-    Py_ssize_t n = br.len / 8;
-    if (get_doubles(oF, &bF, 0, -1, "F") < 0)
-        goto fail0;
-    Py_ssize_t m = bF.len / 8 / (q * q);
-    if (m * q * q != bF.len / 8) {
+    buffers_t b = {.n = 0};
+    const double *r, *Q0, *F, *lam;
+    const long long *st;
+    Py_ssize_t n, len, m, ms;
+    if ((r = take_doubles(&b, or_, 0, -1, "r", &n)) == NULL
+            || (F = take_doubles(&b, oF, 0, -1, "F", &len)) == NULL)
+        goto fail;
+    m = len / (q * q);
+    if (m * q * q != len) {
         PyErr_SetString(PyExc_ValueError, "F must be (q, q, m)");
-        goto fail1;
+        goto fail;
     }
-    if (get_doubles(oQ, &bQ, 0, q * n, "Qt") < 0)
-        goto fail1;
-    if (get_starts(ost, &bst, n) < 0)
-        goto fail2;
-    if (bst.len / 8 != m) {
-        PyErr_Format(PyExc_ValueError, "starts has %zd entries, %zd groups in F",
-                     bst.len / 8, m);
-        PyBuffer_Release(&bst);
-        goto fail2;
+    if ((Q0 = take_doubles(&b, oQ, 0, q * n, "Qt", NULL)) == NULL
+            || (st = take_starts(&b, ost, n, &ms)) == NULL
+            || (lam = take_doubles(&b, olam, 0, q * q, "lam", NULL)) == NULL)
+        goto fail;
+    if (ms != m) {
+        PyErr_Format(PyExc_ValueError, "starts has %zd entries, %zd groups in F", ms, m);
+        goto fail;
     }
-    if (get_doubles(olam, &blam, 0, q * q, "lam") < 0)
-        goto fail3;
-
-    const double *r = br.buf, *Q0 = bQ.buf, *Q1 = (const double *)bQ.buf + (q == 2 ? n : 0);
-    const int64_t *st = bst.buf;
-    const double *F = bF.buf, *lam = blam.buf;
+    const double *Q1 = Q0 + (q == 2 ? n : 0);
     double quad = 0.0;
     logsum_t ls;
     logsum_init(&ls);
@@ -706,17 +686,11 @@ small_quadratic(PyObject *self, PyObject *args)
         double dj = l00 * l11;
         logsum_add(&ls, dj * dj, j);
     }
-    PyBuffer_Release(&blam);
-    PyBuffer_Release(&bst);
-    PyBuffer_Release(&bQ);
-    PyBuffer_Release(&bF);
-    PyBuffer_Release(&br);
+    release_buffers(&b);
     return Py_BuildValue("(dd)", quad, logsum_value(&ls));
 
-fail3: PyBuffer_Release(&bst);
-fail2: PyBuffer_Release(&bQ);
-fail1: PyBuffer_Release(&bF);
-fail0: PyBuffer_Release(&br);
+fail:
+    release_buffers(&b);
     return NULL;
 }
 
@@ -734,27 +708,17 @@ small_moments(PyObject *self, PyObject *args)
 {
     int q;
     PyObject *og, *of, *ou;
-    if (!PyArg_ParseTuple(args, "iOOO", &q, &og, &of, &ou))
+    if (!PyArg_ParseTuple(args, "iOOO", &q, &og, &of, &ou) || check_q(q) < 0)
         return NULL;
-    if (q != 1 && q != 2) {
-        PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
-        return NULL;
-    }
     const Py_ssize_t nf = q == 2 ? 3 : 1;
-    Py_buffer bg, bf, bu;
-    if (get_doubles(ou, &bu, 0, -1, "u") < 0)
+    buffers_t b = {.n = 0};
+    const double *gp, *fp, *u;
+    Py_ssize_t r, m;
+    if ((u = take_doubles(&b, ou, 0, -1, "u", &r)) == NULL
+            || take_groups(&b, q, og, of, r, &gp, &fp, &m) < 0) {
+        release_buffers(&b);
         return NULL;
-    Py_ssize_t r = bu.len / 8;
-    if (get_doubles(of, &bf, 0, -1, "fp") < 0)
-        goto fail0;
-    Py_ssize_t m = bf.len / 8 / nf;
-    if (m * nf != bf.len / 8) {
-        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
-        goto fail1;
     }
-    if (get_doubles(og, &bg, 0, m * q * r, "gp") < 0)
-        goto fail1;
-    const double *gp = bg.buf, *fp = bf.buf, *u = bu.buf;
     Py_ssize_t n_full = 0, rank = 0;
     double sb[2] = {0.0, 0.0}, ss[2] = {0.0, 0.0}, vb[2] = {0.0, 0.0};
     for (int pass = 0; pass < 2; pass++) {
@@ -793,18 +757,12 @@ small_moments(PyObject *self, PyObject *args)
         if (n_full == 0)
             break;
     }
-    PyBuffer_Release(&bg);
-    PyBuffer_Release(&bf);
-    PyBuffer_Release(&bu);
+    release_buffers(&b);
     double nfd = n_full > 0 ? (double)n_full : NAN;
     if (q == 1)
         return Py_BuildValue("(nn(d)(d))", n_full, rank, vb[0] / nfd, ss[0] / nfd);
     return Py_BuildValue("(nn(dd)(dd))", n_full, rank, vb[0] / nfd, vb[1] / nfd,
                          ss[0] / nfd, ss[1] / nfd);
-
-fail1: PyBuffer_Release(&bf);
-fail0: PyBuffer_Release(&bu);
-    return NULL;
 }
 
 /*
@@ -823,36 +781,21 @@ small_blups(PyObject *self, PyObject *args)
     double scale;
     PyObject *og, *of, *ou, *olam, *oTL, *ob, *ocov;
     if (!PyArg_ParseTuple(args, "iOOOOOdOO", &q, &og, &of, &ou, &olam, &oTL, &scale, &ob,
-                          &ocov))
+                          &ocov) || check_q(q) < 0)
         return NULL;
-    if (q != 1 && q != 2) {
-        PyErr_SetString(PyExc_ValueError, "q must be 1 or 2");
+    buffers_t bufs = {.n = 0};
+    const double *gp, *fp, *u, *L, *TL;
+    double *b, *cov;
+    Py_ssize_t r, m;
+    if ((u = take_doubles(&bufs, ou, 0, -1, "u", &r)) == NULL
+            || take_groups(&bufs, q, og, of, r, &gp, &fp, &m) < 0
+            || (L = take_doubles(&bufs, olam, 0, q * q, "lam", NULL)) == NULL
+            || (TL = take_doubles(&bufs, oTL, 0, q * q, "TL", NULL)) == NULL
+            || (b = take_doubles(&bufs, ob, 1, m * q, "b", NULL)) == NULL
+            || (cov = take_doubles(&bufs, ocov, 1, q * q * m, "cov", NULL)) == NULL) {
+        release_buffers(&bufs);
         return NULL;
     }
-    const Py_ssize_t nf = q == 2 ? 3 : 1;
-    Py_buffer bg, bf, bu, blam, bTL, bb, bcov;
-    if (get_doubles(ou, &bu, 0, -1, "u") < 0)
-        return NULL;
-    Py_ssize_t r = bu.len / 8;
-    if (get_doubles(of, &bf, 0, -1, "fp") < 0)
-        goto fail0;
-    Py_ssize_t m = bf.len / 8 / nf;
-    if (m * nf != bf.len / 8) {
-        PyErr_Format(PyExc_ValueError, "fp must hold %zd numbers per group", nf);
-        goto fail1;
-    }
-    if (get_doubles(og, &bg, 0, m * q * r, "gp") < 0)
-        goto fail1;
-    if (get_doubles(olam, &blam, 0, q * q, "lam") < 0)
-        goto fail2;
-    if (get_doubles(oTL, &bTL, 0, q * q, "TL") < 0)
-        goto fail3;
-    if (get_doubles(ob, &bb, 1, m * q, "b") < 0)
-        goto fail4;
-    if (get_doubles(ocov, &bcov, 1, q * q * m, "cov") < 0)
-        goto fail5;
-    const double *gp = bg.buf, *fp = bf.buf, *u = bu.buf, *L = blam.buf, *TL = bTL.buf;
-    double *b = bb.buf, *cov = bcov.buf;
     if (q == 1) {
         const double l = L[0], t = TL[0];
         for (Py_ssize_t j = 0; j < m; j++) {
@@ -898,22 +841,8 @@ small_blups(PyObject *self, PyObject *args)
             cov[3 * m + j] = v11;
         }
     }
-    PyBuffer_Release(&bcov);
-    PyBuffer_Release(&bb);
-    PyBuffer_Release(&bTL);
-    PyBuffer_Release(&blam);
-    PyBuffer_Release(&bg);
-    PyBuffer_Release(&bf);
-    PyBuffer_Release(&bu);
+    release_buffers(&bufs);
     Py_RETURN_NONE;
-
-fail5: PyBuffer_Release(&bb);
-fail4: PyBuffer_Release(&bTL);
-fail3: PyBuffer_Release(&blam);
-fail2: PyBuffer_Release(&bg);
-fail1: PyBuffer_Release(&bf);
-fail0: PyBuffer_Release(&bu);
-    return NULL;
 }
 
 static PyMethodDef methods[] = {
