@@ -50,7 +50,7 @@ def _both(F, Gt, within, monkeypatch):
     numpy_form = small.SmallKernel(F, Gt, within)
     monkeypatch.undo()
     compiled_form = small.SmallKernel(F, Gt, within)
-    assert numpy_form._c is None and compiled_form._c is not None
+    assert not numpy_form.compiled and compiled_form.compiled
     return compiled_form, numpy_form
 
 

@@ -50,7 +50,7 @@ def test_small_kernel_matches_general_kernels(data, formula, reml, form, monkeyp
         v2 = dev.work_deviance(x)
         t2 = dev.terms(dev.theta_from_work(x))
         dev._small_ok = True
-        assert (dev._small._c is not None) == (form == "compiled")
+        assert dev._small.compiled == (form == "compiled")
         assert (dev._small.pairs is not None) == (form == "pair-products")
         assert d1 == pytest.approx(d2, rel=1e-13, abs=1e-9)
         assert v1 == pytest.approx(v2, rel=1e-13, abs=1e-9)
@@ -90,7 +90,7 @@ def test_small_conditional_modes_match_general_path(data, formula, kernels,
     theta = dev.theta_from_work(np.abs(dev.moment_start()) * 1.3)
     beta = dev.terms(theta).beta
     b1, c1 = dev.conditional_modes(theta, beta)
-    assert (dev._small._c is not None) == (kernels == "compiled")
+    assert dev._small.compiled == (kernels == "compiled")
     dev._small_ok = False
     b2, c2 = dev.conditional_modes(theta, beta)
     np.testing.assert_allclose(b1, b2, rtol=1e-12, atol=1e-12 * np.max(np.abs(b2)))
@@ -192,4 +192,4 @@ def test_moment_start_closed_forms_match_dense_group_algebra(formula, kernels,
     diag_pos = rows == cols
     np.testing.assert_allclose(start[diag_pos][seen], expect[seen], rtol=1e-10)
     assert np.all(start[~diag_pos] == 0.0)
-    assert (dev._small._c is not None) == (kernels == "compiled")
+    assert dev._small.compiled == (kernels == "compiled")

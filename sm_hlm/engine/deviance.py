@@ -1466,9 +1466,10 @@ class ProfiledDeviance:
         u = np.append(-beta, 1.0)
         F = self._F
         kern = self._small_kernel() if self._small_ok else None
-        if kern is not None and kern._c is not None:
+        compiled_pass = kern is not None and kern.compiled
+        if compiled_pass:
             # the moments in one compiled pass over the groups (the forms below)
-            n_full, rank, var_b, mean_sinv = kern._c.moments(q, kern._gp, kern._fp, u)
+            n_full, rank, var_b, mean_sinv = kern.moments(u)
             every = True
         else:
             positive = np.diagonal(F, axis1=0, axis2=1).T > 0          # (q, m)
@@ -1482,8 +1483,8 @@ class ProfiledDeviance:
         sigma2 = float(u @ self._within @ u) / dof
         if not (np.isfinite(sigma2) and sigma2 > 0):
             return ident
-        if kern is not None and kern._c is not None:
-            var_b, mean_sinv = np.array(var_b), np.array(mean_sinv)
+        if compiled_pass:
+            pass                                # var_b and mean_sinv came from that pass
         elif q <= 2:
             # closed forms on every group (the rank-deficient ones given unit roots and
             # weight 0 in the moments): no copies of F and G
@@ -1709,15 +1710,10 @@ class ProfiledDeviance:
         uw = uw / uw[-1]
         lam_t = self._lambda_work_of_theta(theta)
         # Cov(b_j) = sigma^2 T cov~_j T' (sigma~^2 = sigma^2 D[p, p]^2 cancels the 1 / D[p, p])
-        kern = self._small_kernel() if self._small_ok else None
-        if kern is not None and kern._c is not None:
+        if self._small_ok and self._small_kernel().compiled:
             # the same closed forms in one compiled pass over the groups
-            b, cov = np.empty((m, q)), np.empty((q, q, m))
-            kern._c.blups(q, kern._gp, kern._fp, np.ascontiguousarray(uw, dtype=float),
-                          np.ascontiguousarray(lam_t, dtype=float),
-                          np.ascontiguousarray(rp.T @ lam_t, dtype=float), 1.0 / D[p, p],
-                          b, cov)
-            return b, cov
+            return self._small_kernel().conditional_modes(uw, lam_t, rp.T @ lam_t,
+                                                          1.0 / D[p, p])
         g = np.einsum("arm,r->am", self._G, uw)                    # (q, m)
         if self._small_ok:
             Kinv = self._small_kernel().k_inverse_entries(lam_t)

@@ -233,6 +233,37 @@ class SmallKernel:
             return None
         return R, logdet, inv.T
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled loops (:mod:`sm_hlm.engine._csmall`) serve this kernel."""
+        return self._c is not None
+
+    def moments(self, u: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """The moment start's pieces in one compiled pass (compiled kernels only).
+
+        Returns ``(n_full, rank, var_b, mean_sinv)``: the number of groups with a
+        full-rank Z_j, the number of positive roots over all groups, and over the
+        full-rank groups the variance (about the mean, divided by n_full) of
+        b_j = R_j^{-1} G_j u and the mean of diag((Z_j'Z_j)^{-1}) (see
+        :meth:`sm_hlm.engine.deviance.ProfiledDeviance.moment_start`).
+        """
+        n_full, rank, var_b, mean_sinv = self._c.moments(self.q, self._gp, self._fp,
+                                                         np.ascontiguousarray(u, dtype=float))
+        return n_full, rank, np.array(var_b), np.array(mean_sinv)
+
+    def conditional_modes(self, u: np.ndarray, lam: np.ndarray, TL: np.ndarray,
+                          scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """BLUPs b_j = scale TL K_j^{-1} Lambda~' R_j' G_j u (m, q) and TL K_j^{-1} TL'
+        (q, q, m), K_j = I + Lambda~' R_j'R_j Lambda~, in one compiled pass (compiled
+        kernels only; see
+        :meth:`sm_hlm.engine.deviance.ProfiledDeviance.conditional_modes`)."""
+        q, m = self.q, self.m
+        b, cov = np.empty((m, q)), np.empty((q, q, m))
+        self._c.blups(q, self._gp, self._fp, np.ascontiguousarray(u, dtype=float),
+                      np.ascontiguousarray(lam, dtype=float),
+                      np.ascontiguousarray(TL, dtype=float), float(scale), b, cov)
+        return b, cov
+
     def gradient_inner(self, R: np.ndarray, inv: np.ndarray, *, p: int, dof: float,
                        pwrss: float, reml: bool) -> np.ndarray:
         """The q x q matrix B of the gradient (see the module notes) at the factor's theta."""
